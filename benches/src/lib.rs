@@ -1,0 +1,1 @@
+//! Benchmarks for Berth; see `make bench-*`.

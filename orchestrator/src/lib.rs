@@ -1,0 +1,5 @@
+//! Berth's control plane: the workload object model and manifests, the durable store, the API server,
+//! the scheduler, the controllers and the node agent.
+
+pub mod model;
+pub mod store;

@@ -1,0 +1,1 @@
+//! In-memory store for tests (filled in by the store owner).

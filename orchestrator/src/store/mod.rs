@@ -1,0 +1,126 @@
+//! The durable store of desired and actual state.
+//!
+//! CONTRACT (the API server, controllers and tests rely on it):
+//! - keys are `(kind plural, namespace, name)`; cluster-scoped kinds use an empty namespace;
+//! - values are the object's JSON bytes as stored (the store never interprets them except to read
+//!   `metadata.labels` for selector filtering);
+//! - one global revision: every write gets a new, strictly greater revision, which becomes the object's
+//!   `resourceVersion` (etcd: `mod_revision`);
+//! - `update`/`delete` compare the expected revision and fail with [`StoreError::Conflict`] when stale;
+//! - a write is acknowledged only after it is durable (redb: fsync'd commit; etcd: quorum);
+//! - `watch(prefix, from)` yields every change with revision > `from` exactly once, in order, or fails with
+//!   [`StoreError::Compacted`] when `from` is older than retained history.
+
+use futures::stream::BoxStream;
+use std::fmt;
+
+pub mod memory;
+
+/// Identifies one stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// The plural resource name, e.g. `deployments`.
+    pub kind: String,
+    /// Empty for cluster-scoped kinds (nodes).
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(kind: impl Into<String>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { kind: kind.into(), namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// A set of keys: one kind, optionally one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    pub kind: String,
+    /// `None` means every namespace.
+    pub namespace: Option<String>,
+}
+
+impl Prefix {
+    pub fn contains(&self, key: &Key) -> bool {
+        key.kind == self.kind && self.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+    }
+}
+
+/// An object's bytes with the revision of its last write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub key: Key,
+    pub value: Vec<u8>,
+    pub revision: u64,
+}
+
+/// A change seen by a watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Created (`created == true`) or updated.
+    Put { object: Versioned, created: bool },
+    /// Deleted at `revision`; `prev` is the last value.
+    Delete { key: Key, revision: u64, prev: Option<Vec<u8>> },
+}
+
+impl StoreEvent {
+    pub fn revision(&self) -> u64 {
+        match self {
+            StoreEvent::Put { object, .. } => object.revision,
+            StoreEvent::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(Key),
+    #[error("{0} already exists")]
+    AlreadyExists(Key),
+    #[error("{key}: resourceVersion {expected} is stale (current {actual})")]
+    Conflict { key: Key, expected: u64, actual: u64 },
+    #[error("revision {requested} has been compacted (oldest available {compacted})")]
+    Compacted { requested: u64, compacted: u64 },
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+pub type WatchStream = BoxStream<'static, StoreResult<StoreEvent>>;
+
+/// A durable, versioned key-value store with optimistic concurrency and watches.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &Key) -> StoreResult<Option<Versioned>>;
+    /// Objects under `prefix` (matching `selector` on `metadata.labels` when given) and the revision the
+    /// list was read at, from which a watch continues without gaps.
+    async fn list(
+        &self,
+        prefix: &Prefix,
+        selector: Option<&discovery::Selector>,
+    ) -> StoreResult<(Vec<Versioned>, u64)>;
+    /// Fails with `AlreadyExists` when the key exists. Returns the new revision.
+    async fn create(&self, key: &Key, value: Vec<u8>) -> StoreResult<u64>;
+    /// Compare-and-swap on the object's revision. Returns the new revision.
+    async fn update(&self, key: &Key, value: Vec<u8>, expected_revision: u64) -> StoreResult<u64>;
+    /// Delete, optionally only if the revision matches. Returns the revision of the deletion.
+    async fn delete(&self, key: &Key, expected_revision: Option<u64>) -> StoreResult<u64>;
+    /// Changes under `prefix` with revision > `from_revision`. `Prefix { kind: "*" }` is not special:
+    /// watch each kind you need.
+    async fn watch(&self, prefix: &Prefix, from_revision: u64) -> StoreResult<WatchStream>;
+    /// The current global revision.
+    async fn revision(&self) -> StoreResult<u64>;
+    /// Forget history at and below `revision` (watches from older revisions then get `Compacted`).
+    async fn compact(&self, revision: u64) -> StoreResult<()>;
+}

@@ -1,0 +1,1 @@
+//! Berth's ingress data plane (pingora). It reads the discovery registry and never writes it.
