@@ -40,8 +40,16 @@ pub struct Key {
 }
 
 impl Key {
-    pub fn new(kind: impl Into<String>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { kind: kind.into(), namespace: namespace.into(), name: name.into() }
+    pub fn new(
+        kind: impl Into<String>,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -65,7 +73,11 @@ pub struct Prefix {
 
 impl Prefix {
     pub fn contains(&self, key: &Key) -> bool {
-        key.kind == self.kind && self.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+        key.kind == self.kind
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| *ns == key.namespace)
     }
 }
 
@@ -83,7 +95,11 @@ pub enum StoreEvent {
     /// Created (`created == true`) or updated.
     Put { object: Versioned, created: bool },
     /// Deleted at `revision`; `prev` is the last value.
-    Delete { key: Key, revision: u64, prev: Option<Vec<u8>> },
+    Delete {
+        key: Key,
+        revision: u64,
+        prev: Option<Vec<u8>>,
+    },
 }
 
 impl StoreEvent {
@@ -102,7 +118,11 @@ pub enum StoreError {
     #[error("{0} already exists")]
     AlreadyExists(Key),
     #[error("{key}: resourceVersion {expected} is stale (current {actual})")]
-    Conflict { key: Key, expected: u64, actual: u64 },
+    Conflict {
+        key: Key,
+        expected: u64,
+        actual: u64,
+    },
     #[error("revision {requested} has been compacted (oldest available {compacted})")]
     Compacted { requested: u64, compacted: u64 },
     #[error("store backend: {0}")]
@@ -149,7 +169,9 @@ pub async fn open_store(url: &str) -> StoreResult<Arc<dyn Store>> {
     }
     if let Some(path) = url.strip_prefix("redb:") {
         if path.is_empty() {
-            return Err(StoreError::Backend(format!("store URL {url:?}: missing file path after redb:")));
+            return Err(StoreError::Backend(format!(
+                "store URL {url:?}: missing file path after redb:"
+            )));
         }
         let path = std::path::PathBuf::from(path);
         let store = tokio::task::spawn_blocking(move || RedbStore::open(&path))
@@ -167,10 +189,16 @@ pub async fn open_store(url: &str) -> StoreResult<Arc<dyn Store>> {
 
 #[cfg(feature = "etcd")]
 async fn open_etcd(url: &str, hosts: &str) -> StoreResult<Arc<dyn Store>> {
-    let endpoints: Vec<String> =
-        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("http://{h}")).collect();
+    let endpoints: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("http://{h}"))
+        .collect();
     if endpoints.is_empty() {
-        return Err(StoreError::Backend(format!("store URL {url:?}: no etcd endpoints")));
+        return Err(StoreError::Backend(format!(
+            "store URL {url:?}: no etcd endpoints"
+        )));
     }
     Ok(Arc::new(etcd::EtcdStore::connect(&endpoints).await?))
 }
