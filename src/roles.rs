@@ -27,20 +27,32 @@ pub struct ServerArgs {
 pub async fn server(args: ServerArgs) -> Result<()> {
     let dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
     datadir::ensure(&dir)?;
-    let token_file = args.token_file.clone().unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
+    let token_file = args
+        .token_file
+        .clone()
+        .unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
     let token = datadir::load_or_create_token(&token_file)?;
-    let store_url = args.store.clone().unwrap_or_else(|| format!("redb:{}", dir.join("store.redb").display()));
-    let store: Arc<dyn store::Store> =
-        store::open_store(&store_url).await.with_context(|| format!("cannot open store {store_url}"))?;
+    let store_url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("redb:{}", dir.join("store.redb").display()));
+    let store: Arc<dyn store::Store> = store::open_store(&store_url)
+        .await
+        .with_context(|| format!("cannot open store {store_url}"))?;
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     datadir::record_address(&dir, &url)?;
-    println!("berth server: API on {url} (token in {}), store {store_url}", token_file.display());
+    println!(
+        "berth server: API on {url} (token in {}), store {store_url}",
+        token_file.display()
+    );
     let state = ApiState::new(store, Some(token), None);
-    api::serve(listener, state, shutdown_signal()).await.context("API server failed")?;
+    api::serve(listener, state, shutdown_signal())
+        .await
+        .context("API server failed")?;
     println!("berth server: stopped");
     Ok(())
 }

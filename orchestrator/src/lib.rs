@@ -1,7 +1,7 @@
 //! Berth's control plane: the workload object model and manifests, the durable store, the API server,
 //! the scheduler, the controllers and the node agent.
 
-pub mod model;
-pub mod store;
 pub mod api;
 pub mod client;
+pub mod model;
+pub mod store;
