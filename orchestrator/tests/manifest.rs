@@ -807,7 +807,9 @@ status:
         effect: None,
         toleration_seconds: None,
     };
-    assert!(t.tolerates(&node.spec.taints[0]));
+    let cordoned: model::Node = manifest::parse("n.yaml", src).unwrap()[0].typed().unwrap();
+    assert!(cordoned.spec.unschedulable);
+    assert!(t.tolerates(&cordoned.spec.taints[0]));
 }
 
 fn config_files() -> Vec<PathBuf> {
