@@ -946,3 +946,56 @@ fn example_web_deployment_has_what_describe_shows() {
         "the example should be warning-free"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Cutting any slice out of a valid manifest gives a document or an error, never a panic, and an error
+    /// always names the source.
+    #[test]
+    fn damaged_manifests_never_panic(start in 0usize..DEPLOYMENT.len(), len in 0usize..40) {
+        let end = (start + len).min(DEPLOYMENT.len());
+        if DEPLOYMENT.is_char_boundary(start) && DEPLOYMENT.is_char_boundary(end) {
+            let text = format!("{}{}", &DEPLOYMENT[..start], &DEPLOYMENT[end..]);
+            if let Err(e) = manifest::parse("cut.yaml", &text) {
+                proptest::prop_assert!(e.to_string().starts_with("cut.yaml: "));
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        let _ = manifest::parse("x.yaml", &text);
+    }
+
+    /// Whatever is accepted is stable: decoding the stored form gives it back.
+    #[test]
+    fn accepted_documents_are_fixed_points(replicas in 0i32..1000, surge in 0i32..5, unavailable in 0i32..5) {
+        let text = DEPLOYMENT
+            .replace("replicas: 2", &format!("replicas: {replicas}\n  strategy: {{rollingUpdate: {{maxSurge: {surge}, maxUnavailable: {unavailable}}}}}"));
+        match manifest::parse("d.yaml", &text) {
+            Ok(docs) => {
+                let again = model::decode(Some(Kind::Deployment), docs[0].object.clone()).unwrap();
+                proptest::prop_assert_eq!(&again.object, &docs[0].object);
+            }
+            Err(e) => {
+                proptest::prop_assert!(surge == 0 && unavailable == 0, "{}", e);
+            }
+        }
+    }
+}
+
+#[test]
+fn desired_state_ignores_server_fields() {
+    let a = manifest::parse("c.yaml", CONFIGMAP)
+        .unwrap()
+        .remove(0)
+        .object;
+    let mut b = a.clone();
+    b["metadata"]["resourceVersion"] = json!("7");
+    b["metadata"]["uid"] = json!("u");
+    b["metadata"]["creationTimestamp"] = json!("2026-01-02T03:04:05Z");
+    assert_eq!(model::desired_state(&a), model::desired_state(&b));
+    b["data"]["a"] = json!("c");
+    assert_ne!(model::desired_state(&a), model::desired_state(&b));
+}
