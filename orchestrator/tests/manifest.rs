@@ -984,18 +984,3 @@ proptest::proptest! {
         }
     }
 }
-
-#[test]
-fn desired_state_ignores_server_fields() {
-    let a = manifest::parse("c.yaml", CONFIGMAP)
-        .unwrap()
-        .remove(0)
-        .object;
-    let mut b = a.clone();
-    b["metadata"]["resourceVersion"] = json!("7");
-    b["metadata"]["uid"] = json!("u");
-    b["metadata"]["creationTimestamp"] = json!("2026-01-02T03:04:05Z");
-    assert_eq!(model::desired_state(&a), model::desired_state(&b));
-    b["data"]["a"] = json!("c");
-    assert_ne!(model::desired_state(&a), model::desired_state(&b));
-}

@@ -287,6 +287,10 @@ pub struct MetricStatus {
     /// The last sample is too old to act on.
     #[serde(default)]
     pub stale: bool,
+    /// Human-readable `current/target` for `berth get autoscalers` (e.g. `rps 42/50`), written by the
+    /// autoscaler controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
 }
 
 impl Autoscaler {

@@ -609,26 +609,3 @@ fn finish<T: Object>(
     })?;
     Ok((namespace, name, value))
 }
-
-/// The part of a normalized object that `apply` and `diff` compare: everything except `status` and the
-/// metadata the server manages (`resourceVersion`, `uid`, `generation`, `creationTimestamp`,
-/// `deletionTimestamp`, `managedFields`). Two objects with equal desired states need no write.
-pub fn desired_state(object: &Value) -> Value {
-    let mut v = object.clone();
-    if let Value::Object(map) = &mut v {
-        map.remove("status");
-        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
-            for k in [
-                "resourceVersion",
-                "uid",
-                "generation",
-                "creationTimestamp",
-                "deletionTimestamp",
-                "managedFields",
-            ] {
-                meta.remove(k);
-            }
-        }
-    }
-    v
-}

@@ -29,7 +29,7 @@ pub mod service;
 pub mod workloads;
 
 pub use autoscaler::*;
-pub use manifest::{decode, decode_in, desired_state, Document, ManifestError, ManifestErrorKind};
+pub use manifest::{decode, decode_in, Document, ManifestError, ManifestErrorKind};
 pub use meta::*;
 pub use quantity::{Quantity, QuantityError};
 pub use service::*;
