@@ -12,7 +12,7 @@ pub mod registry;
 pub mod selector;
 pub mod types;
 
-pub use labels::{LabelError, Labels};
-pub use registry::{Object, ObjectKey, ObjectKind, Registry, Snapshot, Watch, WatchEvent};
+pub use labels::{Labels, LabelError};
+pub use registry::{Registry, Snapshot, WatchEvent, Watch, Object, ObjectKey, ObjectKind};
 pub use selector::{Operator, Requirement, Selector, SelectorError};
 pub use types::*;
