@@ -743,6 +743,12 @@ fn scale_to_zero_is_allowed_with_a_request_metric() {
 
 #[test]
 fn secret_string_data_is_folded_into_data() {
+    let wrapped =
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: w}\ndata:\n  a: |\n    aGVs\n    bG8=\n";
+    let w: model::Secret = manifest::parse("w.yaml", wrapped).unwrap()[0]
+        .typed()
+        .unwrap();
+    assert_eq!(w.get("a").unwrap(), b"hello");
     let src = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: YQ==}\nstringData: {b: hello}\n";
     let doc = &manifest::parse("s.yaml", src).unwrap()[0];
     assert_eq!(doc.object["data"], json!({"a": "YQ==", "b": "aGVsbG8="}));
