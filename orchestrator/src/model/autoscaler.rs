@@ -11,6 +11,7 @@
 //! - the same with names `latency_p99_ms`, `http_request_duration_p99_ms` -> `latencyP99.ceilingMilliseconds`
 //!   (`Value` or `AverageValue`);
 //! - `Resource` memory, `External` and `ContainerResource` metrics are dropped with a warning.
+//!
 //! An HPA with no metrics gets Kubernetes' default, CPU at 80%.
 
 use super::meta::*;
@@ -286,6 +287,10 @@ pub struct MetricStatus {
     /// The last sample is too old to act on.
     #[serde(default)]
     pub stale: bool,
+    /// Human-readable `current/target` for `berth get autoscalers` (e.g. `rps 42/50`), written by the
+    /// autoscaler controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
 }
 
 impl Autoscaler {

@@ -10,6 +10,20 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+/// Well-known label and annotation keys shared by the controllers, the scheduler and the agent.
+pub mod well_known {
+    /// Node label with the node's name (anti-affinity "one per node" uses it as `topologyKey`).
+    pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+    /// Node label with the node's zone (`berth up --agents N` sets `zone-a`, `zone-b`, ...).
+    pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+    /// Pod label with the hash of the Deployment template that made it (one value per revision).
+    pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+    /// Deployment (and pod) annotation with the rollout revision number, as Kubernetes writes it.
+    pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+    /// Deployment annotation `"true"`: roll out again when a ConfigMap or Secret it references changes.
+    pub const ROLLOUT_ON_CONFIG_CHANGE_ANNOTATION: &str = "berth.dev/rollout-on-config-change";
+}
+
 /// A value Berth accepts because Kubernetes defines it, but does not act on. It is kept (so `get -o yaml`
 /// shows what the user wrote) and every occurrence produces a warning naming its path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +203,8 @@ impl fmt::Display for Time {
             .unwrap_or(0);
         if nanos == 0 {
             write!(f, "{}", humantime::format_rfc3339_seconds(self.0))
+        } else if (nanos / 1_000_000) * 1_000_000 == nanos {
+            write!(f, "{}", humantime::format_rfc3339_millis(self.0))
         } else {
             write!(f, "{}", humantime::format_rfc3339_micros(self.0))
         }

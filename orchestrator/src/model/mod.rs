@@ -18,6 +18,17 @@
 //! so `decode(Some(kind), doc.object)` gives back `doc.object`, and comparing normalized objects tells whether
 //! an apply changes anything.
 //!
+//! Berth's additions to Kubernetes shapes (all optional, all in this module's types):
+//! - Service `spec.loadBalancing {policy: p2c|roundRobin|weightedRoundRobin|leastRequest|consistentHash,
+//!   hashOn: {header|cookie|clientIP}}` and `spec.healthCheck {path, intervalMs, timeoutMs, healthyThreshold,
+//!   unhealthyThreshold}`;
+//! - `berth.dev/v1` Route (`spec.hosts`, `spec.rules[] {hosts, path {exact|prefix}, methods, headers, backend
+//!   {service, port}, rewrite {prefix}, requestHeaders {add, remove}, rateLimit {requestsPerSecond}}`,
+//!   `defaultBackend`, `tls[] {hosts, secretName}`) and Autoscaler (see `autoscaler.rs`);
+//! - status fields written by Berth itself: Node `status.heartbeatTime`, Pod
+//!   `status.containerStatuses[].ports[] {name, containerPort, hostPort}` (where the endpoint really listens);
+//! - annotation `berth.dev/rollout-on-config-change: "true"` on a Deployment ([`well_known`]).
+//!
 //! Not here: storage (see `store`), and the data-plane types, which live in `discovery`; the `to_discovery`
 //! conversions on [`Service`] and [`Route`] bridge the two.
 
@@ -29,7 +40,7 @@ pub mod service;
 pub mod workloads;
 
 pub use autoscaler::*;
-pub use manifest::{decode, Document, ManifestError, ManifestErrorKind};
+pub use manifest::{decode, decode_in, Document, ManifestError, ManifestErrorKind};
 pub use meta::*;
 pub use quantity::{Quantity, QuantityError};
 pub use service::*;

@@ -336,4 +336,26 @@ mod tests {
         assert_eq!(serde_json::to_string(&q).unwrap(), "\"250m\"");
         assert!(serde_json::from_str::<Quantity>("true").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn millis_round_trip(m in 0u64..1_000_000_000_000_000) {
+            proptest::prop_assert_eq!(Quantity::parse(&format!("{m}m")).unwrap().millis(), m);
+            proptest::prop_assert_eq!(Quantity::from_millis(m).millis(), m);
+            proptest::prop_assert_eq!(Quantity::from_units(m / 1000).units(), m / 1000);
+        }
+
+        #[test]
+        fn binary_suffix_is_exact(int in 0u64..100_000, frac in 0u32..1000) {
+            // int.frac Mi in bytes, rounded up.
+            let q = Quantity::parse(&format!("{int}.{frac:03}Mi")).unwrap();
+            let num = (u128::from(int) * 1000 + u128::from(frac)) * (1 << 20);
+            proptest::prop_assert_eq!(u128::from(q.units()), num.div_ceil(1000));
+        }
+
+        #[test]
+        fn never_panics(s in "\\PC{0,40}") {
+            let _ = Quantity::parse(&s);
+        }
+    }
 }

@@ -1999,11 +1999,16 @@ pub(crate) fn check_data_key(path: &str, key: &str) -> CheckResult {
     }
 }
 
+/// Line-wrapped base64 (as `base64` prints it) is accepted, as Kubernetes accepts it.
+fn strip_whitespace(value: &str) -> String {
+    value.chars().filter(|c| !c.is_ascii_whitespace()).collect()
+}
+
 fn check_base64(path: &str, value: &str) -> CheckResult {
     use base64::Engine;
     // The message never includes the value: it may be a secret.
     base64::engine::general_purpose::STANDARD
-        .decode(value.trim())
+        .decode(strip_whitespace(value))
         .map(|_| ())
         .map_err(|_| field_err(path, "value is not valid base64"))
 }
@@ -2074,7 +2079,7 @@ impl Secret {
             return Some(v.as_bytes().to_vec());
         }
         base64::engine::general_purpose::STANDARD
-            .decode(self.data.get(key)?.trim())
+            .decode(strip_whitespace(self.data.get(key)?))
             .ok()
     }
 
