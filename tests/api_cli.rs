@@ -152,7 +152,7 @@ fn kubernetes_manifests_apply_unchanged() {
         ("configmaps", "ConfigMap"),
         ("autoscalers", "HPA"),
     ] {
-        let listed = server.ok(&["get", kind]);
+        let listed = server.ok(&["get", kind, "-n", "shop"]);
         assert!(
             listed.lines().count() >= 2,
             "{what} shows up in `berth get {kind}`: {listed}"

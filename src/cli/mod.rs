@@ -173,11 +173,14 @@ pub struct GetArgs {
 pub async fn get(args: GetArgs) -> Result<()> {
     let format = output::Format::parse(args.output.as_deref())?;
     let client = connect(&args.client)?;
-    if output::is_endpoints(&args.kind) {
-        let ns = (!args.all_namespaces).then_some(args.namespace.as_str());
-        return output::endpoints(&client, ns, args.name.as_deref(), format).await;
-    }
-    let kind = parse_kind(&args.kind)?;
+    let kind = match model::Resource::from_cli_name(&args.kind) {
+        Some(model::Resource::Kind(kind)) => kind,
+        Some(model::Resource::Endpoints) => {
+            let ns = (!args.all_namespaces).then_some(args.namespace.as_str());
+            return output::endpoints(&client, ns, args.name.as_deref(), format).await;
+        }
+        None => return Err(unknown_kind(&args.kind)),
+    };
     if let Some(sel) = &args.selector {
         discovery::Selector::parse(sel).map_err(|e| anyhow!("-l {sel:?}: {e}"))?;
     }
@@ -208,7 +211,11 @@ pub async fn get(args: GetArgs) -> Result<()> {
 }
 
 fn parse_kind(s: &str) -> Result<Kind> {
-    Kind::from_cli_name(s).ok_or_else(|| anyhow!("unknown kind {s:?} (try pods, deployments, services, nodes, routes, autoscalers, configmaps, secrets, endpoints)"))
+    Kind::from_cli_name(s).ok_or_else(|| unknown_kind(s))
+}
+
+fn unknown_kind(s: &str) -> anyhow::Error {
+    anyhow!("unknown kind {s:?} (one of: {})", model::Resource::all_cli_names())
 }
 
 // ---------------------------------------------------------------------------------------------------------

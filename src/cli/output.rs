@@ -28,10 +28,6 @@ impl Format {
     }
 }
 
-pub fn is_endpoints(kind: &str) -> bool {
-    matches!(kind, "endpoints" | "endpoint" | "ep")
-}
-
 fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
