@@ -2,4 +2,5 @@
 //! the scheduler, the controllers and the node agent.
 
 pub mod model;
+pub mod scheduler;
 pub mod store;
