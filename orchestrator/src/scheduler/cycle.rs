@@ -11,7 +11,8 @@
 //! `matchLabelKeys`. Known simplifications are listed in the module docs of `scheduler`.
 
 use super::intern::{
-    all_match, compile_node_requirements, compile_selector, FastMap, ILabels, IOp, IReq, Interner, Sym,
+    all_match, compile_node_requirements, compile_selector, FastMap, ILabels, IOp, IReq, Interner,
+    Sym,
 };
 use super::rng::SeededRng;
 use super::types::*;
@@ -45,7 +46,9 @@ pub fn fits(alloc: &Allocatable, used: &Usage, req: &Requests) -> Result<(), Rej
     if req.cpu_millis > 0 && used.cpu_millis.saturating_add(req.cpu_millis) > alloc.cpu_millis {
         return Err(RejectReason::InsufficientCpu);
     }
-    if req.memory_bytes > 0 && used.memory_bytes.saturating_add(req.memory_bytes) > alloc.memory_bytes {
+    if req.memory_bytes > 0
+        && used.memory_bytes.saturating_add(req.memory_bytes) > alloc.memory_bytes
+    {
         return Err(RejectReason::InsufficientMemory);
     }
     Ok(())
@@ -237,13 +240,21 @@ impl Cycle {
                 let taints: Box<[ITaint]> = n
                     .taints
                     .iter()
-                    .map(|t| ITaint { key: interner.intern(&t.key), value: interner.intern(&t.value), effect: t.effect })
+                    .map(|t| ITaint {
+                        key: interner.intern(&t.key),
+                        value: interner.intern(&t.value),
+                        effect: t.effect,
+                    })
                     .collect();
                 NodeRec {
                     name: Arc::from(n.name.as_str()),
                     labels: interner.labels(&n.labels),
-                    has_hard_taints: taints.iter().any(|t| t.effect != TaintEffect::PreferNoSchedule),
-                    has_soft_taints: taints.iter().any(|t| t.effect == TaintEffect::PreferNoSchedule),
+                    has_hard_taints: taints
+                        .iter()
+                        .any(|t| t.effect != TaintEffect::PreferNoSchedule),
+                    has_soft_taints: taints
+                        .iter()
+                        .any(|t| t.effect == TaintEffect::PreferNoSchedule),
                     taints,
                     unschedulable: n.unschedulable,
                     alloc: n.allocatable,
@@ -254,7 +265,11 @@ impl Cycle {
             })
             .collect();
         let mut rng = SeededRng::new(seed);
-        let next_start = if nodes.is_empty() { 0 } else { rng.below(nodes.len() as u64) as usize };
+        let next_start = if nodes.is_empty() {
+            0
+        } else {
+            rng.below(nodes.len() as u64) as usize
+        };
         let mut cycle = Cycle {
             interner,
             policy: snapshot.policy,
@@ -277,7 +292,9 @@ impl Cycle {
         // is counted over all bound pods when it is registered.
         let mut bound = Vec::with_capacity(snapshot.pods.len());
         for bp in &snapshot.pods {
-            let Some(&n) = name_to_idx.get(bp.node.as_str()) else { continue };
+            let Some(&n) = name_to_idx.get(bp.node.as_str()) else {
+                continue;
+            };
             let p = &bp.pod;
             let ns = cycle.interner.intern(&p.namespace);
             let labels = cycle.interner.labels(&p.labels);
@@ -348,7 +365,10 @@ impl Cycle {
             self.feasible = feasible;
             let per_node = (0..n)
                 .map(|i| {
-                    let reason = self.filter(&ctx, i).err().unwrap_or(RejectReason::NodeUnschedulable);
+                    let reason = self
+                        .filter(&ctx, i)
+                        .err()
+                        .unwrap_or(RejectReason::NodeUnschedulable);
                     (self.nodes[i].name.clone(), reason)
                 })
                 .collect();
@@ -358,6 +378,15 @@ impl Cycle {
         self.feasible = feasible;
         self.commit(ctx, chosen);
         Ok(self.nodes[chosen as usize].name.clone())
+    }
+
+    /// Every node's verdict for `pod` against the current state, in snapshot order, without placing it
+    /// (what `berth describe pod` shows per node).
+    pub fn explain(&mut self, pod: &PodInfo) -> Vec<(Arc<str>, Result<(), RejectReason>)> {
+        let ctx = self.prepare(pod);
+        (0..self.nodes.len())
+            .map(|i| (self.nodes[i].name.clone(), self.filter(&ctx, i)))
+            .collect()
     }
 
     // ---- per-cycle bookkeeping -------------------------------------------------------------------------
@@ -379,7 +408,10 @@ impl Cycle {
             })
             .collect();
         let id = self.topologies.len();
-        self.topologies.push(Topology { node_domain, domains: domain_of.len() as u32 });
+        self.topologies.push(Topology {
+            node_domain,
+            domains: domain_of.len() as u32,
+        });
         self.topo_of.insert(key, id);
         id
     }
@@ -405,7 +437,12 @@ impl Cycle {
             match anchors(sel) {
                 Some(pairs) => {
                     for kv in pairs {
-                        for &p in self.pods_by_label.get(&kv).map(Vec::as_slice).unwrap_or(&[]) {
+                        for &p in self
+                            .pods_by_label
+                            .get(&kv)
+                            .map(Vec::as_slice)
+                            .unwrap_or(&[])
+                        {
                             count(&self.pods[p as usize]);
                         }
                     }
@@ -416,21 +453,38 @@ impl Cycle {
         let id = self.terms.len() as u32;
         self.match_index.insert(id, &key);
         self.term_of.insert(key.clone(), id);
-        self.terms.push(Term { key, topo, matching, total, carriers: Vec::new(), carriers_total: 0 });
+        self.terms.push(Term {
+            key,
+            topo,
+            matching,
+            total,
+            carriers: Vec::new(),
+            carriers_total: 0,
+        });
         id
     }
 
     fn affinity_term(&mut self, t: &PodAffinityTerm, owner_ns: Sym) -> u32 {
-        let sel = t.label_selector.as_ref().map(|s| compile_selector(&mut self.interner, s));
+        let sel = t
+            .label_selector
+            .as_ref()
+            .map(|s| compile_selector(&mut self.interner, s));
         let mut ns: Vec<Sym> = if t.namespaces.is_empty() {
             vec![owner_ns]
         } else {
-            t.namespaces.iter().map(|n| self.interner.intern(n)).collect()
+            t.namespaces
+                .iter()
+                .map(|n| self.interner.intern(n))
+                .collect()
         };
         ns.sort_unstable();
         ns.dedup();
         let topo_key = self.interner.intern(&t.topology_key);
-        self.term(TermKey { sel, ns: ns.into_boxed_slice(), topo_key })
+        self.term(TermKey {
+            sel,
+            ns: ns.into_boxed_slice(),
+            topo_key,
+        })
     }
 
     fn add_carrier(&mut self, term: u32, node: u32) {
@@ -499,7 +553,12 @@ impl Cycle {
             .preferred
             .iter()
             .filter(|p| !p.preference.match_expressions.is_empty() && p.weight != 0)
-            .map(|p| (p.weight as i64, compile_node_requirements(&mut self.interner, &p.preference.match_expressions)))
+            .map(|p| {
+                (
+                    p.weight as i64,
+                    compile_node_requirements(&mut self.interner, &p.preference.match_expressions),
+                )
+            })
             .collect();
         let has_node_affinity = !node_selector.is_empty() || required_node.is_some();
         let tolerations = pod
@@ -512,17 +571,38 @@ impl Cycle {
                 effect: t.effect,
             })
             .collect();
-        let unschedulable_taint =
-            Taint { key: UNSCHEDULABLE_TAINT_KEY.to_string(), value: String::new(), effect: TaintEffect::NoSchedule };
-        let tolerates_unschedulable = pod.tolerations.iter().any(|t| t.tolerates(&unschedulable_taint));
+        let unschedulable_taint = Taint {
+            key: UNSCHEDULABLE_TAINT_KEY.to_string(),
+            value: String::new(),
+            effect: TaintEffect::NoSchedule,
+        };
+        let tolerates_unschedulable = pod
+            .tolerations
+            .iter()
+            .any(|t| t.tolerates(&unschedulable_taint));
 
-        let anti: Vec<u32> = pod.pod_anti_affinity.required.iter().map(|t| self.affinity_term(t, ns)).collect();
-        let affinity: Vec<u32> = pod.pod_affinity.required.iter().map(|t| self.affinity_term(t, ns)).collect();
+        let anti: Vec<u32> = pod
+            .pod_anti_affinity
+            .required
+            .iter()
+            .map(|t| self.affinity_term(t, ns))
+            .collect();
+        let affinity: Vec<u32> = pod
+            .pod_affinity
+            .required
+            .iter()
+            .map(|t| self.affinity_term(t, ns))
+            .collect();
         let affinity_bypass = !affinity.is_empty()
             && affinity.iter().all(|&t| self.terms[t as usize].total == 0)
-            && affinity.iter().all(|&t| term_matches(&self.terms[t as usize].key, ns, &labels, &self.interner));
+            && affinity
+                .iter()
+                .all(|&t| term_matches(&self.terms[t as usize].key, ns, &labels, &self.interner));
         let mut preferred_pod = Vec::new();
-        for (sign, list) in [(1i64, &pod.pod_affinity.preferred), (-1, &pod.pod_anti_affinity.preferred)] {
+        for (sign, list) in [
+            (1i64, &pod.pod_affinity.preferred),
+            (-1, &pod.pod_anti_affinity.preferred),
+        ] {
             for w in list {
                 let t = self.affinity_term(&w.term, ns);
                 preferred_pod.push((t, sign * w.weight as i64));
@@ -567,16 +647,26 @@ impl Cycle {
         }
         let mut hard = Vec::new();
         for c in &pod.topology_spread_constraints {
-            let sel = c.label_selector.as_ref().map(|s| compile_selector(&mut self.interner, s));
+            let sel = c
+                .label_selector
+                .as_ref()
+                .map(|s| compile_selector(&mut self.interner, s));
             let topo_key = self.interner.intern(&c.topology_key);
-            let term = self.term(TermKey { sel, ns: Box::new([ctx.ns]), topo_key });
+            let term = self.term(TermKey {
+                sel,
+                ns: Box::new([ctx.ns]),
+                topo_key,
+            });
             let t = &self.terms[term as usize];
             let self_match = term_matches(&t.key, ctx.ns, &ctx.labels, &self.interner) as u32;
             match c.when_unsatisfiable {
                 WhenUnsatisfiable::DoNotSchedule => hard.push((term, c.max_skew, self_match)),
                 WhenUnsatisfiable::ScheduleAnyway => {
                     let domains = self.topologies[t.topo].domains as f64;
-                    ctx.spread_soft.push(SoftSpread { term, weight: (domains + 2.0).ln() });
+                    ctx.spread_soft.push(SoftSpread {
+                        term,
+                        weight: (domains + 2.0).ln(),
+                    });
                 }
             }
         }
@@ -585,12 +675,16 @@ impl Cycle {
         }
         // The minimum is taken over the domains of nodes the pod could use: nodes matching its node
         // selector/affinity and carrying every hard constraint's topology key.
-        let keys: Vec<usize> = hard.iter().map(|&(t, ..)| self.terms[t as usize].topo).collect();
+        let keys: Vec<usize> = hard
+            .iter()
+            .map(|&(t, ..)| self.terms[t as usize].topo)
+            .collect();
         let simple = !ctx.has_node_affinity && keys.iter().all(|&k| k == keys[0]);
         let eligible: Option<Vec<bool>> = (!simple).then(|| {
             (0..self.nodes.len())
                 .map(|n| {
-                    keys.iter().all(|&k| self.topologies[k].node_domain[n] != NONE)
+                    keys.iter()
+                        .all(|&k| self.topologies[k].node_domain[n] != NONE)
                         && self.node_affinity_ok(ctx, &self.nodes[n])
                 })
                 .collect()
@@ -608,21 +702,30 @@ impl Cycle {
                         .unwrap_or(0)
                 }
             };
-            ctx.spread_hard.push(HardSpread { term, max_skew, self_match, min });
+            ctx.spread_hard.push(HardSpread {
+                term,
+                max_skew,
+                self_match,
+                min,
+            });
         }
     }
 
     // ---- Filter --------------------------------------------------------------------------------------------
 
     fn node_affinity_ok(&self, ctx: &PodCtx, node: &NodeRec) -> bool {
-        if !ctx.node_selector.iter().all(|&(k, v)| node.labels.get(k) == Some(v)) {
+        if !ctx
+            .node_selector
+            .iter()
+            .all(|&(k, v)| node.labels.get(k) == Some(v))
+        {
             return false;
         }
         match &ctx.required_node {
             None => true,
-            Some(terms) => {
-                terms.iter().any(|t| !t.is_empty() && all_match(t, &node.labels, &self.interner))
-            }
+            Some(terms) => terms
+                .iter()
+                .any(|t| !t.is_empty() && all_match(t, &node.labels, &self.interner)),
         }
     }
 
@@ -630,7 +733,8 @@ impl Cycle {
         self.topologies[term.topo].node_domain[n]
     }
 
-    /// The first failing filter, cheapest first; `Ok` when the node can take the pod.
+    /// The first failing filter, cheapest first (inter-pod rules in kube-scheduler's order: affinity, anti-affinity,
+    /// existing pods' anti-affinity); `Ok` when the node can take the pod.
     fn filter(&self, ctx: &PodCtx, n: usize) -> Result<(), RejectReason> {
         let node = &self.nodes[n];
         if node.unschedulable && !ctx.tolerates_unschedulable {
@@ -649,20 +753,6 @@ impl Cycle {
             return Err(RejectReason::UntoleratedTaint);
         }
         fits(&node.alloc, &node.used, &ctx.req)?;
-        for &t in &ctx.existing_anti {
-            let t = &self.terms[t as usize];
-            let d = self.domain(t, n);
-            if d != NONE && t.carriers[d as usize] > 0 {
-                return Err(RejectReason::ExistingPodsAntiAffinity);
-            }
-        }
-        for &t in &ctx.anti {
-            let t = &self.terms[t as usize];
-            let d = self.domain(t, n);
-            if d != NONE && t.matching[d as usize] > 0 {
-                return Err(RejectReason::PodAntiAffinity);
-            }
-        }
         if !ctx.affinity.is_empty() {
             let mut all_present = true;
             for &t in &ctx.affinity {
@@ -675,6 +765,20 @@ impl Cycle {
             }
             if !all_present && !ctx.affinity_bypass {
                 return Err(RejectReason::PodAffinity);
+            }
+        }
+        for &t in &ctx.anti {
+            let t = &self.terms[t as usize];
+            let d = self.domain(t, n);
+            if d != NONE && t.matching[d as usize] > 0 {
+                return Err(RejectReason::PodAntiAffinity);
+            }
+        }
+        for &t in &ctx.existing_anti {
+            let t = &self.terms[t as usize];
+            let d = self.domain(t, n);
+            if d != NONE && t.carriers[d as usize] > 0 {
+                return Err(RejectReason::ExistingPodsAntiAffinity);
             }
         }
         for s in &ctx.spread_hard {
@@ -699,7 +803,13 @@ impl Cycle {
             ScoringStrategy::LeastAllocated => (least(cpu) + least(mem)) / 2,
             ScoringStrategy::MostAllocated => (most(cpu) + most(mem)) / 2,
             ScoringStrategy::Balanced => {
-                let f = |(r, a): (u64, u64)| if a == 0 { 1.0 } else { (r as f64 / a as f64).min(1.0) };
+                let f = |(r, a): (u64, u64)| {
+                    if a == 0 {
+                        1.0
+                    } else {
+                        (r as f64 / a as f64).min(1.0)
+                    }
+                };
                 let std = (f(cpu) - f(mem)).abs() / 2.0;
                 ((1.0 - std) * 100.0) as i64
             }
@@ -714,18 +824,34 @@ impl Cycle {
         let mut totals = std::mem::take(&mut self.totals);
         let mut raw = std::mem::take(&mut self.raw);
         totals.clear();
-        totals.extend(feasible.iter().map(|&n| w.resources * self.resource_score(ctx, &self.nodes[n as usize])));
+        totals.extend(
+            feasible
+                .iter()
+                .map(|&n| w.resources * self.resource_score(ctx, &self.nodes[n as usize])),
+        );
 
         if !ctx.preferred_node.is_empty() {
             raw.clear();
             raw.extend(feasible.iter().map(|&n| {
                 let labels = &self.nodes[n as usize].labels;
-                ctx.preferred_node.iter().filter(|(_, t)| all_match(t, labels, &self.interner)).map(|(w, _)| *w).sum::<i64>()
-                    as f64
+                ctx.preferred_node
+                    .iter()
+                    .filter(|(_, t)| all_match(t, labels, &self.interner))
+                    .map(|(w, _)| *w)
+                    .sum::<i64>() as f64
             }));
-            add_normalized(&mut totals, &raw, w.node_affinity, Direction::HigherIsBetter, false);
+            add_normalized(
+                &mut totals,
+                &raw,
+                w.node_affinity,
+                Direction::HigherIsBetter,
+                false,
+            );
         }
-        if feasible.iter().any(|&n| self.nodes[n as usize].has_soft_taints) {
+        if feasible
+            .iter()
+            .any(|&n| self.nodes[n as usize].has_soft_taints)
+        {
             raw.clear();
             raw.extend(feasible.iter().map(|&n| {
                 self.nodes[n as usize]
@@ -735,7 +861,13 @@ impl Cycle {
                     .filter(|t| !ctx.tolerations.iter().any(|tol| tol.tolerates(t)))
                     .count() as f64
             }));
-            add_normalized(&mut totals, &raw, w.taint_toleration, Direction::LowerIsBetter, false);
+            add_normalized(
+                &mut totals,
+                &raw,
+                w.taint_toleration,
+                Direction::LowerIsBetter,
+                false,
+            );
         }
         if !ctx.preferred_pod.is_empty() {
             raw.clear();
@@ -745,11 +877,21 @@ impl Cycle {
                     .map(|&(t, weight)| {
                         let t = &self.terms[t as usize];
                         let d = self.domain(t, n as usize);
-                        if d == NONE { 0 } else { weight * t.matching[d as usize] as i64 }
+                        if d == NONE {
+                            0
+                        } else {
+                            weight * t.matching[d as usize] as i64
+                        }
                     })
                     .sum::<i64>() as f64
             }));
-            add_normalized(&mut totals, &raw, w.pod_affinity, Direction::HigherIsBetter, true);
+            add_normalized(
+                &mut totals,
+                &raw,
+                w.pod_affinity,
+                Direction::HigherIsBetter,
+                true,
+            );
         }
         if !ctx.spread_soft.is_empty() {
             raw.clear();
@@ -766,7 +908,13 @@ impl Cycle {
                 }
                 s
             }));
-            add_normalized(&mut totals, &raw, w.topology_spread, Direction::LowerIsBetter, false);
+            add_normalized(
+                &mut totals,
+                &raw,
+                w.topology_spread,
+                Direction::LowerIsBetter,
+                false,
+            );
         }
 
         // Highest total wins; ties are broken uniformly by reservoir sampling from the seeded RNG.
@@ -811,7 +959,11 @@ fn add_normalized(totals: &mut [i64], raw: &[f64], weight: i64, dir: Direction, 
     if !lo.is_finite() {
         return;
     }
-    let floor = if min_max || dir == Direction::LowerIsBetter { lo } else { 0.0f64.min(lo) };
+    let floor = if min_max || dir == Direction::LowerIsBetter {
+        lo
+    } else {
+        0.0f64.min(lo)
+    };
     let span = hi - floor;
     for (t, &v) in totals.iter_mut().zip(raw) {
         let score = if !v.is_finite() {
@@ -844,7 +996,15 @@ fn most((requested, alloc): (u64, u64)) -> i64 {
 
 fn score_requests(r: &Requests) -> (u64, u64) {
     (
-        if r.cpu_millis == 0 { DEFAULT_SCORE_CPU_MILLIS } else { r.cpu_millis },
-        if r.memory_bytes == 0 { DEFAULT_SCORE_MEMORY_BYTES } else { r.memory_bytes },
+        if r.cpu_millis == 0 {
+            DEFAULT_SCORE_CPU_MILLIS
+        } else {
+            r.cpu_millis
+        },
+        if r.memory_bytes == 0 {
+            DEFAULT_SCORE_MEMORY_BYTES
+        } else {
+            r.memory_bytes
+        },
     )
 }
