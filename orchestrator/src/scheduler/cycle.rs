@@ -221,6 +221,8 @@ pub struct Cycle {
     pods_by_label: FastMap<(Sym, Sym), Vec<u32>>,
     next_start: usize,
     rng: SeededRng,
+    /// The taint a cordoned node is treated as having.
+    unschedulable_taint: ITaint,
     feasible: Vec<u32>,
     totals: Vec<i64>,
     raw: Vec<f64>,
@@ -264,6 +266,11 @@ impl Cycle {
                 }
             })
             .collect();
+        let unschedulable_taint = ITaint {
+            key: interner.intern(UNSCHEDULABLE_TAINT_KEY),
+            value: interner.intern(""),
+            effect: TaintEffect::NoSchedule,
+        };
         let mut rng = SeededRng::new(seed);
         let next_start = if nodes.is_empty() {
             0
@@ -284,6 +291,7 @@ impl Cycle {
             pods_by_label: FastMap::default(),
             next_start,
             rng,
+            unschedulable_taint,
             feasible: Vec::new(),
             totals: Vec::new(),
             raw: Vec::new(),
@@ -561,7 +569,7 @@ impl Cycle {
             })
             .collect();
         let has_node_affinity = !node_selector.is_empty() || required_node.is_some();
-        let tolerations = pod
+        let tolerations: Box<[ITol]> = pod
             .tolerations
             .iter()
             .map(|t| ITol {
@@ -571,15 +579,9 @@ impl Cycle {
                 effect: t.effect,
             })
             .collect();
-        let unschedulable_taint = Taint {
-            key: UNSCHEDULABLE_TAINT_KEY.to_string(),
-            value: String::new(),
-            effect: TaintEffect::NoSchedule,
-        };
-        let tolerates_unschedulable = pod
-            .tolerations
+        let tolerates_unschedulable = tolerations
             .iter()
-            .any(|t| t.tolerates(&unschedulable_taint));
+            .any(|t: &ITol| t.tolerates(&self.unschedulable_taint));
 
         let anti: Vec<u32> = pod
             .pod_anti_affinity
@@ -980,18 +982,28 @@ fn add_normalized(totals: &mut [i64], raw: &[f64], weight: i64, dir: Direction, 
     }
 }
 
+/// `part * 100 / whole` without a 128-bit division on the hot path (quantities beyond 2^57 take the slow one).
+#[inline]
+fn percent(part: u64, whole: u64) -> i64 {
+    if whole <= u64::MAX / 128 {
+        (part * 100 / whole) as i64
+    } else {
+        (part as u128 * 100 / whole as u128) as i64
+    }
+}
+
 fn least((requested, alloc): (u64, u64)) -> i64 {
     if alloc == 0 || requested > alloc {
         return 0;
     }
-    ((alloc - requested) as u128 * 100 / alloc as u128) as i64
+    percent(alloc - requested, alloc)
 }
 
 fn most((requested, alloc): (u64, u64)) -> i64 {
     if alloc == 0 {
         return 0;
     }
-    (requested.min(alloc) as u128 * 100 / alloc as u128) as i64
+    percent(requested.min(alloc), alloc)
 }
 
 fn score_requests(r: &Requests) -> (u64, u64) {
