@@ -175,6 +175,9 @@ struct HardSpread {
     max_skew: u32,
     self_match: u32,
     min: u32,
+    /// Per-domain counts restricted to the nodes the pod may use, when that differs from the term's
+    /// cluster-wide counts (the pod has a node selector/affinity, or constraints on several keys).
+    counts: Option<Vec<u32>>,
 }
 
 struct SoftSpread {
@@ -424,17 +427,23 @@ impl Cycle {
         id
     }
 
-    fn term(&mut self, key: TermKey) -> u32 {
-        if let Some(&t) = self.term_of.get(&key) {
-            return t;
-        }
-        let topo = self.topology(key.topo_key);
-        let domains = &self.topologies[topo];
-        let mut matching = vec![0u32; domains.domains as usize];
+    /// Pods matching `key` per domain of topology `topo`, only on `eligible` nodes when given. Goes through
+    /// the label index when the selector has an `In` requirement.
+    fn count_matching(
+        &self,
+        key: &TermKey,
+        topo: usize,
+        eligible: Option<&[bool]>,
+    ) -> (Vec<u32>, u64) {
+        let nd = &self.topologies[topo].node_domain;
+        let mut matching = vec![0u32; self.topologies[topo].domains as usize];
         let mut total = 0;
         let mut count = |p: &PodRec| {
-            if term_matches(&key, p.ns, &p.labels, &self.interner) {
-                let d = domains.node_domain[p.node as usize];
+            if eligible.is_some_and(|e| !e[p.node as usize]) {
+                return;
+            }
+            if term_matches(key, p.ns, &p.labels, &self.interner) {
+                let d = nd[p.node as usize];
                 if d != NONE {
                     matching[d as usize] += 1;
                     total += 1;
@@ -458,6 +467,15 @@ impl Cycle {
                 None => self.pods.iter().for_each(&mut count),
             }
         }
+        (matching, total)
+    }
+
+    fn term(&mut self, key: TermKey) -> u32 {
+        if let Some(&t) = self.term_of.get(&key) {
+            return t;
+        }
+        let topo = self.topology(key.topo_key);
+        let (matching, total) = self.count_matching(&key, topo, None);
         let id = self.terms.len() as u32;
         self.match_index.insert(id, &key);
         self.term_of.insert(key.clone(), id);
@@ -693,15 +711,18 @@ impl Cycle {
         });
         for (term, max_skew, self_match) in hard {
             let t = &self.terms[term as usize];
-            let min = match &eligible {
-                None => t.matching.iter().copied().min().unwrap_or(0),
+            let (min, counts) = match &eligible {
+                None => (t.matching.iter().copied().min().unwrap_or(0), None),
                 Some(ok) => {
+                    // Kubernetes counts only pods on nodes the incoming pod could use.
+                    let (counts, _) = self.count_matching(&t.key, t.topo, Some(ok));
                     let nd = &self.topologies[t.topo].node_domain;
-                    (0..self.nodes.len())
+                    let min = (0..self.nodes.len())
                         .filter(|&n| ok[n])
-                        .map(|n| t.matching[nd[n] as usize])
+                        .map(|n| counts[nd[n] as usize])
                         .min()
-                        .unwrap_or(0)
+                        .unwrap_or(0);
+                    (min, Some(counts))
                 }
             };
             ctx.spread_hard.push(HardSpread {
@@ -709,6 +730,7 @@ impl Cycle {
                 max_skew,
                 self_match,
                 min,
+                counts,
             });
         }
     }
@@ -789,7 +811,11 @@ impl Cycle {
             if d == NONE {
                 return Err(RejectReason::TopologySpreadMissingLabel);
             }
-            if (t.matching[d as usize] + s.self_match).saturating_sub(s.min) > s.max_skew {
+            let here = s
+                .counts
+                .as_ref()
+                .map_or(t.matching[d as usize], |c| c[d as usize]);
+            if (here + s.self_match).saturating_sub(s.min) > s.max_skew {
                 return Err(RejectReason::TopologySpreadSkew);
             }
         }

@@ -25,9 +25,9 @@
 //! re-validates the node's capacity at commit time; on conflict the runner refreshes the snapshot and retries.
 //!
 //! Known simplifications against Kubernetes: `namespaceSelector`, `matchFields`, `minDomains`,
-//! `matchLabelKeys` and `nodeAffinityPolicy`/`nodeTaintsPolicy` are not modelled; spread counts include
-//! matching pods on every node of a domain (Kubernetes counts only nodes that pass the pod's node affinity,
-//! though the minimum here is taken over eligible domains as there); several required pod-affinity terms are
+//! `matchLabelKeys` and `nodeAffinityPolicy`/`nodeTaintsPolicy` are not modelled; `ScheduleAnyway` spread
+//! scoring counts matching pods on every node of a domain (Kubernetes counts only nodes that pass the pod's
+//! node affinity; `DoNotSchedule` filtering does follow that rule); several required pod-affinity terms are
 //! checked term by term (Kubernetes wants one pod matching all terms); existing pods' *preferred*
 //! (anti-)affinity is not scored symmetrically; the resource score is the strategy alone (Kubernetes adds
 //! `BalancedAllocation` to `LeastAllocated` by default).

@@ -484,6 +484,13 @@ fn topology_spread_filters() {
     ];
     let mut zone_ab = spreading("web", 1);
     zone_ab.node_selector = labels(&[(ZONE, "a")]);
+    let ssd = |mut n: NodeInfo| {
+        n.labels.insert("disk".into(), "ssd".into());
+        n
+    };
+    let ssd_nodes = vec![ssd(node("n1", "a")), node("n2", "a"), ssd(node("n3", "b"))];
+    let mut ssd_pod = spreading("web", 1);
+    ssd_pod.node_selector = labels(&[("disk", "ssd")]);
     let mut soft = pod("p", "web");
     soft.topology_spread_constraints =
         vec![spread(ZONE, "web", 1, WhenUnsatisfiable::ScheduleAnyway)];
@@ -530,6 +537,13 @@ fn topology_spread_filters() {
             pods: existing.clone(),
             pod: zone_ab,
             expect: vec![OK, Err(NodeAffinity), Err(NodeAffinity), Err(NodeAffinity)],
+        },
+        FilterCase {
+            name: "only pods on nodes the pod may use are counted",
+            nodes: ssd_nodes,
+            pods: vec![bound(pod("w1", "web"), "n2"), bound(pod("w2", "web"), "n2")],
+            pod: ssd_pod,
+            expect: vec![OK, Err(NodeAffinity), OK],
         },
         FilterCase {
             name: "ScheduleAnyway never filters",
@@ -1023,11 +1037,20 @@ fn naive_feasible(nodes: &[NodeInfo], placed: &[(PodInfo, usize)], p: &PodInfo, 
             .label_selector
             .as_ref()
             .expect("generated with a selector");
+        let eligible_node = |i: usize| {
+            p.node_selector
+                .iter()
+                .all(|(k, v)| nodes[i].labels.get(k) == Some(v))
+                && p.topology_spread_constraints
+                    .iter()
+                    .all(|c| domain(i, &c.topology_key).is_some())
+        };
         let count = |dom: &str| {
             placed
                 .iter()
                 .filter(|(q, m)| {
-                    q.namespace == p.namespace
+                    eligible_node(*m)
+                        && q.namespace == p.namespace
                         && sel.matches(&q.labels)
                         && domain(*m, &c.topology_key).as_deref() == Some(dom)
                 })
