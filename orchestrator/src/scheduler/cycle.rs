@@ -203,6 +203,8 @@ struct PodCtx {
     anti: Vec<u32>,
     affinity: Vec<u32>,
     affinity_bypass: bool,
+    /// For several required affinity terms: per term, per domain, the pods matching every term.
+    affinity_counts: Option<Vec<Vec<u32>>>,
     spread_hard: Vec<HardSpread>,
     spread_soft: Vec<SoftSpread>,
     preferred_pod: Vec<(u32, i64)>,
@@ -470,6 +472,49 @@ impl Cycle {
         (matching, total)
     }
 
+    /// For each of `terms`, the pods matching *every* one of them per domain; and whether any such pod was
+    /// counted at all.
+    fn count_matching_all(&self, terms: &[u32]) -> (Vec<Vec<u32>>, bool) {
+        let mut counts: Vec<Vec<u32>> = terms
+            .iter()
+            .map(|&t| vec![0; self.topologies[self.terms[t as usize].topo].domains as usize])
+            .collect();
+        let mut any = false;
+        let first = &self.terms[terms[0] as usize].key;
+        let mut visit = |p: &PodRec| {
+            if !terms.iter().all(|&t| {
+                term_matches(&self.terms[t as usize].key, p.ns, &p.labels, &self.interner)
+            }) {
+                return;
+            }
+            for (i, &t) in terms.iter().enumerate() {
+                let d = self.topologies[self.terms[t as usize].topo].node_domain[p.node as usize];
+                if d != NONE {
+                    counts[i][d as usize] += 1;
+                    any = true;
+                }
+            }
+        };
+        if let Some(sel) = &first.sel {
+            match anchors(sel) {
+                Some(pairs) => {
+                    for kv in pairs {
+                        for &p in self
+                            .pods_by_label
+                            .get(&kv)
+                            .map(Vec::as_slice)
+                            .unwrap_or(&[])
+                        {
+                            visit(&self.pods[p as usize]);
+                        }
+                    }
+                }
+                None => self.pods.iter().for_each(&mut visit),
+            }
+        }
+        (counts, any)
+    }
+
     fn term(&mut self, key: TermKey) -> u32 {
         if let Some(&t) = self.term_of.get(&key) {
             return t;
@@ -613,8 +658,19 @@ impl Cycle {
             .iter()
             .map(|t| self.affinity_term(t, ns))
             .collect();
+        // Kubernetes wants, per term, a pod in the node's domain that matches *all* the terms; with one term
+        // the cycle's counts are exactly that, with several they are counted here for this pod.
+        let (affinity_counts, any_affine) = if affinity.len() > 1 {
+            let (counts, any) = self.count_matching_all(&affinity);
+            (Some(counts), any)
+        } else {
+            (
+                None,
+                affinity.iter().any(|&t| self.terms[t as usize].total > 0),
+            )
+        };
         let affinity_bypass = !affinity.is_empty()
-            && affinity.iter().all(|&t| self.terms[t as usize].total == 0)
+            && !any_affine
             && affinity
                 .iter()
                 .all(|&t| term_matches(&self.terms[t as usize].key, ns, &labels, &self.interner));
@@ -653,6 +709,7 @@ impl Cycle {
             anti,
             affinity,
             affinity_bypass,
+            affinity_counts,
             spread_hard: Vec::new(),
             spread_soft: Vec::new(),
             preferred_pod,
@@ -779,13 +836,17 @@ impl Cycle {
         fits(&node.alloc, &node.used, &ctx.req)?;
         if !ctx.affinity.is_empty() {
             let mut all_present = true;
-            for &t in &ctx.affinity {
+            for (i, &t) in ctx.affinity.iter().enumerate() {
                 let t = &self.terms[t as usize];
                 let d = self.domain(t, n);
                 if d == NONE {
                     return Err(RejectReason::PodAffinity);
                 }
-                all_present &= t.matching[d as usize] > 0;
+                let here = ctx
+                    .affinity_counts
+                    .as_ref()
+                    .map_or(t.matching[d as usize], |c| c[i][d as usize]);
+                all_present &= here > 0;
             }
             if !all_present && !ctx.affinity_bypass {
                 return Err(RejectReason::PodAffinity);

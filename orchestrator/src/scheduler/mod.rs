@@ -27,8 +27,7 @@
 //! Known simplifications against Kubernetes: `namespaceSelector`, `matchFields`, `minDomains`,
 //! `matchLabelKeys` and `nodeAffinityPolicy`/`nodeTaintsPolicy` are not modelled; `ScheduleAnyway` spread
 //! scoring counts matching pods on every node of a domain (Kubernetes counts only nodes that pass the pod's
-//! node affinity; `DoNotSchedule` filtering does follow that rule); several required pod-affinity terms are
-//! checked term by term (Kubernetes wants one pod matching all terms); existing pods' *preferred*
+//! node affinity; `DoNotSchedule` filtering does follow that rule); existing pods' *preferred*
 //! (anti-)affinity is not scored symmetrically; the resource score is the strategy alone (Kubernetes adds
 //! `BalancedAllocation` to `LeastAllocated` by default).
 

@@ -399,6 +399,19 @@ fn inter_pod_affinity_filters() {
     other_ns_db.namespace = "other".into();
     let mut carrier = pod("c", "cache");
     carrier.pod_anti_affinity.required = vec![term("web", ZONE)];
+    let mut two_terms = pod("p", "web");
+    two_terms.pod_affinity.required = vec![
+        term("db", ZONE),
+        PodAffinityTerm {
+            label_selector: Some(eq("tier", "cache")),
+            namespaces: vec![],
+            topology_key: HOST.into(),
+        },
+    ];
+    let mut both = pod("both", "db");
+    both.labels.insert("tier".into(), "cache".into());
+    let mut c0 = pod("c0", "cache");
+    c0.labels.insert("tier".into(), "cache".into());
     let mut anti_other_ns = anti(HOST);
     anti_other_ns.pod_anti_affinity.required[0].namespaces = vec!["other".into()];
     run_filter_cases(vec![
@@ -455,6 +468,25 @@ fn inter_pod_affinity_filters() {
                 Err(PodAffinity),
                 Err(PodAffinity),
             ],
+        },
+        FilterCase {
+            name: "several terms need one pod matching all of them, not one pod per term",
+            nodes: nodes.clone(),
+            pods: vec![bound(pod("db0", "db"), "n1"), bound(c0, "n2")],
+            pod: two_terms.clone(),
+            expect: vec![
+                Err(PodAffinity),
+                Err(PodAffinity),
+                Err(PodAffinity),
+                Err(PodAffinity),
+            ],
+        },
+        FilterCase {
+            name: "several terms, each in its own topology",
+            nodes: nodes.clone(),
+            pods: vec![bound(pod("db0", "db"), "n1"), bound(both, "n3")],
+            pod: two_terms,
+            expect: vec![Err(PodAffinity), Err(PodAffinity), OK, Err(PodAffinity)],
         },
         FilterCase {
             name: "the first pod of a self-affine group may go anywhere with the key",
