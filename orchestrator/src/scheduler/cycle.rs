@@ -21,6 +21,10 @@ use std::sync::Arc;
 
 const NONE: u32 = u32::MAX;
 
+/// What an existing pod's *required* affinity term adds to the score of nodes near it for pods it matches
+/// (kube-scheduler's `hardPodAffinityWeight` default).
+const HARD_POD_AFFINITY_WEIGHT: i64 = 1;
+
 /// The cpu and memory Kubernetes assumes for scoring when a pod requests none (so that zero-request pods
 /// still spread): 100 millicores, 200 MiB.
 pub const DEFAULT_SCORE_CPU_MILLIS: u64 = 100;
@@ -118,6 +122,9 @@ struct Term {
     /// Pods carrying this term as a required anti-affinity, per domain (empty until the first carrier).
     carriers: Vec<u32>,
     carriers_total: u64,
+    /// Score weight carried by pods holding this term, per domain: +1 per required affinity (Kubernetes'
+    /// `hardPodAffinityWeight`), +w per preferred affinity, -w per preferred anti-affinity. Empty until used.
+    weighted: Vec<i64>,
 }
 
 fn term_matches(key: &TermKey, ns: Sym, labels: &ILabels, interner: &Interner) -> bool {
@@ -208,6 +215,8 @@ struct PodCtx {
     spread_hard: Vec<HardSpread>,
     spread_soft: Vec<SoftSpread>,
     preferred_pod: Vec<(u32, i64)>,
+    /// Terms carried by placed pods with a score weight that this pod matches (symmetric inter-pod scoring).
+    existing_weighted: Vec<u32>,
 }
 
 /// The state of one scheduling cycle over a snapshot. [`Cycle::schedule`] places one pod and records it, so
@@ -222,6 +231,7 @@ pub struct Cycle {
     term_of: FastMap<TermKey, u32>,
     match_index: TermIndex,
     carrier_index: TermIndex,
+    weighted_index: TermIndex,
     pods: Vec<PodRec>,
     pods_by_label: FastMap<(Sym, Sym), Vec<u32>>,
     next_start: usize,
@@ -292,6 +302,7 @@ impl Cycle {
             term_of: FastMap::default(),
             match_index: TermIndex::default(),
             carrier_index: TermIndex::default(),
+            weighted_index: TermIndex::default(),
             pods: Vec::new(),
             pods_by_label: FastMap::default(),
             next_start,
@@ -325,6 +336,19 @@ impl Cycle {
             for t in &p.pod_anti_affinity.required {
                 let id = cycle.affinity_term(t, ns);
                 cycle.add_carrier(id, n);
+            }
+            for t in &p.pod_affinity.required {
+                let id = cycle.affinity_term(t, ns);
+                cycle.add_weighted_carrier(id, n, HARD_POD_AFFINITY_WEIGHT);
+            }
+            for (sign, list) in [
+                (1i64, &p.pod_affinity.preferred),
+                (-1, &p.pod_anti_affinity.preferred),
+            ] {
+                for w in list {
+                    let id = cycle.affinity_term(&w.term, ns);
+                    cycle.add_weighted_carrier(id, n, sign * w.weight as i64);
+                }
             }
         }
         cycle
@@ -531,6 +555,7 @@ impl Cycle {
             total,
             carriers: Vec::new(),
             carriers_total: 0,
+            weighted: Vec::new(),
         });
         id
     }
@@ -556,6 +581,18 @@ impl Cycle {
             ns: ns.into_boxed_slice(),
             topo_key,
         })
+    }
+
+    fn add_weighted_carrier(&mut self, term: u32, node: u32, weight: i64) {
+        let t = &mut self.terms[term as usize];
+        let d = self.topologies[t.topo].node_domain[node as usize];
+        if t.weighted.is_empty() {
+            t.weighted = vec![0; self.topologies[t.topo].domains as usize];
+            self.weighted_index.insert(term, &t.key);
+        }
+        if d != NONE {
+            t.weighted[d as usize] += weight;
+        }
     }
 
     fn add_carrier(&mut self, term: u32, node: u32) {
@@ -598,6 +635,12 @@ impl Cycle {
         node.score_mem += ctx.score_mem;
         for &t in &ctx.anti {
             self.add_carrier(t, n);
+        }
+        for &t in &ctx.affinity {
+            self.add_weighted_carrier(t, n, HARD_POD_AFFINITY_WEIGHT);
+        }
+        for &(t, w) in &ctx.preferred_pod {
+            self.add_weighted_carrier(t, n, w);
         }
         self.add_pod(ctx.ns, ctx.labels, n);
     }
@@ -684,6 +727,11 @@ impl Cycle {
                 preferred_pod.push((t, sign * w.weight as i64));
             }
         }
+        let existing_weighted = self
+            .weighted_index
+            .candidates(&labels)
+            .filter(|&t| term_matches(&self.terms[t as usize].key, ns, &labels, &self.interner))
+            .collect();
         let existing_anti = self
             .carrier_index
             .candidates(&labels)
@@ -713,6 +761,7 @@ impl Cycle {
             spread_hard: Vec::new(),
             spread_soft: Vec::new(),
             preferred_pod,
+            existing_weighted,
         };
         self.prepare_spread(pod, &mut ctx);
         ctx
@@ -958,10 +1007,11 @@ impl Cycle {
                 false,
             );
         }
-        if !ctx.preferred_pod.is_empty() {
+        if !ctx.preferred_pod.is_empty() || !ctx.existing_weighted.is_empty() {
             raw.clear();
             raw.extend(feasible.iter().map(|&n| {
-                ctx.preferred_pod
+                let own: i64 = ctx
+                    .preferred_pod
                     .iter()
                     .map(|&(t, weight)| {
                         let t = &self.terms[t as usize];
@@ -972,7 +1022,21 @@ impl Cycle {
                             weight * t.matching[d as usize] as i64
                         }
                     })
-                    .sum::<i64>() as f64
+                    .sum();
+                let theirs: i64 = ctx
+                    .existing_weighted
+                    .iter()
+                    .map(|&t| {
+                        let t = &self.terms[t as usize];
+                        let d = self.domain(t, n as usize);
+                        if d == NONE {
+                            0
+                        } else {
+                            t.weighted[d as usize]
+                        }
+                    })
+                    .sum();
+                (own + theirs) as f64
             }));
             add_normalized(
                 &mut totals,

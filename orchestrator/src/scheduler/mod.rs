@@ -14,7 +14,8 @@
 //!    filter, so the chosen node always satisfies all required constraints; a pod is declared
 //!    [`Unschedulable`] only after every node was checked, with one typed [`RejectReason`] per node.
 //! 3. **Score** (the feasible sample only): the cluster's [`ScoringStrategy`] on cpu/memory, preferred node
-//!    affinity, preferred inter-pod (anti-)affinity, `ScheduleAnyway` spread and `PreferNoSchedule` taints, each
+//!    affinity, preferred inter-pod (anti-)affinity (the pod's own terms and, symmetrically, existing pods' required affinity and
+//!    preferred (anti-)affinity terms that match it), `ScheduleAnyway` spread and `PreferNoSchedule` taints, each
 //!    normalised to 0..=100 and weighted ([`ScoreWeights`]).
 //! 4. **Select**: the highest total; ties broken by a seeded RNG, so the same snapshot, pods and seed give the
 //!    same placements.
@@ -27,8 +28,7 @@
 //! Known simplifications against Kubernetes: `namespaceSelector`, `matchFields`, `minDomains`,
 //! `matchLabelKeys` and `nodeAffinityPolicy`/`nodeTaintsPolicy` are not modelled; `ScheduleAnyway` spread
 //! scoring counts matching pods on every node of a domain (Kubernetes counts only nodes that pass the pod's
-//! node affinity; `DoNotSchedule` filtering does follow that rule); existing pods' *preferred*
-//! (anti-)affinity is not scored symmetrically; the resource score is the strategy alone (Kubernetes adds
+//! node affinity; `DoNotSchedule` filtering does follow that rule); the resource score is the strategy alone (Kubernetes adds
 //! `BalancedAllocation` to `LeastAllocated` by default).
 
 pub mod bind;

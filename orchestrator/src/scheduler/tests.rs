@@ -621,6 +621,16 @@ fn scores() {
         weight: 100,
         term: term("db", ZONE),
     }];
+    let mut attracts_web = pod("db", "db");
+    attracts_web.pod_affinity.preferred = vec![WeightedPodAffinityTerm {
+        weight: 100,
+        term: term("web", ZONE),
+    }];
+    let mut repels_web = pod("db", "db");
+    repels_web.pod_anti_affinity.preferred = vec![WeightedPodAffinityTerm {
+        weight: 100,
+        term: term("web", ZONE),
+    }];
     let mut soft_spread = pod("p", "web");
     soft_spread.topology_spread_constraints =
         vec![spread(ZONE, "web", 1, WhenUnsatisfiable::ScheduleAnyway)];
@@ -687,6 +697,22 @@ fn scores() {
             ],
             pod: avoids_db,
             expect: "n3",
+        },
+        ScoreCase {
+            name: "an existing pod's preferred affinity attracts pods it matches",
+            strategy: ScoringStrategy::LeastAllocated,
+            nodes: three_zones(),
+            pods: vec![bound(attracts_web, "n1")],
+            pod: pod("p", "web"),
+            expect: "n1",
+        },
+        ScoreCase {
+            name: "an existing pod's preferred anti-affinity repels pods it matches",
+            strategy: ScoringStrategy::MostAllocated,
+            nodes: vec![node("n1", "a"), node("n2", "b")],
+            pods: vec![bound(repels_web, "n1")],
+            pod: pod("p", "web"),
+            expect: "n2",
         },
         ScoreCase {
             name: "ScheduleAnyway spread prefers the emptiest domain",
