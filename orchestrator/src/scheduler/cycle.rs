@@ -400,6 +400,7 @@ impl Cycle {
         }
         if feasible.is_empty() {
             self.feasible = feasible;
+            // Nothing changed since the scan, so every node fails again; this pass records why.
             let per_node = (0..n)
                 .map(|i| {
                     let reason = self

@@ -1316,3 +1316,23 @@ async fn concurrent_schedulers_never_overcommit() {
         Err(BindError::PodChanged { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_pod_that_fits_nowhere_stays_pending_with_its_reason() {
+    let cluster = small_cluster(1);
+    for i in 0..4 {
+        cluster.submit(pod(&format!("p{i}"), "x"));
+    }
+    let report = Runner::new(&cluster, &cluster).run_once(3).await.unwrap();
+    assert_eq!(report.bound.len(), 3);
+    assert_eq!(report.unschedulable.len(), 1);
+    assert_eq!(
+        report.unschedulable[0].1.to_string(),
+        "0/3 nodes available: 3 too many pods"
+    );
+    assert_eq!(
+        cluster.bindings().values().filter(|n| n.is_none()).count(),
+        1
+    );
+    assert_not_overcommitted(&cluster);
+}
