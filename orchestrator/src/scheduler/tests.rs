@@ -1171,8 +1171,17 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn placements_respect_every_required_constraint(sc in arb_scenario(), seed in any::<u64>()) {
-        let policy = SchedulingPolicy { strategy: sc.strategy, ..SchedulingPolicy::default() };
+    fn placements_respect_every_required_constraint(
+        sc in arb_scenario(),
+        seed in any::<u64>(),
+        sample in prop::option::of((1..50u32, 1..4usize)),
+    ) {
+        // With `sample`, bounded sampling is active even on these small clusters.
+        let mut policy = SchedulingPolicy { strategy: sc.strategy, ..SchedulingPolicy::default() };
+        if let Some((pct, min)) = sample {
+            policy.percentage_of_nodes_to_score = Some(pct);
+            policy.min_feasible_nodes_to_find = min;
+        }
         let mut snapshot = ClusterSnapshot { nodes: sc.nodes.clone(), pods: vec![], policy };
         let mut placed = Vec::new();
         let first = schedule_batch(&snapshot, &sc.first, seed);
