@@ -33,3 +33,7 @@ fmt:
 bench-registry:
 	@scripts/prereqs.sh build
 	$(CARGO) bench -p berth-benches --bench registry
+
+bench-scheduler:
+	@scripts/prereqs.sh build
+	$(CARGO) run --release -p berth-benches --bin bench_scheduler
