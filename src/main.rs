@@ -37,6 +37,8 @@ pub struct ClientOpts {
 enum Command {
     /// Run the control plane: API server and store (scheduler and controllers join as they land).
     Server(roles::ServerArgs),
+    /// Everything in one process on the embedded store, then apply the manifests given with -f.
+    Up(roles::UpArgs),
     /// Create or update objects from manifests (file, directory or `-`).
     Apply(cli::ApplyArgs),
     /// List objects or show one.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             Command::Server(a) => roles::server(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Up(a) => roles::up(a).await.map(|_| ExitCode::SUCCESS),
             Command::Apply(a) => cli::apply(a).await.map(|_| ExitCode::SUCCESS),
             Command::Get(a) => cli::get(a).await.map(|_| ExitCode::SUCCESS),
             Command::Describe(a) => cli::describe(a).await.map(|_| ExitCode::SUCCESS),

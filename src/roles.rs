@@ -1,8 +1,10 @@
-//! Server-side roles of the binary: `berth server` (and, as they land, `up`, `agent`, `proxy`, `dns`).
+//! Server-side roles of the binary: `berth server` and `berth up` (the agent, proxy and DNS roles join as
+//! they land).
 
 use crate::datadir;
 use anyhow::{Context, Result};
 use orchestrator::api::{self, ApiState};
+use orchestrator::client::Client;
 use orchestrator::store;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +12,8 @@ use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
-    /// Where the token, the recorded API address and the embedded store live.
+    /// Where the token, the recorded API address and the embedded store live
+    /// (default: $XDG_DATA_HOME/berth, else ~/.local/share/berth).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// API listen address (port 0 picks a free port; the chosen address is printed and recorded).
@@ -24,7 +27,26 @@ pub struct ServerArgs {
     pub store: Option<String>,
 }
 
-pub async fn server(args: ServerArgs) -> Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Manifests to apply once the control plane is up (file or directory; repeatable).
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+}
+
+/// A running control plane: the API over the store.
+struct ControlPlane {
+    url: String,
+    token: String,
+    store_url: String,
+    token_file: PathBuf,
+    dir: PathBuf,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start_control_plane(args: &ServerArgs) -> Result<ControlPlane> {
     let dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
     datadir::ensure(&dir)?;
     let token_file = args
@@ -42,18 +64,68 @@ pub async fn server(args: ServerArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;
-    let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = format!("http://{}", listener.local_addr()?);
     datadir::record_address(&dir, &url)?;
+    let state = ApiState::new(store, Some(token.clone()), None);
+    let serving = tokio::spawn(api::serve(listener, state, shutdown_signal()));
+    Ok(ControlPlane {
+        url,
+        token,
+        store_url,
+        token_file,
+        dir,
+        serving,
+    })
+}
+
+pub async fn server(args: ServerArgs) -> Result<()> {
+    let cp = start_control_plane(&args).await?;
     println!(
-        "berth server: API on {url} (token in {}), store {store_url}",
-        token_file.display()
+        "berth server: API on {} (token in {}), store {}",
+        cp.url,
+        cp.token_file.display(),
+        cp.store_url
     );
-    let state = ApiState::new(store, Some(token), None);
-    api::serve(listener, state, shutdown_signal())
+    cp.serving
         .await
+        .context("API server task failed")?
         .context("API server failed")?;
     println!("berth server: stopped");
+    Ok(())
+}
+
+/// Everything in one process on the embedded store, then the manifests applied.
+pub async fn up(args: UpArgs) -> Result<()> {
+    let cp = start_control_plane(&args.server).await?;
+    println!(
+        "berth up: API on {} (token in {}), store {}",
+        cp.url,
+        cp.token_file.display(),
+        cp.store_url
+    );
+    if !args.files.is_empty() {
+        let client = Client::new(&cp.url, Some(cp.token.clone()))?;
+        for doc in crate::cli::parse_all(&args.files)? {
+            let applied = client
+                .apply(&doc.object, false)
+                .await
+                .with_context(|| doc.display_name())?;
+            println!("berth up: {} {}", doc.display_name(), applied.result);
+        }
+    }
+    let dir_flag = if args.server.data_dir.is_some() {
+        format!(" --data-dir {}", cp.dir.display())
+    } else {
+        String::new()
+    };
+    println!("berth up: ready. Try:");
+    println!("  berth get deployments{dir_flag}");
+    println!("  berth get pods -o wide{dir_flag}");
+    cp.serving
+        .await
+        .context("API server task failed")?
+        .context("API server failed")?;
+    println!("berth up: stopped");
     Ok(())
 }
 

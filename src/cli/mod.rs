@@ -79,7 +79,7 @@ fn read_file(p: &Path) -> Result<String> {
 }
 
 /// Parse every document of every source; any error rejects the whole set (nothing is sent).
-fn parse_all(paths: &[PathBuf]) -> Result<Vec<model::Document>> {
+pub fn parse_all(paths: &[PathBuf]) -> Result<Vec<model::Document>> {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
     for (source, text) in read_sources(paths)? {
@@ -215,7 +215,10 @@ fn parse_kind(s: &str) -> Result<Kind> {
 }
 
 fn unknown_kind(s: &str) -> anyhow::Error {
-    anyhow!("unknown kind {s:?} (one of: {})", model::Resource::all_cli_names())
+    anyhow!(
+        "unknown kind {s:?} (one of: {})",
+        model::Resource::all_cli_names()
+    )
 }
 
 // ---------------------------------------------------------------------------------------------------------
