@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::from(if matches!(cmd_is_diff, true) { 2 } else { 1 })
+            ExitCode::from(if cmd_is_diff { 2 } else { 1 })
         }
     }
 }
