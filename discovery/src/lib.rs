@@ -12,7 +12,7 @@ pub mod registry;
 pub mod selector;
 pub mod types;
 
-pub use labels::{Labels, LabelError};
+pub use labels::{LabelError, Labels};
 pub use registry::{Change, Object, ObjectKey, ObjectKind, Registry, Snapshot, Watch, WatchEvent};
 pub use selector::{Operator, Requirement, Selector, SelectorError};
 pub use types::*;

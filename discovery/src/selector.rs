@@ -11,7 +11,9 @@ use crate::labels::Labels;
 use std::fmt;
 
 /// One term of a selector.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Requirement {
     pub key: String,
     pub op: Operator,
@@ -19,7 +21,9 @@ pub struct Requirement {
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Operator {
     Equals,
     NotEquals,
@@ -47,8 +51,12 @@ impl Requirement {
     pub fn matches(&self, labels: &Labels) -> bool {
         let v = labels.get(&self.key);
         match self.op {
-            Operator::Equals | Operator::In => v.is_some_and(|v| self.values.iter().any(|x| x == v)),
-            Operator::NotEquals | Operator::NotIn => !v.is_some_and(|v| self.values.iter().any(|x| x == v)),
+            Operator::Equals | Operator::In => {
+                v.is_some_and(|v| self.values.iter().any(|x| x == v))
+            }
+            Operator::NotEquals | Operator::NotIn => {
+                !v.is_some_and(|v| self.values.iter().any(|x| x == v))
+            }
             Operator::Exists => v.is_some(),
             Operator::DoesNotExist => v.is_none(),
         }
@@ -65,7 +73,11 @@ impl Selector {
     pub fn from_labels(labels: &Labels) -> Self {
         let requirements = labels
             .iter()
-            .map(|(k, v)| Requirement { key: k.clone(), op: Operator::Equals, values: vec![v.clone()] })
+            .map(|(k, v)| Requirement {
+                key: k.clone(),
+                op: Operator::Equals,
+                values: vec![v.clone()],
+            })
             .collect();
         Self { requirements }
     }
@@ -95,8 +107,18 @@ impl fmt::Display for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.op {
             // A hand-built requirement may lack its value; print it as the empty value rather than panic.
-            Operator::Equals => write!(f, "{}={}", self.key, self.values.first().map_or("", String::as_str)),
-            Operator::NotEquals => write!(f, "{}!={}", self.key, self.values.first().map_or("", String::as_str)),
+            Operator::Equals => write!(
+                f,
+                "{}={}",
+                self.key,
+                self.values.first().map_or("", String::as_str)
+            ),
+            Operator::NotEquals => write!(
+                f,
+                "{}!={}",
+                self.key,
+                self.values.first().map_or("", String::as_str)
+            ),
             Operator::In => write!(f, "{} in ({})", self.key, self.values.join(",")),
             Operator::NotIn => write!(f, "{} notin ({})", self.key, self.values.join(",")),
             Operator::Exists => write!(f, "{}", self.key),
@@ -194,7 +216,9 @@ mod parser {
                 Some(',') => (Tok::Comma, 1),
                 Some(c @ ('<' | '>')) => (Tok::Unsupported(c), c.len_utf8()),
                 Some(_) => {
-                    let len = trimmed.find(|c: char| c.is_whitespace() || is_punct(c)).unwrap_or(trimmed.len());
+                    let len = trimmed
+                        .find(|c: char| c.is_whitespace() || is_punct(c))
+                        .unwrap_or(trimmed.len());
                     (Tok::Word(&trimmed[..len]), len)
                 }
             };
@@ -203,12 +227,19 @@ mod parser {
         }
 
         fn peek(&self) -> (usize, Tok<'a>) {
-            Lexer { input: self.input, pos: self.pos }.next()
+            Lexer {
+                input: self.input,
+                pos: self.pos,
+            }
+            .next()
         }
     }
 
     fn error(position: usize, message: impl Into<String>) -> SelectorError {
-        SelectorError { position, message: message.into() }
+        SelectorError {
+            position,
+            message: message.into(),
+        }
     }
 
     fn label_error(position: usize, e: LabelError) -> SelectorError {
@@ -226,7 +257,12 @@ mod parser {
             match lx.next() {
                 (_, Tok::End) => break,
                 (_, Tok::Comma) => {}
-                (p, t) => return Err(error(p, format!("expected ',' or end of selector, found {t}"))),
+                (p, t) => {
+                    return Err(error(
+                        p,
+                        format!("expected ',' or end of selector, found {t}"),
+                    ))
+                }
             }
         }
         Ok(Selector { requirements })
@@ -247,7 +283,11 @@ mod parser {
         if tok == Tok::Bang {
             let (kpos, ktok) = lx.next();
             let k = key(kpos, ktok, "a label key after '!'")?;
-            return Ok(Requirement { key: k.to_string(), op: Operator::DoesNotExist, values: Vec::new() });
+            return Ok(Requirement {
+                key: k.to_string(),
+                op: Operator::DoesNotExist,
+                values: Vec::new(),
+            });
         }
         let k = key(pos, tok, "a label key or '!'")?.to_string();
         let (op_pos, op_tok) = lx.peek();
