@@ -144,7 +144,7 @@ impl FanOut {
                 loop {
                     black_box(watch.next().await);
                     // The subscriber that completes a round of 1,000 deliveries reports it.
-                    if (received.fetch_add(1, Ordering::AcqRel) + 1) % SUBSCRIBERS == 0
+                    if (received.fetch_add(1, Ordering::AcqRel) + 1).is_multiple_of(SUBSCRIBERS)
                         && tx.send(()).is_err()
                     {
                         return;
