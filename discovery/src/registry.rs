@@ -5,7 +5,7 @@
 //! - `snapshot()` is O(1) and immutable; `endpoints(ns, selector)` costs O(matches) via an inverted label index;
 //! - `watch(selector, from)` yields every change after `from` exactly once, in revision order, or
 //!   `WatchEvent::Relist` when `from` is older than the retained history (the subscriber then re-reads a
-//!   snapshot and watches from its revision).
+//!   snapshot and watches from its revision; `Watch::resync` does both).
 //!
 //! Design. The whole registry state (objects, the endpoint label index and the retained change history) is
 //! one value of persistent, structurally shared maps (`imbl`), published through an [`ArcSwap`]. Readers load
