@@ -75,6 +75,26 @@ async fn run(
     })
 }
 
+/// The floor for any durable write here: one 4 KiB write plus `fdatasync` to a file in `dir`.
+fn fsync_baseline(dir: &std::path::Path, n: usize) -> Result<Run, String> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("fsync.probe")).map_err(|e| e.to_string())?;
+    let block = vec![7u8; 4096];
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&block).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        latencies.push(t.elapsed());
+    }
+    Ok(Run {
+        objects: n,
+        elapsed: started.elapsed(),
+        latencies,
+    })
+}
+
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
@@ -92,6 +112,18 @@ async fn main() -> Result<(), String> {
         ];
     }
     let mut results = Vec::new();
+    let base = fsync_baseline(dir.path(), 500)?;
+    println!(
+        " fsync baseline: {:>8.0} syncs/s  p50={:?} p99={:?} (4 KiB write + fdatasync, same disk as redb)",
+        base.per_sec(),
+        base.pct(0.5),
+        base.pct(0.99)
+    );
+    results.push(format!(
+        "RESULT store fsync per_s={:.0} p50_us={}",
+        base.per_sec(),
+        base.pct(0.5).as_micros()
+    ));
     for url in &urls {
         let store = open_store(url).await.map_err(|e| e.to_string())?;
         let label = url.split(':').next().unwrap_or("store").to_string();

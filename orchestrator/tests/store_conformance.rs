@@ -177,6 +177,8 @@ async fn list_and_selectors(store: &dyn Store, tag: &str) {
         ("a", "web-2", vec![("app", "web")]),
         ("a", "db-1", vec![("app", "db"), ("tier", "back")]),
         ("ab", "web-3", vec![("app", "web"), ("tier", "front")]),
+        // Sorts before "a" under etcd's '/' separator, after it by (namespace, name).
+        ("a-b", "x", vec![("other", "1")]),
         ("b", "plain", vec![]),
     ];
     let mut last = 0;
@@ -210,8 +212,12 @@ async fn list_and_selectors(store: &dyn Store, tag: &str) {
     );
     assert_eq!(
         names(&all),
-        ["a/db-1", "a/web-1", "a/web-2", "ab/web-3", "b/plain"]
+        ["a-b/x", "a/db-1", "a/web-1", "a/web-2", "ab/web-3", "b/plain"]
     );
+    let in_order: Vec<&Key> = all.iter().map(|v| &v.key).collect();
+    let mut sorted = in_order.clone();
+    sorted.sort();
+    assert_eq!(in_order, sorted, "list is ordered by (namespace, name)");
     for v in &all {
         let got = store
             .get(&v.key)
@@ -270,7 +276,7 @@ async fn list_and_selectors(store: &dyn Store, tag: &str) {
                 requirements: vec![req("app", Operator::NotEquals, &["web"])],
             },
             None,
-            vec!["a/db-1", "b/plain"],
+            vec!["a-b/x", "a/db-1", "b/plain"],
         ),
         (
             "app in (db,x)",
@@ -286,7 +292,7 @@ async fn list_and_selectors(store: &dyn Store, tag: &str) {
                 requirements: vec![req("app", Operator::NotIn, &["web"])],
             },
             None,
-            vec!["a/db-1", "b/plain"],
+            vec!["a-b/x", "a/db-1", "b/plain"],
         ),
         (
             "tier",
@@ -302,7 +308,7 @@ async fn list_and_selectors(store: &dyn Store, tag: &str) {
                 requirements: vec![req("tier", Operator::DoesNotExist, &[])],
             },
             None,
-            vec!["a/web-2", "b/plain"],
+            vec!["a-b/x", "a/web-2", "b/plain"],
         ),
         (
             "app=nothing",

@@ -222,7 +222,12 @@ impl Store for EtcdStore {
                     from = last.key().to_vec();
                     from.push(0);
                 }
-                _ => return Ok((items, rev)),
+                _ => {
+                    // etcd orders by key bytes, where the '/' separator sorts after '-' and '.': restore
+                    // the (namespace, name) order the other backends give.
+                    items.sort_by(|a, b| a.key.cmp(&b.key));
+                    return Ok((items, rev));
+                }
             }
         }
     }

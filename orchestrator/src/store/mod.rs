@@ -138,6 +138,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &Key) -> StoreResult<Option<Versioned>>;
     /// Objects under `prefix` (matching `selector` on `metadata.labels` when given) and the revision the
     /// list was read at, from which a watch continues without gaps.
+    /// Items are ordered by `(namespace, name)` on every backend.
     async fn list(
         &self,
         prefix: &Prefix,

@@ -18,7 +18,7 @@ use super::{
     selected, Key, Prefix, Store, StoreError, StoreEvent, StoreResult, Versioned, WatchStream,
     DEFAULT_HISTORY_RETENTION,
 };
-use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use ::redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -443,7 +443,9 @@ impl Writer {
     /// are results; a storage failure fails the whole batch and nothing of it is committed.
     #[allow(clippy::type_complexity)]
     fn commit(&self, ops: Vec<Op>) -> Result<(Committed, Vec<StoreResult<u64>>), ::redb::Error> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        // The default, but the acknowledgement contract depends on it: say so explicitly.
+        txn.set_durability(Durability::Immediate)?;
         let mut results = Vec::with_capacity(ops.len());
         let mut events = Vec::new();
         let (revision, compacted) = {
@@ -490,7 +492,7 @@ impl Writer {
             meta.insert(META_COMPACTED, compacted)?;
             (revision, compacted)
         };
-        // Durability::Immediate is redb's default: commit returns after fsync.
+        // With Durability::Immediate, commit returns after fsync.
         txn.commit()?;
         Ok((
             Committed {
