@@ -7,12 +7,13 @@
 //!
 //! Boundary: this crate knows nothing about containers, nodes, pods or schedulers.
 
+pub mod dns;
 pub mod labels;
 pub mod registry;
 pub mod selector;
 pub mod types;
 
-pub use labels::{Labels, LabelError};
-pub use registry::{Registry, Snapshot, WatchEvent, Watch, Object, ObjectKey, ObjectKind};
+pub use labels::{LabelError, Labels};
+pub use registry::{Object, ObjectKey, ObjectKind, Registry, Snapshot, Watch, WatchEvent};
 pub use selector::{Operator, Requirement, Selector, SelectorError};
 pub use types::*;

@@ -52,7 +52,11 @@ impl Object {
             Object::Route(r) => (ObjectKind::Route, &r.namespace, &r.name),
             Object::Certificate(c) => (ObjectKind::Certificate, &c.namespace, &c.name),
         };
-        ObjectKey { kind, namespace: namespace.clone(), name: name.clone() }
+        ObjectKey {
+            kind,
+            namespace: namespace.clone(),
+            name: name.clone(),
+        }
     }
 
     pub fn labels(&self) -> Option<&crate::Labels> {
@@ -107,7 +111,11 @@ impl Snapshot {
         })
     }
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
-        let key = ObjectKey { kind: ObjectKind::Service, namespace: namespace.into(), name: name.into() };
+        let key = ObjectKey {
+            kind: ObjectKind::Service,
+            namespace: namespace.into(),
+            name: name.into(),
+        };
         match self.objects.get(&key) {
             Some(Object::Service(s)) => Some(s),
             _ => None,
@@ -119,7 +127,8 @@ impl Snapshot {
             .values()
             .filter_map(|o| match o {
                 Object::Endpoint(e)
-                    if namespace.is_none_or(|ns| e.namespace == ns) && selector.matches(&e.labels) =>
+                    if namespace.is_none_or(|ns| e.namespace == ns)
+                        && selector.matches(&e.labels) =>
                 {
                     Some(e.clone())
                 }
@@ -160,7 +169,11 @@ impl Registry {
     /// A registry that retains `limit` changes for watchers to resume from.
     pub fn with_history(limit: usize) -> Self {
         Self {
-            inner: RwLock::new(Inner { revision: 0, objects: Arc::default(), history: VecDeque::new() }),
+            inner: RwLock::new(Inner {
+                revision: 0,
+                objects: Arc::default(),
+                history: VecDeque::new(),
+            }),
             changed: Notify::new(),
             history_limit: limit.max(1),
         }
@@ -208,7 +221,10 @@ impl Registry {
 
     pub fn snapshot(&self) -> Snapshot {
         let inner = self.inner.read();
-        Snapshot { revision: inner.revision, objects: inner.objects.clone() }
+        Snapshot {
+            revision: inner.revision,
+            objects: inner.objects.clone(),
+        }
     }
 
     /// Endpoints matching `selector` in `namespace` (or all namespaces), any readiness.
@@ -218,7 +234,12 @@ impl Registry {
 
     /// Changes after `from_revision` to objects whose labels match `selector` (certificates always pass).
     pub fn watch(self: &Arc<Self>, selector: Selector, from_revision: u64) -> Watch {
-        Watch { registry: self.clone(), selector, next: from_revision + 1, pending: VecDeque::new() }
+        Watch {
+            registry: self.clone(),
+            selector,
+            next: from_revision + 1,
+            pending: VecDeque::new(),
+        }
     }
 
     /// Resolves when the revision is greater than `revision` (for consumers that re-read snapshots).
@@ -252,18 +273,29 @@ impl Watch {
             {
                 let inner = self.registry.inner.read();
                 if self.next <= inner.revision {
-                    let oldest = inner.history.front().map(|h| h.0).unwrap_or(inner.revision + 1);
+                    let oldest = inner
+                        .history
+                        .front()
+                        .map(|h| h.0)
+                        .unwrap_or(inner.revision + 1);
                     if self.next < oldest {
                         self.next = inner.revision + 1;
-                        return WatchEvent::Relist { revision: inner.revision };
+                        return WatchEvent::Relist {
+                            revision: inner.revision,
+                        };
                     }
                     for (rev, key, obj) in inner.history.iter().filter(|h| h.0 >= self.next) {
-                        let matches = |o: &Object| o.labels().is_none_or(|l| self.selector.matches(l));
+                        let matches =
+                            |o: &Object| o.labels().is_none_or(|l| self.selector.matches(l));
                         match obj {
-                            Some(o) if matches(o) => {
-                                self.pending.push_back(WatchEvent::Put { revision: *rev, object: o.clone() })
-                            }
-                            _ => self.pending.push_back(WatchEvent::Delete { revision: *rev, key: key.clone() }),
+                            Some(o) if matches(o) => self.pending.push_back(WatchEvent::Put {
+                                revision: *rev,
+                                object: o.clone(),
+                            }),
+                            _ => self.pending.push_back(WatchEvent::Delete {
+                                revision: *rev,
+                                key: key.clone(),
+                            }),
                         }
                     }
                     self.next = inner.revision + 1;

@@ -5,7 +5,9 @@ use crate::labels::Labels;
 use std::fmt;
 
 /// One term of a selector.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Requirement {
     pub key: String,
     pub op: Operator,
@@ -13,7 +15,9 @@ pub struct Requirement {
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Operator {
     Equals,
     NotEquals,
@@ -41,8 +45,12 @@ impl Requirement {
     pub fn matches(&self, labels: &Labels) -> bool {
         let v = labels.get(&self.key);
         match self.op {
-            Operator::Equals | Operator::In => v.is_some_and(|v| self.values.iter().any(|x| x == v)),
-            Operator::NotEquals | Operator::NotIn => !v.is_some_and(|v| self.values.iter().any(|x| x == v)),
+            Operator::Equals | Operator::In => {
+                v.is_some_and(|v| self.values.iter().any(|x| x == v))
+            }
+            Operator::NotEquals | Operator::NotIn => {
+                !v.is_some_and(|v| self.values.iter().any(|x| x == v))
+            }
             Operator::Exists => v.is_some(),
             Operator::DoesNotExist => v.is_none(),
         }
@@ -59,7 +67,11 @@ impl Selector {
     pub fn from_labels(labels: &Labels) -> Self {
         let requirements = labels
             .iter()
-            .map(|(k, v)| Requirement { key: k.clone(), op: Operator::Equals, values: vec![v.clone()] })
+            .map(|(k, v)| Requirement {
+                key: k.clone(),
+                op: Operator::Equals,
+                values: vec![v.clone()],
+            })
             .collect();
         Self { requirements }
     }
@@ -128,6 +140,9 @@ mod parser {
 
     pub(super) fn parse(_input: &str) -> Result<Selector, SelectorError> {
         // Replaced by the real parser (discovery owner).
-        Err(SelectorError { position: 0, message: "parser not written yet".into() })
+        Err(SelectorError {
+            position: 0,
+            message: "parser not written yet".into(),
+        })
     }
 }

@@ -56,7 +56,9 @@ pub enum BalancePolicy {
     #[default]
     P2cPeakEwma,
     /// Maglev-style consistent hashing; a membership change moves about 1/n of the keys.
-    ConsistentHash { hash_on: HashOn },
+    ConsistentHash {
+        hash_on: HashOn,
+    },
 }
 
 /// Optional active health checking done by the proxy.
@@ -144,9 +146,11 @@ impl Endpoint {
     pub fn resolve_port(&self, target: &TargetPort) -> Option<u16> {
         match target {
             TargetPort::Number(n) => Some(*n),
-            TargetPort::Name(name) => {
-                self.ports.iter().find(|p| p.name.as_deref() == Some(name.as_str())).map(|p| p.port)
-            }
+            TargetPort::Name(name) => self
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .map(|p| p.port),
         }
     }
 }
@@ -242,6 +246,9 @@ pub struct Certificate {
 impl std::fmt::Debug for Certificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("Certificate").field("namespace", &self.namespace).field("name", &self.name).finish()
+        f.debug_struct("Certificate")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .finish()
     }
 }

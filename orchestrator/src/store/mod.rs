@@ -27,8 +27,16 @@ pub struct Key {
 }
 
 impl Key {
-    pub fn new(kind: impl Into<String>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { kind: kind.into(), namespace: namespace.into(), name: name.into() }
+    pub fn new(
+        kind: impl Into<String>,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -52,7 +60,11 @@ pub struct Prefix {
 
 impl Prefix {
     pub fn contains(&self, key: &Key) -> bool {
-        key.kind == self.kind && self.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+        key.kind == self.kind
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| *ns == key.namespace)
     }
 }
 
@@ -70,7 +82,11 @@ pub enum StoreEvent {
     /// Created (`created == true`) or updated.
     Put { object: Versioned, created: bool },
     /// Deleted at `revision`; `prev` is the last value.
-    Delete { key: Key, revision: u64, prev: Option<Vec<u8>> },
+    Delete {
+        key: Key,
+        revision: u64,
+        prev: Option<Vec<u8>>,
+    },
 }
 
 impl StoreEvent {
@@ -89,7 +105,11 @@ pub enum StoreError {
     #[error("{0} already exists")]
     AlreadyExists(Key),
     #[error("{key}: resourceVersion {expected} is stale (current {actual})")]
-    Conflict { key: Key, expected: u64, actual: u64 },
+    Conflict {
+        key: Key,
+        expected: u64,
+        actual: u64,
+    },
     #[error("revision {requested} has been compacted (oldest available {compacted})")]
     Compacted { requested: u64, compacted: u64 },
     #[error("store backend: {0}")]
