@@ -7,7 +7,8 @@
 
 use discovery::dns::{bind_udp, DnsConfig, DnsServer};
 use discovery::{
-    Endpoint, EndpointPort, Labels, Object, Protocol, Registry, Selector, Service, ServicePort, TargetPort,
+    Endpoint, EndpointPort, Labels, Object, Protocol, Registry, Selector, Service, ServicePort,
+    TargetPort,
 };
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -24,7 +25,9 @@ fn address(s: u32, e: u32) -> Ipv4Addr {
 fn registry() -> Arc<Registry> {
     let r = Arc::new(Registry::new());
     for s in 0..SERVICES {
-        let labels: Labels = [("app".to_string(), format!("svc{s}"))].into_iter().collect();
+        let labels: Labels = [("app".to_string(), format!("svc{s}"))]
+            .into_iter()
+            .collect();
         r.put(Object::Service(Arc::new(Service {
             namespace: NAMESPACE.into(),
             name: format!("svc{s}"),
@@ -45,7 +48,11 @@ fn registry() -> Arc<Registry> {
                 namespace: NAMESPACE.into(),
                 name: format!("ep-{s}-{e}"),
                 address: IpAddr::V4(address(s, e)),
-                ports: vec![EndpointPort { name: Some("http".into()), port: 8080, protocol: Protocol::Tcp }],
+                ports: vec![EndpointPort {
+                    name: Some("http".into()),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                }],
                 labels: labels.clone(),
                 ready: true,
                 serving: true,
@@ -69,7 +76,10 @@ fn zone_file() -> String {
         for e in 0..ENDPOINTS {
             let _ = writeln!(z, "{svc} IN A {}", address(s, e));
             let _ = writeln!(z, "ep-{s}-{e}.{svc} IN A {}", address(s, e));
-            let _ = writeln!(z, "_http._tcp.{svc} IN SRV 0 100 8080 ep-{s}-{e}.{svc}.cluster.local.");
+            let _ = writeln!(
+                z,
+                "_http._tcp.{svc} IN SRV 0 100 8080 ep-{s}-{e}.{svc}.cluster.local."
+            );
         }
     }
     z
@@ -106,8 +116,14 @@ fn main() {
             }
         }
         Some("serve") => {
-            let Some(port) = args.get(2).and_then(|p| p.parse::<u16>().ok()) else { usage() };
-            let threads = args.get(3).and_then(|t| t.parse::<usize>().ok()).unwrap_or(1).max(1);
+            let Some(port) = args.get(2).and_then(|p| p.parse::<u16>().ok()) else {
+                usage()
+            };
+            let threads = args
+                .get(3)
+                .and_then(|t| t.parse::<usize>().ok())
+                .unwrap_or(1)
+                .max(1);
             if let Err(e) = serve(port, threads) {
                 eprintln!("bench_dns_server: {e}");
                 std::process::exit(1);
@@ -118,7 +134,9 @@ fn main() {
 }
 
 fn serve(port: u16, threads: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let udp = bind_udp(addr, threads)?;

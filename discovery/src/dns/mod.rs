@@ -199,8 +199,9 @@ impl DnsServer {
         out
     }
 
-    /// Answer one query packet as the transports would (`tcp` lifts the UDP size limit), without
-    /// forwarding: `None` when the packet would be dropped or forwarded. For embedding and fuzzing.
+    /// Answer one query packet as the transports would (`tcp` lifts the UDP size limit), except that
+    /// nothing is forwarded (names outside the zone are REFUSED). `None` when the packet is dropped.
+    /// For embedding in another transport, and for fuzzing.
     pub fn handle_packet(&self, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
         self.shared.ensure_fresh();
         let transport = if tcp {
