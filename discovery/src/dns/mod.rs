@@ -111,6 +111,9 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> DnsError {
     move |source| DnsError::Io { what, source }
 }
 
+/// Requested UDP socket buffer sizes.
+const UDP_BUFFER: usize = 4 << 20;
+
 /// State shared by the transports.
 pub(crate) struct Shared {
     registry: Arc<Registry>,
@@ -257,6 +260,11 @@ impl DnsServer {
             socket
                 .set_nonblocking(true)
                 .map_err(io_err("setting the UDP socket non-blocking"))?;
+            // A thread that is descheduled for a few milliseconds under load must not lose queries to
+            // a full receive queue; the kernel caps the request at net.core.rmem_max.
+            let sock = socket2::SockRef::from(&socket);
+            let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+            let _ = sock.set_send_buffer_size(UDP_BUFFER);
             for w in 0..self.config.udp_workers.max(1) {
                 let socket = socket
                     .try_clone()
