@@ -118,6 +118,19 @@ for q in "$PROBE A" "_http._tcp.$PROBE SRV"; do
     fi
 done
 
+cpu_ticks() { # pid -> user+system clock ticks of it and all its descendants (NSD: xfrd > main > server)
+    local total=0 p todo=("$1")
+    while [ "${#todo[@]}" -gt 0 ]; do
+        p=${todo[0]}
+        todo=("${todo[@]:1}")
+        todo+=($(pgrep -P "$p" 2>/dev/null || true))
+        [ -r "/proc/$p/stat" ] || continue
+        total=$((total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
 run() { # port -> prints qps, writes the dnsperf output to $TMP/last
     timeout $((SECS + 30)) dnsperf -s 127.0.0.1 -p "$1" -d "$TMP/queries" -c "$CLIENTS" -q "$OUTSTANDING" \
         -l "$SECS" -t 2 >"$TMP/last" 2>&1 || true
@@ -125,20 +138,36 @@ run() { # port -> prints qps, writes the dnsperf output to $TMP/last
 }
 
 echo "dnsperf -c$CLIENTS -q$OUTSTANDING -l$SECS, $ROUNDS round(s), $THREADS server thread(s) each, $(wc -l <"$TMP/queries") query names"
-printf '%-8s %-6s %12s %10s\n' round server qps lost
+# Besides qps, the server CPU time per answered query: on a shared machine it is steadier than qps.
+printf '%-8s %-6s %12s %10s %14s\n' round server qps lost cpu_us/query
 berth_total=0
 nsd_total=0
+berth_cpu=0
+nsd_cpu=0
+berth_done=0
+nsd_done=0
+measure() { # name pid port -> sets Q (qps), C (cpu ticks), D (queries completed)
+    local before after
+    before=$(cpu_ticks "$2")
+    Q=$(run "$3")
+    after=$(cpu_ticks "$2")
+    C=$((after - before))
+    D=$(awk '/Queries completed:/ {print $3}' "$TMP/last")
+    local lost
+    lost=$(awk '/Queries lost:/ {print $3}' "$TMP/last")
+    [ -n "$Q" ] || { echo "bench-dns: dnsperf against $1 printed no qps:" >&2; cat "$TMP/last" >&2; exit 1; }
+    printf '%-8s %-6s %12s %10s %14s\n' "$r" "$1" "$Q" "$lost" \
+        "$(awk -v c="$C" -v d="$D" -v hz="$HZ" 'BEGIN {printf "%.2f", (d > 0 ? c / hz * 1e6 / d : 0)}')"
+}
 for r in $(seq 1 "$ROUNDS"); do
-    q=$(run "$BERTH_PORT")
-    lost=$(awk '/Queries lost:/ {print $3}' "$TMP/last")
-    [ -n "$q" ] || { echo "bench-dns: dnsperf against Berth printed no qps:" >&2; cat "$TMP/last" >&2; exit 1; }
-    printf '%-8s %-6s %12s %10s\n' "$r" berth "$q" "$lost"
-    berth_total=$(awk -v a="$berth_total" -v b="$q" 'BEGIN {print a + b}')
-    q=$(run "$NSD_PORT")
-    lost=$(awk '/Queries lost:/ {print $3}' "$TMP/last")
-    [ -n "$q" ] || { echo "bench-dns: dnsperf against NSD printed no qps:" >&2; cat "$TMP/last" >&2; exit 1; }
-    printf '%-8s %-6s %12s %10s\n' "$r" nsd "$q" "$lost"
-    nsd_total=$(awk -v a="$nsd_total" -v b="$q" 'BEGIN {print a + b}')
+    measure berth "$BERTH_PID" "$BERTH_PORT"
+    berth_total=$(awk -v a="$berth_total" -v b="$Q" 'BEGIN {print a + b}')
+    berth_cpu=$((berth_cpu + C))
+    berth_done=$((berth_done + D))
+    measure nsd "$NSD_PID" "$NSD_PORT"
+    nsd_total=$(awk -v a="$nsd_total" -v b="$Q" 'BEGIN {print a + b}')
+    nsd_cpu=$((nsd_cpu + C))
+    nsd_done=$((nsd_done + D))
 done
 berth_qps=$(awk -v t="$berth_total" -v n="$ROUNDS" 'BEGIN {printf "%.0f", t / n}')
 nsd_qps=$(awk -v t="$nsd_total" -v n="$ROUNDS" 'BEGIN {printf "%.0f", t / n}')
@@ -159,6 +188,8 @@ echo
 printf '%-28s %s\n' "Berth qps (mean)" "$berth_qps"
 printf '%-28s %s\n' "NSD qps (mean)" "$nsd_qps"
 printf '%-28s %s\n' "Berth / NSD" "$ratio"
+printf '%-28s %s\n' "Berth CPU us/query" "$(awk -v c="$berth_cpu" -v d="$berth_done" -v hz="$HZ" 'BEGIN {printf "%.2f", (d > 0 ? c / hz * 1e6 / d : 0)}')"
+printf '%-28s %s\n' "NSD CPU us/query" "$(awk -v c="$nsd_cpu" -v d="$nsd_done" -v hz="$HZ" 'BEGIN {printf "%.2f", (d > 0 ? c / hz * 1e6 / d : 0)}')"
 printf '%-28s %s\n' "Berth p99 (dnsperf, ms)" "$p99_ms"
 printf '%-28s %s\n' "Berth p99 (server-side, us)" "${server_p99_us:-n/a}"
 echo "RESULT dns berth_qps=$berth_qps nsd_qps=$nsd_qps vs_nsd=$ratio berth_p99_ms=$p99_ms"
