@@ -7,6 +7,7 @@
 //!
 //! Boundary: this crate knows nothing about containers, nodes, pods or schedulers.
 
+pub mod dns;
 pub mod labels;
 pub mod registry;
 pub mod selector;
