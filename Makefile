@@ -21,6 +21,7 @@ test:
 	@mkdir -p target && rm -f $(BERTH_SKIP_LOG)
 	$(CARGO) build --bin berth $(FEATURES)
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast
+	BERTH_FUZZ_SECS=$${BERTH_FUZZ_SECS:-10} $(CARGO) test -p discovery --test dns fuzz_for_a_duration -- --exact
 	@if [ -s $(BERTH_SKIP_LOG) ]; then echo "Skipped (install the component to run them):"; sort -u $(BERTH_SKIP_LOG) | sed 's/^/  - /'; else echo "Skipped: nothing"; fi
 
 lint:
@@ -37,3 +38,7 @@ bench-registry:
 bench-scheduler:
 	@scripts/prereqs.sh build
 	$(CARGO) run --release -p berth-benches --bin bench_scheduler
+
+bench-dns:
+	@scripts/prereqs.sh bench
+	benches/dns/bench.sh
