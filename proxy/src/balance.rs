@@ -385,8 +385,9 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// Maglev table sizes: primes, chosen so the table has about 100 slots per entry (bounded).
-const MAGLEV_SIZES: [usize; 9] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];
+/// Maglev table size: a prime, fixed so that a membership change never reshuffles every key (a table size
+/// that followed the member count would move all keys when it changed).
+const MAGLEV_SIZE: usize = 65521;
 
 /// Build a Maglev lookup table (Eisenbud et al., 2016) over the entries' ids.
 pub fn maglev_table(entries: &[Entry]) -> Vec<u32> {
@@ -394,7 +395,7 @@ pub fn maglev_table(entries: &[Entry]) -> Vec<u32> {
     if n == 0 {
         return Vec::new();
     }
-    let m = MAGLEV_SIZES.iter().copied().find(|&m| m >= n * 100).unwrap_or(MAGLEV_SIZES[MAGLEV_SIZES.len() - 1]);
+    let m = MAGLEV_SIZE;
     let perms: Vec<(usize, usize)> = entries
         .iter()
         .map(|e| {
@@ -429,6 +430,7 @@ pub fn maglev_table(entries: &[Entry]) -> Vec<u32> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use super::Rng;
 
     fn entries(weights: &[u32]) -> Vec<Entry> {
         weights
@@ -444,6 +446,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
         fn weighted_round_robin_converges_to_weights(weights in prop::collection::vec(1u32..20, 1..8)) {
             let pool = Pool::new(entries(&weights), Policy::WeightedRoundRobin);

@@ -62,7 +62,7 @@ impl AtomicHistogram {
 
     /// Fold into an hdrhistogram (values are bucket upper bounds).
     pub fn to_hdr(&self) -> Option<Histogram<u64>> {
-        let mut h = Histogram::<u64>::new(3).ok()?;
+        let mut h = Histogram::<u64>::new_with_bounds(1, 1 << 42, 3).ok()?;
         for (i, b) in self.buckets.iter().enumerate() {
             let n = b.load(Relaxed);
             if n > 0 {

@@ -99,11 +99,13 @@ pub struct StaticConfig {
 }
 
 impl StaticConfig {
-    /// Parse YAML (a superset of JSON); errors name the field path.
+    /// Parse YAML (a superset of JSON); errors name the field path. The document goes through a JSON value
+    /// so that enums read as plain maps (`path: {prefix: /api}`) rather than YAML tags.
     pub fn parse(text: &str, path: &Path) -> Result<Self, StaticConfigError> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| StaticConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+        let err = |message: String| StaticConfigError::Parse { path: path.to_path_buf(), message };
+        let value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+        let value = if value.is_null() { serde_json::Value::Object(Default::default()) } else { value };
+        serde_path_to_error::deserialize(value).map_err(|e| err(e.to_string()))
     }
 
     pub fn load(path: &Path) -> Result<Self, StaticConfigError> {

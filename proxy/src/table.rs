@@ -514,3 +514,146 @@ fn service_pool_ports(svc: &Service) -> Vec<u16> {
         svc.ports.iter().map(|p| p.port).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use discovery::{Registry, ServicePort};
+
+    fn svc(name: &str) -> Object {
+        Object::Service(Arc::new(Service {
+            namespace: "ns".into(),
+            name: name.into(),
+            labels: Default::default(),
+            selector: Selector::from_labels(&[("app".to_string(), name.to_string())].into_iter().collect()),
+            ports: vec![ServicePort { name: None, port: 80, target_port: TargetPort::Number(80), protocol: Default::default() }],
+            balance: Default::default(),
+            virtual_ip: None,
+            health_check: None,
+        }))
+    }
+
+    fn rule(path: Option<PathMatch>, methods: &[&str], headers: &[(&str, Option<&str>)], backend: &str) -> RouteRule {
+        RouteRule {
+            path,
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| HeaderMatch { name: n.to_string(), value: v.map(str::to_string) })
+                .collect(),
+            backend: BackendRef { service: backend.into(), port: None },
+            rewrite_prefix: None,
+            add_request_headers: vec![],
+            remove_request_headers: vec![],
+            rate_limit_rps: None,
+        }
+    }
+
+    fn route(name: &str, hosts: &[&str], rules: Vec<RouteRule>, default: Option<&str>) -> Object {
+        Object::Route(Arc::new(Route {
+            namespace: "ns".into(),
+            name: name.into(),
+            labels: Default::default(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            rules,
+            default_backend: default.map(|s| BackendRef { service: s.into(), port: None }),
+            tls: vec![],
+        }))
+    }
+
+    use discovery::Selector;
+
+    #[test]
+    fn routing_precedence() {
+        let reg = Registry::new();
+        for s in ["exact", "prefix-a", "prefix-ab", "hdr", "post", "wild", "deep-wild", "any", "dflt", "root"] {
+            reg.put(svc(s));
+        }
+        use PathMatch::{Exact, Prefix};
+        reg.put(route(
+            "main",
+            &["example.com"],
+            vec![
+                rule(Some(Prefix("/a".into())), &[], &[], "prefix-a"),
+                rule(Some(Prefix("/a/b".into())), &[], &[], "prefix-ab"),
+                rule(Some(Exact("/a/b/c".into())), &[], &[], "exact"),
+                rule(Some(Prefix("/a".into())), &[], &[("x-canary", Some("1"))], "hdr"),
+                rule(Some(Prefix("/a".into())), &["POST"], &[], "post"),
+            ],
+            Some("dflt"),
+        ));
+        reg.put(route("wild", &["*.example.com"], vec![rule(Some(Prefix("/".into())), &[], &[], "wild")], None));
+        reg.put(route("deep", &["*.deep.example.com"], vec![rule(Some(Prefix("/x".into())), &[], &[], "deep-wild")], None));
+        reg.put(route("any", &[], vec![rule(Some(Prefix("/any".into())), &[], &[], "any")], None));
+        let mut b = TableBuilder::new(Default::default(), Ejection::default());
+        let table = b.full(&reg.snapshot(), None);
+        let name = |r: Option<&Arc<CompiledRule>>| -> String {
+            match r.and_then(|r| r.backend) {
+                Some(i) => table.pools[i].key.service.to_string(),
+                None => "-".into(),
+            }
+        };
+        let get = http::Method::GET;
+        let post = http::Method::POST;
+        let none = http::HeaderMap::new();
+        let mut canary = http::HeaderMap::new();
+        canary.insert("x-canary", "1".parse().unwrap());
+        let cases: Vec<(&str, &str, &http::Method, &http::HeaderMap, &str)> = vec![
+            ("example.com", "/a/b/c", &get, &none, "exact"),
+            ("example.com", "/a/b/c/d", &get, &none, "prefix-ab"),
+            ("example.com", "/a/b", &get, &none, "prefix-ab"),
+            ("example.com", "/a/bc", &get, &none, "prefix-a"),
+            ("example.com", "/a", &get, &none, "prefix-a"),
+            ("example.com", "/a/x", &get, &canary, "hdr"),
+            ("example.com", "/a/x", &post, &none, "post"),
+            ("example.com", "/a/b/x", &get, &canary, "prefix-ab"),
+            ("EXAMPLE.com:8080", "/a", &get, &none, "prefix-a"),
+            ("example.com", "/zzz", &get, &none, "dflt"),
+            ("www.example.com", "/zzz", &get, &none, "wild"),
+            ("a.deep.example.com", "/x/1", &get, &none, "deep-wild"),
+            ("a.deep.example.com", "/y", &get, &none, "wild"),
+            ("other.org", "/any/1", &get, &none, "any"),
+            ("other.org", "/anyway", &get, &none, "-"),
+            ("example.org", "/", &get, &none, "-"),
+        ];
+        for (host, path, method, headers, want) in cases {
+            assert_eq!(name(table.routes.find(host, path, method, headers)), want, "{host}{path} {method}");
+        }
+    }
+
+    #[test]
+    fn prefix_rewrite() {
+        let cases = [
+            ("/api", "/", "/api/users?x=1", "/users?x=1"),
+            ("/api", "/", "/api", "/"),
+            ("/api/", "/v2", "/api/users", "/v2/users"),
+            ("/api", "/v2/", "/api/users", "/v2/users"),
+            ("/", "/base", "/x", "/base/x"),
+        ];
+        for (prefix, to, input, want) in cases {
+            let r = CompiledRule {
+                route_namespace: "ns".into(),
+                route_name: "r".into(),
+                path: PathRule::Prefix(prefix.into()),
+                methods: vec![],
+                headers: vec![],
+                backend: None,
+                rewrite_prefix: Some(to.into()),
+                add_headers: vec![],
+                remove_headers: vec![],
+                rate_limit: None,
+                metrics: Default::default(),
+                order: (0, 0),
+            };
+            assert_eq!(r.rewrite(input).as_deref(), Some(want), "{prefix} -> {to} on {input}");
+        }
+    }
+
+    #[test]
+    fn rate_limiter_admits_rps_per_window() {
+        let rl = RateLimiter::new(3);
+        let admitted = (0..10).filter(|_| rl.admit(5_000_000_000)).count();
+        assert_eq!(admitted, 3);
+        assert!(rl.admit(6_000_000_000));
+    }
+}
