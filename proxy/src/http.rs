@@ -237,17 +237,17 @@ impl ProxyHttp for HttpApp {
         session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut Ctx,
-        client_reused: bool,
+        _client_reused: bool,
     ) -> Box<Error> {
-        self.end_attempt(ctx, true);
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-            if e.retry() && !self.may_retry(ctx) {
-                e.set_retry(false);
-            }
-        }
+        let upstream_fault = matches!(e.esource(), ErrorSource::Upstream);
+        self.end_attempt(ctx, upstream_fault);
+        // Retry an idempotent request on another endpoint only while nothing was sent downstream yet (a second
+        // response would corrupt the stream) and its body is still fully buffered.
+        let safe = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && upstream_fault;
+        e.set_retry(safe && self.may_retry(ctx));
         e
     }
 
