@@ -182,6 +182,7 @@ H2_BERTH=$(h2 "$BERTH_TLS"); H2_NGX=$(h2 "$NGX_TLS")
 H2_BERTH=${H2_BERTH:-0}; H2_NGX=${H2_NGX:-0}
 
 RSS_LINE=$("$BIN" rss 10000)
+PROP_LINE=$("$BIN" propagation 1000)
 RSS_KIB=$(echo "$RSS_LINE" | sed -n 's/.*total_kib=\([0-9]*\).*/\1/p')
 BERTH_RSS_KIB=$(awk '/VmRSS/ {print $2}' "/proc/$BERTH_PID/status" 2>/dev/null || echo 0)
 
@@ -195,6 +196,7 @@ echo "berth/nginx   = $(ratio "${RPS[berth]}" "${RPS[nginx]}")"
 echo "berth/haproxy = $(ratio "${RPS[berth]}" "${RPS[haproxy]}")"
 echo "h2 over TLS (h2load -c16 -m8): berth ${H2_BERTH} req/s, nginx ${H2_NGX} req/s, ratio $(ratio "$H2_BERTH" "$H2_NGX")"
 echo "$RSS_LINE"
+echo "$PROP_LINE   (registry write with an endpoint added -> routing table swapped; the next request reads it)"
 echo "berth serving process RSS after the run: ${BERTH_RSS_KIB} KiB; with 10,000 endpoints: $((RSS_KIB / 1024)) MiB"
 printf "RESULT proxy berth_rps=%.0f nginx_rps=%.0f haproxy_rps=%.0f vs_nginx=%s vs_haproxy=%s berth_p99_ms=%s h2_vs_nginx=%s\n" \
   "${RPS[berth]}" "${RPS[nginx]}" "${RPS[haproxy]}" "$(ratio "${RPS[berth]}" "${RPS[nginx]}")" \

@@ -40,7 +40,7 @@ impl Rng {
     }
     /// Uniform-enough in `0..n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 }
 
@@ -95,7 +95,9 @@ impl EndpointState {
     }
     pub fn end_request(&self) {
         // Saturating: a stray double end must not wrap the counter.
-        let _ = self.in_flight.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        let _ = self
+            .in_flight
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
     }
     pub fn ewma_ns(&self) -> f64 {
         f64::from_bits(self.ewma_bits.load(Relaxed))
@@ -168,7 +170,10 @@ pub struct Ejection {
 
 impl Default for Ejection {
     fn default() -> Self {
-        Ejection { consecutive_failures: 5, base: Duration::from_secs(5) }
+        Ejection {
+            consecutive_failures: 5,
+            base: Duration::from_secs(5),
+        }
     }
 }
 
@@ -230,9 +235,23 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(entries: Vec<Entry>, policy: Policy) -> Self {
-        let schedule = if policy == Policy::WeightedRoundRobin { wrr_schedule(&entries) } else { Vec::new() };
-        let maglev = if policy == Policy::Maglev { maglev_table(&entries) } else { Vec::new() };
-        Pool { entries, policy, cursor: AtomicUsize::new(0), schedule, maglev }
+        let schedule = if policy == Policy::WeightedRoundRobin {
+            wrr_schedule(&entries)
+        } else {
+            Vec::new()
+        };
+        let maglev = if policy == Policy::Maglev {
+            maglev_table(&entries)
+        } else {
+            Vec::new()
+        };
+        Pool {
+            entries,
+            policy,
+            cursor: AtomicUsize::new(0),
+            schedule,
+            maglev,
+        }
     }
     pub fn entries(&self) -> &[Entry] {
         &self.entries
@@ -253,7 +272,9 @@ impl Pool {
         if self.entries.is_empty() {
             return None;
         }
-        let strict = |i: usize| !pick.tried.contains(&(i as u32)) && self.entries[i].state.is_available(pick.now);
+        let strict = |i: usize| {
+            !pick.tried.contains(&(i as u32)) && self.entries[i].state.is_available(pick.now)
+        };
         if let Some(i) = self.select_with(pick, rng, &strict) {
             return Some(i);
         }
@@ -262,10 +283,16 @@ impl Pool {
             return Some(i);
         }
         let available = |i: usize| self.entries[i].state.is_available(pick.now);
-        self.select_with(pick, rng, &available).or_else(|| Some(rng.below(self.entries.len())))
+        self.select_with(pick, rng, &available)
+            .or_else(|| Some(rng.below(self.entries.len())))
     }
 
-    fn select_with(&self, pick: Pick<'_>, rng: &mut Rng, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn select_with(
+        &self,
+        pick: Pick<'_>,
+        rng: &mut Rng,
+        ok: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let n = self.entries.len();
         match self.policy {
             Policy::RoundRobin => {
@@ -278,7 +305,9 @@ impl Pool {
                     return None;
                 }
                 let start = self.cursor.fetch_add(1, Relaxed);
-                (0..len).map(|k| self.schedule[(start + k) % len] as usize).find(|&i| ok(i))
+                (0..len)
+                    .map(|k| self.schedule[(start + k) % len] as usize)
+                    .find(|&i| ok(i))
             }
             Policy::P2cPeakEwma => self.p2c(rng, ok, |e| e.state.cost()),
             Policy::LeastRequest => {
@@ -301,12 +330,19 @@ impl Pool {
                 let slot = (h % len as u64) as usize;
                 // Walk the table from the key's slot: an unavailable entry's keys spread over the others
                 // in table order, which is itself a stable permutation.
-                (0..len).map(|k| self.maglev[(slot + k) % len] as usize).find(|&i| ok(i))
+                (0..len)
+                    .map(|k| self.maglev[(slot + k) % len] as usize)
+                    .find(|&i| ok(i))
             }
         }
     }
 
-    fn p2c(&self, rng: &mut Rng, ok: &dyn Fn(usize) -> bool, cost: impl Fn(&Entry) -> f64) -> Option<usize> {
+    fn p2c(
+        &self,
+        rng: &mut Rng,
+        ok: &dyn Fn(usize) -> bool,
+        cost: impl Fn(&Entry) -> f64,
+    ) -> Option<usize> {
         let n = self.entries.len();
         if n == 1 {
             return ok(0).then_some(0);
@@ -319,7 +355,11 @@ impl Pool {
             b += 1;
         }
         match (ok(a), ok(b)) {
-            (true, true) => Some(if cost(&self.entries[b]) < cost(&self.entries[a]) { b } else { a }),
+            (true, true) => Some(if cost(&self.entries[b]) < cost(&self.entries[a]) {
+                b
+            } else {
+                a
+            }),
             (true, false) => Some(a),
             (false, true) => Some(b),
             (false, false) => {
@@ -332,13 +372,18 @@ impl Pool {
     /// Count a failure against entry `i`; ejects it after the configured run of failures unless it is the last
     /// available entry of the pool.
     pub fn record_failure(&self, i: usize, ejection: &Ejection, now: u64) {
-        let Some(entry) = self.entries.get(i) else { return };
+        let Some(entry) = self.entries.get(i) else {
+            return;
+        };
         let failures = entry.state.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if failures < ejection.consecutive_failures || entry.state.is_ejected(now) {
             return;
         }
-        let others_available =
-            self.entries.iter().enumerate().any(|(j, e)| j != i && e.state.is_available(now));
+        let others_available = self
+            .entries
+            .iter()
+            .enumerate()
+            .any(|(j, e)| j != i && e.state.is_available(now));
         if others_available {
             entry.state.eject(now, ejection.base);
         }
@@ -358,7 +403,10 @@ fn wrr_schedule(entries: &[Entry]) -> Vec<u32> {
     let total: u64 = weights.iter().sum();
     if total > MAX_LEN {
         // Scale down; keep every positive weight at least 1.
-        weights.iter_mut().filter(|w| **w > 0).for_each(|w| *w = (*w * MAX_LEN / total).max(1));
+        weights
+            .iter_mut()
+            .filter(|w| **w > 0)
+            .for_each(|w| *w = (*w * MAX_LEN / total).max(1));
     }
     let total: i64 = weights.iter().sum::<u64>() as i64;
     let mut current = vec![0i64; weights.len()];
@@ -428,9 +476,9 @@ pub fn maglev_table(entries: &[Entry]) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::Rng;
     use super::*;
     use proptest::prelude::*;
-    use super::Rng;
 
     fn entries(weights: &[u32]) -> Vec<Entry> {
         weights
@@ -529,7 +577,10 @@ mod tests {
     #[test]
     fn ejection_spares_the_last_available_endpoint() {
         let pool = Pool::new(entries(&[1, 1]), Policy::P2cPeakEwma);
-        let ej = Ejection { consecutive_failures: 2, base: Duration::from_secs(10) };
+        let ej = Ejection {
+            consecutive_failures: 2,
+            base: Duration::from_secs(10),
+        };
         let now = 5;
         for _ in 0..2 {
             pool.record_failure(0, &ej, now);
@@ -538,7 +589,10 @@ mod tests {
         for _ in 0..10 {
             pool.record_failure(1, &ej, now);
         }
-        assert!(!pool.entries()[1].state.is_ejected(now), "the last available endpoint must stay");
+        assert!(
+            !pool.entries()[1].state.is_ejected(now),
+            "the last available endpoint must stay"
+        );
     }
 
     #[test]
@@ -547,7 +601,17 @@ mod tests {
         pool.entries()[0].state.observe_latency(10_000_000, 1);
         pool.entries()[1].state.observe_latency(100_000, 1);
         let mut rng = Rng::new(3);
-        let picks = (0..100).filter(|_| pool.select(Pick { now: 2, ..Default::default() }, &mut rng) == Some(1)).count();
+        let picks = (0..100)
+            .filter(|_| {
+                pool.select(
+                    Pick {
+                        now: 2,
+                        ..Default::default()
+                    },
+                    &mut rng,
+                ) == Some(1)
+            })
+            .count();
         assert_eq!(picks, 100);
     }
 

@@ -12,8 +12,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().expect("curl runs");
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,22 +36,54 @@ async fn http1_routing_headers_and_404() {
     api.rewrite_prefix = Some("/v2".into());
     api.add_request_headers = vec![("x-via".into(), "berth".into())];
     api.remove_request_headers = vec!["x-drop".into()];
-    reg.put(route("site", &["example.test", "*.wild.test"], vec![rule("/", "web"), api]));
+    reg.put(route(
+        "site",
+        &["example.test", "*.wild.test"],
+        vec![rule("/", "web"), api],
+    ));
     let proxy = start(&reg, config());
     let base = format!("http://{}", proxy.http_addr().unwrap());
 
     if require("curl") {
         let (body, err) = curl(&["-H", "Host: example.test", &format!("{base}/hello")]);
-        assert!(body.starts_with("id=a path=/hello xff=127.0.0.1 xfp=http xfh=example.test"), "{body} {err}");
+        assert!(
+            body.starts_with("id=a path=/hello xff=127.0.0.1 xfp=http xfh=example.test"),
+            "{body} {err}"
+        );
         assert!(!body.contains("rid=-"), "a request id is generated: {body}");
-        let (body, _) = curl(&["-H", "Host: x.wild.test", "-H", "x-request-id: abc", "-H", "x-drop: 1", &format!("{base}/api/users?q=1")]);
+        let (body, _) = curl(&[
+            "-H",
+            "Host: x.wild.test",
+            "-H",
+            "x-request-id: abc",
+            "-H",
+            "x-drop: 1",
+            &format!("{base}/api/users?q=1"),
+        ]);
         assert!(body.starts_with("id=b path=/v2/users?q=1"), "{body}");
-        assert!(body.contains("rid=abc") && body.contains("via=berth") && body.contains("drop=-"), "{body}");
-        let (code, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: nowhere.test", &format!("{base}/")]);
+        assert!(
+            body.contains("rid=abc") && body.contains("via=berth") && body.contains("drop=-"),
+            "{body}"
+        );
+        let (code, _) = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: nowhere.test",
+            &format!("{base}/"),
+        ]);
         assert_eq!(code, "404");
     }
     let c = client();
-    let r = c.get(format!("{base}/x")).header("host", "example.test").header("x-forwarded-for", "10.0.0.1").send().await.unwrap();
+    let r = c
+        .get(format!("{base}/x"))
+        .header("host", "example.test")
+        .header("x-forwarded-for", "10.0.0.1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("xff=10.0.0.1, 127.0.0.1"));
 
@@ -52,7 +91,10 @@ async fn http1_routing_headers_and_404() {
     assert!(stats.requests_total >= 1, "{stats:?}");
     let text = proxy.metrics_text();
     assert!(text.contains("berth_proxy_service_responses_total{namespace=\"default\",service=\"web\",class=\"2xx\"}"), "{text}");
-    assert!(text.contains("berth_proxy_route_latency_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("berth_proxy_route_latency_seconds_bucket"),
+        "{text}"
+    );
     proxy.stop();
 }
 
@@ -66,7 +108,10 @@ async fn h2c_prior_knowledge() {
     let proxy = start(&reg, config());
     let url = format!("http://{}/h2", proxy.http_addr().unwrap());
     let (out, err) = curl(&["--http2-prior-knowledge", "-w", " %{http_version}", &url]);
-    assert!(out.starts_with("id=a path=/h2") && out.ends_with(" 2"), "{out} {err}");
+    assert!(
+        out.starts_with("id=a path=/h2") && out.ends_with(" 2"),
+        "{out} {err}"
+    );
     proxy.stop();
 }
 
@@ -93,7 +138,10 @@ async fn tls_sni_picks_certificates_and_speaks_h2() {
             cert_pem: cert,
             key_pem: key,
         })));
-        routes_tls.push(RouteTls { hosts: vec![host.into()], secret_name: format!("{host}-tls") });
+        routes_tls.push(RouteTls {
+            hosts: vec![host.into()],
+            secret_name: format!("{host}-tls"),
+        });
     }
     // A broken certificate must be skipped, not crash the listener.
     reg.put(Object::Certificate(Arc::new(Certificate {
@@ -102,8 +150,13 @@ async fn tls_sni_picks_certificates_and_speaks_h2() {
         cert_pem: "not a pem".into(),
         key_pem: "nope".into(),
     })));
-    routes_tls.push(RouteTls { hosts: vec!["bad.test".into()], secret_name: "bad-tls".into() });
-    let Object::Route(r) = route("tls", &[], vec![rule("/", "web")]) else { unreachable!() };
+    routes_tls.push(RouteTls {
+        hosts: vec!["bad.test".into()],
+        secret_name: "bad-tls".into(),
+    });
+    let Object::Route(r) = route("tls", &[], vec![rule("/", "web")]) else {
+        unreachable!()
+    };
     let mut r = (*r).clone();
     r.tls = routes_tls;
     reg.put(Object::Route(Arc::new(r)));
@@ -128,15 +181,30 @@ async fn tls_sni_picks_certificates_and_speaks_h2() {
     };
     for host in ["one.test", "two.test"] {
         let (out, err) = fetch(host, host);
-        assert!(out.starts_with("id=a path=/tls") && out.contains("xfp=https") && out.ends_with(" 2"), "{host}: {out} {err}");
+        assert!(
+            out.starts_with("id=a path=/tls") && out.contains("xfp=https") && out.ends_with(" 2"),
+            "{host}: {out} {err}"
+        );
     }
     // Each host gets its own certificate: one's CA does not validate two's certificate.
     let (out, err) = fetch("two.test", "one.test");
-    assert!(!out.starts_with("id=") && !err.is_empty(), "two.test must not present one.test's certificate: {out}");
+    assert!(
+        !out.starts_with("id=") && !err.is_empty(),
+        "two.test must not present one.test's certificate: {out}"
+    );
     // HTTP/1.1 over TLS too.
     let resolve = format!("one.test:{port}:127.0.0.1");
     let ca = dir.path().join("one.test.pem");
-    let (out, err) = curl(&["--http1.1", "--cacert", ca.to_str().unwrap(), "--resolve", &resolve, "-w", " %{http_version}", &format!("https://one.test:{port}/")]);
+    let (out, err) = curl(&[
+        "--http1.1",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        "-w",
+        " %{http_version}",
+        &format!("https://one.test:{port}/"),
+    ]);
     assert!(out.ends_with(" 1.1"), "{out} {err}");
     proxy.stop();
 }
@@ -147,10 +215,20 @@ async fn websocket_echo_passes_through() {
     let reg = registry_with(&[&a]);
     let proxy = start(&reg, config());
     let url = format!("ws://{}/ws", proxy.http_addr().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket upgrade through the proxy");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket upgrade through the proxy");
     for i in 0..3 {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(format!("hi{i}"))).await.unwrap();
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
+            "hi{i}"
+        )))
+        .await
+        .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(msg.into_text().unwrap().as_str(), format!("echo:hi{i}"));
     }
     drop(ws);
@@ -170,7 +248,11 @@ async fn tcp_listener_proxies_a_line_protocol() {
                     let (r, mut w) = s.into_split();
                     let mut lines = BufReader::new(r).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
-                        let reply = if line == "PING" { format!("PONG {id}\n") } else { "ERR\n".into() };
+                        let reply = if line == "PING" {
+                            format!("PONG {id}\n")
+                        } else {
+                            "ERR\n".into()
+                        };
                         if w.write_all(reply.as_bytes()).await.is_err() {
                             break;
                         }
@@ -205,13 +287,20 @@ async fn tcp_listener_proxies_a_line_protocol() {
         assert_eq!(first, second, "one connection stays on one endpoint");
         seen.insert(first);
     }
-    assert_eq!(seen.len(), 2, "connections are balanced over both endpoints: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "connections are balanced over both endpoints: {seen:?}"
+    );
     proxy.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_of_three_backends_loses_no_request() {
-    let mut backends: Vec<Backend> = ["k1", "k2", "k3"].iter().map(|id| Backend::start(id)).collect();
+    let mut backends: Vec<Backend> = ["k1", "k2", "k3"]
+        .iter()
+        .map(|id| Backend::start(id))
+        .collect();
     let reg = registry_with(&backends.iter().collect::<Vec<_>>());
     let mut cfg = config();
     cfg.eject_after_failures = 2;
@@ -240,12 +329,20 @@ async fn killing_one_of_three_backends_loses_no_request() {
             errors
         }));
     }
-    eventually("500 requests done", Duration::from_secs(60), || done.load(std::sync::atomic::Ordering::Relaxed) >= 500).await;
+    eventually("500 requests done", Duration::from_secs(60), || {
+        done.load(std::sync::atomic::Ordering::Relaxed) >= 500
+    })
+    .await;
     backends[1].kill();
     for t in tasks {
         failures.extend(t.await.unwrap());
     }
-    assert!(failures.is_empty(), "{} client-visible errors: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} client-visible errors: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let stats = proxy.service_stats("default", "web").unwrap();
     assert_eq!(stats.requests_total, total as u64);
     eprintln!("ejected after kill: {:?}", proxy.ejected_endpoints());
@@ -271,7 +368,9 @@ async fn removing_an_endpoint_lets_its_in_flight_requests_finish() {
         })
         .collect();
     eventually("50 requests in flight", Duration::from_secs(20), || {
-        proxy.service_stats("default", "web").is_some_and(|s| s.in_flight == 50)
+        proxy
+            .service_stats("default", "web")
+            .is_some_and(|s| s.in_flight == 50)
     })
     .await;
     // Replace: the new endpoint appears, the old one is first marked terminating, then removed.
@@ -281,8 +380,15 @@ async fn removing_an_endpoint_lets_its_in_flight_requests_finish() {
     terminating.ready = false;
     let rev = reg.put(Object::Endpoint(Arc::new(terminating)));
     assert!(proxy.wait_applied(rev, Duration::from_secs(5)).await);
-    let r = c.get(format!("http://{}/after", proxy.http_addr().unwrap())).send().await.unwrap();
-    assert!(r.text().await.unwrap().starts_with("id=new"), "new requests avoid the terminating endpoint");
+    let r = c
+        .get(format!("http://{}/after", proxy.http_addr().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.text().await.unwrap().starts_with("id=new"),
+        "new requests avoid the terminating endpoint"
+    );
     let rev = reg.delete(&endpoint_key("old")).unwrap();
     assert!(proxy.wait_applied(rev, Duration::from_secs(5)).await);
     for t in slow {
@@ -302,7 +408,11 @@ async fn endpoint_added_is_used_by_the_next_request() {
     let proxy = start(&reg, config());
     let url = format!("http://{}/", proxy.http_addr().unwrap());
     let c = client();
-    assert_eq!(c.get(&url).send().await.unwrap().status(), 503, "no endpoint yet");
+    assert_eq!(
+        c.get(&url).send().await.unwrap().status(),
+        503,
+        "no endpoint yet"
+    );
     let mut apply_us = Vec::new();
     let mut routed_us = Vec::new();
     for i in 0..200 {
@@ -314,7 +424,11 @@ async fn endpoint_added_is_used_by_the_next_request() {
         }
         apply_us.push(t0.elapsed().as_micros() as u64);
         let r = c.get(&url).send().await.unwrap();
-        assert_eq!(r.status(), 200, "iteration {i}: the next request uses the new endpoint");
+        assert_eq!(
+            r.status(),
+            200,
+            "iteration {i}: the next request uses the new endpoint"
+        );
         routed_us.push(t0.elapsed().as_micros() as u64);
         let rev = reg.delete(&endpoint_key("a")).unwrap();
         assert!(proxy.wait_applied(rev, Duration::from_secs(5)).await);
@@ -332,4 +446,41 @@ async fn endpoint_added_is_used_by_the_next_request() {
     // Timing is only printed here (debug build, tests in parallel on shared cores); the release measurement is
     // `berth-proxy-bench propagation`. Correctness (the very next request uses the endpoint) is asserted above.
     proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_file_is_served_and_reloaded() {
+    let a = Backend::start("sa");
+    let b = Backend::start("sb");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let write = |backend: &Backend| {
+        let text = format!(
+            "proxy: {{httpListen: [\"127.0.0.1:{port}\"]}}\nservices:\n  - name: web\n    endpoints: [\"{}\"]\nroutes:\n  - {{namespace: default, name: all, rules: [{{path: {{prefix: /}}, backend: {{service: web}}}}]}}\n",
+            backend.addr
+        );
+        std::fs::write(&path, text).unwrap();
+    };
+    write(&a);
+    let (proxy, _reloader) = proxy::static_config::start(&path).expect("static proxy starts");
+    let url = format!("http://127.0.0.1:{port}/");
+    let c = client();
+    let body = c.get(&url).send().await.unwrap().text().await.unwrap();
+    assert_eq!(id_of(&body), "sa");
+    write(&b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = c.get(&url).send().await.unwrap().text().await.unwrap();
+        if id_of(&body) == "sb" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reload not applied: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(proxy);
 }
