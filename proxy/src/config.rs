@@ -1,0 +1,96 @@
+//! Proxy settings: listeners, limits, timeouts, retries and ejection. Plain data with defaults; also the
+//! `proxy:` section of a static configuration file (see [`crate::static_config`]).
+
+use discovery::TargetPort;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A plain TCP (L4) listener that balances connections over a service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpListenerConfig {
+    pub listen: SocketAddr,
+    pub namespace: String,
+    pub service: String,
+    /// Service port by number or name; `None` uses the service's first port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<TargetPort>,
+}
+
+/// Everything the proxy needs besides the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Plain HTTP listeners (HTTP/1.1; HTTP/2 with prior knowledge when `h2c`).
+    pub http_listen: Vec<SocketAddr>,
+    /// TLS listeners (HTTP/1.1 and HTTP/2 by ALPN); certificates come from the registry, chosen by SNI.
+    pub https_listen: Vec<SocketAddr>,
+    pub tcp_listeners: Vec<TcpListenerConfig>,
+    /// Accept HTTP/2 without TLS on the plain listeners.
+    pub h2c: bool,
+    /// Worker threads of the HTTP service.
+    pub threads: usize,
+    /// Reject requests whose header section (names and values) exceeds this many bytes with 431.
+    pub max_header_bytes: usize,
+    /// Requests in flight across the proxy above which new ones get 503 at once.
+    pub max_in_flight: usize,
+    /// Downstream keep-alive idle timeout.
+    pub idle_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Timeout of one upstream read or write (per try).
+    pub per_try_timeout_ms: u64,
+    /// Overall time budget of a request including retries (checked before each retry).
+    pub total_timeout_ms: u64,
+    /// Share of requests that may be retries (0.2 = 20%), plus `retry_min` per second of burst.
+    pub retry_budget: f64,
+    pub retry_min: u32,
+    pub max_retries: u32,
+    /// Consecutive 5xx/connect failures that eject an endpoint.
+    pub eject_after_failures: u32,
+    pub eject_base_ms: u64,
+    /// Upstream idle keep-alive connection lifetime.
+    pub upstream_idle_timeout_ms: u64,
+    /// Emit one JSON access log line per request (costs throughput).
+    pub access_log: bool,
+    /// Grace period for in-flight requests when the proxy stops.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            http_listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            https_listen: Vec::new(),
+            tcp_listeners: Vec::new(),
+            h2c: true,
+            threads: 1,
+            max_header_bytes: 64 * 1024,
+            max_in_flight: 10_000,
+            idle_timeout_ms: 60_000,
+            connect_timeout_ms: 1_000,
+            per_try_timeout_ms: 30_000,
+            total_timeout_ms: 60_000,
+            retry_budget: 0.2,
+            retry_min: 10,
+            max_retries: 3,
+            eject_after_failures: 5,
+            eject_base_ms: 5_000,
+            upstream_idle_timeout_ms: 60_000,
+            access_log: false,
+            shutdown_grace_ms: 1_000,
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn per_try_timeout(&self) -> Duration {
+        Duration::from_millis(self.per_try_timeout_ms)
+    }
+    pub fn total_timeout(&self) -> Duration {
+        Duration::from_millis(self.total_timeout_ms)
+    }
+}

@@ -1,0 +1,400 @@
+//! The HTTP data path: pingora's `ProxyHttp` phases over the current [`Table`].
+//!
+//! Phases, in the order pingora runs them for one request:
+//! - `request_filter`: admission (overload 503, header size 431), route lookup (404 when nothing matches),
+//!   per-rule rate limit (429). The rule and pool `Arc`s are kept in the context for the whole request, so a
+//!   table swap mid-request changes nothing for it.
+//! - `upstream_peer`: pick an endpoint (never one already tried while another exists), count it in flight.
+//! - `fail_to_connect` / `error_while_proxy`: count the failure against the endpoint (passive ejection) and
+//!   allow a retry on another endpoint while the retry budget and the total timeout allow.
+//! - `upstream_request_filter`: forwarding headers, request id, rule header edits, prefix rewrite.
+//! - `logging`: close the endpoint attempt (latency sample, success/failure), record metrics.
+//!
+//! The hot path takes no lock and does not allocate beyond what pingora's API requires (the peer box, the
+//! `X-Forwarded-For` value).
+
+use crate::balance::{now_ns, Pick, Rng};
+use crate::metrics::status_class;
+use crate::table::{CompiledRule, ServicePool};
+use crate::Shared;
+use ::http::HeaderValue;
+use async_trait::async_trait;
+use discovery::HashOn;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use std::cell::RefCell;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+thread_local! {
+    static RNG: RefCell<Rng> = RefCell::new(Rng::new(seed()));
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let local = 0u8;
+    t ^ (&local as *const u8 as u64).rotate_left(32)
+}
+
+fn with_rng<T>(f: impl FnOnce(&mut Rng) -> T) -> T {
+    RNG.with(|r| f(&mut r.borrow_mut()))
+}
+
+/// The pingora application.
+pub struct HttpApp {
+    pub(crate) shared: Arc<Shared>,
+    /// Whether this app serves a TLS listener (for `X-Forwarded-Proto`).
+    pub(crate) tls: bool,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    start: u64,
+    admitted: bool,
+    rule: Option<Arc<CompiledRule>>,
+    pool: Option<Arc<ServicePool>>,
+    hash: Option<u64>,
+    /// Entry index and start time of the attempt in progress.
+    current: Option<(usize, u64)>,
+    tried: Vec<u32>,
+    upstream_status: u16,
+}
+
+enum Admission {
+    Pass,
+    Reject(u16),
+}
+
+impl HttpApp {
+    fn admit(&self, session: &Session, ctx: &mut Ctx) -> Admission {
+        let shared = &self.shared;
+        let req = session.req_header();
+        if shared.config.max_header_bytes > 0 {
+            let size: usize = req
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum();
+            if size > shared.config.max_header_bytes {
+                return Admission::Reject(431);
+            }
+        }
+        let host = req
+            .uri
+            .host()
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        let table = shared.table.load();
+        let Some(rule) = table
+            .routes
+            .find(host, req.uri.path(), &req.method, &req.headers)
+        else {
+            shared.metrics.no_route.fetch_add(1, Relaxed);
+            return Admission::Reject(404);
+        };
+        if let Some(rl) = &rule.rate_limit {
+            if !rl.admit(ctx.start) {
+                shared.metrics.rate_limited.fetch_add(1, Relaxed);
+                return Admission::Reject(429);
+            }
+        }
+        let Some(pool) = rule.backend.and_then(|i| table.pools.get(i)) else {
+            return Admission::Reject(503);
+        };
+        ctx.hash = pool.hash_on.as_ref().map(|h| hash_key(h, session));
+        rule.metrics.start();
+        pool.metrics.start();
+        ctx.rule = Some(rule.clone());
+        ctx.pool = Some(pool.clone());
+        Admission::Pass
+    }
+
+    /// Close the attempt in progress; `failed` counts against the endpoint for ejection.
+    fn end_attempt(&self, ctx: &mut Ctx, failed: bool) {
+        self.end_attempt_with(ctx, failed, failed)
+    }
+
+    /// As [`Self::end_attempt`]; `no_response` counts the attempt in the endpoint's "error" class.
+    fn end_attempt_with(&self, ctx: &mut Ctx, failed: bool, no_response: bool) {
+        let (Some((idx, started)), Some(pool)) = (ctx.current.take(), ctx.pool.as_ref()) else {
+            return;
+        };
+        let Some(entry) = pool.pool.entries().get(idx) else {
+            return;
+        };
+        entry.state.end_request();
+        let now = now_ns();
+        if no_response {
+            entry.state.record_status_class(5);
+        }
+        if failed {
+            pool.pool.record_failure(idx, &self.shared.ejection, now);
+        } else {
+            entry.state.record_success();
+            entry
+                .state
+                .observe_latency(now.saturating_sub(started), now);
+        }
+    }
+
+    /// Whether one more try fits in the retry budget and the total timeout.
+    fn may_retry(&self, ctx: &Ctx) -> bool {
+        let shared = &self.shared;
+        let cfg = &shared.config;
+        if ctx.tried.len() > cfg.max_retries as usize {
+            return false;
+        }
+        if now_ns().saturating_sub(ctx.start) > cfg.total_timeout().as_nanos() as u64 {
+            return false;
+        }
+        let requests = shared.metrics.requests.load(Relaxed) as f64;
+        let retries = shared.metrics.retries.load(Relaxed) as f64;
+        if retries >= requests * cfg.retry_budget + f64::from(cfg.retry_min) {
+            return false;
+        }
+        shared.metrics.retries.fetch_add(1, Relaxed);
+        true
+    }
+}
+
+fn hash_key(on: &HashOn, session: &Session) -> u64 {
+    let req = session.req_header();
+    match on {
+        HashOn::Header(name) => req
+            .headers
+            .get(name.as_str())
+            .map_or(0, |v| crate::balance::hash_bytes(1, v.as_bytes())),
+        HashOn::Cookie(name) => req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == name.as_str())
+            .map_or(0, |(_, v)| crate::balance::hash_bytes(1, v.as_bytes())),
+        HashOn::ClientIp => match session.client_addr().and_then(|a| a.as_inet()) {
+            Some(addr) => match addr.ip() {
+                std::net::IpAddr::V4(ip) => crate::balance::hash_bytes(1, &ip.octets()),
+                std::net::IpAddr::V6(ip) => crate::balance::hash_bytes(1, &ip.octets()),
+            },
+            None => 0,
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for HttpApp {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: now_ns(),
+            ..Ctx::default()
+        }
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // No compression module: it would run on every response for nothing.
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let shared = &self.shared;
+        shared.metrics.requests.fetch_add(1, Relaxed);
+        if shared.in_flight.fetch_add(1, Relaxed) >= shared.config.max_in_flight {
+            shared.in_flight.fetch_sub(1, Relaxed);
+            shared.metrics.overloaded.fetch_add(1, Relaxed);
+            session.respond_error(503).await?;
+            return Ok(true);
+        }
+        ctx.admitted = true;
+        match self.admit(session, ctx) {
+            Admission::Pass => Ok(false),
+            Admission::Reject(code) => {
+                session.respond_error(code).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // An attempt still open here failed after connecting (error_while_proxy already counted it).
+        self.end_attempt(ctx, false);
+        let Some(pool) = ctx.pool.clone() else {
+            return Err(Error::new(HTTPStatus(503)));
+        };
+        let now = now_ns();
+        let pick = Pick {
+            hash: ctx.hash,
+            tried: &ctx.tried,
+            now,
+        };
+        let Some(idx) = with_rng(|rng| pool.pool.select(pick, rng)) else {
+            return Err(Error::new(HTTPStatus(503)));
+        };
+        let entry = &pool.pool.entries()[idx];
+        entry.state.start_request();
+        ctx.current = Some((idx, now));
+        ctx.tried.push(idx as u32);
+        let cfg = &self.shared.config;
+        let mut peer = HttpPeer::new(entry.addr, false, String::new());
+        peer.options.connection_timeout = Some(cfg.connect_timeout());
+        peer.options.read_timeout = Some(cfg.per_try_timeout());
+        peer.options.write_timeout = Some(cfg.per_try_timeout());
+        peer.options.idle_timeout = Some(std::time::Duration::from_millis(
+            cfg.upstream_idle_timeout_ms,
+        ));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.end_attempt(ctx, true);
+        let others = ctx
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.pool.len() > ctx.tried.len());
+        e.set_retry(others && self.may_retry(ctx));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let upstream_fault = matches!(e.esource(), ErrorSource::Upstream);
+        self.end_attempt(ctx, upstream_fault);
+        // Retry an idempotent request on another endpoint only while nothing was sent downstream yet (a second
+        // response would corrupt the stream) and its body is still fully buffered.
+        let safe = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && upstream_fault;
+        e.set_retry(safe && self.may_retry(ctx));
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let value = match req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            req.insert_header("x-forwarded-for", value)?;
+        }
+        req.insert_header(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if self.tls { "https" } else { "http" }),
+        )?;
+        if let Some(host) = req.headers.get(http::header::HOST).cloned() {
+            req.insert_header("x-forwarded-host", host)?;
+        }
+        if !req.headers.contains_key("x-request-id") {
+            let id = with_rng(|r| r.next_u64());
+            req.insert_header("x-request-id", format!("{id:016x}"))?;
+        }
+        if let Some(rule) = &ctx.rule {
+            for name in &rule.remove_headers {
+                req.remove_header(name);
+            }
+            for (name, value) in &rule.add_headers {
+                req.insert_header(name.clone(), value.clone())?;
+            }
+            if let Some(new) = rule.rewrite(req.uri.path_and_query().map_or("/", |p| p.as_str())) {
+                let uri = http::Uri::try_from(new).map_err(|_| Error::new(InternalError))?;
+                req.set_uri(uri);
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_status = resp.status.as_u16();
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if !ctx.admitted {
+            return;
+        }
+        self.shared.in_flight.fetch_sub(1, Relaxed);
+        let upstream_failed =
+            ctx.upstream_status >= 500 || (ctx.upstream_status == 0 && e.is_some());
+        if let (Some((idx, _)), Some(pool), true) =
+            (ctx.current, ctx.pool.as_ref(), ctx.upstream_status != 0)
+        {
+            if let Some(entry) = pool.pool.entries().get(idx) {
+                entry
+                    .state
+                    .record_status_class(status_class(ctx.upstream_status));
+            }
+        }
+        self.end_attempt_with(
+            ctx,
+            upstream_failed,
+            ctx.upstream_status == 0 && e.is_some(),
+        );
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let class = status_class(status);
+        let now = now_ns();
+        let latency_us = now.saturating_sub(ctx.start) / 1000;
+        if let Some(rule) = &ctx.rule {
+            rule.metrics.finish(class, latency_us);
+        }
+        if let Some(pool) = &ctx.pool {
+            pool.metrics.finish(class, latency_us);
+        }
+        if self.shared.config.access_log {
+            let req = session.req_header();
+            let line = serde_json::json!({
+                "method": req.method.as_str(),
+                "host": req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()),
+                "path": req.uri.path(),
+                "status": status,
+                "latency_us": latency_us,
+                "route": ctx.rule.as_ref().map(|r| format!("{}/{}", r.route_namespace, r.route_name)),
+                "upstream": ctx.pool.as_ref().zip(ctx.tried.last()).and_then(|(p, &i)| p.pool.entries().get(i as usize)).map(|e| e.addr.to_string()),
+                "tries": ctx.tried.len(),
+                "request_id": req.headers.get("x-request-id").and_then(|h| h.to_str().ok()),
+                "error": e.map(|e| e.to_string()),
+            });
+            tracing::info!(target: "berth::access", "{line}");
+        }
+    }
+}

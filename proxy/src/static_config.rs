@@ -1,0 +1,311 @@
+//! Static mode: proxy settings, services with fixed endpoints, routes and certificates from one YAML or JSON
+//! file (`berth proxy -c FILE`). The file is turned into registry objects; a reload writes only what changed
+//! and deletes what disappeared, so the proxy applies it like any other registry change, without dropping
+//! connections. Listener addresses are read once at start (a change needs a restart; a reload warns).
+//! See `config/proxy/static.yaml` for an example.
+
+use crate::config::ProxyConfig;
+use discovery::{
+    BalancePolicy, Certificate, Endpoint, EndpointPort, HealthCheck, Labels, Object, ObjectKey,
+    Protocol, Registry, Route, Selector, Service, ServicePort, TargetPort,
+};
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const STATIC_LABEL: &str = "berth.dev/static-service";
+const PORT_NAME: &str = "main";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StaticConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    Proxy(#[from] crate::ProxyError),
+    #[error("{path}: certificate {name}: reading {file}: {source}")]
+    CertFile {
+        path: PathBuf,
+        name: String,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn default_ns() -> String {
+    "default".into()
+}
+fn default_weight() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StaticEndpoint {
+    Addr(SocketAddr),
+    Full {
+        address: SocketAddr,
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticService {
+    #[serde(default = "default_ns")]
+    pub namespace: String,
+    pub name: String,
+    /// The port routes refer to (default 80).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub balance: BalancePolicy,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    pub endpoints: Vec<StaticEndpoint>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticCertificate {
+    #[serde(default = "default_ns")]
+    pub namespace: String,
+    pub name: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticConfig {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub services: Vec<StaticService>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub certificates: Vec<StaticCertificate>,
+}
+
+impl StaticConfig {
+    /// Parse YAML (a superset of JSON); errors name the field path. The document goes through a JSON value
+    /// so that enums read as plain maps (`path: {prefix: /api}`) rather than YAML tags.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, StaticConfigError> {
+        let err = |message: String| StaticConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let value: serde_json::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+        let value = if value.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            value
+        };
+        serde_path_to_error::deserialize(value).map_err(|e| err(e.to_string()))
+    }
+
+    pub fn load(path: &Path) -> Result<Self, StaticConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| StaticConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// The registry objects this file describes (certificate files are read here, relative to `base`).
+    pub fn objects(&self, path: &Path) -> Result<Vec<Object>, StaticConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut out = Vec::new();
+        for s in &self.services {
+            let port = s.port.unwrap_or(80);
+            let labels: Labels = [(STATIC_LABEL.to_string(), s.name.clone())]
+                .into_iter()
+                .collect();
+            out.push(Object::Service(Arc::new(Service {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                labels: Labels::new(),
+                selector: Selector::from_labels(&labels),
+                ports: vec![ServicePort {
+                    name: Some(PORT_NAME.into()),
+                    port,
+                    target_port: TargetPort::Name(PORT_NAME.into()),
+                    protocol: Protocol::Tcp,
+                }],
+                balance: s.balance.clone(),
+                virtual_ip: None,
+                health_check: s.health_check.clone(),
+            })));
+            for (i, ep) in s.endpoints.iter().enumerate() {
+                let (addr, weight) = match ep {
+                    StaticEndpoint::Addr(a) => (*a, 100),
+                    StaticEndpoint::Full { address, weight } => (*address, *weight),
+                };
+                out.push(Object::Endpoint(Arc::new(Endpoint {
+                    namespace: s.namespace.clone(),
+                    name: format!("{}-{i}", s.name),
+                    address: addr.ip(),
+                    ports: vec![EndpointPort {
+                        name: Some(PORT_NAME.into()),
+                        port: addr.port(),
+                        protocol: Protocol::Tcp,
+                    }],
+                    labels: labels.clone(),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node: None,
+                    zone: None,
+                    weight,
+                })));
+            }
+        }
+        for r in &self.routes {
+            out.push(Object::Route(Arc::new(r.clone())));
+        }
+        for c in &self.certificates {
+            let read = |f: &PathBuf| {
+                std::fs::read_to_string(base.join(f)).map_err(|source| {
+                    StaticConfigError::CertFile {
+                        path: path.to_path_buf(),
+                        name: c.name.clone(),
+                        file: f.clone(),
+                        source,
+                    }
+                })
+            };
+            out.push(Object::Certificate(Arc::new(Certificate {
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+                cert_pem: read(&c.cert_file)?,
+                key_pem: read(&c.key_file)?,
+            })));
+        }
+        Ok(out)
+    }
+}
+
+/// Everything `berth proxy -c FILE` needs: load the file, fill a registry, start the proxy with the file's
+/// settings, and keep re-applying the file when it changes (polled every second). Drop both to stop.
+pub fn start(path: &Path) -> Result<(crate::Proxy, Reloader), StaticConfigError> {
+    let cfg = StaticConfig::load(path)?;
+    let registry = Arc::new(Registry::new());
+    let keys = apply(&registry, cfg.objects(path)?, &BTreeSet::new());
+    let proxy = crate::Proxy::start(registry.clone(), cfg.proxy.clone())?;
+    let reloader = Reloader::spawn(path.to_path_buf(), registry, keys, Duration::from_secs(1));
+    Ok((proxy, reloader))
+}
+
+/// Write `objects` into the registry, deleting keys of `previous` that are gone. Returns the new key set.
+pub fn apply(
+    registry: &Registry,
+    objects: Vec<Object>,
+    previous: &BTreeSet<ObjectKey>,
+) -> BTreeSet<ObjectKey> {
+    let keys: BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
+    for key in previous.difference(&keys) {
+        registry.delete(key);
+    }
+    for o in objects {
+        // An unchanged object is a no-op in the registry (no revision bump).
+        registry.put(o);
+    }
+    keys
+}
+
+/// Polls a static file's modification time and re-applies it on change. Stops on drop.
+pub struct Reloader {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reloader {
+    pub fn spawn(
+        path: PathBuf,
+        registry: Arc<Registry>,
+        initial: BTreeSet<ObjectKey>,
+        every: Duration,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("berth-static-reload".into())
+            .spawn(move || {
+                let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                let mut last: Option<SystemTime> = mtime(&path);
+                let mut keys = initial;
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(every);
+                    let now = mtime(&path);
+                    if now == last {
+                        continue;
+                    }
+                    last = now;
+                    match StaticConfig::load(&path).and_then(|c| c.objects(&path)) {
+                        Ok(objects) => {
+                            keys = apply(&registry, objects, &keys);
+                            tracing::info!(path = %path.display(), "static proxy configuration reloaded");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "static proxy configuration not reloaded"),
+                    }
+                }
+            })
+            .ok();
+        Reloader { stop, thread }
+    }
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let cases = [
+            (
+                "services: [{name: a, endpoints: [nope]}]",
+                "services[0].endpoints[0]",
+            ),
+            ("proxy: {httpListen: [x]}", "proxy.httpListen[0]"),
+            ("proxy: {bogus: 1}", "proxy"),
+        ];
+        for (text, want) in cases {
+            let err = StaticConfig::parse(text, Path::new("f.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/proxy/static.yaml");
+        let cfg = StaticConfig::load(&path).unwrap();
+        assert!(!cfg.services.is_empty());
+        let objects = cfg.objects(&path).unwrap();
+        assert!(objects.iter().any(|o| matches!(o, Object::Route(_))));
+    }
+}
