@@ -19,12 +19,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// The default listen address: `127.0.0.1:$PORT` when `PORT` is set (the agent allocates it), else 8081.
+/// The default listen address: `$HOST:$PORT`, where the agent sets `PORT`; `HOST` defaults to 127.0.0.1
+/// (the echo image sets 0.0.0.0, since a published container port arrives on the container's interface)
+/// and `PORT` to 8081.
 pub fn default_listen() -> String {
-    match std::env::var("PORT") {
-        Ok(p) if !p.trim().is_empty() => format!("127.0.0.1:{}", p.trim()),
-        _ => "127.0.0.1:8081".to_string(),
-    }
+    let host = std::env::var("HOST").ok().filter(|h| !h.trim().is_empty()).unwrap_or_else(|| "127.0.0.1".into());
+    let port = std::env::var("PORT").ok().filter(|p| !p.trim().is_empty()).unwrap_or_else(|| "8081".into());
+    format!("{}:{}", host.trim(), port.trim())
 }
 
 /// The name this instance reports: `$POD_NAME`, else the host name.
