@@ -1,3 +1,87 @@
-fn main() {
-    println!("berth");
+//! `berth`: the CLI and the wiring of Berth's roles. Thin: the work happens in the library crates.
+
+mod cli;
+mod datadir;
+mod roles;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Front door and small orchestrator in one binary")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How a client command finds and authenticates to the API server.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientOpts {
+    /// API server URL (default: the address recorded in the data dir, else http://127.0.0.1:7070).
+    #[arg(long, env = "BERTH_SERVER", global = true)]
+    server: Option<String>,
+    /// Bearer token (default: the data dir's token file).
+    #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Use this data dir's token and recorded API address.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: API server and store (scheduler and controllers join as they land).
+    Server(roles::ServerArgs),
+    /// Create or update objects from manifests (file, directory or `-`).
+    Apply(cli::ApplyArgs),
+    /// List objects or show one.
+    Get(cli::GetArgs),
+    /// Show one object in detail.
+    Describe(cli::DescribeArgs),
+    /// Delete objects by kind and name or by manifest.
+    Delete(cli::DeleteArgs),
+    /// Show what `apply` would change (exit 0: no difference, 1: differences, 2: error).
+    Diff(cli::DiffArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cmd_is_diff = matches!(args.command, Command::Diff(_));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Server(a) => roles::server(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Apply(a) => cli::apply(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Get(a) => cli::get(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Describe(a) => cli::describe(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Delete(a) => cli::delete(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Diff(a) => cli::diff(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(if matches!(cmd_is_diff, true) { 2 } else { 1 })
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
 }

@@ -13,6 +13,6 @@ pub mod selector;
 pub mod types;
 
 pub use labels::{Labels, LabelError};
-pub use registry::{Registry, Snapshot, WatchEvent, Watch, Object, ObjectKey, ObjectKind};
+pub use registry::{Change, Object, ObjectKey, ObjectKind, Registry, Snapshot, Watch, WatchEvent};
 pub use selector::{Operator, Requirement, Selector, SelectorError};
 pub use types::*;

@@ -1,5 +1,11 @@
 //! Label selectors in Kubernetes syntax: `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`,
-//! joined by commas (AND).
+//! joined by commas (AND), with any whitespace between tokens.
+//!
+//! The parser validates every key and value with the label rules of [`crate::labels`] and reports the byte
+//! offset of the offending token. Parsing normalizes: `==` becomes `=`, and the values of `in`/`notin` are
+//! sorted and deduplicated; requirements keep the order in which they were written. `Display` prints that
+//! normal form, so `parse(display(s)) == s` for every selector the parser (or [`Selector::from_labels`])
+//! produces. Not supported (rejected with a position): the `>`/`<` operators and empty `in ()` lists.
 
 use crate::labels::Labels;
 use std::fmt;
@@ -88,8 +94,9 @@ impl std::str::FromStr for Selector {
 impl fmt::Display for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.op {
-            Operator::Equals => write!(f, "{}={}", self.key, self.values[0]),
-            Operator::NotEquals => write!(f, "{}!={}", self.key, self.values[0]),
+            // A hand-built requirement may lack its value; print it as the empty value rather than panic.
+            Operator::Equals => write!(f, "{}={}", self.key, self.values.first().map_or("", String::as_str)),
+            Operator::NotEquals => write!(f, "{}!={}", self.key, self.values.first().map_or("", String::as_str)),
             Operator::In => write!(f, "{} in ({})", self.key, self.values.join(",")),
             Operator::NotIn => write!(f, "{} notin ({})", self.key, self.values.join(",")),
             Operator::Exists => write!(f, "{}", self.key),
@@ -125,9 +132,185 @@ impl<'de> serde::Deserialize<'de> for Selector {
 
 mod parser {
     use super::*;
+    use crate::labels::{validate_key, validate_value, LabelError};
 
-    pub(super) fn parse(_input: &str) -> Result<Selector, SelectorError> {
-        // Replaced by the real parser (discovery owner).
-        Err(SelectorError { position: 0, message: "parser not written yet".into() })
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Tok<'a> {
+        /// A run of characters that are neither whitespace nor punctuation: a key, a value or `in`/`notin`.
+        Word(&'a str),
+        Bang,
+        Eq,
+        DoubleEq,
+        NotEq,
+        Open,
+        Close,
+        Comma,
+        /// A character the grammar never accepts (`<`, `>`), kept so the error can name it.
+        Unsupported(char),
+        End,
+    }
+
+    impl fmt::Display for Tok<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Tok::Word(w) => write!(f, "{w:?}"),
+                Tok::Bang => f.write_str("'!'"),
+                Tok::Eq => f.write_str("'='"),
+                Tok::DoubleEq => f.write_str("'=='"),
+                Tok::NotEq => f.write_str("'!='"),
+                Tok::Open => f.write_str("'('"),
+                Tok::Close => f.write_str("')'"),
+                Tok::Comma => f.write_str("','"),
+                Tok::Unsupported(c) => write!(f, "unsupported character {c:?}"),
+                Tok::End => f.write_str("end of input"),
+            }
+        }
+    }
+
+    fn is_punct(c: char) -> bool {
+        matches!(c, '!' | '=' | ',' | '(' | ')' | '<' | '>')
+    }
+
+    struct Lexer<'a> {
+        input: &'a str,
+        pos: usize,
+    }
+
+    impl<'a> Lexer<'a> {
+        /// The next token and the byte offset where it starts.
+        fn next(&mut self) -> (usize, Tok<'a>) {
+            let rest = &self.input[self.pos..];
+            let trimmed = rest.trim_start();
+            let start = self.pos + (rest.len() - trimmed.len());
+            let mut chars = trimmed.chars();
+            let (tok, len) = match chars.next() {
+                None => (Tok::End, 0),
+                Some('!') if chars.next() == Some('=') => (Tok::NotEq, 2),
+                Some('!') => (Tok::Bang, 1),
+                Some('=') if chars.next() == Some('=') => (Tok::DoubleEq, 2),
+                Some('=') => (Tok::Eq, 1),
+                Some('(') => (Tok::Open, 1),
+                Some(')') => (Tok::Close, 1),
+                Some(',') => (Tok::Comma, 1),
+                Some(c @ ('<' | '>')) => (Tok::Unsupported(c), c.len_utf8()),
+                Some(_) => {
+                    let len = trimmed.find(|c: char| c.is_whitespace() || is_punct(c)).unwrap_or(trimmed.len());
+                    (Tok::Word(&trimmed[..len]), len)
+                }
+            };
+            self.pos = start + len;
+            (start, tok)
+        }
+
+        fn peek(&self) -> (usize, Tok<'a>) {
+            Lexer { input: self.input, pos: self.pos }.next()
+        }
+    }
+
+    fn error(position: usize, message: impl Into<String>) -> SelectorError {
+        SelectorError { position, message: message.into() }
+    }
+
+    fn label_error(position: usize, e: LabelError) -> SelectorError {
+        error(position, e.to_string())
+    }
+
+    pub(super) fn parse(input: &str) -> Result<Selector, SelectorError> {
+        let mut lx = Lexer { input, pos: 0 };
+        let mut requirements = Vec::new();
+        if lx.peek().1 == Tok::End {
+            return Ok(Selector { requirements });
+        }
+        loop {
+            requirements.push(requirement(&mut lx)?);
+            match lx.next() {
+                (_, Tok::End) => break,
+                (_, Tok::Comma) => {}
+                (p, t) => return Err(error(p, format!("expected ',' or end of selector, found {t}"))),
+            }
+        }
+        Ok(Selector { requirements })
+    }
+
+    fn key<'a>(pos: usize, tok: Tok<'a>, what: &str) -> Result<&'a str, SelectorError> {
+        match tok {
+            Tok::Word(k) => {
+                validate_key(k).map_err(|e| label_error(pos, e))?;
+                Ok(k)
+            }
+            t => Err(error(pos, format!("expected {what}, found {t}"))),
+        }
+    }
+
+    fn requirement(lx: &mut Lexer<'_>) -> Result<Requirement, SelectorError> {
+        let (pos, tok) = lx.next();
+        if tok == Tok::Bang {
+            let (kpos, ktok) = lx.next();
+            let k = key(kpos, ktok, "a label key after '!'")?;
+            return Ok(Requirement { key: k.to_string(), op: Operator::DoesNotExist, values: Vec::new() });
+        }
+        let k = key(pos, tok, "a label key or '!'")?.to_string();
+        let (op_pos, op_tok) = lx.peek();
+        let op = match op_tok {
+            Tok::End | Tok::Comma => return Ok(Requirement { key: k, op: Operator::Exists, values: Vec::new() }),
+            Tok::Eq | Tok::DoubleEq => Operator::Equals,
+            Tok::NotEq => Operator::NotEquals,
+            Tok::Word("in") => Operator::In,
+            Tok::Word("notin") => Operator::NotIn,
+            t => {
+                return Err(error(
+                    op_pos,
+                    format!("expected '=', '==', '!=', 'in', 'notin', ',' or end of selector after key, found {t}"),
+                ))
+            }
+        };
+        lx.next();
+        let values = match op {
+            Operator::In | Operator::NotIn => value_list(lx, op)?,
+            _ => vec![single_value(lx)?],
+        };
+        Ok(Requirement { key: k, op, values })
+    }
+
+    /// The value after `=`, `==` or `!=`; absent means the empty value (`a=` selects `a: ""`).
+    fn single_value(lx: &mut Lexer<'_>) -> Result<String, SelectorError> {
+        match lx.peek() {
+            (_, Tok::End | Tok::Comma) => Ok(String::new()),
+            (p, Tok::Word(v)) => {
+                lx.next();
+                validate_value(v).map_err(|e| label_error(p, e))?;
+                Ok(v.to_string())
+            }
+            (p, t) => Err(error(p, format!("expected a label value, found {t}"))),
+        }
+    }
+
+    fn value_list(lx: &mut Lexer<'_>, op: Operator) -> Result<Vec<String>, SelectorError> {
+        let name = if op == Operator::In { "in" } else { "notin" };
+        match lx.next() {
+            (_, Tok::Open) => {}
+            (p, t) => return Err(error(p, format!("expected '(' after '{name}', found {t}"))),
+        }
+        let mut values = Vec::new();
+        loop {
+            match lx.next() {
+                (p, Tok::Word(v)) => {
+                    validate_value(v).map_err(|e| label_error(p, e))?;
+                    values.push(v.to_string());
+                }
+                (p, Tok::Close) if values.is_empty() => {
+                    return Err(error(p, format!("'{name}' needs at least one value")))
+                }
+                (p, t) => return Err(error(p, format!("expected a label value, found {t}"))),
+            }
+            match lx.next() {
+                (_, Tok::Comma) => {}
+                (_, Tok::Close) => break,
+                (p, t) => return Err(error(p, format!("expected ',' or ')', found {t}"))),
+            }
+        }
+        values.sort();
+        values.dedup();
+        Ok(values)
     }
 }

@@ -3,5 +3,7 @@
 
 pub mod model;
 pub mod store;
+pub mod api;
+pub mod client;
 pub mod agent;
 pub mod echo;

@@ -11,10 +11,23 @@
 //! - `watch(prefix, from)` yields every change with revision > `from` exactly once, in order, or fails with
 //!   [`StoreError::Compacted`] when `from` is older than retained history.
 
+//!
+//! Backends: [`memory::MemoryStore`] (tests), [`redb::RedbStore`] (the default, one file on one machine) and,
+//! with the cargo feature `etcd`, [`etcd::EtcdStore`]. [`open_store`] picks one from a URL. This module does
+//! not know what the objects mean: validation, defaulting and `resourceVersion` stamping live in the API.
+
 use futures::stream::BoxStream;
 use std::fmt;
+use std::sync::Arc;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
+mod feed;
 pub mod memory;
+pub mod redb;
+
+pub use self::memory::MemoryStore;
+pub use self::redb::RedbStore;
 
 /// Identifies one stored object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,8 +40,16 @@ pub struct Key {
 }
 
 impl Key {
-    pub fn new(kind: impl Into<String>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { kind: kind.into(), namespace: namespace.into(), name: name.into() }
+    pub fn new(
+        kind: impl Into<String>,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -52,7 +73,11 @@ pub struct Prefix {
 
 impl Prefix {
     pub fn contains(&self, key: &Key) -> bool {
-        key.kind == self.kind && self.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+        key.kind == self.kind
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| *ns == key.namespace)
     }
 }
 
@@ -70,7 +95,11 @@ pub enum StoreEvent {
     /// Created (`created == true`) or updated.
     Put { object: Versioned, created: bool },
     /// Deleted at `revision`; `prev` is the last value.
-    Delete { key: Key, revision: u64, prev: Option<Vec<u8>> },
+    Delete {
+        key: Key,
+        revision: u64,
+        prev: Option<Vec<u8>>,
+    },
 }
 
 impl StoreEvent {
@@ -89,7 +118,11 @@ pub enum StoreError {
     #[error("{0} already exists")]
     AlreadyExists(Key),
     #[error("{key}: resourceVersion {expected} is stale (current {actual})")]
-    Conflict { key: Key, expected: u64, actual: u64 },
+    Conflict {
+        key: Key,
+        expected: u64,
+        actual: u64,
+    },
     #[error("revision {requested} has been compacted (oldest available {compacted})")]
     Compacted { requested: u64, compacted: u64 },
     #[error("store backend: {0}")]
@@ -123,4 +156,84 @@ pub trait Store: Send + Sync + 'static {
     async fn revision(&self) -> StoreResult<u64>;
     /// Forget history at and below `revision` (watches from older revisions then get `Compacted`).
     async fn compact(&self, revision: u64) -> StoreResult<()>;
+}
+
+/// How many changes a backend keeps for watches by default before it compacts the oldest ones itself.
+pub const DEFAULT_HISTORY_RETENTION: u64 = 100_000;
+
+/// Open a store from a URL: `memory:`, `redb:PATH` (a file, created when missing) or
+/// `etcd://host:port[,host:port...]` (needs the cargo feature `etcd`).
+pub async fn open_store(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url == "memory:" || url == "memory" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    if let Some(path) = url.strip_prefix("redb:") {
+        if path.is_empty() {
+            return Err(StoreError::Backend(format!(
+                "store URL {url:?}: missing file path after redb:"
+            )));
+        }
+        let path = std::path::PathBuf::from(path);
+        let store = tokio::task::spawn_blocking(move || RedbStore::open(&path))
+            .await
+            .map_err(|e| StoreError::Backend(format!("opening redb store: {e}")))??;
+        return Ok(Arc::new(store));
+    }
+    if let Some(hosts) = url.strip_prefix("etcd://") {
+        return open_etcd(url, hosts).await;
+    }
+    Err(StoreError::Backend(format!(
+        "unknown store URL {url:?}: expected memory:, redb:PATH or etcd://host:port[,host:port]"
+    )))
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(url: &str, hosts: &str) -> StoreResult<Arc<dyn Store>> {
+    let endpoints: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("http://{h}"))
+        .collect();
+    if endpoints.is_empty() {
+        return Err(StoreError::Backend(format!(
+            "store URL {url:?}: no etcd endpoints"
+        )));
+    }
+    Ok(Arc::new(etcd::EtcdStore::connect(&endpoints).await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(url: &str, _hosts: &str) -> StoreResult<Arc<dyn Store>> {
+    Err(StoreError::Backend(format!(
+        "store URL {url:?}: this binary was built without etcd support (rebuild with --features etcd)"
+    )))
+}
+
+/// The labels of a stored object (`metadata.labels` of its JSON); empty when absent or not JSON.
+pub fn object_labels(value: &[u8]) -> discovery::Labels {
+    #[derive(serde::Deserialize, Default)]
+    struct Meta {
+        #[serde(default)]
+        labels: Option<discovery::Labels>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Obj {
+        #[serde(default)]
+        metadata: Option<Meta>,
+    }
+    serde_json::from_slice::<Obj>(value)
+        .ok()
+        .and_then(|o| o.metadata)
+        .and_then(|m| m.labels)
+        .unwrap_or_default()
+}
+
+/// Whether a stored value passes an optional selector.
+pub(crate) fn selected(selector: Option<&discovery::Selector>, value: &[u8]) -> bool {
+    match selector {
+        None => true,
+        Some(s) if s.is_empty() => true,
+        Some(s) => s.matches(&object_labels(value)),
+    }
 }
