@@ -9,12 +9,13 @@
 //!
 //! Status contract: pod status carries `phase`, `conditions` (`Ready`, `ContainersReady`, ...; `LimitsEnforced`
 //! False with a message when limits cannot be enforced), `hostIP`/`podIP` (127.0.0.1) and `containerStatuses`
-//! with `ready`, `started`, `restartCount`, `state`, `lastState`, `containerID` and **`hostPort`**: a pod's
-//! endpoint is `hostIP:hostPort`. The node's status carries `capacity`, `allocatable`, `addresses`, a `Ready`
-//! condition whose `lastHeartbeatTime` is renewed every [`AgentConfig::heartbeat`], and
+//! with `ready`, `started`, `restartCount`, `state`, `lastState`, `containerID` and **`ports[]`**
+//! (`{containerPort, hostPort, protocol}`): a pod's endpoint is `hostIP:hostPort`. The node's status carries `capacity`, `allocatable`, `addresses`, a `Ready`
+//! condition and `heartbeatTime`, renewed every [`AgentConfig::heartbeat`], and
 //! `daemonEndpoints.agentEndpoint.Port`, where `GET /logs/NS/POD?container=&follow=&tail=&previous=` answers.
 
 pub mod control;
+pub mod http;
 pub mod logs;
 pub mod probe;
 pub mod restart;
@@ -22,6 +23,7 @@ pub mod runtime;
 pub mod spec;
 pub mod worker;
 
+pub use http::HttpControlPlane;
 pub use control::{ControlPlane, ControlPlaneError, MemoryControlPlane, PodEvent};
 pub use restart::Backoff;
 pub use runtime::{Runtime, RuntimeError};
@@ -325,8 +327,14 @@ pub fn node_status(cfg: &AgentConfig, runtime_kind: &str, agent_port: u16, now: 
             "message": "berth agent is posting ready status",
             "lastHeartbeatTime": t,
         }],
+        "heartbeatTime": t,
         "daemonEndpoints": {"agentEndpoint": {"Port": agent_port}},
-        "nodeInfo": {"containerRuntimeVersion": runtime_kind, "agentVersion": env!("CARGO_PKG_VERSION")},
+        "nodeInfo": {
+            "containerRuntimeVersion": runtime_kind,
+            "kubeletVersion": format!("berth-agent/{}", env!("CARGO_PKG_VERSION")),
+            "operatingSystem": std::env::consts::OS,
+            "architecture": std::env::consts::ARCH,
+        },
     })
 }
 

@@ -552,8 +552,9 @@ fn state_json(s: &ContainerState) -> Value {
     }
 }
 
-/// Build a pod's `status` from its containers. The host port of each container is reported as
-/// `status.containerStatuses[].hostPort` (Berth extension): endpoints are `status.hostIP:hostPort`.
+/// Build a pod's `status` from its containers. Where each container answers is reported as
+/// `status.containerStatuses[].ports[] = {containerPort, hostPort, protocol}` (Berth extension of the model):
+/// endpoints are `status.hostIP:hostPort`.
 pub fn pod_status(pod: &PodView, state: &PodRunState, runtime_kind: &str) -> Value {
     let cs = &state.containers;
     let all_terminated = !cs.is_empty() && cs.iter().all(|c| matches!(c.state, ContainerState::Terminated { .. }));
@@ -587,7 +588,8 @@ pub fn pod_status(pod: &PodView, state: &PodRunState, runtime_kind: &str) -> Val
     }
     let statuses: Vec<Value> = cs
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let mut v = json!({
                 "name": c.name,
                 "image": c.image,
@@ -601,7 +603,8 @@ pub fn pod_status(pod: &PodView, state: &PodRunState, runtime_kind: &str) -> Val
                 v["containerID"] = json!(format!("{runtime_kind}://{id}"));
             }
             if let Some(p) = c.host_port {
-                v["hostPort"] = json!(p);
+                let declared = pod.spec.containers.get(i).and_then(|v| v.container_port()).unwrap_or(p);
+                v["ports"] = json!([{"containerPort": declared, "hostPort": p, "protocol": "TCP"}]);
             }
             v
         })
@@ -619,6 +622,5 @@ pub fn pod_status(pod: &PodView, state: &PodRunState, runtime_kind: &str) -> Val
     if !warnings.is_empty() {
         status["message"] = json!(warnings.join("; "));
     }
-    let _ = pod;
     status
 }
