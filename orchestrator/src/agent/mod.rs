@@ -100,6 +100,11 @@ impl AgentConfig {
     }
 }
 
+/// This host's name (the default node name).
+pub fn hostname() -> Option<String> {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty())
+}
+
 /// Parse `k=v,k2=v2` (capacity and label flags).
 pub fn parse_kv_list(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();

@@ -592,13 +592,15 @@ pub fn pod_status(pod: &PodView, state: &PodRunState, runtime_kind: &str) -> Val
         .map(|(i, c)| {
             let mut v = json!({
                 "name": c.name,
-                "image": c.image,
                 "ready": c.ready,
                 "started": c.started,
                 "restartCount": c.restart_count,
                 "state": state_json(&c.state),
                 "lastState": c.last_state.as_ref().map(state_json).unwrap_or_else(|| json!({})),
             });
+            if !c.image.is_empty() {
+                v["image"] = json!(c.image);
+            }
             if let Some(id) = &c.container_id {
                 v["containerID"] = json!(format!("{runtime_kind}://{id}"));
             }
