@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -49,11 +53,19 @@ async fn agent_rss_with_100_process_pods() {
     let ready = |p: &Value| {
         p.pointer("/status/conditions")
             .and_then(Value::as_array)
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let n = (0..PODS).filter(|i| cp.pod("default", &format!("p{i}")).is_some_and(|p| ready(&p))).count();
+        let n = (0..PODS)
+            .filter(|i| {
+                cp.pod("default", &format!("p{i}"))
+                    .is_some_and(|p| ready(&p))
+            })
+            .count();
         if n == PODS {
             break;
         }
@@ -63,8 +75,15 @@ async fn agent_rss_with_100_process_pods() {
     // Let several probe rounds pass, then sample.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let rss = rss_kib();
-    println!("RESULT agent_rss pods={PODS} rss_mib={:.1} before_agent_mib={:.1}", rss as f64 / 1024.0, before as f64 / 1024.0);
+    println!(
+        "RESULT agent_rss pods={PODS} rss_mib={:.1} before_agent_mib={:.1}",
+        rss as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
     let _ = tx.send(());
     task.await.unwrap();
-    assert!(rss < 50 * 1024, "agent RSS {rss} KiB with {PODS} pods is over 50 MiB");
+    assert!(
+        rss < 50 * 1024,
+        "agent RSS {rss} KiB with {PODS} pods is over 50 MiB"
+    );
 }
