@@ -12,7 +12,7 @@ cp target/x86_64-unknown-linux-gnu/release/berth "$ctx/berth"
 cat > "$ctx/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY berth /usr/local/bin/berth
-ENV HOST=0.0.0.0
+ENV HOST=0.0.0.0 PATH=/usr/local/bin
 ENTRYPOINT ["/usr/local/bin/berth"]
 CMD ["echo"]
 DOCKERFILE

@@ -267,13 +267,14 @@ impl Agent {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
-            dirty: dirty_tx,
+            dirty: dirty_tx.clone(),
         });
         let status_task = tokio::spawn(status_writer(
             dirty_rx,
             table.clone(),
             control.clone(),
             runtime.kind(),
+            dirty_tx,
         ));
         let mut reconciler = Reconciler {
             cfg: config.clone(),
@@ -561,6 +562,7 @@ async fn status_writer(
     table: Arc<PodTable>,
     control: Arc<dyn ControlPlane>,
     runtime_kind: &'static str,
+    retry: mpsc::UnboundedSender<PodKey>,
 ) {
     let mut last: HashMap<PodKey, Value> = HashMap::new();
     while let Some(first) = dirty.recv().await {
@@ -590,7 +592,14 @@ async fn status_writer(
                 Ok(()) => {
                     last.insert(key, status);
                 }
-                Err(e) => tracing::warn!("status of {}/{}: {e}", key.0, key.1),
+                Err(e) => {
+                    tracing::warn!("status of {}/{}: {e} (retrying)", key.0, key.1);
+                    let retry = retry.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = retry.send(key);
+                    });
+                }
             }
         }
     }

@@ -413,7 +413,7 @@ pub async fn build_image_from_binary(
     let bin = tokio::fs::read(binary)
         .await
         .map_err(|e| RuntimeError::io(format!("read {}", binary.display()), e))?;
-    let dockerfile = "FROM scratch\nCOPY berth /usr/local/bin/berth\nENV HOST=0.0.0.0\nENTRYPOINT [\"/usr/local/bin/berth\"]\nCMD [\"echo\"]\n";
+    let dockerfile = "FROM scratch\nCOPY berth /usr/local/bin/berth\nENV HOST=0.0.0.0 PATH=/usr/local/bin\nENTRYPOINT [\"/usr/local/bin/berth\"]\nCMD [\"echo\"]\n";
     let tar = {
         let mut b = tar::Builder::new(Vec::new());
         let mut add = |name: &str, data: &[u8], mode: u32| -> std::io::Result<()> {
