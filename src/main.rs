@@ -1,7 +1,9 @@
 //! `berth`: the CLI and the wiring of Berth's roles. Thin: the work happens in the library crates.
 
+mod agent_cmd;
 mod cli;
 mod datadir;
+mod echo_cmd;
 mod roles;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +51,12 @@ enum Command {
     Delete(cli::DeleteArgs),
     /// Show what `apply` would change (exit 0: no difference, 1: differences, 2: error).
     Diff(cli::DiffArgs),
+    /// Run a node agent: register a node, run the pods bound to it, report their status.
+    Agent(agent_cmd::AgentArgs),
+    /// Print a pod's logs (from the agent that runs it).
+    Logs(agent_cmd::LogsArgs),
+    /// A tiny HTTP workload for demos and tests.
+    Echo(echo_cmd::EchoArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +81,9 @@ fn main() -> ExitCode {
             Command::Describe(a) => cli::describe(a).await.map(|_| ExitCode::SUCCESS),
             Command::Delete(a) => cli::delete(a).await.map(|_| ExitCode::SUCCESS),
             Command::Diff(a) => cli::diff(a).await,
+            Command::Agent(a) => agent_cmd::agent(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Logs(a) => agent_cmd::logs(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Echo(a) => echo_cmd::echo(a).await,
         }
     });
     match result {

@@ -1,0 +1,954 @@
+//! The `process` runtime: a container is a process group started by fork/exec on this host.
+//!
+//! Each container runs in its own process group (so a stop signals every process it forked) with a cleared
+//! environment plus the pod's, in a working directory under the agent's data dir, listening on a port taken
+//! from a range and passed in `PORT`. Its stdout and stderr go straight to a file opened in append mode, so the
+//! workload never depends on the agent being alive; the runtime rotates that file by copy-and-truncate when
+//! it grows past a size. Memory/CPU limits use a cgroup v2 child group when the host delegates one, and
+//! otherwise become a warning. Every record is kept in a JSON state file, replaced atomically on each change,
+//! so an agent restarted even after `kill -9` finds its processes again (checked by pid *and* start time, so a
+//! recycled pid is never mistaken for ours). It is not a sandbox: no namespaces, no image, no isolation.
+
+use super::{Adopted, ExitInfo, LogOptions, LogStream, Runtime, RuntimeError, StartSpec, Started};
+use crate::agent::spec::Limits;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::ops::RangeInclusive;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
+
+/// How the process runtime is set up.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// Pods' working dirs, logs and the state file live under here.
+    pub data_dir: PathBuf,
+    /// What a command of `berth` runs (the running binary by default).
+    pub self_exe: PathBuf,
+    pub port_range: RangeInclusive<u16>,
+    /// Rotate a container's log past this size...
+    pub log_max_bytes: u64,
+    /// ...keeping this many files in all (current plus rotated).
+    pub log_files: usize,
+    /// Where child cgroups (v2) are created when the host allows it.
+    pub cgroup_root: PathBuf,
+    /// How often log sizes are checked.
+    pub rotate_every: Duration,
+}
+
+impl ProcessConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            self_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("berth")),
+            port_range: 30000..=32767,
+            log_max_bytes: 10 << 20,
+            log_files: 3,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup/berth"),
+            rotate_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the state file remembers of one container. Never holds its environment (it may carry secrets).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ProcRecord {
+    id: String,
+    namespace: String,
+    pod: String,
+    pod_uid: String,
+    container: String,
+    attempt: u32,
+    pid: i32,
+    /// `/proc/PID/stat` start time (clock ticks since boot): tells our process from a recycled pid.
+    proc_start: u64,
+    host_port: u16,
+    started_at: SystemTime,
+    log_path: PathBuf,
+    workdir: PathBuf,
+    cgroup: Option<PathBuf>,
+    warnings: Vec<String>,
+    exit: Option<ExitInfo>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    containers: Vec<ProcRecord>,
+}
+
+struct Proc {
+    rec: ProcRecord,
+    exit: watch::Receiver<Option<ExitInfo>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    procs: HashMap<String, Proc>,
+    ports: HashSet<u16>,
+    next_port: u16,
+}
+
+pub struct ProcessRuntime {
+    cfg: ProcessConfig,
+    inner: Arc<Mutex<Inner>>,
+    /// Serialises state-file writes so an older snapshot never replaces a newer one.
+    persist_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl ProcessRuntime {
+    /// Open the runtime: read the state file and re-adopt the processes that still run. Must be called
+    /// inside a tokio runtime (it spawns the log rotation and exit watchers).
+    pub async fn open(cfg: ProcessConfig) -> Result<Arc<Self>, RuntimeError> {
+        tokio::fs::create_dir_all(&cfg.data_dir)
+            .await
+            .map_err(|e| RuntimeError::io(format!("create {}", cfg.data_dir.display()), e))?;
+        let state_path = cfg.data_dir.join("process-runtime.json");
+        let state: StateFile = match tokio::fs::read(&state_path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "ignoring unreadable state file {}: {e}",
+                    state_path.display()
+                );
+                StateFile::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
+            Err(e) => {
+                return Err(RuntimeError::io(
+                    format!("read {}", state_path.display()),
+                    e,
+                ))
+            }
+        };
+        let rt = Arc::new(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                next_port: *cfg.port_range.start(),
+                ..Default::default()
+            })),
+            persist_lock: Arc::new(tokio::sync::Mutex::new(())),
+            cfg,
+        });
+        for mut rec in state.containers {
+            let (tx, rx) = watch::channel(rec.exit.clone());
+            if rec.exit.is_none() {
+                if proc_alive(rec.pid, rec.proc_start) {
+                    tracing::info!(id = %rec.id, pid = rec.pid, "re-adopted running process");
+                    spawn_liveness_watch(
+                        Arc::downgrade(&rt),
+                        rec.id.clone(),
+                        rec.pid,
+                        rec.proc_start,
+                        tx,
+                    );
+                } else {
+                    let info = ExitInfo {
+                        code: None,
+                        signal: None,
+                        oom_killed: oom_killed(rec.cgroup.as_deref()),
+                        finished_at: SystemTime::now(),
+                        unknown: true,
+                    };
+                    rec.exit = Some(info.clone());
+                    tx.send_replace(Some(info));
+                }
+            }
+            let mut inner = rt.inner.lock();
+            if rec.exit.is_none() {
+                inner.ports.insert(rec.host_port);
+            }
+            inner.procs.insert(rec.id.clone(), Proc { rec, exit: rx });
+        }
+        rt.persist().await?;
+        spawn_rotation(Arc::downgrade(&rt));
+        Ok(rt)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.cfg.data_dir.join("process-runtime.json")
+    }
+
+    fn pod_dir(&self, namespace: &str, pod: &str, uid: &str) -> PathBuf {
+        self.cfg
+            .data_dir
+            .join("pods")
+            .join(super::pod_slug(namespace, pod, uid))
+    }
+
+    /// Write every record to the state file atomically (write a temporary file, fsync, rename).
+    async fn persist(&self) -> Result<(), RuntimeError> {
+        persist_snapshot(&self.inner, &self.state_path(), &self.persist_lock)
+            .await
+            .map_err(|e| RuntimeError::io(format!("write {}", self.state_path().display()), e))
+    }
+
+    fn allocate_port(&self) -> Result<u16, RuntimeError> {
+        let mut inner = self.inner.lock();
+        let (lo, hi) = (*self.cfg.port_range.start(), *self.cfg.port_range.end());
+        let span = u32::from(hi - lo) + 1;
+        for _ in 0..span {
+            let p = inner.next_port.clamp(lo, hi);
+            inner.next_port = if p >= hi { lo } else { p + 1 };
+            if inner.ports.contains(&p) {
+                continue;
+            }
+            // A port someone else holds would make the workload fail at bind; skip it now.
+            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+                inner.ports.insert(p);
+                return Ok(p);
+            }
+        }
+        Err(RuntimeError::CannotRun {
+            reason: "PortsExhausted",
+            message: format!("no free port in {lo}-{hi}"),
+        })
+    }
+
+    fn resolve_exe(&self, name: &str, workdir: &Path) -> Result<PathBuf, RuntimeError> {
+        if name == "berth" {
+            return Ok(self.cfg.self_exe.clone());
+        }
+        if name.contains('/') {
+            let p = PathBuf::from(name);
+            let p = if p.is_absolute() { p } else { workdir.join(p) };
+            return if p.is_file() {
+                Ok(p)
+            } else {
+                Err(RuntimeError::CannotRun {
+                    reason: "ContainerCannotRun",
+                    message: format!("ExecNotFound: {name:?}: no such file"),
+                })
+            };
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        Err(RuntimeError::CannotRun {
+            reason: "ContainerCannotRun",
+            message: format!("ExecNotFound: executable file {name:?} not found in $PATH"),
+        })
+    }
+
+    fn base_command(&self, exe: &Path, workdir: &Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.current_dir(workdir).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.env("HOME", workdir);
+        cmd.stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    fn setup_cgroup(&self, id: &str, pid: i32, limits: &Limits) -> Result<Option<PathBuf>, String> {
+        if limits.memory_bytes.is_none() && limits.cpu_millis.is_none() {
+            return Ok(None);
+        }
+        let unified = Path::new("/sys/fs/cgroup/cgroup.controllers");
+        let controllers = std::fs::read_to_string(unified).map_err(|_| {
+            "cgroup v2 is not mounted at /sys/fs/cgroup: memory/CPU limits are not enforced"
+                .to_string()
+        })?;
+        let need: Vec<&str> = [
+            limits.memory_bytes.map(|_| "memory"),
+            limits.cpu_millis.map(|_| "cpu"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for c in &need {
+            if !controllers.split_whitespace().any(|x| x == *c) {
+                return Err(format!(
+                    "cgroup v2 controller {c} is not available: limits are not enforced"
+                ));
+            }
+        }
+        let root = &self.cfg.cgroup_root;
+        let fail = |what: &str, e: std::io::Error| {
+            format!("cannot {what} ({e}): memory/CPU limits are not enforced")
+        };
+        std::fs::create_dir_all(root)
+            .map_err(|e| fail(&format!("create cgroup {}", root.display()), e))?;
+        let enable = need
+            .iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Some(parent) = root.parent() {
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), &enable);
+        }
+        std::fs::write(root.join("cgroup.subtree_control"), &enable)
+            .map_err(|e| fail(&format!("enable controllers in {}", root.display()), e))?;
+        let cg = root.join(id);
+        std::fs::create_dir_all(&cg)
+            .map_err(|e| fail(&format!("create cgroup {}", cg.display()), e))?;
+        if let Some(m) = limits.memory_bytes {
+            std::fs::write(cg.join("memory.max"), m.to_string())
+                .map_err(|e| fail("set memory.max", e))?;
+        }
+        if let Some(c) = limits.cpu_millis {
+            let quota = (c * 100).max(1000);
+            std::fs::write(cg.join("cpu.max"), format!("{quota} 100000"))
+                .map_err(|e| fail("set cpu.max", e))?;
+        }
+        std::fs::write(cg.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| fail("move the process", e))?;
+        Ok(Some(cg))
+    }
+
+    fn exit_receiver(&self, id: &str) -> Result<watch::Receiver<Option<ExitInfo>>, RuntimeError> {
+        self.inner
+            .lock()
+            .procs
+            .get(id)
+            .map(|p| p.exit.clone())
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))
+    }
+
+    fn record_exit(&self, id: &str, info: &ExitInfo) {
+        let mut inner = self.inner.lock();
+        let port = inner.procs.get_mut(id).map(|p| {
+            p.rec.exit = Some(info.clone());
+            p.rec.host_port
+        });
+        if let Some(port) = port {
+            inner.ports.remove(&port);
+        }
+    }
+
+    async fn rotate_logs(&self) {
+        let paths: Vec<PathBuf> = {
+            let inner = self.inner.lock();
+            inner
+                .procs
+                .values()
+                .filter(|p| p.rec.exit.is_none())
+                .map(|p| p.rec.log_path.clone())
+                .collect()
+        };
+        for path in paths {
+            let Ok(meta) = tokio::fs::metadata(&path).await else {
+                continue;
+            };
+            if meta.len() <= self.cfg.log_max_bytes {
+                continue;
+            }
+            if let Err(e) = rotate_one(&path, self.cfg.log_files).await {
+                tracing::warn!("log rotation of {} failed: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// Copy-and-truncate rotation: `log.(n-1)` -> `log.n`, ..., `log` -> `log.1`, then truncate `log`. The
+/// writer keeps its append-mode descriptor, so its next write lands at the new end. Lines written between
+/// the copy and the truncation are lost; that is the price of never needing the agent in the log path.
+async fn rotate_one(path: &Path, files: usize) -> std::io::Result<()> {
+    let keep = files.max(1) - 1;
+    if keep == 0 {
+        return tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .await?
+            .set_len(0)
+            .await;
+    }
+    let numbered = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
+    for n in (1..keep).rev() {
+        let from = numbered(n);
+        if tokio::fs::try_exists(&from).await.unwrap_or(false) {
+            tokio::fs::rename(&from, numbered(n + 1)).await?;
+        }
+    }
+    tokio::fs::copy(path, numbered(1)).await?;
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .await?
+        .set_len(0)
+        .await
+}
+
+fn spawn_rotation(rt: Weak<ProcessRuntime>) {
+    tokio::spawn(async move {
+        loop {
+            let every = match rt.upgrade() {
+                Some(rt) => {
+                    rt.rotate_logs().await;
+                    rt.cfg.rotate_every
+                }
+                None => return,
+            };
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
+/// An adopted process is not our child: we cannot wait(2) for it, so we look at /proc until it is gone.
+fn spawn_liveness_watch(
+    rt: Weak<ProcessRuntime>,
+    id: String,
+    pid: i32,
+    start: u64,
+    tx: watch::Sender<Option<ExitInfo>>,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(rt) = rt.upgrade() else { return };
+            if proc_alive(pid, start) {
+                continue;
+            }
+            let cgroup = rt
+                .inner
+                .lock()
+                .procs
+                .get(&id)
+                .and_then(|p| p.rec.cgroup.clone());
+            let info = ExitInfo {
+                code: None,
+                signal: None,
+                oom_killed: oom_killed(cgroup.as_deref()),
+                finished_at: SystemTime::now(),
+                unknown: true,
+            };
+            rt.record_exit(&id, &info);
+            let _ = rt.persist().await;
+            tx.send_replace(Some(info));
+            return;
+        }
+    });
+}
+
+/// `(state, starttime)` from `/proc/PID/stat`.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn proc_alive(pid: i32, start: u64) -> bool {
+    matches!(proc_stat(pid), Some((state, s)) if s == start && state != 'Z' && state != 'X')
+}
+
+fn oom_killed(cgroup: Option<&Path>) -> bool {
+    let Some(cg) = cgroup else { return false };
+    let Ok(events) = std::fs::read_to_string(cg.join("memory.events")) else {
+        return false;
+    };
+    events.lines().any(|l| {
+        l.strip_prefix("oom_kill ")
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            > 0
+    })
+}
+
+fn kill_group(pid: i32, sig: Signal) {
+    // ESRCH (already gone) is the expected outcome of a race with exit; nothing else can fail for our own pgid.
+    let _ = signal::killpg(Pid::from_raw(pid), sig);
+}
+
+#[async_trait::async_trait]
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    async fn start(&self, spec: &StartSpec) -> Result<Started, RuntimeError> {
+        let Some(program) = spec.command.first() else {
+            return Err(RuntimeError::CannotRun {
+                reason: "ContainerCannotRun",
+                message: "the process runtime needs a command (images are not used)".into(),
+            });
+        };
+        let pod_dir = self.pod_dir(&spec.namespace, &spec.pod, &spec.pod_uid);
+        let mut workdir = pod_dir.join("work");
+        if let Some(wd) = &spec.working_dir {
+            let rel = wd.trim_start_matches('/');
+            if rel.split('/').any(|seg| seg == "..") {
+                return Err(RuntimeError::CannotRun {
+                    reason: "ContainerCannotRun",
+                    message: format!("workingDir {wd:?} may not contain '..'"),
+                });
+            }
+            workdir = workdir.join(rel);
+        }
+        let logs = pod_dir.join("logs");
+        for d in [&workdir, &logs] {
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(|e| RuntimeError::io(format!("create {}", d.display()), e))?;
+        }
+        let exe = self.resolve_exe(program, &workdir)?;
+        let id = format!(
+            "{}_{}_{}",
+            super::pod_slug(&spec.namespace, &spec.pod, &spec.pod_uid),
+            spec.container,
+            spec.attempt
+        );
+        let log_path = logs.join(format!("{}-{}.log", spec.container, spec.attempt));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| RuntimeError::io(format!("open {}", log_path.display()), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| RuntimeError::io("duplicate log descriptor", e))?;
+        let port = self.allocate_port()?;
+        let mut cmd = self.base_command(&exe, &workdir);
+        cmd.args(spec.command.iter().skip(1)).args(&spec.args);
+        cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd.env("PORT", port.to_string());
+        if let Some(cp) = spec.container_port {
+            cmd.env("CONTAINER_PORT", cp.to_string());
+        }
+        cmd.stdout(log).stderr(log2);
+        // Own process group: a stop signals everything the workload forked, and a Ctrl-C aimed at the agent's
+        // terminal does not reach the pods.
+        cmd.process_group(0);
+        cmd.kill_on_drop(false);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                self.inner.lock().ports.remove(&port);
+                let message = match e.kind() {
+                    std::io::ErrorKind::NotFound => format!("ExecNotFound: {}: {e}", exe.display()),
+                    std::io::ErrorKind::PermissionDenied => {
+                        format!("{}: permission denied", exe.display())
+                    }
+                    _ => format!("{}: {e}", exe.display()),
+                };
+                return Err(RuntimeError::CannotRun {
+                    reason: "ContainerCannotRun",
+                    message,
+                });
+            }
+        };
+        let Some(pid) = child.id().map(|p| p as i32) else {
+            self.inner.lock().ports.remove(&port);
+            return Err(RuntimeError::CannotRun {
+                reason: "ContainerCannotRun",
+                message: "the process exited before it could be recorded".into(),
+            });
+        };
+        let proc_start = proc_stat(pid).map(|(_, s)| s).unwrap_or(0);
+        let (cgroup, warnings) = match self.setup_cgroup(&id, pid, &spec.limits) {
+            Ok(cg) => (cg, Vec::new()),
+            Err(w) => (None, vec![w]),
+        };
+        let started_at = SystemTime::now();
+        let rec = ProcRecord {
+            id: id.clone(),
+            namespace: spec.namespace.clone(),
+            pod: spec.pod.clone(),
+            pod_uid: spec.pod_uid.clone(),
+            container: spec.container.clone(),
+            attempt: spec.attempt,
+            pid,
+            proc_start,
+            host_port: port,
+            started_at,
+            log_path,
+            workdir,
+            cgroup: cgroup.clone(),
+            warnings: warnings.clone(),
+            exit: None,
+        };
+        let (tx, rx) = watch::channel(None);
+        {
+            let mut inner = self.inner.lock();
+            if let Some(old) = inner.procs.insert(id.clone(), Proc { rec, exit: rx }) {
+                // A stale record of the same attempt (should not happen): release its port.
+                if old.rec.exit.is_none() && old.rec.host_port != port {
+                    inner.ports.remove(&old.rec.host_port);
+                }
+            }
+        }
+        self.persist().await?;
+        let inner = Arc::downgrade(&self.inner);
+        let persist_id = id.clone();
+        let state_path = self.state_path();
+        let persist_lock = self.persist_lock.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let info = ExitInfo {
+                code: status.as_ref().ok().and_then(|s| s.code()),
+                signal: status.as_ref().ok().and_then(|s| s.signal()),
+                oom_killed: oom_killed(cgroup.as_deref()),
+                finished_at: SystemTime::now(),
+                unknown: status.is_err(),
+            };
+            // The main process is gone; anything it left behind in its group goes with it.
+            kill_group(pid, Signal::SIGKILL);
+            if let Some(inner) = inner.upgrade() {
+                {
+                    let mut g = inner.lock();
+                    let port = g.procs.get_mut(&persist_id).map(|p| {
+                        p.rec.exit = Some(info.clone());
+                        p.rec.host_port
+                    });
+                    if let Some(port) = port {
+                        g.ports.remove(&port);
+                    }
+                }
+                let _ = persist_snapshot(&inner, &state_path, &persist_lock).await;
+            }
+            tx.send_replace(Some(info));
+        });
+        Ok(Started {
+            id,
+            host_port: port,
+            started_at,
+            warnings,
+        })
+    }
+
+    async fn wait(&self, id: &str) -> Result<ExitInfo, RuntimeError> {
+        let mut rx = self.exit_receiver(id)?;
+        let r = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| RuntimeError::NotFound(id.to_string()))?;
+        r.clone()
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let (pid, mut rx) = {
+            let inner = self.inner.lock();
+            let p = inner
+                .procs
+                .get(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+            (p.rec.pid, p.exit.clone())
+        };
+        if rx.borrow().is_some() {
+            return Ok(());
+        }
+        kill_group(pid, Signal::SIGTERM);
+        if tokio::time::timeout(grace, rx.wait_for(|e| e.is_some()))
+            .await
+            .is_err()
+        {
+            tracing::info!(id, "grace period over, sending SIGKILL");
+            kill_group(pid, Signal::SIGKILL);
+            if tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| e.is_some()))
+                .await
+                .is_err()
+            {
+                return Err(RuntimeError::io(
+                    format!("stop {id}"),
+                    std::io::Error::other("process survived SIGKILL for 10 s"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let running = match self.inner.lock().procs.get(id) {
+            None => return Ok(()),
+            Some(p) => p.rec.exit.is_none(),
+        };
+        if running {
+            self.stop(id, Duration::ZERO).await?;
+        }
+        let rec = {
+            let mut inner = self.inner.lock();
+            let rec = inner.procs.remove(id).map(|p| p.rec);
+            if let Some(r) = &rec {
+                inner.ports.remove(&r.host_port);
+            }
+            rec
+        };
+        if let Some(rec) = rec {
+            for n in 0..=self.cfg.log_files {
+                let p = if n == 0 {
+                    rec.log_path.clone()
+                } else {
+                    PathBuf::from(format!("{}.{n}", rec.log_path.display()))
+                };
+                let _ = tokio::fs::remove_file(p).await;
+            }
+            if let Some(cg) = rec.cgroup {
+                let _ = tokio::fs::remove_dir(cg).await;
+            }
+        }
+        self.persist().await
+    }
+
+    async fn list(&self) -> Result<Vec<Adopted>, RuntimeError> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .procs
+            .values()
+            .map(|p| Adopted {
+                namespace: p.rec.namespace.clone(),
+                pod: p.rec.pod.clone(),
+                pod_uid: p.rec.pod_uid.clone(),
+                container: p.rec.container.clone(),
+                attempt: p.rec.attempt,
+                started: Started {
+                    id: p.rec.id.clone(),
+                    host_port: p.rec.host_port,
+                    started_at: p.rec.started_at,
+                    warnings: p.rec.warnings.clone(),
+                },
+                running: p.exit.borrow().is_none(),
+            })
+            .collect())
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<i32, RuntimeError> {
+        let (workdir, port) = {
+            let inner = self.inner.lock();
+            let p = inner
+                .procs
+                .get(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+            (p.rec.workdir.clone(), p.rec.host_port)
+        };
+        let Some(program) = command.first() else {
+            return Err(RuntimeError::CannotRun {
+                reason: "ExecProbe",
+                message: "empty exec command".into(),
+            });
+        };
+        let exe = self.resolve_exe(program, &workdir)?;
+        let mut cmd = self.base_command(&exe, &workdir);
+        cmd.args(&command[1..])
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::io(format!("exec {program}"), e))?;
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) => Ok(status.code().unwrap_or(128 + status.signal().unwrap_or(0))),
+            Ok(Err(e)) => Err(RuntimeError::io(format!("wait for {program}"), e)),
+            Err(_) => {
+                if let Some(pid) = child.id() {
+                    kill_group(pid as i32, Signal::SIGKILL);
+                }
+                Err(RuntimeError::io(
+                    format!("exec {program}"),
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("timed out after {timeout:?}"),
+                    ),
+                ))
+            }
+        }
+    }
+
+    async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
+        let (path, exit) = {
+            let inner = self.inner.lock();
+            let p = inner
+                .procs
+                .get(id)
+                .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+            (p.rec.log_path.clone(), p.exit.clone())
+        };
+        let files = self.cfg.log_files;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, RuntimeError>>(16);
+        tokio::spawn(async move {
+            if let Err(e) = stream_file_logs(path, files, opts, exit, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn cleanup_pod(
+        &self,
+        namespace: &str,
+        pod: &str,
+        pod_uid: &str,
+    ) -> Result<(), RuntimeError> {
+        let dir = self.pod_dir(namespace, pod, pod_uid);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::io(format!("remove {}", dir.display()), e)),
+        }
+    }
+}
+
+async fn persist_snapshot(
+    inner: &Arc<Mutex<Inner>>,
+    path: &Path,
+    lock: &tokio::sync::Mutex<()>,
+) -> std::io::Result<()> {
+    let _guard = lock.lock().await;
+    let state = {
+        let g = inner.lock();
+        let mut containers: Vec<ProcRecord> = g.procs.values().map(|p| p.rec.clone()).collect();
+        containers.sort_by(|a, b| a.id.cmp(&b.id));
+        StateFile { containers }
+    };
+    let bytes = serde_json::to_vec_pretty(&state)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = tokio::fs::File::create(&tmp).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut f, &bytes).await?;
+    f.sync_all().await?;
+    tokio::fs::rename(&tmp, path).await
+}
+
+/// Send a container's log: rotated files oldest first, then the current one; keep only the last `tail`
+/// lines when asked; with `follow`, keep reading the current file until the process has exited.
+async fn stream_file_logs(
+    path: PathBuf,
+    files: usize,
+    opts: LogOptions,
+    mut exit: watch::Receiver<Option<ExitInfo>>,
+    tx: &tokio::sync::mpsc::Sender<Result<bytes::Bytes, RuntimeError>>,
+) -> Result<(), RuntimeError> {
+    let mut content = Vec::new();
+    for n in (1..files.max(1)).rev() {
+        let p = PathBuf::from(format!("{}.{n}", path.display()));
+        if let Ok(b) = tokio::fs::read(&p).await {
+            content.extend_from_slice(&b);
+        }
+    }
+    let mut f = match tokio::fs::File::open(&path).await {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(RuntimeError::io(format!("open {}", path.display()), e)),
+    };
+    let mut offset = 0u64;
+    if let Some(f) = f.as_mut() {
+        offset = f
+            .read_to_end(&mut content)
+            .await
+            .map_err(|e| RuntimeError::io("read log", e))? as u64;
+    }
+    let start = match opts.tail {
+        Some(n) => tail_start(&content, n),
+        None => 0,
+    };
+    if start < content.len()
+        && tx
+            .send(Ok(bytes::Bytes::copy_from_slice(&content[start..])))
+            .await
+            .is_err()
+    {
+        return Ok(());
+    }
+    if !opts.follow {
+        return Ok(());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let exited = exit.borrow_and_update().is_some();
+        if f.is_none() {
+            f = tokio::fs::File::open(&path).await.ok();
+        }
+        let mut got = 0;
+        if let Some(file) = f.as_mut() {
+            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+            if len < offset {
+                // Rotated (truncated) under us: continue from its new start.
+                offset = 0;
+            }
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| RuntimeError::io("seek log", e))?;
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| RuntimeError::io("read log", e))?;
+                if n == 0 {
+                    break;
+                }
+                offset += n as u64;
+                got += n;
+                if tx
+                    .send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+        if exited && got == 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = exit.changed() => {}
+            _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Byte offset where the last `n` lines of `content` begin.
+pub(crate) fn tail_start(content: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return content.len();
+    }
+    let mut end = content.len();
+    if content.last() == Some(&b'\n') {
+        end -= 1;
+    }
+    let mut seen = 0;
+    for i in (0..end).rev() {
+        if content[i] == b'\n' {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_offsets() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("a\nb\nc\n", 2, "b\nc\n"),
+            ("a\nb\nc", 2, "b\nc"),
+            ("a\nb\n", 5, "a\nb\n"),
+            ("a\nb\n", 0, ""),
+            ("", 3, ""),
+        ];
+        for (input, n, want) in cases {
+            let s = tail_start(input.as_bytes(), *n);
+            assert_eq!(&input[s..], *want, "{input:?} tail {n}");
+        }
+    }
+
+    #[test]
+    fn proc_stat_of_self() {
+        let (state, start) = proc_stat(std::process::id() as i32).expect("own stat");
+        assert!(state == 'R' || state == 'S', "{state}");
+        assert!(proc_alive(std::process::id() as i32, start));
+        assert!(!proc_alive(std::process::id() as i32, start + 1));
+    }
+}

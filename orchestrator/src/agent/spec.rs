@@ -1,0 +1,582 @@
+//! The agent's read-only view of a Pod: the fields it needs to run one, decoded leniently from the stored JSON.
+//!
+//! The API server validates pods with the object model before they are stored; the agent only reads what it
+//! acts on (containers, env, ports, limits, probes, restart policy, node name) and ignores everything else, so
+//! a model field added later never breaks a running agent. This module also resolves a container's
+//! environment from already-fetched ConfigMaps and Secrets; it does no IO.
+
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PodView {
+    pub metadata: MetaView,
+    pub spec: PodSpecView,
+    pub status: Value,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MetaView {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub deletion_timestamp: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PodSpecView {
+    pub containers: Vec<ContainerView>,
+    pub restart_policy: Option<String>,
+    pub node_name: Option<String>,
+    pub termination_grace_period_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ContainerView {
+    pub name: String,
+    pub image: Option<String>,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<EnvVarView>,
+    pub env_from: Vec<EnvFromView>,
+    pub ports: Vec<PortView>,
+    pub resources: ResourcesView,
+    pub liveness_probe: Option<ProbeView>,
+    pub readiness_probe: Option<ProbeView>,
+    pub startup_probe: Option<ProbeView>,
+    pub working_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvVarView {
+    pub name: String,
+    pub value: Option<String>,
+    pub value_from: Option<EnvSourceView>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvSourceView {
+    pub config_map_key_ref: Option<KeyRefView>,
+    pub secret_key_ref: Option<KeyRefView>,
+    pub field_ref: Option<FieldRefView>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct KeyRefView {
+    pub name: String,
+    pub key: String,
+    pub optional: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FieldRefView {
+    pub field_path: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvFromView {
+    pub prefix: Option<String>,
+    pub config_map_ref: Option<NameRefView>,
+    pub secret_ref: Option<NameRefView>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NameRefView {
+    pub name: String,
+    pub optional: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PortView {
+    pub container_port: u16,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ResourcesView {
+    pub limits: BTreeMap<String, Value>,
+    pub requests: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProbeView {
+    pub http_get: Option<HttpGetView>,
+    pub tcp_socket: Option<TcpSocketView>,
+    pub exec: Option<ExecView>,
+    pub initial_delay_seconds: Option<u32>,
+    pub period_seconds: Option<u32>,
+    pub timeout_seconds: Option<u32>,
+    pub failure_threshold: Option<u32>,
+    pub success_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpGetView {
+    pub path: Option<String>,
+    pub port: Value,
+    pub host: Option<String>,
+    pub scheme: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TcpSocketView {
+    pub port: Value,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExecView {
+    pub command: Vec<String>,
+}
+
+/// Restart policy of a pod (`Always` when absent, as in Kubernetes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn parse(s: Option<&str>) -> RestartPolicy {
+        match s {
+            Some("OnFailure") => RestartPolicy::OnFailure,
+            Some("Never") => RestartPolicy::Never,
+            _ => RestartPolicy::Always,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("pod object: {0}")]
+    Decode(String),
+    #[error("{path}: {message}")]
+    Field { path: String, message: String },
+}
+
+impl PodView {
+    pub fn from_json(v: &Value) -> Result<PodView, SpecError> {
+        let mut pod: PodView =
+            serde_json::from_value(v.clone()).map_err(|e| SpecError::Decode(e.to_string()))?;
+        if pod.metadata.namespace.is_empty() {
+            pod.metadata.namespace = "default".to_string();
+        }
+        Ok(pod)
+    }
+
+    pub fn restart_policy(&self) -> RestartPolicy {
+        RestartPolicy::parse(self.spec.restart_policy.as_deref())
+    }
+
+    /// `termination_grace_period_seconds` (default 30 s, as in Kubernetes).
+    pub fn grace(&self) -> std::time::Duration {
+        let s = self
+            .spec
+            .termination_grace_period_seconds
+            .unwrap_or(30)
+            .max(0) as u64;
+        std::time::Duration::from_secs(s)
+    }
+
+    /// The restart count the API last recorded for `container` (so an adopting agent continues counting).
+    pub fn recorded_restart_count(&self, container: &str) -> u32 {
+        self.status
+            .get("containerStatuses")
+            .and_then(Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .find(|c| c.get("name").and_then(Value::as_str) == Some(container))
+            })
+            .and_then(|c| c.get("restartCount"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u32
+    }
+}
+
+/// Memory and CPU limits of one container, already parsed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+}
+
+impl ContainerView {
+    pub fn limits(&self) -> Result<Limits, SpecError> {
+        let q = |k: &str| -> Option<String> {
+            self.resources.limits.get(k).map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        };
+        let memory_bytes = match q("memory") {
+            Some(s) => Some(parse_memory(&s).ok_or_else(|| SpecError::Field {
+                path: format!("containers[{}].resources.limits.memory", self.name),
+                message: format!("{s:?} is not a memory quantity"),
+            })?),
+            None => None,
+        };
+        let cpu_millis = match q("cpu") {
+            Some(s) => Some(parse_cpu_millis(&s).ok_or_else(|| SpecError::Field {
+                path: format!("containers[{}].resources.limits.cpu", self.name),
+                message: format!("{s:?} is not a CPU quantity"),
+            })?),
+            None => None,
+        };
+        Ok(Limits {
+            memory_bytes,
+            cpu_millis,
+        })
+    }
+
+    /// The first declared container port, if any.
+    pub fn container_port(&self) -> Option<u16> {
+        self.ports
+            .first()
+            .map(|p| p.container_port)
+            .filter(|p| *p != 0)
+    }
+
+    /// Resolve a probe port (number or named port) to a container port.
+    pub fn resolve_port(&self, port: &Value) -> Option<u16> {
+        match port {
+            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            Value::String(s) => match s.parse::<u16>() {
+                Ok(n) => Some(n),
+                Err(_) => self
+                    .ports
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(s.as_str()))
+                    .map(|p| p.container_port),
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Parse a Kubernetes memory quantity (`128Mi`, `1Gi`, `500M`, `1000`) into bytes.
+pub fn parse_memory(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    let v = n * mult;
+    (v.is_finite() && v >= 0.0).then_some(v as u64)
+}
+
+/// Parse a CPU quantity (`500m`, `1`, `0.25`) into millicores.
+pub fn parse_cpu_millis(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let v = if let Some(m) = s.strip_suffix('m') {
+        m.parse::<f64>().ok()?
+    } else {
+        s.parse::<f64>().ok()? * 1000.0
+    };
+    (v.is_finite() && v >= 0.0).then_some(v.round() as u64)
+}
+
+/// ConfigMaps and Secrets the agent fetched for one pod: name -> (key -> value). Secret values are decoded.
+#[derive(Debug, Clone, Default)]
+pub struct EnvSources {
+    pub config_maps: HashMap<String, BTreeMap<String, String>>,
+    pub secrets: HashMap<String, BTreeMap<String, String>>,
+}
+
+/// The names of the ConfigMaps and Secrets a container's environment refers to.
+pub fn referenced_sources(c: &ContainerView) -> (Vec<String>, Vec<String>) {
+    let mut cms = Vec::new();
+    let mut secrets = Vec::new();
+    for e in &c.env {
+        if let Some(vf) = &e.value_from {
+            if let Some(r) = &vf.config_map_key_ref {
+                cms.push(r.name.clone());
+            }
+            if let Some(r) = &vf.secret_key_ref {
+                secrets.push(r.name.clone());
+            }
+        }
+    }
+    for ef in &c.env_from {
+        if let Some(r) = &ef.config_map_ref {
+            cms.push(r.name.clone());
+        }
+        if let Some(r) = &ef.secret_ref {
+            secrets.push(r.name.clone());
+        }
+    }
+    cms.sort();
+    cms.dedup();
+    secrets.sort();
+    secrets.dedup();
+    (cms, secrets)
+}
+
+/// Why a container's environment cannot be built (Kubernetes: `CreateContainerConfigError`). Never contains
+/// a secret value.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum EnvError {
+    #[error("configmap {0:?} not found")]
+    ConfigMapNotFound(String),
+    #[error("secret {0:?} not found")]
+    SecretNotFound(String),
+    #[error("key {key:?} not found in {source_kind} {name:?}")]
+    KeyNotFound {
+        source_kind: &'static str,
+        name: String,
+        key: String,
+    },
+    #[error("env {0}: unsupported fieldRef {1:?}")]
+    UnsupportedField(String, String),
+}
+
+/// Facts the downward API (`fieldRef`) may expose.
+#[derive(Debug, Clone, Default)]
+pub struct PodFacts {
+    pub node_name: String,
+    pub host_ip: String,
+}
+
+/// Build a container's environment in Kubernetes order: `envFrom` sources first, then `env` (later wins).
+pub fn resolve_env(
+    pod: &PodView,
+    c: &ContainerView,
+    sources: &EnvSources,
+    facts: &PodFacts,
+) -> Result<Vec<(String, String)>, EnvError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let set = |out: &mut Vec<(String, String)>, k: String, v: String| {
+        if let Some(slot) = out.iter_mut().find(|(n, _)| *n == k) {
+            slot.1 = v;
+        } else {
+            out.push((k, v));
+        }
+    };
+    for ef in &c.env_from {
+        let prefix = ef.prefix.clone().unwrap_or_default();
+        if let Some(r) = &ef.config_map_ref {
+            match sources.config_maps.get(&r.name) {
+                Some(m) => m
+                    .iter()
+                    .for_each(|(k, v)| set(&mut out, format!("{prefix}{k}"), v.clone())),
+                None if r.optional == Some(true) => {}
+                None => return Err(EnvError::ConfigMapNotFound(r.name.clone())),
+            }
+        }
+        if let Some(r) = &ef.secret_ref {
+            match sources.secrets.get(&r.name) {
+                Some(m) => m
+                    .iter()
+                    .for_each(|(k, v)| set(&mut out, format!("{prefix}{k}"), v.clone())),
+                None if r.optional == Some(true) => {}
+                None => return Err(EnvError::SecretNotFound(r.name.clone())),
+            }
+        }
+    }
+    for e in &c.env {
+        let value = if let Some(v) = &e.value {
+            Some(v.clone())
+        } else if let Some(vf) = &e.value_from {
+            if let Some(r) = &vf.config_map_key_ref {
+                lookup(&sources.config_maps, "configmap", r)?
+            } else if let Some(r) = &vf.secret_key_ref {
+                lookup(&sources.secrets, "secret", r)?
+            } else if let Some(f) = &vf.field_ref {
+                Some(match f.field_path.as_str() {
+                    "metadata.name" => pod.metadata.name.clone(),
+                    "metadata.namespace" => pod.metadata.namespace.clone(),
+                    "metadata.uid" => pod.metadata.uid.clone(),
+                    "spec.nodeName" => facts.node_name.clone(),
+                    "status.podIP" | "status.hostIP" => facts.host_ip.clone(),
+                    other => {
+                        return Err(EnvError::UnsupportedField(
+                            e.name.clone(),
+                            other.to_string(),
+                        ))
+                    }
+                })
+            } else {
+                Some(String::new())
+            }
+        } else {
+            Some(String::new())
+        };
+        if let Some(v) = value {
+            set(&mut out, e.name.clone(), v);
+        }
+    }
+    Ok(out)
+}
+
+fn lookup(
+    maps: &HashMap<String, BTreeMap<String, String>>,
+    kind: &'static str,
+    r: &KeyRefView,
+) -> Result<Option<String>, EnvError> {
+    let optional = r.optional == Some(true);
+    match maps.get(&r.name) {
+        None if optional => Ok(None),
+        None if kind == "secret" => Err(EnvError::SecretNotFound(r.name.clone())),
+        None => Err(EnvError::ConfigMapNotFound(r.name.clone())),
+        Some(m) => match m.get(&r.key) {
+            Some(v) => Ok(Some(v.clone())),
+            None if optional => Ok(None),
+            None => Err(EnvError::KeyNotFound {
+                source_kind: kind,
+                name: r.name.clone(),
+                key: r.key.clone(),
+            }),
+        },
+    }
+}
+
+/// Decode a stored Secret's `data` (base64) and `stringData` into plain values.
+pub fn secret_values(secret: &Value) -> BTreeMap<String, String> {
+    use base64::Engine;
+    let mut out = BTreeMap::new();
+    if let Some(Value::Object(data)) = secret.get("data") {
+        for (k, v) in data {
+            if let Some(s) = v.as_str() {
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(s.trim()) {
+                    out.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
+                }
+            }
+        }
+    }
+    if let Some(Value::Object(data)) = secret.get("stringData") {
+        for (k, v) in data {
+            if let Some(s) = v.as_str() {
+                out.insert(k.clone(), s.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A ConfigMap's `data` as plain values.
+pub fn config_map_values(cm: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(Value::Object(data)) = cm.get("data") {
+        for (k, v) in data {
+            if let Some(s) = v.as_str() {
+                out.insert(k.clone(), s.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn quantities() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("128Mi", Some(128 << 20)),
+            ("1Gi", Some(1 << 30)),
+            ("500M", Some(500_000_000)),
+            ("1000", Some(1000)),
+            ("1.5Ki", Some(1536)),
+            ("12Q", None),
+            ("", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_memory(s), *want, "{s}");
+        }
+        let cpu: &[(&str, Option<u64>)] = &[
+            ("500m", Some(500)),
+            ("1", Some(1000)),
+            ("0.25", Some(250)),
+            ("2.5", Some(2500)),
+            ("x", None),
+        ];
+        for (s, want) in cpu {
+            assert_eq!(parse_cpu_millis(s), *want, "{s}");
+        }
+    }
+
+    #[test]
+    fn env_resolution_order_and_errors() {
+        let pod = PodView::from_json(&json!({
+            "metadata": {"name": "p", "uid": "u1"},
+            "spec": {"containers": [{
+                "name": "c",
+                "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
+                "env": [
+                    {"name": "A", "value": "1"},
+                    {"name": "CM_X", "value": "override"},
+                    {"name": "S", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "pw"}}},
+                    {"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "O", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k", "optional": true}}}
+                ]
+            }]}
+        }))
+        .unwrap();
+        let c = &pod.spec.containers[0];
+        let mut src = EnvSources::default();
+        src.config_maps.insert(
+            "cm".into(),
+            [("X".to_string(), "x".to_string()), ("Y".into(), "y".into())].into(),
+        );
+        let facts = PodFacts {
+            node_name: "n1".into(),
+            host_ip: "127.0.0.1".into(),
+        };
+        assert_eq!(
+            resolve_env(&pod, c, &src, &facts),
+            Err(EnvError::SecretNotFound("sec".into()))
+        );
+        src.secrets.insert(
+            "sec".into(),
+            [("pw".to_string(), "hunter2".to_string())].into(),
+        );
+        let env = resolve_env(&pod, c, &src, &facts).unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("CM_X"), Some("override"));
+        assert_eq!(get("CM_Y"), Some("y"));
+        assert_eq!(get("S"), Some("hunter2"));
+        assert_eq!(get("N"), Some("p"));
+        assert_eq!(get("O"), None);
+        assert_eq!(pod.metadata.namespace, "default");
+    }
+
+    #[test]
+    fn secret_decoding() {
+        let s = json!({"data": {"a": "aGVsbG8="}, "stringData": {"b": "plain"}});
+        let v = secret_values(&s);
+        assert_eq!(v.get("a").map(String::as_str), Some("hello"));
+        assert_eq!(v.get("b").map(String::as_str), Some("plain"));
+    }
+}

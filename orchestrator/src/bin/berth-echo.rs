@@ -1,0 +1,30 @@
+//! `berth-echo`: the echo workload alone, without the rest of `berth`. Tests run it as a pod's `berth`
+//! command, and the Docker echo image can be built from its static build (it is much smaller than `berth`).
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let listen = match orchestrator::echo::parse_args(&args) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("berth echo: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth echo: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match rt.block_on(orchestrator::echo::run(&listen)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("berth echo: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The Docker runtime against the local Docker Engine: builds the `FROM scratch` echo image from a static
+//! `berth-echo`, runs a pod in a container with a memory limit (checked with `docker inspect`), reads its
+//! logs and removes it on delete. Skipped with a printed reason where Docker is unavailable, unless
+//! `BERTH_REQUIRE_ALL=1`.
+//!
+//! The static binary comes from `$BERTH_ECHO_STATIC` when set, else this test builds it with
+//! `RUSTFLAGS='-C target-feature=+crt-static' cargo build --target x86_64-unknown-linux-gnu` into
+//! `target/echo-static` (slow the first time).
+
+use futures::StreamExt;
+use orchestrator::agent::runtime::docker::{build_image_from_binary, DockerRuntime};
+use orchestrator::agent::runtime::{LogOptions, Runtime, RuntimeError, StartSpec};
+use orchestrator::agent::spec::Limits;
+use orchestrator::agent::{
+    Agent, AgentConfig, Backoff, ControlPlane, MemoryControlPlane, RuntimeKind,
+};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "berth-echo:test";
+
+fn require_all() -> bool {
+    std::env::var("BERTH_REQUIRE_ALL").as_deref() == Ok("1")
+}
+
+async fn docker_or_skip(node: &str) -> Option<DockerRuntime> {
+    match DockerRuntime::connect(node).await {
+        Ok(d) => Some(d),
+        Err(e) if require_all() => {
+            panic!("docker is required (BERTH_REQUIRE_ALL=1) but unavailable: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIP agent_docker: docker is unavailable: {e}");
+            None
+        }
+    }
+}
+
+fn static_echo() -> PathBuf {
+    if let Ok(p) = std::env::var("BERTH_ECHO_STATIC") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let target = root.join("target").join("echo-static");
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target)
+            .env("CARGO_PROFILE_DEV_DEBUG", "0")
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .args([
+                "build",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "-p",
+                "orchestrator",
+                "--bin",
+                "berth-echo",
+            ])
+            .status()
+            .expect("run cargo");
+    assert!(status.success(), "static build of berth-echo failed");
+    target
+        .join("x86_64-unknown-linux-gnu")
+        .join("debug")
+        .join("berth-echo")
+}
+
+fn docker_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+async fn eventually<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_runtime_runs_echo_with_limits_logs_and_removal() {
+    let Some(rt) = docker_or_skip("docker-test-node").await else {
+        return;
+    };
+    build_image_from_binary(rt.client(), &static_echo(), IMAGE)
+        .await
+        .expect("build echo image");
+
+    // A missing image is a clear reason, never a pull.
+    let missing = StartSpec {
+        namespace: "default".into(),
+        pod: "ghost".into(),
+        pod_uid: "uid-ghost".into(),
+        container: "app".into(),
+        image: Some("berth-no-such-image:never".into()),
+        ..Default::default()
+    };
+    match rt.start(&missing).await {
+        Err(RuntimeError::CannotRun { reason, .. }) => assert_eq!(reason, "ErrImageNeverPull"),
+        other => panic!("expected ErrImageNeverPull, got {other:?}"),
+    }
+
+    let spec = StartSpec {
+        namespace: "default".into(),
+        pod: "dweb".into(),
+        pod_uid: "uid-dweb".into(),
+        container: "app".into(),
+        image: Some(IMAGE.into()),
+        command: vec!["berth".into(), "echo".into()],
+        env: vec![("POD_NAME".into(), "dweb".into())],
+        container_port: Some(8080),
+        limits: Limits {
+            memory_bytes: Some(64 << 20),
+            cpu_millis: Some(500),
+        },
+        ..Default::default()
+    };
+    let s = rt.start(&spec).await.expect("start container");
+    let url = format!("http://127.0.0.1:{}/", s.host_port);
+    let body: Value = eventually("echo in docker answers", 30, async || {
+        reqwest::get(&url).await.ok()?.json().await.ok()
+    })
+    .await;
+    assert_eq!(body["pod"], "dweb");
+    assert_eq!(
+        docker_cli(&["inspect", "-f", "{{.HostConfig.Memory}}", &s.id]),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(
+        docker_cli(&["inspect", "-f", "{{.HostConfig.NanoCpus}}", &s.id]),
+        "500000000"
+    );
+    assert_eq!(
+        docker_cli(&[
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"berth.dev/pod\"}}",
+            &s.id
+        ]),
+        "default/dweb"
+    );
+    let logs: Vec<u8> = rt
+        .logs(&s.id, LogOptions::default())
+        .await
+        .unwrap()
+        .map(|b| b.unwrap().to_vec())
+        .concat()
+        .await;
+    assert!(String::from_utf8_lossy(&logs).contains("listening on"));
+    let listed = rt.list().await.unwrap();
+    assert!(listed
+        .iter()
+        .any(|a| a.started.id == s.id && a.pod == "dweb" && a.running));
+    rt.stop(&s.id, Duration::from_secs(5)).await.unwrap();
+    let exit = rt.wait(&s.id).await.unwrap();
+    assert_eq!(exit.code, Some(0), "echo exits 0 on SIGTERM: {exit:?}");
+    rt.remove(&s.id).await.unwrap();
+    assert_eq!(
+        docker_cli(&["ps", "-aq", "--filter", &format!("id={}", s.id)]),
+        ""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_with_docker_runtime_runs_and_deletes_a_pod() {
+    let Some(rt) = docker_or_skip("docker-agent-node").await else {
+        return;
+    };
+    build_image_from_binary(rt.client(), &static_echo(), IMAGE)
+        .await
+        .expect("build echo image");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = AgentConfig::new("docker-agent-node", dir.path());
+    cfg.runtime = RuntimeKind::Docker;
+    cfg.backoff = Backoff {
+        initial: Duration::from_millis(200),
+        ..Backoff::default()
+    };
+    let cp = MemoryControlPlane::new();
+    cp.put_pod(json!({
+        "metadata": {"name": "dpod", "namespace": "default", "uid": "uid-dpod"},
+        "spec": {"nodeName": "docker-agent-node", "terminationGracePeriodSeconds": 5, "containers": [{
+            "name": "app", "image": IMAGE, "command": ["berth", "echo"],
+            "ports": [{"containerPort": 8080}],
+            "resources": {"limits": {"memory": "32Mi"}},
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}
+        }]}
+    }));
+    cp.put_pod(json!({
+        "metadata": {"name": "noimage", "namespace": "default", "uid": "uid-noimage"},
+        "spec": {"nodeName": "docker-agent-node", "containers": [{"name": "app", "image": "berth-absent:1"}]}
+    }));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let cp2: Arc<dyn ControlPlane> = Arc::new(cp.clone());
+    let task = tokio::spawn(async move {
+        Agent::run(cfg, cp2, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("agent runs")
+    });
+    let p = eventually("docker pod ready", 60, async || {
+        cp.pod("default", "dpod").filter(|p| {
+            p.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        })
+    })
+    .await;
+    let id = p["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("docker://")
+        .to_string();
+    assert_eq!(
+        docker_cli(&["inspect", "-f", "{{.HostConfig.Memory}}", &id]),
+        (32u64 << 20).to_string()
+    );
+    let bad = eventually("missing image reason", 30, async || {
+        cp.pod("default", "noimage")
+            .filter(|p| p.to_string().contains("ErrImageNeverPull"))
+    })
+    .await;
+    assert!(bad.to_string().contains("never pulls"), "{bad:#}");
+    cp.delete_pod("default", "dpod");
+    eventually("container removed", 60, async || {
+        docker_cli(&["ps", "-aq", "--filter", &format!("id={id}")])
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    cp.delete_pod("default", "noimage");
+    let _ = tx.send(());
+    task.await.unwrap();
+}

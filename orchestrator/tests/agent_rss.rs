@@ -1,0 +1,89 @@
+//! Measures the agent's resident memory with 100 running process pods (`berth echo` with HTTP readiness and
+//! TCP liveness probes). Ignored by default (it starts 100 processes); run with
+//! `cargo test -p orchestrator --test agent_rss -- --ignored --nocapture`. The agent runs in this test
+//! process, so the figure includes the test harness (a little more than a bare `berth agent`).
+
+use orchestrator::agent::{Agent, AgentConfig, ControlPlane, MemoryControlPlane, RuntimeKind};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts 100 processes; run explicitly to measure"]
+async fn agent_rss_with_100_process_pods() {
+    const PODS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = AgentConfig::new("rss-node", dir.path());
+    cfg.runtime = RuntimeKind::Process;
+    cfg.self_exe = Some(env!("CARGO_BIN_EXE_berth-echo").into());
+    cfg.port_range = 33000..=33299;
+    cfg.stop_pods_on_shutdown = true;
+    let cp = MemoryControlPlane::new();
+    for i in 0..PODS {
+        cp.put_pod(json!({
+            "metadata": {"name": format!("p{i}"), "namespace": "default"},
+            "spec": {"nodeName": "rss-node", "containers": [{
+                "name": "app", "command": ["berth", "echo"], "ports": [{"containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 2},
+                "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2}
+            }]}
+        }));
+    }
+    let before = rss_kib();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let cp2: Arc<dyn ControlPlane> = Arc::new(cp.clone());
+    let task = tokio::spawn(async move {
+        Agent::run(cfg, cp2, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("agent runs")
+    });
+    let ready = |p: &Value| {
+        p.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = (0..PODS)
+            .filter(|i| {
+                cp.pod("default", &format!("p{i}"))
+                    .is_some_and(|p| ready(&p))
+            })
+            .count();
+        if n == PODS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {n}/{PODS} pods ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let several probe rounds pass, then sample.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rss = rss_kib();
+    println!(
+        "RESULT agent_rss pods={PODS} rss_mib={:.1} before_agent_mib={:.1}",
+        rss as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
+    let _ = tx.send(());
+    task.await.unwrap();
+    assert!(
+        rss < 50 * 1024,
+        "agent RSS {rss} KiB with {PODS} pods is over 50 MiB"
+    );
+}

@@ -1,0 +1,184 @@
+//! `berth agent` (a node agent against an API server) and `berth logs` (a pod's logs, read from the agent
+//! that runs it).
+
+use crate::{cli, datadir, ClientOpts};
+use anyhow::{anyhow, bail, Context, Result};
+use futures::StreamExt;
+use orchestrator::agent::{self, Agent, AgentConfig, HttpControlPlane, RuntimeKind};
+use orchestrator::client::Client;
+use orchestrator::model::Kind;
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// API server URL (default: the address recorded in the data dir).
+    #[arg(long, env = "BERTH_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token file (default: DATA_DIR/token). The logs endpoint requires the same token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Capacity reported for the node, e.g. `cpu=2,memory=4Gi,pods=110`.
+    #[arg(long, default_value = "cpu=2,memory=4Gi,pods=110")]
+    pub capacity: String,
+    /// Node labels, e.g. `topology.kubernetes.io/zone=zone-a,disk=ssd`.
+    #[arg(long, default_value = "")]
+    pub labels: String,
+    /// Container runtime: `process` (fork/exec) or `docker`.
+    #[arg(long, default_value = "process")]
+    pub runtime: RuntimeKind,
+    /// Data dir (token, recorded API address); the agent keeps its state under DATA_DIR/agent-NAME.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Run pods that have no `spec.nodeName` by binding them to this node (until a scheduler runs).
+    #[arg(long)]
+    pub claim_unbound: bool,
+    /// Listen address of the logs endpoint (port 0 picks one; advertised in the node's status).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub logs_listen: String,
+    /// Stop the pods when the agent stops (default: leave them running for the next agent to adopt).
+    #[arg(long)]
+    pub stop_pods_on_exit: bool,
+}
+
+pub async fn agent(args: AgentArgs) -> Result<()> {
+    let dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
+    datadir::ensure(&dir)?;
+    let server = args
+        .server
+        .clone()
+        .or_else(|| datadir::recorded_address(&dir))
+        .ok_or_else(|| {
+            anyhow!(
+                "no --server given and no API address recorded in {}",
+                dir.display()
+            )
+        })?;
+    let token_file = args
+        .token_file
+        .clone()
+        .unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
+    let token = datadir::read_token(&token_file).ok_or_else(|| {
+        anyhow!(
+            "cannot read a token from {} (--token-file)",
+            token_file.display()
+        )
+    })?;
+    let name = match args.name.clone() {
+        Some(n) => n,
+        None => {
+            agent::hostname().ok_or_else(|| anyhow!("cannot read the host name: pass --name"))?
+        }
+    };
+    let mut cfg = AgentConfig::new(name.clone(), dir.join(format!("agent-{name}")));
+    cfg.capacity = agent::parse_kv_list(&args.capacity).map_err(|e| anyhow!("--capacity: {e}"))?;
+    cfg.labels = agent::parse_kv_list(&args.labels).map_err(|e| anyhow!("--labels: {e}"))?;
+    cfg.runtime = args.runtime;
+    cfg.claim_unbound = args.claim_unbound;
+    cfg.logs_listen = args.logs_listen.clone();
+    cfg.logs_token = Some(token.clone());
+    cfg.stop_pods_on_shutdown = args.stop_pods_on_exit;
+    let client = Client::new(&server, Some(token))?;
+    let control = Arc::new(HttpControlPlane::new(client));
+    println!(
+        "berth agent: node {name}, runtime {:?}, API {server}, state in {}",
+        args.runtime,
+        cfg.data_dir.display()
+    );
+    Agent::run(cfg, control, crate::roles::shutdown_signal())
+        .await
+        .context("agent failed")?;
+    println!("berth agent: stopped");
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// The pod.
+    pub pod: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Container (default: the first one).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// Keep streaming new output.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<usize>,
+    /// The previous run of the container (after a restart).
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// Find the agent of the pod's node (`status.daemonEndpoints.agentEndpoint.Port` at its `InternalIP`) and
+/// stream the logs it serves.
+pub async fn logs(args: LogsArgs) -> Result<()> {
+    let client = cli::connect(&args.client)?;
+    let pod = client.get(Kind::Pod, &args.namespace, &args.pod).await?;
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| anyhow!("pod {} is not bound to a node yet", args.pod))?;
+    let node = client.get(Kind::Node, "", node_name).await?;
+    let port = node
+        .pointer("/status/daemonEndpoints/agentEndpoint/Port")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow!("node {node_name} does not advertise an agent endpoint"))?;
+    let ip = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+        .and_then(|a| a["address"].as_str())
+        .unwrap_or("127.0.0.1");
+    let mut url = format!(
+        "http://{ip}:{port}/logs/{}/{}?follow={}&previous={}",
+        args.namespace, args.pod, args.follow, args.previous
+    );
+    if let Some(c) = &args.container {
+        url.push_str(&format!("&container={c}"));
+    }
+    if let Some(t) = args.tail {
+        url.push_str(&format!("&tail={t}"));
+    }
+    let dir = args
+        .client
+        .data_dir
+        .clone()
+        .unwrap_or_else(datadir::default_dir);
+    let token = args
+        .client
+        .token
+        .clone()
+        .or_else(|| datadir::read_token(&dir.join(datadir::TOKEN_FILE)));
+    let mut req = reqwest::Client::new().get(&url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the agent of node {node_name} at {ip}:{port}"))?;
+    if !resp.status().is_success() {
+        let code = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        bail!("{} ({code})", text.trim());
+    }
+    let mut body = resp.bytes_stream();
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.context("log stream broke")?;
+        out.write_all(&chunk).context("cannot write to stdout")?;
+        out.flush().ok();
+    }
+    Ok(())
+}
