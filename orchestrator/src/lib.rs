@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod client;
+pub mod clock;
+pub mod controllers;
 pub mod model;
 pub mod scheduler;
 pub mod store;
