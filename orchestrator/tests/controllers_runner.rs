@@ -178,7 +178,14 @@ async fn deployment_to_endpoints_and_rollout_survives_restart() {
         if hashes.len() == 1 && p.len() == 3 && p.iter().all(|(_, _, p)| p.is_ready()) {
             break;
         }
-        assert!(start_t.elapsed() < DEADLINE, "rollout did not finish after restart");
+        if start_t.elapsed() > DEADLINE {
+            for (k, _, p) in &p {
+                eprintln!("{} hash={:?} ready={} terminating={}", k.name, p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL), p.is_ready(), p.is_terminating());
+            }
+            let v = store.get(&key).await.unwrap().unwrap();
+            eprintln!("{}", String::from_utf8_lossy(&v.value));
+            panic!("rollout did not finish after restart");
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(min_ready >= 3, "maxUnavailable=0: at least 3 ready endpoints at every sample (saw {min_ready})");

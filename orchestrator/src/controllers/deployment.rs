@@ -338,6 +338,7 @@ pub fn reconcile(
             name: p.metadata.name.clone(),
             reason: DeleteReason::Failed,
         });
+        plan.requeue_after = min_some(plan.requeue_after, config.drain);
         deleting.push(p);
     }
     let active: Vec<&Pod> = pods
@@ -411,6 +412,10 @@ pub fn reconcile(
                 delete.push((p, DeleteReason::ScaleDown));
             }
         }
+    }
+    if !delete.is_empty() {
+        // The pods marked now are removed after the drain.
+        plan.requeue_after = min_some(plan.requeue_after, config.drain);
     }
     for (p, reason) in delete {
         plan.actions.push(Action::DeletePod {

@@ -530,6 +530,7 @@ async fn reconcile_deployment(
         .collect();
     let now = clock.now();
     let plan = deployment::reconcile(&d, &owned, &recs, now, config, rng);
+    let mut requeue = plan.requeue_after;
     for action in plan.actions {
         match action {
             Action::CreatePod(pod) => create_pod(store, pods, rng, *pod).await?,
@@ -551,6 +552,9 @@ async fn reconcile_deployment(
                     let r = *r;
                     delete_pod(store, pods, &k, r).await?;
                 }
+                // A removal can unblock the next step (Recreate waits for it); our own delete event is
+                // ignored by the cache, so look again now.
+                requeue = Some(Duration::ZERO);
             }
             Action::PutRevision(rec) => {
                 let k = Key::new(REVISIONS_KIND, ns.clone(), rec.name());
@@ -608,7 +612,7 @@ async fn reconcile_deployment(
             }
         }
     }
-    Ok(plan.requeue_after)
+    Ok(requeue)
 }
 
 async fn create_pod(
