@@ -16,7 +16,11 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
 
-fn deployment(replicas: i32, surge: serde_json::Value, unavailable: serde_json::Value) -> Deployment {
+fn deployment(
+    replicas: i32,
+    surge: serde_json::Value,
+    unavailable: serde_json::Value,
+) -> Deployment {
     let v = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web", "namespace": "default", "uid": "d-uid", "generation": 1},
@@ -94,7 +98,10 @@ impl Sim {
                 }
                 Action::DeletePod { name, .. } => {
                     let p = self.pod_mut(name);
-                    assert!(p.metadata.deletion_timestamp.is_none(), "deleted twice: {name}");
+                    assert!(
+                        p.metadata.deletion_timestamp.is_none(),
+                        "deleted twice: {name}"
+                    );
                     p.metadata.deletion_timestamp = Some(Time(now));
                 }
                 Action::RemovePod { name } => self.pods.retain(|p| &p.metadata.name != name),
@@ -216,12 +223,23 @@ fn scale_up_then_down_deletes_not_ready_then_newest() {
     assert!(sim.is_complete(), "3 ready pods after scale up");
     let status = sim.d.status.clone().expect("status written");
     assert_eq!(
-        (status.replicas, status.ready_replicas, status.available_replicas, status.updated_replicas),
+        (
+            status.replicas,
+            status.ready_replicas,
+            status.available_replicas,
+            status.updated_replicas
+        ),
         (3, 3, 3, 3)
     );
-    assert_eq!(progressing_reason(&sim.d).as_deref(), Some("NewReplicaSetAvailable"));
+    assert_eq!(
+        progressing_reason(&sim.d).as_deref(),
+        Some("NewReplicaSetAvailable")
+    );
     for p in &sim.pods {
-        assert!(p.metadata.name.starts_with(&format!("web-{}-", sim.current_hash())));
+        assert!(p
+            .metadata
+            .name
+            .starts_with(&format!("web-{}-", sim.current_hash())));
         assert_eq!(p.metadata.name.len(), "web-".len() + 10 + 1 + 5);
         assert_eq!(p.metadata.owner_references[0].name, "web");
         assert_eq!(p.metadata.owner_references[0].uid, "d-uid");
@@ -242,16 +260,26 @@ fn scale_up_then_down_deletes_not_ready_then_newest() {
         .actions
         .iter()
         .filter_map(|a| match a {
-            Action::DeletePod { name, reason: DeleteReason::ScaleDown } => Some(name.as_str()),
+            Action::DeletePod {
+                name,
+                reason: DeleteReason::ScaleDown,
+            } => Some(name.as_str()),
             _ => None,
         })
         .collect();
     assert_eq!(deleted.len(), 4);
     assert!(deleted.contains(&not_ready.as_str()));
-    assert!(!deleted.contains(&oldest_ready.as_str()), "oldest ready pod is kept");
+    assert!(
+        !deleted.contains(&oldest_ready.as_str()),
+        "oldest ready pod is kept"
+    );
     sim.apply(&plan);
     sim.run(5, |_| {});
-    assert_eq!(sim.pods.len(), 2, "terminating pods are removed after the drain");
+    assert_eq!(
+        sim.pods.len(),
+        2,
+        "terminating pods are removed after the drain"
+    );
     assert!(sim.pods.iter().any(|p| p.metadata.name == oldest_ready));
 }
 
@@ -272,7 +300,8 @@ fn rolling_update_respects_surge_and_unavailable_for_every_combination() {
                     .clone()
                     .unwrap()
                     .resolve(replicas);
-                let label = format!("replicas={replicas} maxSurge={surge} maxUnavailable={unavailable}");
+                let label =
+                    format!("replicas={replicas} maxSurge={surge} maxUnavailable={unavailable}");
                 let mut sim = Sim::new(d, 3);
                 sim.run(20, |_| {});
                 assert!(sim.is_complete(), "{label}: initial rollout");
@@ -308,7 +337,11 @@ fn rolling_update_respects_surge_and_unavailable_for_every_combination() {
                     "{label}"
                 );
                 assert_eq!(
-                    sim.d.metadata.annotations.get(REVISION_ANNOTATION).map(String::as_str),
+                    sim.d
+                        .metadata
+                        .annotations
+                        .get(REVISION_ANNOTATION)
+                        .map(String::as_str),
                     Some("2"),
                     "{label}"
                 );
@@ -329,9 +362,19 @@ fn recreate_deletes_all_old_pods_before_creating_new_ones() {
     let new = sim.current_hash();
     for _ in 0..20 {
         sim.run(1, |s| {
-            let has_old = s.pods.iter().any(|p| p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL) == Some(&old));
-            let has_new = s.pods.iter().any(|p| p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL) == Some(&new));
-            assert!(!(has_old && has_new), "old and new pods at once at tick {}", s.tick);
+            let has_old = s
+                .pods
+                .iter()
+                .any(|p| p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL) == Some(&old));
+            let has_new = s
+                .pods
+                .iter()
+                .any(|p| p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL) == Some(&new));
+            assert!(
+                !(has_old && has_new),
+                "old and new pods at once at tick {}",
+                s.tick
+            );
         });
     }
     assert!(sim.is_complete());
@@ -349,7 +392,9 @@ fn rollback_reuses_the_old_template_as_a_new_revision() {
     assert_eq!(sim.records.len(), 2);
 
     // `rollout undo`: the previous revision's template goes back into the Deployment.
-    let template = rollback_template(&sim.records, 2, None).expect("revision 1 kept").clone();
+    let template = rollback_template(&sim.records, 2, None)
+        .expect("revision 1 kept")
+        .clone();
     assert_eq!(template_hash(&template), first);
     sim.d.spec.template = template;
     sim.bump_generation();
@@ -357,9 +402,17 @@ fn rollback_reuses_the_old_template_as_a_new_revision() {
     assert!(sim.is_complete());
     assert_eq!(sim.current_hash(), first);
     assert_eq!(sim.d.metadata.annotations[REVISION_ANNOTATION], "3");
-    let mut revs: Vec<(u64, String)> = sim.records.iter().map(|r| (r.revision, r.hash.clone())).collect();
+    let mut revs: Vec<(u64, String)> = sim
+        .records
+        .iter()
+        .map(|r| (r.revision, r.hash.clone()))
+        .collect();
     revs.sort();
-    assert_eq!(revs.len(), 2, "the rolled-back revision is renumbered, not duplicated");
+    assert_eq!(
+        revs.len(),
+        2,
+        "the rolled-back revision is renumbered, not duplicated"
+    );
     assert_eq!(revs[1], (3, first.clone()));
     // --to-revision picks by number.
     assert!(rollback_template(&sim.records, 3, Some(2)).is_some());
@@ -373,9 +426,15 @@ fn progress_deadline_exceeded_when_new_pods_never_become_ready() {
     assert!(sim.is_complete());
     sim.set_env("BAD");
     sim.run(30, |s| {
-        assert!(s.ready() >= 2, "maxUnavailable=0 keeps the old pods serving");
+        assert!(
+            s.ready() >= 2,
+            "maxUnavailable=0 keeps the old pods serving"
+        );
     });
-    assert_eq!(progressing_reason(&sim.d).as_deref(), Some("ReplicaSetUpdated"));
+    assert_eq!(
+        progressing_reason(&sim.d).as_deref(),
+        Some("ReplicaSetUpdated")
+    );
     sim.run(40, |_| {});
     let c = sim
         .d
@@ -390,7 +449,10 @@ fn progress_deadline_exceeded_when_new_pods_never_become_ready() {
     sim.set_env("3");
     sim.run(15, |_| {});
     assert!(sim.is_complete());
-    assert_eq!(progressing_reason(&sim.d).as_deref(), Some("NewReplicaSetAvailable"));
+    assert_eq!(
+        progressing_reason(&sim.d).as_deref(),
+        Some("NewReplicaSetAvailable")
+    );
 }
 
 #[test]
@@ -408,7 +470,10 @@ fn failed_and_deleted_pods_are_replaced() {
         reason: DeleteReason::Failed
     }));
     assert_eq!(
-        plan.actions.iter().filter(|a| matches!(a, Action::CreatePod(_))).count(),
+        plan.actions
+            .iter()
+            .filter(|a| matches!(a, Action::CreatePod(_)))
+            .count(),
         2
     );
     sim.apply(&plan);
@@ -438,11 +503,29 @@ fn reconcile_is_idempotent_and_deterministic() {
         "second reconcile repeats work: {b:?}"
     );
     sim.apply(&b);
-    assert_eq!(sim.plan().actions, vec![], "third reconcile of the same state");
+    assert_eq!(
+        sim.plan().actions,
+        vec![],
+        "third reconcile of the same state"
+    );
     // Determinism: same inputs and seed, same names.
     let d = deployment(3, json!(1), json!(0));
     let now = ManualClock::at_epoch_2026().now();
-    let p1 = reconcile(&d, &[], &[], now, &DeploymentConfig::default(), &mut SeededRng::new(1));
-    let p2 = reconcile(&d, &[], &[], now, &DeploymentConfig::default(), &mut SeededRng::new(1));
+    let p1 = reconcile(
+        &d,
+        &[],
+        &[],
+        now,
+        &DeploymentConfig::default(),
+        &mut SeededRng::new(1),
+    );
+    let p2 = reconcile(
+        &d,
+        &[],
+        &[],
+        now,
+        &DeploymentConfig::default(),
+        &mut SeededRng::new(1),
+    );
     assert_eq!(p1, p2);
 }

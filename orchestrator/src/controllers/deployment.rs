@@ -71,13 +71,20 @@ pub enum DeleteReason {
 pub enum Action {
     CreatePod(Box<Pod>),
     /// Mark terminating (set `deletionTimestamp`); removal follows after the drain period.
-    DeletePod { name: String, reason: DeleteReason },
+    DeletePod {
+        name: String,
+        reason: DeleteReason,
+    },
     /// Delete from the store a pod that has been terminating for the drain period.
-    RemovePod { name: String },
+    RemovePod {
+        name: String,
+    },
     /// Create or replace a revision record.
     PutRevision(Box<RevisionRecord>),
     /// Delete a revision record beyond `revisionHistoryLimit` (by store name).
-    DeleteRevision { name: String },
+    DeleteRevision {
+        name: String,
+    },
     /// Write the Deployment's revision annotation.
     SetRevisionAnnotation(u64),
     UpdateStatus(DeploymentStatus),
@@ -173,7 +180,11 @@ fn ready_since(pod: &Pod) -> Option<SystemTime> {
     if c.status != ConditionStatus::True {
         return None;
     }
-    Some(c.last_transition_time.map(|t| t.0).unwrap_or(SystemTime::UNIX_EPOCH))
+    Some(
+        c.last_transition_time
+            .map(|t| t.0)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+    )
 }
 
 /// Ready for at least `min_ready`; `Err(remaining)` when ready but not yet long enough.
@@ -304,7 +315,7 @@ pub fn reconcile(
         .iter()
         .filter(|r| r.hash != hash && !pods.iter().any(|p| hash_of(p) == Some(&r.hash)))
         .collect();
-    old.sort_by(|a, b| b.revision.cmp(&a.revision));
+    old.sort_by_key(|r| std::cmp::Reverse(r.revision));
     for r in old
         .iter()
         .skip(d.spec.revision_history_limit.max(0) as usize)
@@ -476,9 +487,9 @@ pub fn reconcile(
         now,
         false,
     ));
-    status
-        .conditions
-        .push(progressing(d, &previous, &status, complete, revision, now, &mut plan));
+    status.conditions.push(progressing(
+        d, &previous, &status, complete, revision, now, &mut plan,
+    ));
     if d.status.as_ref() != Some(&status) {
         plan.actions.push(Action::UpdateStatus(status));
     }

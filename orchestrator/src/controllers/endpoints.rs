@@ -41,13 +41,14 @@ pub fn pod_endpoint(pod: &Pod, node: Option<&Node>) -> Option<Endpoint> {
         .or_else(|| node.and_then(Node::address).and_then(|a| a.parse().ok()))?;
     let mut ports = Vec::new();
     for c in &pod.spec.containers {
-        let reported = status.and_then(|s| s.container_statuses.iter().find(|cs| cs.name == c.name));
+        let reported =
+            status.and_then(|s| s.container_statuses.iter().find(|cs| cs.name == c.name));
         for p in &c.ports {
             let host = reported
                 .and_then(|r| {
-                    r.ports
-                        .iter()
-                        .find(|rp| rp.container_port == p.container_port && rp.protocol == p.protocol)
+                    r.ports.iter().find(|rp| {
+                        rp.container_port == p.container_port && rp.protocol == p.protocol
+                    })
                 })
                 .map(|rp| rp.host_port)
                 .unwrap_or(p.container_port);
@@ -135,14 +136,14 @@ pub fn secret_objects(secret: &Secret) -> Vec<Object> {
     }
     let pem = |key: &str| secret.get(key).and_then(|b| String::from_utf8(b).ok());
     match (pem("tls.crt"), pem("tls.key")) {
-        (Some(cert_pem), Some(key_pem)) => vec![Object::Certificate(Arc::new(
-            discovery::Certificate {
+        (Some(cert_pem), Some(key_pem)) => {
+            vec![Object::Certificate(Arc::new(discovery::Certificate {
                 namespace: secret.metadata.namespace.clone(),
                 name: secret.metadata.name.clone(),
                 cert_pem,
                 key_pem,
-            },
-        ))],
+            }))]
+        }
         _ => Vec::new(),
     }
 }
@@ -180,7 +181,11 @@ pub fn diff(current: &Snapshot, desired: &BTreeMap<ObjectKey, Object>) -> Vec<Ch
         .services()
         .map(|s| Object::Service(s.clone()))
         .chain(current.routes().map(|r| Object::Route(r.clone())))
-        .chain(current.certificates().map(|c| Object::Certificate(c.clone())))
+        .chain(
+            current
+                .certificates()
+                .map(|c| Object::Certificate(c.clone())),
+        )
         .chain(current.all_endpoints().map(|e| Object::Endpoint(e.clone())));
     for o in existing {
         if !desired.contains_key(&o.key()) {

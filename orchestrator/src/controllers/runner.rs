@@ -17,7 +17,9 @@ use super::deployment::{self, Action, DeploymentConfig, RevisionRecord, REVISION
 use super::endpoints;
 use super::node::{self, NodeAction, NODE_STATUS_UNKNOWN};
 use crate::clock::Clock;
-use crate::model::{Condition, ConditionStatus, Deployment, Node, Pod, Route, Secret, Service, Time};
+use crate::model::{
+    Condition, ConditionStatus, Deployment, Node, Pod, Route, Secret, Service, Time,
+};
 use crate::scheduler::SeededRng;
 use crate::store::{Key, Prefix, Store, StoreError, StoreEvent, Versioned};
 use discovery::{Change, Object, ObjectKey, Registry};
@@ -165,7 +167,13 @@ fn spawn_feeds(
                     }
                     let mut events = store.watch(&prefix, revision).await?;
                     while let Some(event) = events.next().await {
-                        if tx.send(Feed::Event { kind: i, event: event? }).is_err() {
+                        if tx
+                            .send(Feed::Event {
+                                kind: i,
+                                event: event?,
+                            })
+                            .is_err()
+                        {
                             return Ok(());
                         }
                     }
@@ -623,7 +631,11 @@ async fn create_pod(
 ) -> Result<(), StoreError> {
     pod.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
     for _ in 0..4 {
-        let k = Key::new("pods", pod.metadata.namespace.clone(), pod.metadata.name.clone());
+        let k = Key::new(
+            "pods",
+            pod.metadata.namespace.clone(),
+            pod.metadata.name.clone(),
+        );
         match store.create(&k, encode(&pod)?).await {
             Ok(r) => {
                 pods.put(k, r, pod);
@@ -768,7 +780,10 @@ fn mark_not_ready(n: &mut Node, now: std::time::SystemTime, silent_for: Duration
         silent_for.as_secs()
     );
     match status.conditions.iter_mut().find(|c| c.type_ == "Ready") {
-        Some(c) if c.status != ConditionStatus::True && c.reason.as_deref() == Some(NODE_STATUS_UNKNOWN) => {
+        Some(c)
+            if c.status != ConditionStatus::True
+                && c.reason.as_deref() == Some(NODE_STATUS_UNKNOWN) =>
+        {
             false
         }
         Some(c) => {
@@ -910,7 +925,10 @@ fn full_resync(s: &EndpointState, registry: &Registry) {
 fn published_by_source(s: &EndpointState) -> HashMap<Key, Vec<ObjectKey>> {
     let mut out = HashMap::new();
     for (k, _) in s.services.objects.iter() {
-        out.insert(k.clone(), objects_for(s, k).iter().map(Object::key).collect());
+        out.insert(
+            k.clone(),
+            objects_for(s, k).iter().map(Object::key).collect(),
+        );
     }
     for k in s
         .routes
@@ -919,7 +937,10 @@ fn published_by_source(s: &EndpointState) -> HashMap<Key, Vec<ObjectKey>> {
         .chain(s.secrets.objects.keys())
         .chain(s.pods.objects.keys())
     {
-        out.insert(k.clone(), objects_for(s, k).iter().map(Object::key).collect());
+        out.insert(
+            k.clone(),
+            objects_for(s, k).iter().map(Object::key).collect(),
+        );
     }
     out
 }
