@@ -350,3 +350,53 @@ async fn readiness_reaches_the_registry_in_milliseconds() {
         "redb p99 {p99_redb:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_silent_node_are_evicted_and_replaced() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let registry = Arc::new(Registry::new());
+    // n1's heartbeat is already old; the test binds the first pods there anyway (as if it just died).
+    seed_cluster(&*store).await;
+    put(&*store, Kind::Deployment, "default", deployment_json("1")).await;
+    let (tx, rx) = oneshot::channel::<()>();
+    let config = ControllersConfig {
+        node_grace: Duration::from_millis(300),
+        seed: Some(1),
+        ..ControllersConfig::default()
+    };
+    let controllers = Controllers::start_with(
+        store.clone(),
+        registry.clone(),
+        Arc::new(SystemClock),
+        config,
+        async move {
+            let _ = rx.await;
+        },
+    );
+    let first: std::collections::BTreeSet<String> = loop {
+        let p = pods(&*store).await;
+        if p.len() == 3 {
+            break p.into_iter().map(|(k, _, _)| k.name).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    run_pods(&*store).await;
+    let key = Key::new("nodes", "", "n1");
+    let start = Instant::now();
+    loop {
+        let node: Value =
+            serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
+        let p = pods(&*store).await;
+        let replaced = p.len() == 3 && p.iter().all(|(k, _, _)| !first.contains(&k.name));
+        if node["status"]["conditions"][0]["reason"] == json!("NodeStatusUnknown") && replaced {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "pods of the lost node were not replaced: {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = tx.send(());
+    controllers.join().await;
+}
