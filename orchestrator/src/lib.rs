@@ -4,6 +4,8 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod clock;
+pub mod controllers;
 pub mod echo;
 pub mod model;
 pub mod scheduler;
