@@ -3,12 +3,18 @@
 
 use crate::datadir;
 use anyhow::{Context, Result};
+use discovery::Registry;
+use orchestrator::agent::{Agent, AgentConfig, HttpControlPlane};
 use orchestrator::api::{self, ApiState};
 use orchestrator::client::Client;
+use orchestrator::clock::SystemClock;
+use orchestrator::controllers::Controllers;
+use orchestrator::scheduler::{Scheduler, SchedulingPolicy};
 use orchestrator::store;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
@@ -34,6 +40,21 @@ pub struct UpArgs {
     /// Manifests to apply once the control plane is up (file or directory; repeatable).
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<PathBuf>,
+    /// Local node agents to run (process runtime), named node-1..N in zones zone-a, zone-b, ...
+    #[arg(long, default_value_t = 1)]
+    pub agents: usize,
+    /// Proxy HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// DNS listen address (UDP and TCP).
+    #[arg(long, default_value = "127.0.0.1:8053")]
+    pub dns_listen: SocketAddr,
+    /// DNS zone served.
+    #[arg(long, default_value = "cluster.local")]
+    pub dns_zone: String,
+    /// Admin listen address (`/metrics`, `/healthz`).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
 }
 
 /// A running control plane: the API over the store.
@@ -43,10 +64,34 @@ struct ControlPlane {
     store_url: String,
     token_file: PathBuf,
     dir: PathBuf,
+    registry: Arc<Registry>,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-async fn start_control_plane(args: &ServerArgs) -> Result<ControlPlane> {
+/// A shutdown signal shared by every part of one process.
+#[derive(Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
+/// Fires the returned [`Stop`] on Ctrl-C or SIGTERM.
+fn stop_on_signal() -> Stop {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    Stop(rx)
+}
+
+async fn start_control_plane(args: &ServerArgs, stop: &Stop) -> Result<ControlPlane> {
     let dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
     datadir::ensure(&dir)?;
     let token_file = args
@@ -66,20 +111,24 @@ async fn start_control_plane(args: &ServerArgs) -> Result<ControlPlane> {
         .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;
     let url = format!("http://{}", listener.local_addr()?);
     datadir::record_address(&dir, &url)?;
-    let state = ApiState::new(store, Some(token.clone()), None);
-    let serving = tokio::spawn(api::serve(listener, state, shutdown_signal()));
-    Ok(ControlPlane {
-        url,
-        token,
-        store_url,
-        token_file,
-        dir,
-        serving,
-    })
+    let registry = Arc::new(Registry::new());
+    let state = ApiState::new(store.clone(), Some(token.clone()), Some(registry.clone()));
+    let serving = tokio::spawn(api::serve(listener, state, stop.wait()));
+    Controllers::start(store.clone(), registry.clone(), Arc::new(SystemClock), stop.wait());
+    {
+        let (store, stop) = (store.clone(), stop.wait());
+        tokio::spawn(async move {
+            if let Err(e) = Scheduler::run(store, SchedulingPolicy::default(), stop).await {
+                eprintln!("berth: scheduler stopped: {e}");
+            }
+        });
+    }
+    Ok(ControlPlane { url, token, store_url, token_file, dir, registry, serving })
 }
 
 pub async fn server(args: ServerArgs) -> Result<()> {
-    let cp = start_control_plane(&args).await?;
+    let stop = stop_on_signal();
+    let cp = start_control_plane(&args, &stop).await?;
     println!(
         "berth server: API on {} (token in {}), store {}",
         cp.url,
@@ -94,39 +143,109 @@ pub async fn server(args: ServerArgs) -> Result<()> {
     Ok(())
 }
 
-/// Everything in one process on the embedded store, then the manifests applied.
+/// Everything in one process on the embedded store: control plane, controllers, local agents, proxy, DNS
+/// and the admin endpoint; then the manifests applied.
 pub async fn up(args: UpArgs) -> Result<()> {
-    let cp = start_control_plane(&args.server).await?;
-    println!(
-        "berth up: API on {} (token in {}), store {}",
-        cp.url,
-        cp.token_file.display(),
-        cp.store_url
-    );
+    anyhow::ensure!((1..=26).contains(&args.agents), "--agents: expected 1 to 26, got {}", args.agents);
+    let stop = stop_on_signal();
+    let cp = start_control_plane(&args.server, &stop).await?;
+
+    let mut agents = Vec::new();
+    for i in 0..args.agents {
+        let name = format!("node-{}", i + 1);
+        let zone = format!("zone-{}", (b'a' + i as u8) as char);
+        let mut config = AgentConfig::new(name.clone(), cp.dir.join("agents").join(&name));
+        config.labels.insert("topology.kubernetes.io/zone".into(), zone);
+        config.labels.insert("kubernetes.io/hostname".into(), name.clone());
+        config.claim_unbound = false; // the scheduler binds pods
+        config.stop_pods_on_shutdown = true;
+        config.logs_token = Some(cp.token.clone());
+        let control = Arc::new(HttpControlPlane::new(Client::new(&cp.url, Some(cp.token.clone()))?));
+        let agent_stop = stop.wait();
+        agents.push(tokio::spawn(async move {
+            if let Err(e) = Agent::run(config, control, agent_stop).await {
+                eprintln!("berth up: agent {name} failed: {e}");
+            }
+        }));
+    }
+
+    let proxy_config = proxy::ProxyConfig { http_listen: vec![args.http_listen], ..Default::default() };
+    let proxy = proxy::Proxy::start(cp.registry.clone(), proxy_config)
+        .with_context(|| format!("cannot start the proxy on {} (--http-listen)", args.http_listen))?;
+    let http_addr = proxy.http_addr().unwrap_or(args.http_listen);
+
+    let dns_config = discovery::dns::DnsConfig { zone: args.dns_zone.clone(), ..Default::default() };
+    let dns = discovery::dns::DnsServer::new(dns_config, cp.registry.clone()).context("--dns-zone")?;
+    let udp = discovery::dns::bind_udp(args.dns_listen, 1)
+        .with_context(|| format!("cannot listen on {} (--dns-listen)", args.dns_listen))?;
+    let dns_addr = udp.first().and_then(|u| u.local_addr().ok()).unwrap_or(args.dns_listen);
+    let tcp = tokio::net::TcpListener::bind(dns_addr)
+        .await
+        .with_context(|| format!("cannot listen on TCP {dns_addr} (--dns-listen)"))?;
+    let dns_task = {
+        let dns = dns.clone();
+        let stop = stop.wait();
+        tokio::spawn(async move { dns.serve(udp, tcp, stop).await })
+    };
+
+    let proxy = Arc::new(proxy);
+    let admin = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
+    let admin_addr = admin.local_addr()?;
+    let admin_task = tokio::spawn(serve_admin(admin, proxy.clone(), dns.clone(), stop.wait()));
+
+    println!("berth up: API on {} (token in {}), store {}", cp.url, cp.token_file.display(), cp.store_url);
+    println!("berth up: proxy on http://{http_addr}, DNS on {dns_addr} (zone {}), admin on http://{admin_addr}", args.dns_zone);
+    println!("berth up: {} agent(s) running the process runtime", args.agents);
     if !args.files.is_empty() {
         let client = Client::new(&cp.url, Some(cp.token.clone()))?;
         for doc in crate::cli::parse_all(&args.files)? {
-            let applied = client
-                .apply(&doc.object, false)
-                .await
-                .with_context(|| doc.display_name())?;
+            let applied = client.apply(&doc.object, false).await.with_context(|| doc.display_name())?;
             println!("berth up: {} {}", doc.display_name(), applied.result);
         }
     }
-    let dir_flag = if args.server.data_dir.is_some() {
-        format!(" --data-dir {}", cp.dir.display())
-    } else {
-        String::new()
-    };
+    let dir_flag = if args.server.data_dir.is_some() { format!(" --data-dir {}", cp.dir.display()) } else { String::new() };
     println!("berth up: ready. Try:");
-    println!("  berth get deployments{dir_flag}");
+    println!("  curl -H 'Host: demo.localhost' http://{http_addr}/");
+    println!("  dig @{} -p {} demo.default.svc.{} +short", dns_addr.ip(), dns_addr.port(), args.dns_zone);
     println!("  berth get pods -o wide{dir_flag}");
-    cp.serving
-        .await
-        .context("API server task failed")?
-        .context("API server failed")?;
+
+    stop.wait().await;
+    println!("berth up: stopping");
+    for a in agents {
+        let _ = a.await;
+    }
+    let _ = dns_task.await;
+    let _ = admin_task.await;
+    let _ = cp.serving.await;
+    if let Ok(proxy) = Arc::try_unwrap(proxy) {
+        proxy.stop();
+    }
     println!("berth up: stopped");
     Ok(())
+}
+
+/// The admin endpoint: `/healthz` and `/metrics` (proxy and DNS figures, Prometheus text).
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    proxy: Arc<proxy::Proxy>,
+    dns: discovery::dns::DnsServer,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+        "/metrics",
+        get(move || {
+            let (proxy, dns) = (proxy.clone(), dns.clone());
+            async move {
+                let mut text = proxy.metrics_text();
+                text.push_str(&dns.metrics());
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+            }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
