@@ -31,11 +31,14 @@
 //! node affinity; `DoNotSchedule` filtering does follow that rule); the resource score is the strategy alone (Kubernetes adds
 //! `BalancedAllocation` to `LeastAllocated` by default).
 
+pub mod adapter;
 pub mod bind;
 mod cycle;
 mod intern;
 pub mod memory;
 mod rng;
+pub mod service;
+pub mod store;
 mod types;
 mod verdict;
 
@@ -47,6 +50,8 @@ pub use cycle::{
     UNSCHEDULABLE_TAINT_KEY,
 };
 pub use rng::SeededRng;
+pub use service::Scheduler;
+pub use store::StoreCluster;
 pub use types::*;
 pub use verdict::{RejectReason, Unschedulable};
 
