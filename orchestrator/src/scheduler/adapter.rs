@@ -253,8 +253,16 @@ status:
     fn node_readiness_and_cordon_table() {
         // (status block, unschedulable, expect not-ready taint)
         let cases = [
-            ("conditions: [{type: Ready, status: \"True\"}]", false, false),
-            ("conditions: [{type: Ready, status: \"False\"}]", false, true),
+            (
+                "conditions: [{type: Ready, status: \"True\"}]",
+                false,
+                false,
+            ),
+            (
+                "conditions: [{type: Ready, status: \"False\"}]",
+                false,
+                true,
+            ),
             ("conditions: [{type: Ready, status: Unknown}]", false, true),
             ("conditions: []", false, true),
             ("conditions: [{type: Ready, status: \"True\"}]", true, false),
@@ -274,7 +282,9 @@ status:
             assert_eq!(n.allocatable.cpu_millis, 1000, "{cond}");
         }
         // A node without status offers nothing and is not ready.
-        let n = node_info(&node("apiVersion: v1\nkind: Node\nmetadata: {name: bare}\n"));
+        let n = node_info(&node(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: bare}\n",
+        ));
         assert_eq!(n.allocatable, s::Allocatable::default());
         assert!(n.taints.iter().any(|t| t.key == NOT_READY_TAINT_KEY));
     }
@@ -322,10 +332,7 @@ spec:
                 memory_bytes: (64 << 20) + (1 << 30)
             }
         );
-        assert_eq!(
-            i.node_selector.get("disk").map(String::as_str),
-            Some("ssd")
-        );
+        assert_eq!(i.node_selector.get("disk").map(String::as_str), Some("ssd"));
         assert_eq!(i.tolerations.len(), 2);
         assert_eq!(i.tolerations[1].operator, s::TolerationOperator::Exists);
         assert!(i.tolerations[1].key.is_empty());

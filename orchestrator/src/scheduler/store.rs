@@ -5,35 +5,43 @@
 //!
 //! The store offers compare-and-swap on one key only, so a bind cannot atomically check "the node still has
 //! room" and "the pod is unchanged". Binds to one node are instead serialised through a per-node
-//! *allocation record* (key `nodeallocations//NODE`, [`ALLOCATIONS_KIND`]) that lists every pod the scheduler
-//! has claimed capacity for on that node, with the pod's uid and requests. Binding pod `P` at revision `r` to
-//! node `N`:
+//! *allocation record* (key `nodeallocations//NODE`, [`ALLOCATIONS_KIND`]) that lists every claim of capacity
+//! on that node: pod, uid, requests, keyed by the id of the bind attempt that made it. Binding pod `P` at
+//! revision `r` to node `N` (attempt id `t`, fresh per bind):
 //!
 //! 1. read `P` (it must still be at `r` and unbound) and `N` (its allocatable);
 //! 2. read `N`'s allocation record at revision `a`; usage = its claims, plus pods the last observation saw
 //!    bound to `N` without a claim (pinned by the user); if `P` does not fit, collect dead claims (see below)
 //!    and check again, else [`BindError::NodeFull`];
-//! 3. add `P`'s claim and compare-and-swap the record at `a` (on conflict, go back to 2);
-//! 4. compare-and-swap `P` at `r`, setting `spec.nodeName` and `PodScheduled=True`; if that fails, remove the
-//!    claim again and report the pod as changed or gone.
+//! 3. add claim `t` and compare-and-swap the record at `a` (on conflict, go back to 2);
+//! 4. compare-and-swap `P` at `r`, setting `spec.nodeName` and `PodScheduled=True`; if that fails, remove
+//!    claim `t` (only `t`) and report the pod as changed or gone.
 //!
 //! Two concurrent binds to one node both pass step 2 only on the same record revision, and only one of them
 //! wins step 3; the other re-reads and sees the winner's claim. A claim is in the record *before* its pod is
 //! bound, so usage computed from the record is never below what is bound: nodes are never overcommitted,
-//! whatever the number of schedulers and however stale their snapshots.
+//! whatever the number of schedulers and however stale their snapshots. Claims are per attempt because two
+//! schedulers may bind the same pod to the same node at once: each holds its own claim (counted twice, which
+//! is only conservative) and the loser of step 4 releases its own, never the winner's.
 //!
 //! A claim is *dead*, and collected when a node looks full, when its pod is gone (or was recreated with
 //! another uid), is bound to another node, or has finished (`Succeeded`/`Failed`). A claim whose pod is still
 //! unbound is an in-flight bind, or one whose scheduler died between steps 3 and 4; after [`CLAIM_TTL`] it is
 //! collected, but only after rewriting the pod unchanged, which bumps its revision so that a late step 4 of
-//! the stalled scheduler fails its compare-and-swap. No timing assumption is needed for correctness.
+//! the stalled scheduler fails its compare-and-swap. No timing assumption is needed for correctness. A
+//! scheduler that dies between a lost step 4 and its release leaves a duplicate claim of a bound pod, which
+//! holds capacity (conservatively) until that pod leaves the node.
+//!
+//! Records of deleted nodes are not removed (they are small and harmless).
 //!
 //! Not done here: deciding placements (see [`super::schedule_batch`]) and driving rounds (see
 //! [`super::service`]).
 
 use super::adapter::{node_info, pod_info};
 use super::bind::{BindError, Binder, Observe, ObserveError, Observed, PendingPod};
-use super::{fits, BoundPod, ClusterSnapshot, PodKey, Requests, SchedulingPolicy, Unschedulable, Usage};
+use super::{
+    fits, BoundPod, ClusterSnapshot, PodKey, Requests, SchedulingPolicy, Unschedulable, Usage,
+};
 use crate::model::{self, Condition, ConditionStatus, PodPhase};
 use crate::store::{Key, Prefix, Store, StoreError, Versioned};
 use parking_lot::Mutex;
@@ -60,15 +68,19 @@ const RECORD_ATTEMPTS: u32 = 64;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Allocation {
-    /// Claims by `namespace/name`.
+    /// Claims by the id of the bind attempt that made them. Two schedulers binding the same pod each hold
+    /// their own claim (counted twice, which is conservative) and each releases only its own, so the loser
+    /// cannot release the winner's capacity.
     #[serde(default)]
-    pub pods: BTreeMap<String, Claim>,
+    pub claims: BTreeMap<String, Claim>,
 }
 
 /// Capacity claimed for one pod on one node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Claim {
+    /// `namespace/name`.
+    pub pod: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
     pub cpu_millis: u64,
@@ -78,9 +90,14 @@ pub struct Claim {
 }
 
 impl Allocation {
+    /// The pods (`namespace/name`) with at least one claim.
+    pub fn pods(&self) -> std::collections::BTreeSet<&str> {
+        self.claims.values().map(|c| c.pod.as_str()).collect()
+    }
+
     fn usage(&self) -> Usage {
         let mut u = Usage::default();
-        for c in self.pods.values() {
+        for c in self.claims.values() {
             u.cpu_millis = u.cpu_millis.saturating_add(c.cpu_millis);
             u.memory_bytes = u.memory_bytes.saturating_add(c.memory_bytes);
             u.pods = u.pods.saturating_add(1);
@@ -220,8 +237,8 @@ impl StoreCluster {
     }
 
     /// Whether a claim no longer holds capacity (see the module docs). May fence an unbound pod.
-    async fn claim_is_dead(&self, node: &str, pod: &str, claim: &Claim) -> Result<bool, StoreError> {
-        let Some((ns, name)) = pod.split_once('/') else {
+    async fn claim_is_dead(&self, node: &str, claim: &Claim) -> Result<bool, StoreError> {
+        let Some((ns, name)) = claim.pod.split_once('/') else {
             return Ok(true);
         };
         let key = Key::new(model::Kind::Pod.plural(), ns, name);
@@ -250,9 +267,10 @@ impl StoreCluster {
         }
     }
 
-    /// Claims capacity for the pod in the node's record (steps 2 and 3).
+    /// Claims capacity for the pod in the node's record (steps 2 and 3) under the attempt id `attempt`.
     async fn claim(
         &self,
+        attempt: &str,
         pod: &PodKey,
         uid: Option<String>,
         requests: Requests,
@@ -272,15 +290,17 @@ impl StoreCluster {
                 Some(v) => (decode::<Allocation>(v).map_err(backend)?, Some(v.revision)),
                 None => (Allocation::default(), None),
             };
-            record.pods.remove(&me);
             let mut usage = self.usage_with_unclaimed(node, &record);
             let mut changed = false;
             if fits(allocatable, &usage, &requests).is_err() {
-                let claims: Vec<(String, Claim)> =
-                    record.pods.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+                let claims: Vec<(String, Claim)> = record
+                    .claims
+                    .iter()
+                    .map(|(k, c)| (k.clone(), c.clone()))
+                    .collect();
                 for (k, c) in claims {
-                    if self.claim_is_dead(node, &k, &c).await.map_err(backend)? {
-                        record.pods.remove(&k);
+                    if self.claim_is_dead(node, &c).await.map_err(backend)? {
+                        record.claims.remove(&k);
                         changed = true;
                     }
                 }
@@ -297,9 +317,10 @@ impl StoreCluster {
                     reason,
                 });
             }
-            record.pods.insert(
-                me.clone(),
+            record.claims.insert(
+                attempt.to_string(),
                 Claim {
+                    pod: me.clone(),
                     uid: uid.clone(),
                     cpu_millis: requests.cpu_millis,
                     memory_bytes: requests.memory_bytes,
@@ -308,17 +329,21 @@ impl StoreCluster {
             );
             match self.write_record(&akey, &record, revision).await {
                 Ok(()) => return Ok(()),
-                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_) | StoreError::NotFound(_)) => {
-                    continue
-                }
+                Err(
+                    StoreError::Conflict { .. }
+                    | StoreError::AlreadyExists(_)
+                    | StoreError::NotFound(_),
+                ) => continue,
                 Err(e) => return Err(backend(e)),
             }
         }
         Err(BindError::Backend {
             pod: pod.clone(),
             node: node.to_string(),
-            source: format!("allocation record of {node} kept changing ({RECORD_ATTEMPTS} attempts)")
-                .into(),
+            source: format!(
+                "allocation record of {node} kept changing ({RECORD_ATTEMPTS} attempts)"
+            )
+            .into(),
         })
     }
 
@@ -335,10 +360,9 @@ impl StoreCluster {
         }
     }
 
-    /// Removes the pod's claim from the node's record (after its pod compare-and-swap failed).
-    async fn unclaim(&self, pod: &PodKey, node: &str) {
+    /// Removes this attempt's claim from the node's record (after its pod compare-and-swap failed).
+    async fn unclaim(&self, attempt: &str, pod: &PodKey, node: &str) {
         let akey = allocation_key(node);
-        let me = pod.to_string();
         for _ in 0..RECORD_ATTEMPTS {
             let Ok(Some(v)) = self.store.get(&akey).await else {
                 return;
@@ -346,7 +370,7 @@ impl StoreCluster {
             let Ok(mut record) = decode::<Allocation>(&v) else {
                 return;
             };
-            if record.pods.remove(&me).is_none() {
+            if record.claims.remove(attempt).is_none() {
                 return;
             }
             match self.write_record(&akey, &record, Some(v.revision)).await {
@@ -363,8 +387,9 @@ impl StoreCluster {
 
     fn usage_with_unclaimed(&self, node: &str, record: &Allocation) -> Usage {
         let mut u = record.usage();
+        let claimed = record.pods();
         if let Some(bound) = self.observed_bound.lock().get(node) {
-            for p in bound.iter().filter(|p| !record.pods.contains_key(&p.key)) {
+            for p in bound.iter().filter(|p| !claimed.contains(p.key.as_str())) {
                 u.cpu_millis = u.cpu_millis.saturating_add(p.requests.cpu_millis);
                 u.memory_bytes = u.memory_bytes.saturating_add(p.requests.memory_bytes);
                 u.pods = u.pods.saturating_add(1);
@@ -377,7 +402,9 @@ impl StoreCluster {
 #[async_trait::async_trait]
 impl Observe for StoreCluster {
     async fn observe(&self) -> Result<Observed, ObserveError> {
-        let err = |e: StoreError| ObserveError { source: Box::new(e) };
+        let err = |e: StoreError| ObserveError {
+            source: Box::new(e),
+        };
         let nodes_prefix = Prefix {
             kind: model::Kind::Node.plural().into(),
             namespace: None,
@@ -473,8 +500,16 @@ impl Binder for StoreCluster {
         let n: model::Node = decode(&nv).map_err(backend)?;
         let allocatable = node_info(&n).allocatable;
         let requests = pod_info(&obj).requests;
-        self.claim(pod, obj.metadata.uid.clone(), requests, node, &allocatable)
-            .await?;
+        let attempt = uuid::Uuid::new_v4().to_string();
+        self.claim(
+            &attempt,
+            pod,
+            obj.metadata.uid.clone(),
+            requests,
+            node,
+            &allocatable,
+        )
+        .await?;
 
         obj.spec.node_name = Some(node.to_string());
         obj.metadata.resource_version = None;
@@ -493,14 +528,14 @@ impl Binder for StoreCluster {
         let bytes = match encode(&pkey, &obj) {
             Ok(b) => b,
             Err(e) => {
-                self.unclaim(pod, node).await;
+                self.unclaim(&attempt, pod, node).await;
                 return Err(backend(e));
             }
         };
         match self.store.update(&pkey, bytes, expected_pod_revision).await {
             Ok(_) => Ok(()),
             Err(e) => {
-                self.unclaim(pod, node).await;
+                self.unclaim(&attempt, pod, node).await;
                 Err(match e {
                     StoreError::Conflict { actual, .. } => BindError::PodChanged {
                         pod: pod.clone(),
