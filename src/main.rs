@@ -47,6 +47,12 @@ enum Command {
     Delete(cli::DeleteArgs),
     /// Show what `apply` would change (exit 0: no difference, 1: differences, 2: error).
     Diff(cli::DiffArgs),
+    /// Mark a node unschedulable (running pods stay).
+    Cordon(cli::node::CordonArgs),
+    /// Mark a node schedulable again.
+    Uncordon(cli::node::UncordonArgs),
+    /// Cordon a node, then evict its pods so their controllers recreate them elsewhere.
+    Drain(cli::node::DrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +76,9 @@ fn main() -> ExitCode {
             Command::Describe(a) => cli::describe(a).await.map(|_| ExitCode::SUCCESS),
             Command::Delete(a) => cli::delete(a).await.map(|_| ExitCode::SUCCESS),
             Command::Diff(a) => cli::diff(a).await,
+            Command::Cordon(a) => cli::node::cordon(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Uncordon(a) => cli::node::uncordon(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Drain(a) => cli::node::drain(a).await.map(|_| ExitCode::SUCCESS),
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! Client verbs with kubectl habits: apply, get, describe, delete, diff.
 
+pub mod node;
 mod output;
 
 use crate::{datadir, ClientOpts};
@@ -215,7 +216,10 @@ fn parse_kind(s: &str) -> Result<Kind> {
 }
 
 fn unknown_kind(s: &str) -> anyhow::Error {
-    anyhow!("unknown kind {s:?} (one of: {})", model::Resource::all_cli_names())
+    anyhow!(
+        "unknown kind {s:?} (one of: {})",
+        model::Resource::all_cli_names()
+    )
 }
 
 // ---------------------------------------------------------------------------------------------------------
