@@ -57,6 +57,12 @@ enum Command {
     Logs(agent_cmd::LogsArgs),
     /// A tiny HTTP workload for demos and tests.
     Echo(echo_cmd::EchoArgs),
+    /// Mark a node unschedulable (running pods stay).
+    Cordon(cli::node::CordonArgs),
+    /// Mark a node schedulable again.
+    Uncordon(cli::node::UncordonArgs),
+    /// Cordon a node, then evict its pods so their controllers recreate them elsewhere.
+    Drain(cli::node::DrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +90,9 @@ fn main() -> ExitCode {
             Command::Agent(a) => agent_cmd::agent(a).await.map(|_| ExitCode::SUCCESS),
             Command::Logs(a) => agent_cmd::logs(a).await.map(|_| ExitCode::SUCCESS),
             Command::Echo(a) => echo_cmd::echo(a).await,
+            Command::Cordon(a) => cli::node::cordon(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Uncordon(a) => cli::node::uncordon(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Drain(a) => cli::node::drain(a).await.map(|_| ExitCode::SUCCESS),
         }
     });
     match result {

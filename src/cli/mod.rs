@@ -1,5 +1,6 @@
 //! Client verbs with kubectl habits: apply, get, describe, delete, diff.
 
+pub mod node;
 mod output;
 
 use crate::{datadir, ClientOpts};

@@ -25,17 +25,25 @@
 //! Binding is optimistic and lives in [`bind`]: a bind is a compare-and-swap on the pod's revision that also
 //! re-validates the node's capacity at commit time; on conflict the runner refreshes the snapshot and retries.
 //!
+//! Around the pure core: [`adapter`] turns stored Pods and Nodes into [`PodInfo`] / [`NodeInfo`]; [`store`]
+//! ([`StoreCluster`]) is the store-backed [`bind::Observe`] and [`bind::Binder`] (per-node allocation records
+//! keep several scheduler instances from overcommitting); [`service`] ([`Scheduler`]) runs rounds woken by
+//! store watches and writes `PodScheduled` conditions.
+//!
 //! Known simplifications against Kubernetes: `namespaceSelector`, `matchFields`, `minDomains`,
 //! `matchLabelKeys` and `nodeAffinityPolicy`/`nodeTaintsPolicy` are not modelled; `ScheduleAnyway` spread
 //! scoring counts matching pods on every node of a domain (Kubernetes counts only nodes that pass the pod's
 //! node affinity; `DoNotSchedule` filtering does follow that rule); the resource score is the strategy alone (Kubernetes adds
 //! `BalancedAllocation` to `LeastAllocated` by default).
 
+pub mod adapter;
 pub mod bind;
 mod cycle;
 mod intern;
 pub mod memory;
 mod rng;
+pub mod service;
+pub mod store;
 mod types;
 mod verdict;
 
@@ -47,6 +55,8 @@ pub use cycle::{
     UNSCHEDULABLE_TAINT_KEY,
 };
 pub use rng::SeededRng;
+pub use service::Scheduler;
+pub use store::StoreCluster;
 pub use types::*;
 pub use verdict::{RejectReason, Unschedulable};
 
