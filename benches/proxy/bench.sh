@@ -175,7 +175,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 h2() {
-  h2load -n "$H2_REQUESTS" -c 16 -m 8 --sni bench.test "https://127.0.0.1:$1/" 2>/dev/null \
+  h2load -n "$H2_REQUESTS" -c 16 -m 8 --connect-to="127.0.0.1:$1" "https://bench.test:$1/" 2>/dev/null \
     | awk '/^finished in/ { for (i=1;i<=NF;i++) if ($(i+1) ~ /^req\/s/) print $i }'
 }
 H2_BERTH=$(h2 "$BERTH_TLS" || true); H2_NGX=$(h2 "$NGX_TLS" || true)
