@@ -28,6 +28,7 @@ TMP="$(mktemp -d /tmp/berth-bench-proxy.XXXXXX)"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  cat "$TMP"/logs/*.out >&2 2>/dev/null || true
   for f in "$TMP"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   sleep 0.2
   rm -rf "$TMP"
@@ -69,8 +70,7 @@ http {
   upstream app { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 128; }
   server {
     listen 127.0.0.1:$NGX;
-    listen 127.0.0.1:$NGX_TLS ssl;
-    http2 on;
+    listen 127.0.0.1:$NGX_TLS ssl http2;
     ssl_certificate $TMP/cert.pem;
     ssl_certificate_key $TMP/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -87,8 +87,7 @@ CONF
 cat > "$TMP/haproxy.cfg" <<CONF
 global
   nbthread 1
-  maxconn 10000
-  pidfile $TMP/haproxy.pid
+  maxconn 4000
 defaults
   mode http
   timeout connect 2s
@@ -131,8 +130,9 @@ echo "building berth-proxy-bench (release)..." >&2
 BIN="$ROOT/target/release/berth-proxy-bench"
 
 nginx -c "$TMP/backends.conf" -p "$TMP" 2>/dev/null
-nginx -c "$TMP/nginx-proxy.conf" -p "$TMP" 2>/dev/null
-haproxy -D -f "$TMP/haproxy.cfg" >/dev/null 2>&1
+nginx -c "$TMP/nginx-proxy.conf" -p "$TMP" 2>"$TMP/logs/nginx-start.err" || { cat "$TMP/logs/nginx-start.err" >&2; exit 1; }
+haproxy -f "$TMP/haproxy.cfg" >"$TMP/logs/haproxy.out" 2>&1 &
+PIDS+=($!)
 "$BIN" serve "$TMP/berth.yaml" > "$TMP/logs/berth.out" 2>&1 &
 PIDS+=($!)
 BERTH_PID=$!
@@ -175,14 +175,14 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 h2() {
-  h2load -n "$H2_REQUESTS" -c 16 -m 8 --sni bench.test "https://127.0.0.1:$1/" 2>/dev/null \
+  h2load -n "$H2_REQUESTS" -c 16 -m 8 --connect-to="127.0.0.1:$1" "https://bench.test:$1/" 2>/dev/null \
     | awk '/^finished in/ { for (i=1;i<=NF;i++) if ($(i+1) ~ /^req\/s/) print $i }'
 }
-H2_BERTH=$(h2 "$BERTH_TLS"); H2_NGX=$(h2 "$NGX_TLS")
+H2_BERTH=$(h2 "$BERTH_TLS" || true); H2_NGX=$(h2 "$NGX_TLS" || true)
 H2_BERTH=${H2_BERTH:-0}; H2_NGX=${H2_NGX:-0}
 
-RSS_LINE=$("$BIN" rss 10000)
-PROP_LINE=$("$BIN" propagation 1000)
+RSS_LINE=$("$BIN" rss 10000 || true)
+PROP_LINE=$("$BIN" propagation 1000 || true)
 RSS_KIB=$(echo "$RSS_LINE" | sed -n 's/.*total_kib=\([0-9]*\).*/\1/p')
 BERTH_RSS_KIB=$(awk '/VmRSS/ {print $2}' "/proc/$BERTH_PID/status" 2>/dev/null || echo 0)
 
