@@ -53,27 +53,13 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         .server
         .clone()
         .or_else(|| datadir::recorded_address(&dir))
-        .ok_or_else(|| {
-            anyhow!(
-                "no --server given and no API address recorded in {}",
-                dir.display()
-            )
-        })?;
-    let token_file = args
-        .token_file
-        .clone()
-        .unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
-    let token = datadir::read_token(&token_file).ok_or_else(|| {
-        anyhow!(
-            "cannot read a token from {} (--token-file)",
-            token_file.display()
-        )
-    })?;
+        .ok_or_else(|| anyhow!("no --server given and no API address recorded in {}", dir.display()))?;
+    let token_file = args.token_file.clone().unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
+    let token = datadir::read_token(&token_file)
+        .ok_or_else(|| anyhow!("cannot read a token from {} (--token-file)", token_file.display()))?;
     let name = match args.name.clone() {
         Some(n) => n,
-        None => {
-            agent::hostname().ok_or_else(|| anyhow!("cannot read the host name: pass --name"))?
-        }
+        None => agent::hostname().ok_or_else(|| anyhow!("cannot read the host name: pass --name"))?,
     };
     let mut cfg = AgentConfig::new(name.clone(), dir.join(format!("agent-{name}")));
     cfg.capacity = agent::parse_kv_list(&args.capacity).map_err(|e| anyhow!("--capacity: {e}"))?;
@@ -85,14 +71,8 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
     cfg.stop_pods_on_shutdown = args.stop_pods_on_exit;
     let client = Client::new(&server, Some(token))?;
     let control = Arc::new(HttpControlPlane::new(client));
-    println!(
-        "berth agent: node {name}, runtime {:?}, API {server}, state in {}",
-        args.runtime,
-        cfg.data_dir.display()
-    );
-    Agent::run(cfg, control, crate::roles::shutdown_signal())
-        .await
-        .context("agent failed")?;
+    println!("berth agent: node {name}, runtime {:?}, API {server}, state in {}", args.runtime, cfg.data_dir.display());
+    Agent::run(cfg, control, crate::roles::shutdown_signal()).await.context("agent failed")?;
     println!("berth agent: stopped");
     Ok(())
 }
@@ -150,24 +130,14 @@ pub async fn logs(args: LogsArgs) -> Result<()> {
     if let Some(t) = args.tail {
         url.push_str(&format!("&tail={t}"));
     }
-    let dir = args
-        .client
-        .data_dir
-        .clone()
-        .unwrap_or_else(datadir::default_dir);
-    let token = args
-        .client
-        .token
-        .clone()
-        .or_else(|| datadir::read_token(&dir.join(datadir::TOKEN_FILE)));
+    let dir = args.client.data_dir.clone().unwrap_or_else(datadir::default_dir);
+    let token = args.client.token.clone().or_else(|| datadir::read_token(&dir.join(datadir::TOKEN_FILE)));
     let mut req = reqwest::Client::new().get(&url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the agent of node {node_name} at {ip}:{port}"))?;
+    let resp =
+        req.send().await.with_context(|| format!("cannot reach the agent of node {node_name} at {ip}:{port}"))?;
     if !resp.status().is_success() {
         let code = resp.status();
         let text = resp.text().await.unwrap_or_default();

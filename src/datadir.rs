@@ -12,15 +12,12 @@ pub fn default_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("berth");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/berth")
 }
 
 pub fn ensure(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -46,30 +43,20 @@ pub fn load_or_create_token(path: &Path) -> Result<String> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot create token file {}", path.display()))?;
-    writeln!(f, "{token}")
-        .with_context(|| format!("cannot write token file {}", path.display()))?;
+    let mut f = options.open(path).with_context(|| format!("cannot create token file {}", path.display()))?;
+    writeln!(f, "{token}").with_context(|| format!("cannot write token file {}", path.display()))?;
     Ok(token)
 }
 
 pub fn read_token(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
+    std::fs::read_to_string(path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 pub fn record_address(dir: &Path, url: &str) -> Result<()> {
     let path = dir.join(ADDRESS_FILE);
-    std::fs::write(&path, format!("{url}\n"))
-        .with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(&path, format!("{url}\n")).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn recorded_address(dir: &Path) -> Option<String> {
-    std::fs::read_to_string(dir.join(ADDRESS_FILE))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    std::fs::read_to_string(dir.join(ADDRESS_FILE)).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }

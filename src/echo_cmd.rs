@@ -11,9 +11,7 @@ pub struct EchoArgs {
 }
 
 pub async fn echo(args: EchoArgs) -> Result<ExitCode> {
-    let listen = args
-        .listen
-        .unwrap_or_else(orchestrator::echo::default_listen);
+    let listen = args.listen.unwrap_or_else(orchestrator::echo::default_listen);
     let code = orchestrator::echo::run(&listen).await?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -11,11 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "berth",
-    version,
-    about = "Front door and small orchestrator in one binary"
-)]
+#[command(name = "berth", version, about = "Front door and small orchestrator in one binary")]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -68,10 +64,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let cmd_is_diff = matches!(args.command, Command::Diff(_));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

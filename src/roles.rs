@@ -94,18 +94,11 @@ fn stop_on_signal() -> Stop {
 async fn start_control_plane(args: &ServerArgs, stop: &Stop) -> Result<ControlPlane> {
     let dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
     datadir::ensure(&dir)?;
-    let token_file = args
-        .token_file
-        .clone()
-        .unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
+    let token_file = args.token_file.clone().unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
     let token = datadir::load_or_create_token(&token_file)?;
-    let store_url = args
-        .store
-        .clone()
-        .unwrap_or_else(|| format!("redb:{}", dir.join("store.redb").display()));
-    let store: Arc<dyn store::Store> = store::open_store(&store_url)
-        .await
-        .with_context(|| format!("cannot open store {store_url}"))?;
+    let store_url = args.store.clone().unwrap_or_else(|| format!("redb:{}", dir.join("store.redb").display()));
+    let store: Arc<dyn store::Store> =
+        store::open_store(&store_url).await.with_context(|| format!("cannot open store {store_url}"))?;
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;
@@ -129,16 +122,8 @@ async fn start_control_plane(args: &ServerArgs, stop: &Stop) -> Result<ControlPl
 pub async fn server(args: ServerArgs) -> Result<()> {
     let stop = stop_on_signal();
     let cp = start_control_plane(&args, &stop).await?;
-    println!(
-        "berth server: API on {} (token in {}), store {}",
-        cp.url,
-        cp.token_file.display(),
-        cp.store_url
-    );
-    cp.serving
-        .await
-        .context("API server task failed")?
-        .context("API server failed")?;
+    println!("berth server: API on {} (token in {}), store {}", cp.url, cp.token_file.display(), cp.store_url);
+    cp.serving.await.context("API server task failed")?.context("API server failed")?;
     println!("berth server: stopped");
     Ok(())
 }
@@ -196,7 +181,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let admin_task = tokio::spawn(serve_admin(admin, proxy.clone(), dns.clone(), stop.wait()));
 
     println!("berth up: API on {} (token in {}), store {}", cp.url, cp.token_file.display(), cp.store_url);
-    println!("berth up: proxy on http://{http_addr}, DNS on {dns_addr} (zone {}), admin on http://{admin_addr}", args.dns_zone);
+    println!(
+        "berth up: proxy on http://{http_addr}, DNS on {dns_addr} (zone {}), admin on http://{admin_addr}",
+        args.dns_zone
+    );
     println!("berth up: {} agent(s) running the process runtime", args.agents);
     if !args.files.is_empty() {
         let client = Client::new(&cp.url, Some(cp.token.clone()))?;
@@ -205,7 +193,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
             println!("berth up: {} {}", doc.display_name(), applied.result);
         }
     }
-    let dir_flag = if args.server.data_dir.is_some() { format!(" --data-dir {}", cp.dir.display()) } else { String::new() };
+    let dir_flag =
+        if args.server.data_dir.is_some() { format!(" --data-dir {}", cp.dir.display()) } else { String::new() };
     println!("berth up: ready. Try:");
     println!("  curl -H 'Host: demo.localhost' http://{http_addr}/");
     println!("  dig @{} -p {} demo.default.svc.{} +short", dns_addr.ip(), dns_addr.port(), args.dns_zone);

@@ -99,7 +99,8 @@ spec:
     let _ = http_get(port, "/control/fail-health");
     let mut restarted = None;
     wait_for("liveness restart", Duration::from_secs(60), || {
-        restarted = pod_json(&server, "web").filter(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1));
+        restarted = pod_json(&server, "web")
+            .filter(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1));
         restarted.is_some()
     });
     let msg = restarted.unwrap()["status"]["containerStatuses"][0]["lastState"]["terminated"]["message"].to_string();

@@ -21,28 +21,13 @@ fn versions(server: &Server, kinds: &[&str]) -> BTreeMap<String, String> {
                 item["metadata"]["namespace"].as_str().unwrap_or(""),
                 item["metadata"]["name"].as_str().unwrap_or("")
             );
-            out.insert(
-                key,
-                item["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-            );
+            out.insert(key, item["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string());
         }
     }
     out
 }
 
-const KINDS: &[&str] = &[
-    "deployments",
-    "services",
-    "routes",
-    "configmaps",
-    "secrets",
-    "autoscalers",
-    "pods",
-    "nodes",
-];
+const KINDS: &[&str] = &["deployments", "services", "routes", "configmaps", "secrets", "autoscalers", "pods", "nodes"];
 
 #[test]
 fn apply_get_describe_reapply_diff() {
@@ -52,64 +37,37 @@ fn apply_get_describe_reapply_diff() {
     let examples = examples.to_str().unwrap();
 
     let out = server.ok(&["apply", "-f", examples]);
-    assert!(
-        out.lines().count() >= 5,
-        "every example object is created: {out}"
-    );
+    assert!(out.lines().count() >= 5, "every example object is created: {out}");
     assert!(out.lines().all(|l| l.ends_with(" created")), "{out}");
 
     let deployments = server.ok(&["get", "deployments"]);
     assert!(deployments.starts_with("NAME"), "{deployments}");
-    assert!(
-        deployments.contains("READY") && deployments.contains("AGE"),
-        "{deployments}"
-    );
-    assert!(
-        deployments.lines().any(|l| l.starts_with("web ")),
-        "{deployments}"
-    );
+    assert!(deployments.contains("READY") && deployments.contains("AGE"), "{deployments}");
+    assert!(deployments.lines().any(|l| l.starts_with("web ")), "{deployments}");
 
     let services = json(&server.ok(&["get", "services", "-o", "json"]));
-    let names: Vec<&str> = services["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["metadata"]["name"].as_str())
-        .collect();
+    let names: Vec<&str> =
+        services["items"].as_array().unwrap().iter().filter_map(|s| s["metadata"]["name"].as_str()).collect();
     assert!(names.contains(&"web"), "{services}");
     assert_eq!(services["items"][0]["kind"], "Service");
 
     let one = json(&server.ok(&["get", "deployment", "web", "-o", "json"]));
     assert_eq!(one["metadata"]["name"], "web");
-    assert!(one["metadata"]["resourceVersion"]
-        .as_str()
-        .is_some_and(|r| r.parse::<u64>().is_ok()));
+    assert!(one["metadata"]["resourceVersion"].as_str().is_some_and(|r| r.parse::<u64>().is_ok()));
 
     let described = server.ok(&["describe", "deployment", "web"]);
-    assert!(
-        described.contains("Name:") && described.contains("web"),
-        "{described}"
-    );
+    assert!(described.contains("Name:") && described.contains("web"), "{described}");
     assert!(described.contains("Replicas:"), "{described}");
 
     // A second apply of the same files changes nothing.
     let before = versions(&server, KINDS);
     let again = server.ok(&["apply", "-f", examples]);
     assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
-    assert_eq!(
-        before,
-        versions(&server, KINDS),
-        "resourceVersions must not move on a no-op apply"
-    );
+    assert_eq!(before, versions(&server, KINDS), "resourceVersions must not move on a no-op apply");
 
     // diff: nothing against the same files, the replica change against an edited copy.
     let same = server.berth(&["diff", "-f", examples]);
-    assert_eq!(
-        same.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&same.stdout)
-    );
+    assert_eq!(same.status.code(), Some(0), "{}", String::from_utf8_lossy(&same.stdout));
     let edited = dir.path().join("web-scaled.json");
     let mut deployment = one.clone();
     let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
@@ -121,14 +79,9 @@ fn apply_get_describe_reapply_diff() {
     std::fs::write(&edited, deployment.to_string()).unwrap();
     let diff = server.berth(&["diff", "-f", edited.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&diff.stdout);
-    assert_eq!(
-        diff.status.code(),
-        Some(1),
-        "diff exits 1 on differences: {text}"
-    );
+    assert_eq!(diff.status.code(), Some(1), "diff exits 1 on differences: {text}");
     assert!(
-        text.contains(&format!("-  replicas: {replicas}"))
-            && text.contains(&format!("+  replicas: {}", replicas + 4)),
+        text.contains(&format!("-  replicas: {replicas}")) && text.contains(&format!("+  replicas: {}", replicas + 4)),
         "{text}"
     );
 }
@@ -140,11 +93,7 @@ fn kubernetes_manifests_apply_unchanged() {
     let k8s = repo().join("config/k8s");
     let out = server.berth(&["apply", "-f", k8s.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for (kind, what) in [
         ("deployments", "Deployment"),
         ("services", "Service"),
@@ -153,10 +102,7 @@ fn kubernetes_manifests_apply_unchanged() {
         ("autoscalers", "HPA"),
     ] {
         let listed = server.ok(&["get", kind, "-n", "shop"]);
-        assert!(
-            listed.lines().count() >= 2,
-            "{what} shows up in `berth get {kind}`: {listed}"
-        );
+        assert!(listed.lines().count() >= 2, "{what} shows up in `berth get {kind}`: {listed}");
     }
 }
 
@@ -185,22 +131,13 @@ fn bad_manifests_are_rejected_with_their_place_and_store_nothing() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{file} must be rejected");
         for e in *expect {
-            assert!(
-                stderr.contains(e),
-                "{file}: error {stderr:?} should name {e:?}"
-            );
+            assert!(stderr.contains(e), "{file}: error {stderr:?} should name {e:?}");
         }
         assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
     }
     // Nothing of a rejected file was stored, not even its valid documents.
     let listed = server.berth(&["get", "configmaps", "-o", "json"]);
-    assert_eq!(
-        json(&String::from_utf8_lossy(&listed.stdout))["items"]
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
+    assert_eq!(json(&String::from_utf8_lossy(&listed.stdout))["items"].as_array().unwrap().len(), 0);
 }
 
 #[tokio::test]
@@ -216,13 +153,7 @@ async fn api_rejects_bad_requests_without_crashing() {
     assert_eq!(wrong.status(), 401);
 
     let token = server.token();
-    let garbage = http
-        .post(&url)
-        .bearer_auth(&token)
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let garbage = http.post(&url).bearer_auth(&token).body("{not json").send().await.unwrap();
     assert_eq!(garbage.status(), 400);
     let body: Value = garbage.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("JSON"), "{body}");
@@ -236,10 +167,7 @@ async fn api_rejects_bad_requests_without_crashing() {
         .unwrap();
     assert_eq!(invalid.status(), 400);
     let body: Value = invalid.json().await.unwrap();
-    assert!(
-        body["message"].as_str().unwrap().contains("metadata.name"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("metadata.name"), "{body}");
 
     // Oversized body: the server answers 413 from the declared length, before reading the body.
     {
@@ -253,10 +181,8 @@ async fn api_rejects_bad_requests_without_crashing() {
         conn.write_all(head.as_bytes()).await.unwrap();
         conn.write_all(&[b' '; 4096]).await.unwrap();
         let mut answer = vec![0u8; 512];
-        let n = tokio::time::timeout(std::time::Duration::from_secs(30), conn.read(&mut answer))
-            .await
-            .unwrap()
-            .unwrap();
+        let n =
+            tokio::time::timeout(std::time::Duration::from_secs(30), conn.read(&mut answer)).await.unwrap().unwrap();
         let answer = String::from_utf8_lossy(&answer[..n]);
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     }
@@ -273,39 +199,13 @@ async fn api_rejects_bad_requests_without_crashing() {
     let created: Value = created.json().await.unwrap();
     let mut update = created.clone();
     update["data"]["a"] = "2".into();
-    let ok = http
-        .put(format!("{url}/cm"))
-        .bearer_auth(&token)
-        .json(&update)
-        .send()
-        .await
-        .unwrap();
+    let ok = http.put(format!("{url}/cm")).bearer_auth(&token).json(&update).send().await.unwrap();
     assert_eq!(ok.status(), 200);
-    let stale = http
-        .put(format!("{url}/cm"))
-        .bearer_auth(&token)
-        .json(&update)
-        .send()
-        .await
-        .unwrap();
+    let stale = http.put(format!("{url}/cm")).bearer_auth(&token).json(&update).send().await.unwrap();
     assert_eq!(stale.status(), 409);
 
-    let health = http
-        .get(format!("{}/healthz", server.url))
-        .send()
-        .await
-        .unwrap();
+    let health = http.get(format!("{}/healthz", server.url)).send().await.unwrap();
     assert_eq!(health.status(), 200, "the server is still up");
-    let metrics = http
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("berth_api_requests_total{method=\"POST\",code=\"400\"}"),
-        "{metrics}"
-    );
+    let metrics = http.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("berth_api_requests_total{method=\"POST\",code=\"400\"}"), "{metrics}");
 }

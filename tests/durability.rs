@@ -27,10 +27,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let url = format!("{}/api/v1/namespaces/default/configmaps", server.url);
 
     // Kill after a random number of acknowledgements, so the crash lands mid-stream.
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as usize;
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() as usize;
     let kill_after = 200 + seed % (TOTAL - 400);
     eprintln!("durability: kill -9 after {kill_after} acknowledged writes");
     let acked = Arc::new(AtomicUsize::new(0));
@@ -41,13 +38,8 @@ async fn acknowledged_writes_survive_kill_9() {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             for i in (c..TOTAL).step_by(CLIENTS) {
-                let r = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&object(i))
-                    .timeout(Duration::from_secs(30))
-                    .send()
-                    .await;
+                let r =
+                    http.post(&url).bearer_auth(&token).json(&object(i)).timeout(Duration::from_secs(30)).send().await;
                 match r {
                     Ok(r) if r.status() == 201 => {
                         mine.push(i);
@@ -60,11 +52,9 @@ async fn acknowledged_writes_survive_kill_9() {
             mine
         }));
     }
-    common::wait_for(
-        "enough acknowledged writes",
-        Duration::from_secs(120),
-        || acked.load(Ordering::SeqCst) >= kill_after,
-    );
+    common::wait_for("enough acknowledged writes", Duration::from_secs(120), || {
+        acked.load(Ordering::SeqCst) >= kill_after
+    });
     server.kill9();
     let mut acknowledged = Vec::new();
     for t in tasks {
@@ -78,43 +68,21 @@ async fn acknowledged_writes_survive_kill_9() {
 
     let server = Server::start(dir.path(), &[]);
     let url = format!("{}/api/v1/namespaces/default/configmaps", server.url);
-    let list: Value = http
-        .get(&url)
-        .bearer_auth(server.token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = http.get(&url).bearer_auth(server.token()).send().await.unwrap().json().await.unwrap();
     let stored: BTreeMap<String, Value> = list["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| {
-            (
-                o["metadata"]["name"].as_str().unwrap().to_string(),
-                o.clone(),
-            )
-        })
+        .map(|o| (o["metadata"]["name"].as_str().unwrap().to_string(), o.clone()))
         .collect();
     for i in &acknowledged {
         let want = object(*i);
         let name = want["metadata"]["name"].as_str().unwrap();
-        let got = stored
-            .get(name)
-            .unwrap_or_else(|| panic!("acknowledged object {name} is missing after restart"));
+        let got = stored.get(name).unwrap_or_else(|| panic!("acknowledged object {name} is missing after restart"));
         assert_eq!(got["data"], want["data"], "{name} is intact");
-        assert_eq!(
-            got["metadata"]["labels"], want["metadata"]["labels"],
-            "{name} is intact"
-        );
+        assert_eq!(got["metadata"]["labels"], want["metadata"]["labels"], "{name} is intact");
     }
     // Unacknowledged writes may or may not have landed, but nothing else may appear.
     assert!(stored.len() >= acknowledged.len() && stored.len() <= acknowledged.len() + CLIENTS);
-    eprintln!(
-        "durability: {} acknowledged, {} present after restart",
-        acknowledged.len(),
-        stored.len()
-    );
+    eprintln!("durability: {} acknowledged, {} present after restart", acknowledged.len(), stored.len());
 }

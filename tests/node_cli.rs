@@ -65,29 +65,17 @@ fn cordon_uncordon_drain() {
     std::fs::write(&file, MANIFESTS).expect("write manifests");
     server.ok(&["apply", "-f", file.to_str().expect("utf-8 path")]);
 
-    assert_eq!(
-        server.ok(&["cordon", "worker-1"]).trim(),
-        "node/worker-1 cordoned"
-    );
+    assert_eq!(server.ok(&["cordon", "worker-1"]).trim(), "node/worker-1 cordoned");
     assert!(unschedulable(&server));
-    assert_eq!(
-        server.ok(&["cordon", "worker-1"]).trim(),
-        "node/worker-1 already cordoned"
-    );
-    assert_eq!(
-        server.ok(&["uncordon", "worker-1"]).trim(),
-        "node/worker-1 uncordoned"
-    );
+    assert_eq!(server.ok(&["cordon", "worker-1"]).trim(), "node/worker-1 already cordoned");
+    assert_eq!(server.ok(&["uncordon", "worker-1"]).trim(), "node/worker-1 uncordoned");
     assert!(!unschedulable(&server));
 
     // A pod without a controller would be lost: drain refuses, naming it, but has cordoned the node.
     let out = server.berth(&["drain", "worker-1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("default/loose") && err.contains("--force"),
-        "{err}"
-    );
+    assert!(err.contains("default/loose") && err.contains("--force"), "{err}");
     assert!(unschedulable(&server));
     assert_eq!(pod_names(&server), vec!["elsewhere", "loose", "managed"]);
 

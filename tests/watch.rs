@@ -16,10 +16,7 @@ fn pod(name: &str, generation: u32) -> Value {
 }
 
 fn rv(v: &Value) -> u64 {
-    v["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("resourceVersion")
+    v["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).expect("resourceVersion")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -29,20 +26,8 @@ async fn watch_sees_every_change_once_across_reconnects() {
     let token = server.token();
     let http = reqwest::Client::new();
     let pods = format!("{}/api/v1/namespaces/default/pods", server.url);
-    let start: Value = http
-        .get(&pods)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let from: u64 = start["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let start: Value = http.get(&pods).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let from: u64 = start["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
 
     // 8 writers: create, update twice, delete every other pod.
     let mut writers = Vec::new();
@@ -120,10 +105,7 @@ async fn watch_sees_every_change_once_across_reconnects() {
                         let event: Value = serde_json::from_slice(&line).unwrap();
                         assert_ne!(event["type"], "ERROR", "{event}");
                         let r = rv(&event["object"]);
-                        assert!(
-                            r > last,
-                            "revisions arrive in order without repeats ({r} after {last})"
-                        );
+                        assert!(r > last, "revisions arrive in order without repeats ({r} after {last})");
                         last = r;
                         seen.push(r);
                         in_this += 1;
@@ -142,10 +124,8 @@ async fn watch_sees_every_change_once_across_reconnects() {
     for w in writers {
         written.extend(w.await.unwrap());
     }
-    let (seen, reconnects) = tokio::time::timeout(Duration::from_secs(120), watcher)
-        .await
-        .expect("watcher finished")
-        .unwrap();
+    let (seen, reconnects) =
+        tokio::time::timeout(Duration::from_secs(120), watcher).await.expect("watcher finished").unwrap();
     assert!(reconnects >= 5, "the test forced reconnects ({reconnects})");
     let seen_set: BTreeSet<u64> = seen.iter().copied().collect();
     assert_eq!(seen_set.len(), seen.len(), "no duplicates");

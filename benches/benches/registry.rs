@@ -22,10 +22,7 @@ fn labels_for(i: usize, n: usize) -> Labels {
     let mut l = Labels::new();
     l.insert("app".into(), format!("app-{}", i % (n / 100)));
     l.insert("zone".into(), format!("zone-{}", i % 4));
-    l.insert(
-        "tier".into(),
-        ["front", "middle", "back"][i % 3].to_string(),
-    );
+    l.insert("tier".into(), ["front", "middle", "back"][i % 3].to_string());
     l.insert("version".into(), format!("v{}", i % 10));
     l.insert("team".into(), format!("team-{}", i % 50));
     for (k, card) in CARDINALITIES.iter().enumerate() {
@@ -67,11 +64,7 @@ fn selector(s: &str) -> Selector {
 
 /// The direct path the index is compared against: test every endpoint of the snapshot.
 fn linear_scan(snapshot: &discovery::Snapshot, s: &Selector) -> Vec<Arc<Endpoint>> {
-    snapshot
-        .all_endpoints()
-        .filter(|e| s.matches(&e.labels))
-        .cloned()
-        .collect()
+    snapshot.all_endpoints().filter(|e| s.matches(&e.labels)).cloned().collect()
 }
 
 const QUERIES: [(&str, &str); 4] = [
@@ -95,10 +88,7 @@ fn bench_queries(c: &mut Criterion, registries: &[(usize, Registry)]) {
     group.finish();
     // Whole-namespace walks take milliseconds per call: fewer samples keep the run short.
     let mut group = c.benchmark_group("registry_scan");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(200))
-        .measurement_time(Duration::from_secs(1));
+    group.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(1));
     for (n, r) in registries {
         let snapshot = r.snapshot();
         let s = selector(QUERIES[0].1);
@@ -106,11 +96,9 @@ fn bench_queries(c: &mut Criterion, registries: &[(usize, Registry)]) {
             b.iter(|| black_box(linear_scan(&snapshot, s)))
         });
         let s = selector("!missing,zone!=zone-1");
-        group.bench_with_input(
-            BenchmarkId::new("negative_only_index_scan", n),
-            &s,
-            |b, s| b.iter(|| black_box(snapshot.endpoints(Some(NAMESPACE), s))),
-        );
+        group.bench_with_input(BenchmarkId::new("negative_only_index_scan", n), &s, |b, s| {
+            b.iter(|| black_box(snapshot.endpoints(Some(NAMESPACE), s)))
+        });
     }
     group.finish();
 }
@@ -125,11 +113,7 @@ struct FanOut {
 
 impl FanOut {
     fn new() -> Self {
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        {
+        let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
             Ok(rt) => rt,
             Err(e) => panic!("tokio runtime: {e}"),
         };
@@ -144,20 +128,14 @@ impl FanOut {
                 loop {
                     black_box(watch.next().await);
                     // The subscriber that completes a round of 1,000 deliveries reports it.
-                    if (received.fetch_add(1, Ordering::AcqRel) + 1).is_multiple_of(SUBSCRIBERS)
-                        && tx.send(()).is_err()
+                    if (received.fetch_add(1, Ordering::AcqRel) + 1).is_multiple_of(SUBSCRIBERS) && tx.send(()).is_err()
                     {
                         return;
                     }
                 }
             });
         }
-        let mut f = FanOut {
-            registry,
-            done,
-            runtime,
-            next: 0,
-        };
+        let mut f = FanOut { registry, done, runtime, next: 0 };
         f.round(); // every task is now parked on its watch
         f
     }
@@ -194,8 +172,7 @@ fn time_us(mut f: impl FnMut()) -> f64 {
     f();
     let one = probe.elapsed().max(Duration::from_nanos(50));
     let per_round = (Duration::from_millis(2).as_nanos() / one.as_nanos()).clamp(1, 100_000) as u32;
-    let rounds =
-        (Duration::from_millis(250).as_nanos() / (one.as_nanos() * per_round as u128)).clamp(3, 31);
+    let rounds = (Duration::from_millis(250).as_nanos() / (one.as_nanos() * per_round as u128)).clamp(3, 31);
     let samples = (0..rounds)
         .map(|_| {
             let start = Instant::now();
@@ -210,10 +187,7 @@ fn time_us(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let build_start = Instant::now();
-    let registries: Vec<(usize, Registry)> = [10_000, 100_000]
-        .into_iter()
-        .map(|n| (n, registry_of(n)))
-        .collect();
+    let registries: Vec<(usize, Registry)> = [10_000, 100_000].into_iter().map(|n| (n, registry_of(n))).collect();
     let build = build_start.elapsed();
     let mut fanout = FanOut::new();
 
@@ -228,10 +202,7 @@ fn main() {
 
     println!();
     println!("registry benchmark: index vs linear scan, measured in this run (median)");
-    println!(
-        "  built 110k endpoints with 20 label keys in {:.2} s (batches of 1,000)",
-        build.as_secs_f64()
-    );
+    println!("  built 110k endpoints with 20 label keys in {:.2} s (batches of 1,000)", build.as_secs_f64());
     println!(
         "  {:<34} {:>9} {:>8} {:>12} {:>12} {:>8}",
         "query", "endpoints", "matches", "index_us", "scan_us", "speedup"
@@ -242,11 +213,7 @@ fn main() {
         for (name, text) in QUERIES {
             let s = selector(text);
             let matches = snapshot.endpoints(Some(NAMESPACE), &s).len();
-            assert_eq!(
-                matches,
-                linear_scan(&snapshot, &s).len(),
-                "index and scan agree on {text}"
-            );
+            assert_eq!(matches, linear_scan(&snapshot, &s).len(), "index and scan agree on {text}");
             let index = time_us(|| {
                 black_box(snapshot.endpoints(Some(NAMESPACE), &s));
             });

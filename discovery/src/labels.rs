@@ -17,12 +17,7 @@ pub enum LabelError {
 /// Validate a key: optional DNS-subdomain prefix (<= 253) and `/`, then a name of <= 63 characters of
 /// `[A-Za-z0-9-_.]`, starting and ending alphanumeric.
 pub fn validate_key(key: &str) -> Result<(), LabelError> {
-    let err = |reason| {
-        Err(LabelError::Key {
-            key: key.to_string(),
-            reason,
-        })
-    };
+    let err = |reason| Err(LabelError::Key { key: key.to_string(), reason });
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -33,9 +28,7 @@ pub fn validate_key(key: &str) -> Result<(), LabelError> {
         }
         for part in p.split('.') {
             if part.is_empty()
-                || !part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                || !part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 || part.starts_with('-')
                 || part.ends_with('-')
             {
@@ -57,10 +50,7 @@ pub fn validate_value(value: &str) -> Result<(), LabelError> {
     if value.is_empty() {
         return Ok(());
     }
-    check_name(value).map_err(|reason| LabelError::Value {
-        value: value.to_string(),
-        reason,
-    })
+    check_name(value).map_err(|reason| LabelError::Value { value: value.to_string(), reason })
 }
 
 fn check_name(s: &str) -> Result<(), &'static str> {
@@ -71,10 +61,7 @@ fn check_name(s: &str) -> Result<(), &'static str> {
     if !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
         return Err("must start and end with an alphanumeric character");
     }
-    if !b
-        .iter()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-    {
+    if !b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')) {
         return Err("may contain only alphanumerics, '-', '_' and '.'");
     }
     Ok(())

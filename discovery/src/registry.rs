@@ -75,11 +75,7 @@ impl Object {
             Object::Route(r) => (ObjectKind::Route, &r.namespace, &r.name),
             Object::Certificate(c) => (ObjectKind::Certificate, &c.namespace, &c.name),
         };
-        ObjectKey {
-            kind,
-            namespace: namespace.clone(),
-            name: name.clone(),
-        }
+        ObjectKey { kind, namespace: namespace.clone(), name: name.clone() }
     }
 
     pub fn labels(&self) -> Option<&crate::Labels> {
@@ -142,10 +138,7 @@ impl NamespaceEndpoints {
         for (k, v) in &endpoint.labels {
             let key = self.labels.entry(Name::from(k.as_str())).or_default();
             key.count += 1;
-            key.values
-                .entry(Name::from(v.as_str()))
-                .or_default()
-                .insert(name.clone(), endpoint.clone());
+            key.values.entry(Name::from(v.as_str())).or_default().insert(name.clone(), endpoint.clone());
         }
         prev
     }
@@ -179,10 +172,7 @@ impl NamespaceEndpoints {
     /// which have no posting list.
     fn posting_len(&self, r: &Requirement) -> Option<usize> {
         let key = self.labels.get(r.key.as_str());
-        let value_len = |v: &String| {
-            key.and_then(|k| k.values.get(v.as_str()))
-                .map_or(0, |p| p.len())
-        };
+        let value_len = |v: &String| key.and_then(|k| k.values.get(v.as_str())).map_or(0, |p| p.len());
         match r.op {
             Operator::Equals => Some(r.values.first().map_or(0, value_len)),
             Operator::In => Some(r.values.iter().map(value_len).sum()),
@@ -201,11 +191,7 @@ impl NamespaceEndpoints {
                     f(p)
                 }
             }
-            Operator::In => r
-                .values
-                .iter()
-                .filter_map(|v| key.values.get(v.as_str()))
-                .for_each(f),
+            Operator::In => r.values.iter().filter_map(|v| key.values.get(v.as_str())).for_each(f),
             Operator::Exists => key.values.values().for_each(f),
             Operator::NotEquals | Operator::NotIn | Operator::DoesNotExist => {}
         }
@@ -221,21 +207,11 @@ impl NamespaceEndpoints {
             }
         }
         let Some((d, _)) = driver else {
-            out.extend(
-                self.all
-                    .values()
-                    .filter(|e| selector.matches(&e.labels))
-                    .cloned(),
-            );
+            out.extend(self.all.values().filter(|e| selector.matches(&e.labels)).cloned());
             return;
         };
-        let others = |e: &Endpoint| {
-            selector
-                .requirements
-                .iter()
-                .enumerate()
-                .all(|(i, r)| i == d || r.matches(&e.labels))
-        };
+        let others =
+            |e: &Endpoint| selector.requirements.iter().enumerate().all(|(i, r)| i == d || r.matches(&e.labels));
         let start = out.len();
         let mut lists = 0;
         self.for_each_posting(&selector.requirements[d], |posting| {
@@ -274,15 +250,8 @@ fn get_in<T>(map: &ByNamespace<T>, namespace: &str, name: &str) -> Option<Arc<T>
     map.get(namespace).and_then(|m| m.get(name)).cloned()
 }
 
-fn insert_in<T>(
-    map: &mut ByNamespace<T>,
-    namespace: &str,
-    name: &str,
-    value: Arc<T>,
-) -> Option<Arc<T>> {
-    map.entry(Name::from(namespace))
-        .or_default()
-        .insert(Name::from(name), value)
+fn insert_in<T>(map: &mut ByNamespace<T>, namespace: &str, name: &str, value: Arc<T>) -> Option<Arc<T>> {
+    map.entry(Name::from(namespace)).or_default().insert(Name::from(name), value)
 }
 
 fn remove_in<T>(map: &mut ByNamespace<T>, namespace: &str, name: &str) -> Option<Arc<T>> {
@@ -300,14 +269,10 @@ impl State {
         match key.kind {
             ObjectKind::Service => get_in(&self.services, ns, name).map(Object::Service),
             ObjectKind::Route => get_in(&self.routes, ns, name).map(Object::Route),
-            ObjectKind::Certificate => {
-                get_in(&self.certificates, ns, name).map(Object::Certificate)
+            ObjectKind::Certificate => get_in(&self.certificates, ns, name).map(Object::Certificate),
+            ObjectKind::Endpoint => {
+                self.endpoints.get(ns).and_then(|n| n.all.get(name)).map(|e| Object::Endpoint(e.clone()))
             }
-            ObjectKind::Endpoint => self
-                .endpoints
-                .get(ns)
-                .and_then(|n| n.all.get(name))
-                .map(|e| Object::Endpoint(e.clone())),
         }
     }
 
@@ -328,12 +293,7 @@ impl State {
             },
         };
         self.revision += 1;
-        self.history.push_back(Arc::new(HistoryEntry {
-            revision: self.revision,
-            key,
-            prev,
-            object,
-        }));
+        self.history.push_back(Arc::new(HistoryEntry { revision: self.revision, key, prev, object }));
         true
     }
 
@@ -352,10 +312,7 @@ impl State {
                 insert_in(&mut self.certificates, &ns, &name, c).map(Object::Certificate)
             }
             Object::Endpoint(e) => {
-                let ns = self
-                    .endpoints
-                    .entry(Name::from(e.namespace.as_str()))
-                    .or_default();
+                let ns = self.endpoints.entry(Name::from(e.namespace.as_str())).or_default();
                 let prev = ns.insert(e);
                 if prev.is_none() {
                     self.endpoint_count += 1;
@@ -370,9 +327,7 @@ impl State {
         match key.kind {
             ObjectKind::Service => remove_in(&mut self.services, ns, name).map(Object::Service),
             ObjectKind::Route => remove_in(&mut self.routes, ns, name).map(Object::Route),
-            ObjectKind::Certificate => {
-                remove_in(&mut self.certificates, ns, name).map(Object::Certificate)
-            }
+            ObjectKind::Certificate => remove_in(&mut self.certificates, ns, name).map(Object::Certificate),
             ObjectKind::Endpoint => {
                 let n = self.endpoints.get_mut(ns)?;
                 let prev = n.remove(name)?;
@@ -438,16 +393,10 @@ impl Snapshot {
         self.state.routes.get(namespace).and_then(|m| m.get(name))
     }
     pub fn certificate(&self, namespace: &str, name: &str) -> Option<&Arc<Certificate>> {
-        self.state
-            .certificates
-            .get(namespace)
-            .and_then(|m| m.get(name))
+        self.state.certificates.get(namespace).and_then(|m| m.get(name))
     }
     pub fn endpoint(&self, namespace: &str, name: &str) -> Option<&Arc<Endpoint>> {
-        self.state
-            .endpoints
-            .get(namespace)
-            .and_then(|n| n.all.get(name))
+        self.state.endpoints.get(namespace).and_then(|n| n.all.get(name))
     }
     /// The object stored under `key`, if any.
     pub fn get(&self, key: &ObjectKey) -> Option<Object> {
@@ -457,21 +406,10 @@ impl Snapshot {
     /// and name: what a watcher re-reads after a `Relist`.
     pub fn objects(&self, selector: &Selector) -> Vec<Object> {
         let matches = |l: &crate::Labels| selector.matches(l);
-        let mut out: Vec<Object> = self
-            .services()
-            .filter(|s| matches(&s.labels))
-            .map(|s| Object::Service(s.clone()))
-            .collect();
-        out.extend(
-            self.endpoints(None, selector)
-                .into_iter()
-                .map(Object::Endpoint),
-        );
-        out.extend(
-            self.routes()
-                .filter(|r| matches(&r.labels))
-                .map(|r| Object::Route(r.clone())),
-        );
+        let mut out: Vec<Object> =
+            self.services().filter(|s| matches(&s.labels)).map(|s| Object::Service(s.clone())).collect();
+        out.extend(self.endpoints(None, selector).into_iter().map(Object::Endpoint));
+        out.extend(self.routes().filter(|r| matches(&r.labels)).map(|r| Object::Route(r.clone())));
         out.extend(self.certificates().map(|c| Object::Certificate(c.clone())));
         out
     }
@@ -485,11 +423,7 @@ impl Snapshot {
                     n.select(selector, &mut out);
                 }
             }
-            None => self
-                .state
-                .endpoints
-                .values()
-                .for_each(|n| n.select(selector, &mut out)),
+            None => self.state.endpoints.values().for_each(|n| n.select(selector, &mut out)),
         }
         out
     }
@@ -583,9 +517,7 @@ impl Registry {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            state: self.current.load_full(),
-        }
+        Snapshot { state: self.current.load_full() }
     }
 
     /// Endpoints matching `selector` in `namespace` (or all namespaces), any readiness.
@@ -595,12 +527,7 @@ impl Registry {
 
     /// Changes after `from_revision` to objects whose labels match `selector` (certificates always pass).
     pub fn watch(self: &Arc<Self>, selector: Selector, from_revision: u64) -> Watch {
-        Watch {
-            registry: self.clone(),
-            selector,
-            next: from_revision.saturating_add(1),
-            pending: VecDeque::new(),
-        }
+        Watch { registry: self.clone(), selector, next: from_revision.saturating_add(1), pending: VecDeque::new() }
     }
 
     /// Resolves when the revision is greater than `revision` (for consumers that re-read snapshots).
@@ -644,12 +571,7 @@ impl Watch {
         loop {
             // Registered before reading, so a write published after the read still wakes us.
             let notified = self.registry.changed.notified();
-            if let Some(e) = read(
-                &self.registry,
-                &self.selector,
-                &mut self.next,
-                &mut self.pending,
-            ) {
+            if let Some(e) = read(&self.registry, &self.selector, &mut self.next, &mut self.pending) {
                 return e;
             }
             notified.await;
@@ -658,12 +580,7 @@ impl Watch {
 
     /// The next event if one is available now, without waiting.
     pub fn try_next(&mut self) -> Option<WatchEvent> {
-        read(
-            &self.registry,
-            &self.selector,
-            &mut self.next,
-            &mut self.pending,
-        )
+        read(&self.registry, &self.selector, &mut self.next, &mut self.pending)
     }
 
     /// Re-read the registry after a `Relist`: returns a snapshot and continues this watch from its revision,
@@ -695,15 +612,10 @@ fn read(
         if *next > state.revision {
             return None;
         }
-        let oldest = state
-            .history
-            .front()
-            .map_or(state.revision + 1, |h| h.revision);
+        let oldest = state.history.front().map_or(state.revision + 1, |h| h.revision);
         if *next < oldest {
             *next = state.revision + 1;
-            return Some(WatchEvent::Relist {
-                revision: state.revision,
-            });
+            return Some(WatchEvent::Relist { revision: state.revision });
         }
         // History revisions are consecutive, so a revision's position is its distance from the oldest.
         let start = usize::try_from(*next - oldest).unwrap_or(usize::MAX);
@@ -711,9 +623,7 @@ fn read(
         if start >= end {
             // Unreachable while the history invariant holds; never spin on a broken one.
             *next = state.revision + 1;
-            return Some(WatchEvent::Relist {
-                revision: state.revision,
-            });
+            return Some(WatchEvent::Relist { revision: state.revision });
         }
         for i in start..end {
             if let Some(entry) = state.history.get(i) {
@@ -729,14 +639,10 @@ fn read(
 fn event_for(selector: &Selector, entry: &HistoryEntry) -> Option<WatchEvent> {
     let matches = |o: &Object| o.labels().is_none_or(|l| selector.matches(l));
     match &entry.object {
-        Some(o) if matches(o) => Some(WatchEvent::Put {
-            revision: entry.revision,
-            object: o.clone(),
-        }),
-        _ if entry.prev.as_ref().is_some_and(matches) => Some(WatchEvent::Delete {
-            revision: entry.revision,
-            key: entry.key.clone(),
-        }),
+        Some(o) if matches(o) => Some(WatchEvent::Put { revision: entry.revision, object: o.clone() }),
+        _ if entry.prev.as_ref().is_some_and(matches) => {
+            Some(WatchEvent::Delete { revision: entry.revision, key: entry.key.clone() })
+        }
         _ => None,
     }
 }

@@ -11,9 +11,7 @@ use crate::labels::Labels;
 use std::fmt;
 
 /// One term of a selector.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Requirement {
     pub key: String,
     pub op: Operator,
@@ -21,9 +19,7 @@ pub struct Requirement {
     pub values: Vec<String>,
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Operator {
     Equals,
     NotEquals,
@@ -51,12 +47,8 @@ impl Requirement {
     pub fn matches(&self, labels: &Labels) -> bool {
         let v = labels.get(&self.key);
         match self.op {
-            Operator::Equals | Operator::In => {
-                v.is_some_and(|v| self.values.iter().any(|x| x == v))
-            }
-            Operator::NotEquals | Operator::NotIn => {
-                !v.is_some_and(|v| self.values.iter().any(|x| x == v))
-            }
+            Operator::Equals | Operator::In => v.is_some_and(|v| self.values.iter().any(|x| x == v)),
+            Operator::NotEquals | Operator::NotIn => !v.is_some_and(|v| self.values.iter().any(|x| x == v)),
             Operator::Exists => v.is_some(),
             Operator::DoesNotExist => v.is_none(),
         }
@@ -73,11 +65,7 @@ impl Selector {
     pub fn from_labels(labels: &Labels) -> Self {
         let requirements = labels
             .iter()
-            .map(|(k, v)| Requirement {
-                key: k.clone(),
-                op: Operator::Equals,
-                values: vec![v.clone()],
-            })
+            .map(|(k, v)| Requirement { key: k.clone(), op: Operator::Equals, values: vec![v.clone()] })
             .collect();
         Self { requirements }
     }
@@ -107,18 +95,8 @@ impl fmt::Display for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.op {
             // A hand-built requirement may lack its value; print it as the empty value rather than panic.
-            Operator::Equals => write!(
-                f,
-                "{}={}",
-                self.key,
-                self.values.first().map_or("", String::as_str)
-            ),
-            Operator::NotEquals => write!(
-                f,
-                "{}!={}",
-                self.key,
-                self.values.first().map_or("", String::as_str)
-            ),
+            Operator::Equals => write!(f, "{}={}", self.key, self.values.first().map_or("", String::as_str)),
+            Operator::NotEquals => write!(f, "{}!={}", self.key, self.values.first().map_or("", String::as_str)),
             Operator::In => write!(f, "{} in ({})", self.key, self.values.join(",")),
             Operator::NotIn => write!(f, "{} notin ({})", self.key, self.values.join(",")),
             Operator::Exists => write!(f, "{}", self.key),
@@ -216,9 +194,7 @@ mod parser {
                 Some(',') => (Tok::Comma, 1),
                 Some(c @ ('<' | '>')) => (Tok::Unsupported(c), c.len_utf8()),
                 Some(_) => {
-                    let len = trimmed
-                        .find(|c: char| c.is_whitespace() || is_punct(c))
-                        .unwrap_or(trimmed.len());
+                    let len = trimmed.find(|c: char| c.is_whitespace() || is_punct(c)).unwrap_or(trimmed.len());
                     (Tok::Word(&trimmed[..len]), len)
                 }
             };
@@ -227,19 +203,12 @@ mod parser {
         }
 
         fn peek(&self) -> (usize, Tok<'a>) {
-            Lexer {
-                input: self.input,
-                pos: self.pos,
-            }
-            .next()
+            Lexer { input: self.input, pos: self.pos }.next()
         }
     }
 
     fn error(position: usize, message: impl Into<String>) -> SelectorError {
-        SelectorError {
-            position,
-            message: message.into(),
-        }
+        SelectorError { position, message: message.into() }
     }
 
     fn label_error(position: usize, e: LabelError) -> SelectorError {
@@ -257,12 +226,7 @@ mod parser {
             match lx.next() {
                 (_, Tok::End) => break,
                 (_, Tok::Comma) => {}
-                (p, t) => {
-                    return Err(error(
-                        p,
-                        format!("expected ',' or end of selector, found {t}"),
-                    ))
-                }
+                (p, t) => return Err(error(p, format!("expected ',' or end of selector, found {t}"))),
             }
         }
         Ok(Selector { requirements })
@@ -283,11 +247,7 @@ mod parser {
         if tok == Tok::Bang {
             let (kpos, ktok) = lx.next();
             let k = key(kpos, ktok, "a label key after '!'")?;
-            return Ok(Requirement {
-                key: k.to_string(),
-                op: Operator::DoesNotExist,
-                values: Vec::new(),
-            });
+            return Ok(Requirement { key: k.to_string(), op: Operator::DoesNotExist, values: Vec::new() });
         }
         let k = key(pos, tok, "a label key or '!'")?.to_string();
         let (op_pos, op_tok) = lx.peek();

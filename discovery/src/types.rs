@@ -146,11 +146,9 @@ impl Endpoint {
     pub fn resolve_port(&self, target: &TargetPort) -> Option<u16> {
         match target {
             TargetPort::Number(n) => Some(*n),
-            TargetPort::Name(name) => self
-                .ports
-                .iter()
-                .find(|p| p.name.as_deref() == Some(name.as_str()))
-                .map(|p| p.port),
+            TargetPort::Name(name) => {
+                self.ports.iter().find(|p| p.name.as_deref() == Some(name.as_str())).map(|p| p.port)
+            }
         }
     }
 }
@@ -246,9 +244,6 @@ pub struct Certificate {
 impl std::fmt::Debug for Certificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("Certificate")
-            .field("namespace", &self.namespace)
-            .field("name", &self.name)
-            .finish()
+        f.debug_struct("Certificate").field("namespace", &self.namespace).field("name", &self.name).finish()
     }
 }

@@ -4,8 +4,8 @@
 
 use discovery::dns::{bind_udp, DnsConfig, DnsServer};
 use discovery::{
-    Endpoint, EndpointPort, Labels, Object, ObjectKey, ObjectKind, Protocol, Registry, Selector,
-    Service, ServicePort, TargetPort,
+    Endpoint, EndpointPort, Labels, Object, ObjectKey, ObjectKind, Protocol, Registry, Selector, Service, ServicePort,
+    TargetPort,
 };
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
@@ -19,10 +19,7 @@ use tokio::sync::oneshot;
 // ---------- fixtures ----------
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn endpoint(ns: &str, name: &str, ip: &str, port: u16, l: &[(&str, &str)]) -> Endpoint {
@@ -30,11 +27,7 @@ fn endpoint(ns: &str, name: &str, ip: &str, port: u16, l: &[(&str, &str)]) -> En
         namespace: ns.into(),
         name: name.into(),
         address: ip.parse().unwrap(),
-        ports: vec![EndpointPort {
-            name: Some("http".into()),
-            port,
-            protocol: Protocol::Tcp,
-        }],
+        ports: vec![EndpointPort { name: Some("http".into()), port, protocol: Protocol::Tcp }],
         labels: labels(l),
         ready: true,
         serving: true,
@@ -70,53 +63,19 @@ fn put_ep(r: &Registry, e: Endpoint) {
 /// web (3 endpoints, one IPv6), vip (virtual IP), big (200 endpoints), labels on web's endpoints.
 fn fixture() -> Arc<Registry> {
     let r = Arc::new(Registry::new());
-    r.put(Object::Service(Arc::new(service(
-        "default",
-        "web",
-        &[("app", "web")],
-        None,
-    ))));
-    r.put(Object::Service(Arc::new(service(
-        "default",
-        "vip",
-        &[("app", "web")],
-        Some("10.96.0.10"),
-    ))));
-    r.put(Object::Service(Arc::new(service(
-        "default",
-        "big",
-        &[("app", "big")],
-        None,
-    ))));
-    let web_labels = [
-        ("app", "web"),
-        ("tier", "frontend"),
-        ("app.kubernetes.io/name", "web"),
-    ];
-    put_ep(
-        &r,
-        endpoint("default", "web-0", "10.0.0.1", 8080, &web_labels),
-    );
-    put_ep(
-        &r,
-        endpoint("default", "web-1", "10.0.0.2", 8081, &web_labels),
-    );
-    put_ep(
-        &r,
-        endpoint("default", "web-2", "fd00::3", 8082, &web_labels),
-    );
+    r.put(Object::Service(Arc::new(service("default", "web", &[("app", "web")], None))));
+    r.put(Object::Service(Arc::new(service("default", "vip", &[("app", "web")], Some("10.96.0.10")))));
+    r.put(Object::Service(Arc::new(service("default", "big", &[("app", "big")], None))));
+    let web_labels = [("app", "web"), ("tier", "frontend"), ("app.kubernetes.io/name", "web")];
+    put_ep(&r, endpoint("default", "web-0", "10.0.0.1", 8080, &web_labels));
+    put_ep(&r, endpoint("default", "web-1", "10.0.0.2", 8081, &web_labels));
+    put_ep(&r, endpoint("default", "web-2", "fd00::3", 8082, &web_labels));
     for i in 0..200u16 {
         let ip = format!("10.1.{}.{}", i / 250, i % 250 + 1);
-        put_ep(
-            &r,
-            endpoint("default", &format!("big-{i}"), &ip, 9000, &[("app", "big")]),
-        );
+        put_ep(&r, endpoint("default", &format!("big-{i}"), &ip, 9000, &[("app", "big")]));
     }
     // Same label in another namespace: must not leak into default's label lookup.
-    put_ep(
-        &r,
-        endpoint("other", "web-x", "10.9.9.9", 8080, &[("tier", "frontend")]),
-    );
+    put_ep(&r, endpoint("other", "web-x", "10.9.9.9", 8080, &[("tier", "frontend")]));
     r
 }
 
@@ -133,10 +92,7 @@ impl Running {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), t)
-                .await
-                .expect("server stops")
-                .expect("server task");
+            tokio::time::timeout(Duration::from_secs(10), t).await.expect("server stops").expect("server task");
         }
     }
 }
@@ -167,12 +123,7 @@ async fn start(registry: Arc<Registry>, config: DnsConfig) -> Running {
         .await
         .expect("serve");
     });
-    Running {
-        addr,
-        server,
-        stop: Some(tx),
-        task: Some(task),
-    }
+    Running { addr, server, stop: Some(tx), task: Some(task) }
 }
 
 // ---------- a hickory-proto client ----------
@@ -297,13 +248,7 @@ async fn dig(addr: SocketAddr, args: &[&str]) -> Dig {
         if let Some(rest) = line.split("status: ").nth(1) {
             d.status = rest.split(',').next().unwrap_or("").trim().to_string();
         } else if let Some(rest) = line.strip_prefix(";; flags: ") {
-            d.flags = rest
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .map(String::from)
-                .collect();
+            d.flags = rest.split(';').next().unwrap_or("").split_whitespace().map(String::from).collect();
         } else if line.starts_with(";; ANSWER SECTION") {
             section = "answer";
         } else if line.starts_with(";; AUTHORITY SECTION") {
@@ -324,11 +269,7 @@ async fn dig(addr: SocketAddr, args: &[&str]) -> Dig {
             }
         }
     }
-    assert!(
-        !d.status.is_empty(),
-        "dig printed no status:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(!d.status.is_empty(), "dig printed no status:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
     d
 }
 
@@ -365,12 +306,8 @@ async fn dig_answers_every_name_form() {
             "0 100 8082 web-2.web.default.svc.cluster.local.",
         ]
     );
-    let mut glue: Vec<String> = d
-        .additional
-        .iter()
-        .filter(|r| r[3] == "A" || r[3] == "AAAA")
-        .map(|r| format!("{} {}", r[0], r[4]))
-        .collect();
+    let mut glue: Vec<String> =
+        d.additional.iter().filter(|r| r[3] == "A" || r[3] == "AAAA").map(|r| format!("{} {}", r[0], r[4])).collect();
     glue.sort();
     assert_eq!(
         glue,
@@ -388,14 +325,7 @@ async fn dig_answers_every_name_form() {
     // Label lookups: a plain key, and a key with dots and a slash (escaped dots in presentation form).
     let d = dig(a, &["frontend.tier.default.label.cluster.local", "A"]).await;
     assert_eq!(d.rdata("A"), vec!["10.0.0.1", "10.0.0.2"]);
-    let d = dig(
-        a,
-        &[
-            "web.app\\.kubernetes\\.io/name.default.label.cluster.local",
-            "A",
-        ],
-    )
-    .await;
+    let d = dig(a, &["web.app\\.kubernetes\\.io/name.default.label.cluster.local", "A"]).await;
     assert_eq!(d.status, "NOERROR");
     assert_eq!(d.rdata("A"), vec!["10.0.0.1", "10.0.0.2"]);
     let d = dig(a, &["frontend.tier.other.label.cluster.local", "A"]).await;
@@ -437,40 +367,17 @@ async fn dig_truncates_over_udp_and_gets_the_full_answer_over_tcp() {
         return;
     }
     let srv = start(fixture(), DnsConfig::default()).await;
-    let d = dig(
-        srv.addr,
-        &[
-            "+ignore",
-            "+bufsize=1232",
-            "big.default.svc.cluster.local",
-            "A",
-        ],
-    )
-    .await;
-    assert!(
-        d.flags.contains(&"tc".to_string()),
-        "expected TC over UDP: {d:?}"
-    );
-    let d = dig(
-        srv.addr,
-        &["+ignore", "+noedns", "big.default.svc.cluster.local", "A"],
-    )
-    .await;
-    assert!(
-        d.flags.contains(&"tc".to_string()),
-        "expected TC within 512 bytes: {d:?}"
-    );
+    let d = dig(srv.addr, &["+ignore", "+bufsize=1232", "big.default.svc.cluster.local", "A"]).await;
+    assert!(d.flags.contains(&"tc".to_string()), "expected TC over UDP: {d:?}");
+    let d = dig(srv.addr, &["+ignore", "+noedns", "big.default.svc.cluster.local", "A"]).await;
+    assert!(d.flags.contains(&"tc".to_string()), "expected TC within 512 bytes: {d:?}");
     let d = dig(srv.addr, &["+tcp", "big.default.svc.cluster.local", "A"]).await;
     assert!(!d.flags.contains(&"tc".to_string()));
     assert_eq!(d.rdata("A").len(), 200);
     // Plain dig retries over TCP by itself after TC.
     let d = dig(srv.addr, &["big.default.svc.cluster.local", "A"]).await;
     assert_eq!(d.rdata("A").len(), 200);
-    let d = dig(
-        srv.addr,
-        &["+tcp", "_http._tcp.big.default.svc.cluster.local", "SRV"],
-    )
-    .await;
+    let d = dig(srv.addr, &["+tcp", "_http._tcp.big.default.svc.cluster.local", "SRV"]).await;
     assert_eq!(d.rdata("SRV").len(), 200);
     assert_eq!(d.additional.iter().filter(|r| r[3] == "A").count(), 200);
     srv.stop().await;
@@ -484,52 +391,23 @@ async fn dig_sees_an_unready_endpoint_disappear_at_once() {
     let r = fixture();
     let srv = start(r.clone(), DnsConfig::default()).await;
     let name = "web.default.svc.cluster.local";
-    assert_eq!(
-        dig(srv.addr, &[name, "A"]).await.rdata("A"),
-        vec!["10.0.0.1", "10.0.0.2"]
-    );
+    assert_eq!(dig(srv.addr, &[name, "A"]).await.rdata("A"), vec!["10.0.0.1", "10.0.0.2"]);
 
-    let mut e = endpoint(
-        "default",
-        "web-0",
-        "10.0.0.1",
-        8080,
-        &[("app", "web"), ("tier", "frontend")],
-    );
+    let mut e = endpoint("default", "web-0", "10.0.0.1", 8080, &[("app", "web"), ("tier", "frontend")]);
     e.ready = false;
     put_ep(&r, e);
     // No sleep: the next query must already reflect the change.
-    assert_eq!(
-        dig(srv.addr, &[name, "A"]).await.rdata("A"),
-        vec!["10.0.0.2"]
-    );
+    assert_eq!(dig(srv.addr, &[name, "A"]).await.rdata("A"), vec!["10.0.0.2"]);
     let d = dig(srv.addr, &["web-0.web.default.svc.cluster.local", "A"]).await;
     assert_eq!(d.status, "NXDOMAIN");
-    let d = dig(
-        srv.addr,
-        &["_http._tcp.web.default.svc.cluster.local", "SRV"],
-    )
-    .await;
+    let d = dig(srv.addr, &["_http._tcp.web.default.svc.cluster.local", "SRV"]).await;
     assert_eq!(d.rdata("SRV").len(), 2);
 
     // Deleting and re-adding works the same way.
-    r.delete(&ObjectKey {
-        kind: ObjectKind::Endpoint,
-        namespace: "default".into(),
-        name: "web-1".into(),
-    });
-    assert_eq!(
-        dig(srv.addr, &[name, "A"]).await.rdata("A"),
-        Vec::<String>::new()
-    );
-    put_ep(
-        &r,
-        endpoint("default", "web-9", "10.0.0.99", 8080, &[("app", "web")]),
-    );
-    assert_eq!(
-        dig(srv.addr, &[name, "A"]).await.rdata("A"),
-        vec!["10.0.0.99"]
-    );
+    r.delete(&ObjectKey { kind: ObjectKind::Endpoint, namespace: "default".into(), name: "web-1".into() });
+    assert_eq!(dig(srv.addr, &[name, "A"]).await.rdata("A"), Vec::<String>::new());
+    put_ep(&r, endpoint("default", "web-9", "10.0.0.99", 8080, &[("app", "web")]));
+    assert_eq!(dig(srv.addr, &[name, "A"]).await.rdata("A"), vec!["10.0.0.99"]);
     srv.stop().await;
 }
 
@@ -568,10 +446,7 @@ async fn dig_forwards_outside_names_to_the_upstream() {
         return;
     }
     let (up, up_task) = upstream().await;
-    let config = DnsConfig {
-        upstream: Some(up),
-        ..DnsConfig::default()
-    };
+    let config = DnsConfig { upstream: Some(up), ..DnsConfig::default() };
     let srv = start(fixture(), config).await;
     let d = dig(srv.addr, &["www.example.com", "A"]).await;
     assert_eq!(d.status, "NOERROR");
@@ -582,10 +457,7 @@ async fn dig_forwards_outside_names_to_the_upstream() {
     let d = dig(srv.addr, &["web.default.svc.cluster.local", "A"]).await;
     assert_eq!(d.rdata("A"), vec!["10.0.0.1", "10.0.0.2"]);
     let metrics = srv.server.metrics();
-    assert!(
-        metrics.contains("berth_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"}"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("berth_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"}"), "{metrics}");
     srv.stop().await;
     up_task.abort();
 }
@@ -595,14 +467,7 @@ async fn dig_forwards_outside_names_to_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_and_tcp_answers_decode() {
     let r = fixture();
-    let srv = start(
-        r.clone(),
-        DnsConfig {
-            ttl: Duration::ZERO,
-            ..DnsConfig::default()
-        },
-    )
-    .await;
+    let srv = start(r.clone(), DnsConfig { ttl: Duration::ZERO, ..DnsConfig::default() }).await;
     let a = srv.addr;
     let m = udp_query(a, "web.default.svc.cluster.local.", RecordType::A, None);
     assert_eq!(m.metadata.id, 0x4242);
@@ -612,46 +477,24 @@ async fn udp_and_tcp_answers_decode() {
     assert_eq!(m.answers[0].ttl, 0, "TTL 0 is allowed");
 
     // EDNS is echoed.
-    let m = udp_query(
-        a,
-        "web.default.svc.cluster.local.",
-        RecordType::A,
-        Some(4096),
-    );
+    let m = udp_query(a, "web.default.svc.cluster.local.", RecordType::A, Some(4096));
     assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(1232));
 
     // The question's letter case is echoed.
     let m = udp_query(a, "WeB.DeFault.SVC.cluster.LOCAL.", RecordType::A, None);
-    assert_eq!(
-        m.queries[0].name().to_ascii(),
-        "WeB.DeFault.SVC.cluster.LOCAL."
-    );
+    assert_eq!(m.queries[0].name().to_ascii(), "WeB.DeFault.SVC.cluster.LOCAL.");
     assert_eq!(addresses(&m).len(), 2);
 
     // Large answers: TC over UDP within the advertised size; full over TCP.
-    let m = udp_query(
-        a,
-        "big.default.svc.cluster.local.",
-        RecordType::A,
-        Some(1232),
-    );
+    let m = udp_query(a, "big.default.svc.cluster.local.", RecordType::A, Some(1232));
     assert!(m.metadata.truncation && m.answers.is_empty());
     // hickory compresses at most 120 names per message, so 200 records need more than 4 KiB.
-    let m = udp_query(
-        a,
-        "big.default.svc.cluster.local.",
-        RecordType::A,
-        Some(65000),
-    );
+    let m = udp_query(a, "big.default.svc.cluster.local.", RecordType::A, Some(65000));
     assert!(!m.metadata.truncation);
     assert_eq!(m.answers.len(), 200);
     let m = tcp_query(a, "big.default.svc.cluster.local.", RecordType::A);
     assert_eq!(m.answers.len(), 200);
-    let m = tcp_query(
-        a,
-        "_http._tcp.big.default.svc.cluster.local.",
-        RecordType::SRV,
-    );
+    let m = tcp_query(a, "_http._tcp.big.default.svc.cluster.local.", RecordType::SRV);
     assert_eq!(m.answers.len(), 200);
     assert_eq!(m.additionals.len(), 200);
 
@@ -659,21 +502,13 @@ async fn udp_and_tcp_answers_decode() {
     let m = udp_query(a, "missing.default.svc.cluster.local.", RecordType::A, None);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert!(matches!(m.authorities[0].data, RData::SOA(_)));
-    let m = udp_query(
-        a,
-        "web.default.svc.cluster.local.",
-        RecordType::MX,
-        Some(1232),
-    );
+    let m = udp_query(a, "web.default.svc.cluster.local.", RecordType::MX, Some(1232));
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.answers.is_empty() && m.edns.is_some());
     let m = udp_query(a, "example.org.", RecordType::A, None);
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     let mut notify = Message::new(7, MessageType::Query, OpCode::Notify);
-    notify.add_query(Query::query(
-        Name::from_str("cluster.local.").unwrap(),
-        RecordType::SOA,
-    ));
+    notify.add_query(Query::query(Name::from_str("cluster.local.").unwrap(), RecordType::SOA));
     let reply = Message::from_vec(&udp_exchange(a, &notify.to_vec().unwrap()).unwrap()).unwrap();
     assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
 
@@ -683,50 +518,23 @@ async fn udp_and_tcp_answers_decode() {
     put_ep(&r, e);
     let m = udp_query(a, "web.default.svc.cluster.local.", RecordType::A, None);
     assert_eq!(addresses(&m), ips(&["10.0.0.1"]));
-    let m = udp_query(
-        a,
-        "frontend.tier.default.label.cluster.local.",
-        RecordType::A,
-        None,
-    );
+    let m = udp_query(a, "frontend.tier.default.label.cluster.local.", RecordType::A, None);
     assert_eq!(addresses(&m), ips(&["10.0.0.1"]));
     // A new service appears with its names.
-    r.put(Object::Service(Arc::new(service(
-        "prod",
-        "api",
-        &[("app", "api")],
-        None,
-    ))));
-    put_ep(
-        &r,
-        endpoint("prod", "api-0", "10.2.0.1", 7000, &[("app", "api")]),
-    );
+    r.put(Object::Service(Arc::new(service("prod", "api", &[("app", "api")], None))));
+    put_ep(&r, endpoint("prod", "api-0", "10.2.0.1", 7000, &[("app", "api")]));
     let m = udp_query(a, "api.prod.svc.cluster.local.", RecordType::A, None);
     assert_eq!(addresses(&m), ips(&["10.2.0.1"]));
     // And disappears with them.
-    r.delete(&ObjectKey {
-        kind: ObjectKind::Service,
-        namespace: "prod".into(),
-        name: "api".into(),
-    });
+    r.delete(&ObjectKey { kind: ObjectKind::Service, namespace: "prod".into(), name: "api".into() });
     let m = udp_query(a, "api.prod.svc.cluster.local.", RecordType::A, None);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     let m = udp_query(a, "prod.svc.cluster.local.", RecordType::A, None);
-    assert_eq!(
-        m.metadata.response_code,
-        ResponseCode::NXDomain,
-        "no empty non-terminal is left behind"
-    );
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "no empty non-terminal is left behind");
 
     let metrics = srv.server.metrics();
-    assert!(
-        metrics.contains("berth_dns_queries_total{qtype=\"A\",rcode=\"NXDOMAIN\"}"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("berth_dns_answer_latency_seconds{quantile=\"0.99\"}"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("berth_dns_queries_total{qtype=\"A\",rcode=\"NXDOMAIN\"}"), "{metrics}");
+    assert!(metrics.contains("berth_dns_answer_latency_seconds{quantile=\"0.99\"}"), "{metrics}");
     srv.stop().await;
 }
 
@@ -736,14 +544,7 @@ async fn several_reuseport_sockets_and_workers_answer() {
     let addr = udp[0].local_addr().unwrap();
     assert_eq!(udp[1].local_addr().unwrap(), addr);
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = DnsServer::new(
-        DnsConfig {
-            udp_workers: 2,
-            ..DnsConfig::default()
-        },
-        fixture(),
-    )
-    .unwrap();
+    let server = DnsServer::new(DnsConfig { udp_workers: 2, ..DnsConfig::default() }, fixture()).unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let s = server.clone();
     let task = tokio::spawn(async move {
@@ -757,32 +558,14 @@ async fn several_reuseport_sockets_and_workers_answer() {
         assert_eq!(addresses(&m).len(), 2);
     }
     let _ = tx.send(());
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
 }
 
 #[test]
 fn bad_config_is_an_error() {
     let r = Arc::new(Registry::new());
-    assert!(DnsServer::new(
-        DnsConfig {
-            zone: ".".into(),
-            ..DnsConfig::default()
-        },
-        r.clone()
-    )
-    .is_err());
-    assert!(DnsServer::new(
-        DnsConfig {
-            zone: "a..b".into(),
-            ..DnsConfig::default()
-        },
-        r
-    )
-    .is_err());
+    assert!(DnsServer::new(DnsConfig { zone: ".".into(), ..DnsConfig::default() }, r.clone()).is_err());
+    assert!(DnsServer::new(DnsConfig { zone: "a..b".into(), ..DnsConfig::default() }, r).is_err());
 }
 
 #[test]
@@ -792,47 +575,26 @@ fn malformed_packets_get_formerr_or_nothing() {
     assert!(server.handle_packet(&[], false).is_none());
     assert!(server.handle_packet(&[1, 2, 3], false).is_none());
     // A header claiming a question that is not there: FORMERR with the same ID.
-    let reply = server
-        .handle_packet(&[0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0], false)
-        .unwrap();
+    let reply = server.handle_packet(&[0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0], false).unwrap();
     let m = Message::from_vec(&reply).unwrap();
-    assert_eq!(
-        (m.metadata.id, m.metadata.response_code),
-        (0xabcd, ResponseCode::FormErr)
-    );
+    assert_eq!((m.metadata.id, m.metadata.response_code), (0xabcd, ResponseCode::FormErr));
     // A response is never answered.
     let mut resp = Message::response(1, OpCode::Query);
-    resp.add_query(Query::query(
-        Name::from_str("web.default.svc.cluster.local.").unwrap(),
-        RecordType::A,
-    ));
-    assert!(server
-        .handle_packet(&resp.to_vec().unwrap(), false)
-        .is_none());
+    resp.add_query(Query::query(Name::from_str("web.default.svc.cluster.local.").unwrap(), RecordType::A));
+    assert!(server.handle_packet(&resp.to_vec().unwrap(), false).is_none());
     // Two questions: FORMERR.
     let mut two = Message::new(5, MessageType::Query, OpCode::Query);
-    two.add_query(Query::query(
-        Name::from_str("a.cluster.local.").unwrap(),
-        RecordType::A,
-    ));
-    two.add_query(Query::query(
-        Name::from_str("b.cluster.local.").unwrap(),
-        RecordType::A,
-    ));
-    let m =
-        Message::from_vec(&server.handle_packet(&two.to_vec().unwrap(), false).unwrap()).unwrap();
+    two.add_query(Query::query(Name::from_str("a.cluster.local.").unwrap(), RecordType::A));
+    two.add_query(Query::query(Name::from_str("b.cluster.local.").unwrap(), RecordType::A));
+    let m = Message::from_vec(&server.handle_packet(&two.to_vec().unwrap(), false).unwrap()).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
     // EDNS version 1: BADVERS.
     let mut v1 = Message::new(6, MessageType::Query, OpCode::Query);
-    v1.add_query(Query::query(
-        Name::from_str("web.default.svc.cluster.local.").unwrap(),
-        RecordType::A,
-    ));
+    v1.add_query(Query::query(Name::from_str("web.default.svc.cluster.local.").unwrap(), RecordType::A));
     let mut e = Edns::new();
     e.set_version(1);
     v1.set_edns(e);
-    let m =
-        Message::from_vec(&server.handle_packet(&v1.to_vec().unwrap(), false).unwrap()).unwrap();
+    let m = Message::from_vec(&server.handle_packet(&v1.to_vec().unwrap(), false).unwrap()).unwrap();
     // 16 is both BADVERS and BADSIG; hickory decodes it as the latter.
     assert_eq!(u16::from(m.metadata.response_code), 16);
     // Class CH: REFUSED.
@@ -840,8 +602,7 @@ fn malformed_packets_get_formerr_or_nothing() {
     ch.set_query_class(DNSClass::CH);
     let mut chm = Message::new(8, MessageType::Query, OpCode::Query);
     chm.add_query(ch);
-    let m =
-        Message::from_vec(&server.handle_packet(&chm.to_vec().unwrap(), false).unwrap()).unwrap();
+    let m = Message::from_vec(&server.handle_packet(&chm.to_vec().unwrap(), false).unwrap()).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
 }
 
@@ -850,21 +611,9 @@ fn malformed_packets_get_formerr_or_nothing() {
 fn corpus() -> Vec<Vec<u8>> {
     vec![
         query_bytes("web.default.svc.cluster.local.", RecordType::A, None),
-        query_bytes(
-            "web.default.svc.cluster.local.",
-            RecordType::AAAA,
-            Some(1232),
-        ),
-        query_bytes(
-            "_http._tcp.big.default.svc.cluster.local.",
-            RecordType::SRV,
-            Some(4096),
-        ),
-        query_bytes(
-            "frontend.tier.default.label.cluster.local.",
-            RecordType::ANY,
-            None,
-        ),
+        query_bytes("web.default.svc.cluster.local.", RecordType::AAAA, Some(1232)),
+        query_bytes("_http._tcp.big.default.svc.cluster.local.", RecordType::SRV, Some(4096)),
+        query_bytes("frontend.tier.default.label.cluster.local.", RecordType::ANY, None),
         query_bytes("nope.cluster.local.", RecordType::A, Some(512)),
         query_bytes("cluster.local.", RecordType::SOA, None),
         query_bytes("example.com.", RecordType::A, None),
@@ -963,10 +712,7 @@ fn fuzz_server() -> &'static DnsServer {
 /// that a well-formed query is still answered correctly afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzz_for_a_duration() {
-    let secs: u64 = std::env::var("BERTH_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let secs: u64 = std::env::var("BERTH_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let srv = start(fixture(), DnsConfig::default()).await;
     let corpus = corpus();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -981,27 +727,13 @@ async fn fuzz_for_a_duration() {
             let _ = sender.send_to(&p, srv.addr);
         }
         if runs.is_multiple_of(100_000) {
-            let m = udp_query(
-                srv.addr,
-                "web.default.svc.cluster.local.",
-                RecordType::A,
-                None,
-            );
+            let m = udp_query(srv.addr, "web.default.svc.cluster.local.", RecordType::A, None);
             assert_eq!(addresses(&m).len(), 2);
         }
         runs += 1;
     }
-    let m = udp_query(
-        srv.addr,
-        "web.default.svc.cluster.local.",
-        RecordType::A,
-        None,
-    );
-    assert_eq!(
-        addresses(&m).len(),
-        2,
-        "still answering after {runs} fuzz inputs"
-    );
+    let m = udp_query(srv.addr, "web.default.svc.cluster.local.", RecordType::A, None);
+    assert_eq!(addresses(&m).len(), 2, "still answering after {runs} fuzz inputs");
     let m = tcp_query(srv.addr, "web.default.svc.cluster.local.", RecordType::A);
     assert_eq!(addresses(&m).len(), 2);
     eprintln!("fuzz: {runs} inputs in {secs} s");
@@ -1012,29 +744,10 @@ async fn fuzz_for_a_duration() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    PutService {
-        ns: usize,
-        name: usize,
-        app: usize,
-        vip: bool,
-    },
-    DeleteService {
-        ns: usize,
-        name: usize,
-    },
-    PutEndpoint {
-        ns: usize,
-        name: usize,
-        app: usize,
-        tier: usize,
-        ip: u8,
-        ready: bool,
-        terminating: bool,
-    },
-    DeleteEndpoint {
-        ns: usize,
-        name: usize,
-    },
+    PutService { ns: usize, name: usize, app: usize, vip: bool },
+    DeleteService { ns: usize, name: usize },
+    PutEndpoint { ns: usize, name: usize, app: usize, tier: usize, ip: u8, ready: bool, terminating: bool },
+    DeleteEndpoint { ns: usize, name: usize },
 }
 
 const NSS: [&str; 2] = ["default", "Other"];
@@ -1045,29 +758,24 @@ const TIERS: [&str; 2] = ["front", "Front"];
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..2usize, 0..3usize, 0..2usize, any::<bool>())
-            .prop_map(|(ns, name, app, vip)| Op::PutService { ns, name, app, vip }),
+        (0..2usize, 0..3usize, 0..2usize, any::<bool>()).prop_map(|(ns, name, app, vip)| Op::PutService {
+            ns,
+            name,
+            app,
+            vip
+        }),
         (0..2usize, 0..3usize).prop_map(|(ns, name)| Op::DeleteService { ns, name }),
-        (
-            0..2usize,
-            0..4usize,
-            0..2usize,
-            0..2usize,
-            1..4u8,
-            any::<bool>(),
-            any::<bool>()
-        )
-            .prop_map(
-                |(ns, name, app, tier, ip, ready, terminating)| Op::PutEndpoint {
-                    ns,
-                    name,
-                    app,
-                    tier,
-                    ip,
-                    ready,
-                    terminating
-                }
-            ),
+        (0..2usize, 0..4usize, 0..2usize, 0..2usize, 1..4u8, any::<bool>(), any::<bool>()).prop_map(
+            |(ns, name, app, tier, ip, ready, terminating)| Op::PutEndpoint {
+                ns,
+                name,
+                app,
+                tier,
+                ip,
+                ready,
+                terminating
+            }
+        ),
         (0..2usize, 0..4usize).prop_map(|(ns, name)| Op::DeleteEndpoint { ns, name }),
     ]
 }
@@ -1076,29 +784,12 @@ fn apply(r: &Registry, op: &Op) {
     match *op {
         Op::PutService { ns, name, app, vip } => {
             let v = vip.then_some("10.96.0.1");
-            r.put(Object::Service(Arc::new(service(
-                NSS[ns],
-                SVCS[name],
-                &[("app", APPS[app])],
-                v,
-            ))));
+            r.put(Object::Service(Arc::new(service(NSS[ns], SVCS[name], &[("app", APPS[app])], v))));
         }
         Op::DeleteService { ns, name } => {
-            r.delete(&ObjectKey {
-                kind: ObjectKind::Service,
-                namespace: NSS[ns].into(),
-                name: SVCS[name].into(),
-            });
+            r.delete(&ObjectKey { kind: ObjectKind::Service, namespace: NSS[ns].into(), name: SVCS[name].into() });
         }
-        Op::PutEndpoint {
-            ns,
-            name,
-            app,
-            tier,
-            ip,
-            ready,
-            terminating,
-        } => {
+        Op::PutEndpoint { ns, name, app, tier, ip, ready, terminating } => {
             let mut e = endpoint(
                 NSS[ns],
                 EPS[name],
@@ -1111,33 +802,20 @@ fn apply(r: &Registry, op: &Op) {
             put_ep(r, e);
         }
         Op::DeleteEndpoint { ns, name } => {
-            r.delete(&ObjectKey {
-                kind: ObjectKind::Endpoint,
-                namespace: NSS[ns].into(),
-                name: EPS[name].into(),
-            });
+            r.delete(&ObjectKey { kind: ObjectKind::Endpoint, namespace: NSS[ns].into(), name: EPS[name].into() });
         }
     }
 }
 
 fn probe_names() -> Vec<(String, RecordType)> {
-    let mut v = vec![
-        ("cluster.local.".to_string(), RecordType::SOA),
-        ("svc.cluster.local.".into(), RecordType::A),
-    ];
+    let mut v = vec![("cluster.local.".to_string(), RecordType::SOA), ("svc.cluster.local.".into(), RecordType::A)];
     for ns in ["default", "other"] {
         v.push((format!("{ns}.svc.cluster.local."), RecordType::A));
         v.push((format!("{ns}.label.cluster.local."), RecordType::A));
         v.push((format!("tier.{ns}.label.cluster.local."), RecordType::A));
-        v.push((
-            format!("front.tier.{ns}.label.cluster.local."),
-            RecordType::A,
-        ));
+        v.push((format!("front.tier.{ns}.label.cluster.local."), RecordType::A));
         for app in APPS {
-            v.push((
-                format!("{app}.app.{ns}.label.cluster.local."),
-                RecordType::A,
-            ));
+            v.push((format!("{app}.app.{ns}.label.cluster.local."), RecordType::A));
         }
         for svc in ["web", "api"] {
             let base = format!("{svc}.{ns}.svc.cluster.local.");

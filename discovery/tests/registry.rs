@@ -1,20 +1,14 @@
 //! Registry behaviour: revisions, snapshots, the label index against a brute-force scan, watches (exactly
 //! once, in order, Relist, selector enter/leave) under concurrent writers, and fan-out.
 
-use discovery::{
-    Certificate, Change, Endpoint, Labels, Object, ObjectKey, ObjectKind, Registry, Selector,
-    WatchEvent,
-};
+use discovery::{Certificate, Change, Endpoint, Labels, Object, ObjectKey, ObjectKind, Registry, Selector, WatchEvent};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn endpoint(ns: &str, name: &str, labels: Labels) -> Arc<Endpoint> {
@@ -38,11 +32,7 @@ fn ep(ns: &str, name: &str, pairs: &[(&str, &str)]) -> Object {
 }
 
 fn ep_key(ns: &str, name: &str) -> ObjectKey {
-    ObjectKey {
-        kind: ObjectKind::Endpoint,
-        namespace: ns.into(),
-        name: name.into(),
-    }
+    ObjectKey { kind: ObjectKind::Endpoint, namespace: ns.into(), name: name.into() }
 }
 
 fn sel(s: &str) -> Selector {
@@ -50,9 +40,7 @@ fn sel(s: &str) -> Selector {
 }
 
 fn names(eps: &[Arc<Endpoint>]) -> Vec<String> {
-    eps.iter()
-        .map(|e| format!("{}/{}", e.namespace, e.name))
-        .collect()
+    eps.iter().map(|e| format!("{}/{}", e.namespace, e.name)).collect()
 }
 
 /// A short summary of an event for assertions.
@@ -65,9 +53,7 @@ fn describe(e: &WatchEvent) -> String {
 }
 
 fn drain(w: &mut discovery::Watch) -> Vec<String> {
-    std::iter::from_fn(|| w.try_next())
-        .map(|e| describe(&e))
-        .collect()
+    std::iter::from_fn(|| w.try_next()).map(|e| describe(&e)).collect()
 }
 
 #[test]
@@ -75,11 +61,7 @@ fn every_effective_write_bumps_the_revision_by_one() {
     let r = Registry::new();
     assert_eq!(r.revision(), 0);
     assert_eq!(r.put(ep("ns", "a", &[("app", "web")])), 1);
-    assert_eq!(
-        r.put(ep("ns", "a", &[("app", "web")])),
-        1,
-        "identical put changes nothing"
-    );
+    assert_eq!(r.put(ep("ns", "a", &[("app", "web")])), 1, "identical put changes nothing");
     assert_eq!(r.put(ep("ns", "a", &[("app", "db")])), 2);
     assert_eq!(r.delete(&ep_key("ns", "a")), Some(3));
     assert_eq!(r.delete(&ep_key("ns", "a")), None);
@@ -110,12 +92,8 @@ fn snapshots_are_immutable() {
     let r = Registry::new();
     r.put(ep("ns", "a", &[("app", "web")]));
     r.put(ep("ns", "b", &[("app", "web")]));
-    let cert = Arc::new(Certificate {
-        namespace: "ns".into(),
-        name: "tls".into(),
-        cert_pem: "C".into(),
-        key_pem: "K".into(),
-    });
+    let cert =
+        Arc::new(Certificate { namespace: "ns".into(), name: "tls".into(), cert_pem: "C".into(), key_pem: "K".into() });
     r.put(Object::Certificate(cert));
     let old = r.snapshot();
     let web = sel("app=web");
@@ -123,11 +101,7 @@ fn snapshots_are_immutable() {
     r.put(ep("ns", "a", &[("app", "db")]));
     r.delete(&ep_key("ns", "b"));
     r.put(ep("ns", "c", &[("app", "web")]));
-    r.delete(&ObjectKey {
-        kind: ObjectKind::Certificate,
-        namespace: "ns".into(),
-        name: "tls".into(),
-    });
+    r.delete(&ObjectKey { kind: ObjectKind::Certificate, namespace: "ns".into(), name: "tls".into() });
 
     assert_eq!(old.revision(), 3);
     assert_eq!(names(&old.endpoints(Some("ns"), &web)), ["ns/a", "ns/b"]);
@@ -166,16 +140,8 @@ fn queries_use_namespaces_and_every_operator() {
         (Some("c"), "", &[]),
     ];
     for (ns, selector, want) in cases {
-        assert_eq!(
-            names(&s.endpoints(*ns, &sel(selector))),
-            *want,
-            "{ns:?} {selector:?}"
-        );
-        assert_eq!(
-            names(&r.endpoints(*ns, &sel(selector))),
-            *want,
-            "{ns:?} {selector:?} via registry"
-        );
+        assert_eq!(names(&s.endpoints(*ns, &sel(selector))), *want, "{ns:?} {selector:?}");
+        assert_eq!(names(&r.endpoints(*ns, &sel(selector))), *want, "{ns:?} {selector:?} via registry");
     }
 }
 
@@ -193,13 +159,7 @@ fn service_endpoints_and_lookups() {
     let svc = s.service("a", "web").expect("stored");
     assert_eq!(names(&s.service_endpoints(svc)), ["a/1"]);
     assert_eq!(s.services().count(), 1);
-    assert!(s
-        .get(&ObjectKey {
-            kind: ObjectKind::Service,
-            namespace: "a".into(),
-            name: "web".into()
-        })
-        .is_some());
+    assert!(s.get(&ObjectKey { kind: ObjectKind::Service, namespace: "a".into(), name: "web".into() }).is_some());
     assert_eq!(s.objects(&Selector::everything()).len(), 3);
 }
 
@@ -211,19 +171,12 @@ fn a_subscriber_behind_the_retained_history_gets_relist() {
     }
     // Revisions 7..=10 are retained.
     let mut w = r.watch(Selector::everything(), 6);
-    assert_eq!(
-        drain(&mut w),
-        ["put 7 e6", "put 8 e7", "put 9 e8", "put 10 e9"]
-    );
+    assert_eq!(drain(&mut w), ["put 7 e6", "put 8 e7", "put 9 e8", "put 10 e9"]);
 
     let mut w = r.watch(Selector::everything(), 5);
     assert_eq!(drain(&mut w), ["relist 10"]);
     r.put(ep("ns", "late", &[]));
-    assert_eq!(
-        drain(&mut w),
-        ["put 11 late"],
-        "the watch continues after the relist revision"
-    );
+    assert_eq!(drain(&mut w), ["put 11 late"], "the watch continues after the relist revision");
 
     // A live subscriber that falls behind while watching.
     let mut w = r.watch(Selector::everything(), r.revision());
@@ -234,10 +187,7 @@ fn a_subscriber_behind_the_retained_history_gets_relist() {
     r.put(ep("ns", "g", &[]));
     let snapshot = w.resync();
     assert_eq!(snapshot.revision(), 17);
-    assert!(
-        drain(&mut w).is_empty(),
-        "resync skips what the snapshot already holds"
-    );
+    assert!(drain(&mut w).is_empty(), "resync skips what the snapshot already holds");
     r.delete(&ep_key("ns", "g"));
     assert_eq!(drain(&mut w), ["delete 18 g"]);
 }
@@ -254,24 +204,10 @@ fn a_selector_watch_sees_objects_enter_and_leave() {
     r.put(ep("ns", "b", &[("app", "web"), ("v", "2")])); // 6: changes inside
     r.delete(&ep_key("ns", "b")); // 7: removed while matching
     r.delete(&ep_key("ns", "a")); // 8: removed while outside
-    let cert = Arc::new(Certificate {
-        namespace: "ns".into(),
-        name: "tls".into(),
-        cert_pem: "C".into(),
-        key_pem: "K".into(),
-    });
+    let cert =
+        Arc::new(Certificate { namespace: "ns".into(), name: "tls".into(), cert_pem: "C".into(), key_pem: "K".into() });
     r.put(Object::Certificate(cert)); // 9: certificates pass every selector
-    assert_eq!(
-        drain(&mut w),
-        [
-            "put 1 a",
-            "delete 2 a",
-            "put 5 b",
-            "put 6 b",
-            "delete 7 b",
-            "put 9 tls"
-        ]
-    );
+    assert_eq!(drain(&mut w), ["put 1 a", "delete 2 a", "put 5 b", "put 6 b", "delete 7 b", "put 9 tls"]);
 }
 
 #[tokio::test]
@@ -285,33 +221,23 @@ async fn next_waits_for_a_write_and_changed_since_resolves() {
             r.put(ep("ns", "a", &[]))
         })
     };
-    let e = tokio::time::timeout(Duration::from_secs(10), w.next())
-        .await
-        .expect("event within deadline");
+    let e = tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("event within deadline");
     assert_eq!(describe(&e), "put 1 a");
     assert_eq!(writer.await.expect("writer"), 1);
-    tokio::time::timeout(Duration::from_secs(10), r.changed_since(0))
-        .await
-        .expect("already past 0");
+    tokio::time::timeout(Duration::from_secs(10), r.changed_since(0)).await.expect("already past 0");
     let waiter = {
         let r = r.clone();
         tokio::spawn(async move { r.changed_since(1).await })
     };
     r.put(ep("ns", "b", &[]));
-    tokio::time::timeout(Duration::from_secs(10), waiter)
-        .await
-        .expect("changed_since(1) resolves")
-        .expect("task");
+    tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("changed_since(1) resolves").expect("task");
 }
 
 /// A tiny deterministic generator for the load tests (no shared RNG state between threads).
 struct Lcg(u64);
 impl Lcg {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -324,11 +250,7 @@ fn concurrent_writers_and_watchers_see_every_change_exactly_once() {
     const WRITERS: u64 = 4;
     const WRITES: u64 = 400;
     const WATCHERS: usize = 12;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let r = Arc::new(Registry::new());
     let selectors = [Selector::everything(), sel("app=web")];
     let watchers: Vec<_> = (0..WATCHERS)
@@ -364,15 +286,8 @@ fn concurrent_writers_and_watchers_see_every_change_exactly_once() {
                             done.push((rev, None));
                         }
                     } else {
-                        let object = ep(
-                            "ns",
-                            &name,
-                            &[
-                                ("app", app),
-                                ("writer", &t.to_string()),
-                                ("i", &i.to_string()),
-                            ],
-                        );
+                        let object =
+                            ep("ns", &name, &[("app", app), ("writer", &t.to_string()), ("i", &i.to_string())]);
                         let before = r.revision();
                         let rev = r.put(object.clone());
                         assert!(rev > before, "a changed put gets a new revision");
@@ -386,18 +301,11 @@ fn concurrent_writers_and_watchers_see_every_change_exactly_once() {
     let mut by_revision = BTreeMap::new();
     for w in writers {
         for (rev, object) in w.join().expect("writer thread") {
-            assert!(
-                by_revision.insert(rev, object).is_none(),
-                "revision {rev} returned twice"
-            );
+            assert!(by_revision.insert(rev, object).is_none(), "revision {rev} returned twice");
         }
     }
     let final_rev = r.put(ep("ns", "sentinel", &[("app", "web")]));
-    assert_eq!(
-        final_rev as usize,
-        by_revision.len() + 1,
-        "revisions are dense"
-    );
+    assert_eq!(final_rev as usize, by_revision.len() + 1, "revisions are dense");
 
     let snapshot = r.snapshot();
     for handle in watchers {
@@ -409,10 +317,7 @@ fn concurrent_writers_and_watchers_see_every_change_exactly_once() {
                 WatchEvent::Relist { .. } => panic!("no relist with the default history"),
             })
             .collect();
-        assert!(
-            revisions.windows(2).all(|p| p[0] < p[1]),
-            "strictly increasing: no duplicate, no reorder"
-        );
+        assert!(revisions.windows(2).all(|p| p[0] < p[1]), "strictly increasing: no duplicate, no reorder");
         if selector.is_empty() {
             assert_eq!(revisions, (1..=final_rev).collect::<Vec<_>>(), "no skip");
         }
@@ -421,57 +326,34 @@ fn concurrent_writers_and_watchers_see_every_change_exactly_once() {
             match e {
                 WatchEvent::Put { revision, object } => {
                     if let Some(Some(written)) = by_revision.get(&revision) {
-                        assert_eq!(
-                            &object, written,
-                            "revision {revision} carries the write that returned it"
-                        );
+                        assert_eq!(&object, written, "revision {revision} carries the write that returned it");
                     }
                     mirror.insert(object.key().name, object);
                 }
                 WatchEvent::Delete { key, .. } => {
-                    assert!(
-                        mirror.remove(&key.name).is_some(),
-                        "delete of {} it had seen",
-                        key.name
-                    );
+                    assert!(mirror.remove(&key.name).is_some(), "delete of {} it had seen", key.name);
                 }
                 WatchEvent::Relist { .. } => unreachable!(),
             }
         }
-        let expected: BTreeMap<String, Object> = snapshot
-            .endpoints(None, &selector)
-            .into_iter()
-            .map(|e| (e.name.clone(), Object::Endpoint(e)))
-            .collect();
+        let expected: BTreeMap<String, Object> =
+            snapshot.endpoints(None, &selector).into_iter().map(|e| (e.name.clone(), Object::Endpoint(e))).collect();
         assert_eq!(mirror, expected, "replay of {selector} equals the snapshot");
     }
 }
 
 #[test]
 fn one_change_fans_out_to_a_thousand_watchers() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let r = Arc::new(Registry::new());
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(1000);
     let tasks: Vec<_> = (0..1000)
         .map(|i| {
-            let mut w = r.watch(
-                if i % 2 == 0 {
-                    Selector::everything()
-                } else {
-                    sel("app=web")
-                },
-                0,
-            );
+            let mut w = r.watch(if i % 2 == 0 { Selector::everything() } else { sel("app=web") }, 0);
             let ready = ready_tx.clone();
             rt.spawn(async move {
                 let _ = ready.send(()).await;
-                tokio::time::timeout(Duration::from_secs(60), w.next())
-                    .await
-                    .expect("event arrives")
+                tokio::time::timeout(Duration::from_secs(60), w.next()).await.expect("event arrives")
             })
         })
         .collect();
@@ -492,15 +374,8 @@ type BatchItem = (u8, u8, Option<Vec<(u8, u8)>>);
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put {
-        ns: u8,
-        name: u8,
-        labels: Vec<(u8, u8)>,
-    },
-    Delete {
-        ns: u8,
-        name: u8,
-    },
+    Put { ns: u8, name: u8, labels: Vec<(u8, u8)> },
+    Delete { ns: u8, name: u8 },
     Batch(Vec<BatchItem>),
 }
 
@@ -519,12 +394,8 @@ fn op() -> impl Strategy<Value = Op> {
 fn requirement_text() -> impl Strategy<Value = String> {
     let key = (0usize..4).prop_map(|k| KEYS[k].to_string());
     let value = (0usize..3).prop_map(|v| VALUES[v].to_string());
-    let values = proptest::collection::vec(0usize..2, 1..3).prop_map(|v| {
-        v.into_iter()
-            .map(|i| VALUES[i])
-            .collect::<Vec<_>>()
-            .join(",")
-    });
+    let values = proptest::collection::vec(0usize..2, 1..3)
+        .prop_map(|v| v.into_iter().map(|i| VALUES[i]).collect::<Vec<_>>().join(","));
     prop_oneof![
         (key.clone(), value.clone()).prop_map(|(k, v)| format!("{k}={v}")),
         (key.clone(), value).prop_map(|(k, v)| format!("{k}!={v}")),
@@ -536,23 +407,11 @@ fn requirement_text() -> impl Strategy<Value = String> {
 }
 
 fn make(ns: u8, name: u8, pairs: &[(u8, u8)]) -> Object {
-    let labels = pairs
-        .iter()
-        .map(|(k, v)| {
-            (
-                KEYS[*k as usize].to_string(),
-                VALUES[*v as usize].to_string(),
-            )
-        })
-        .collect();
+    let labels = pairs.iter().map(|(k, v)| (KEYS[*k as usize].to_string(), VALUES[*v as usize].to_string())).collect();
     Object::Endpoint(endpoint(&format!("ns{ns}"), &format!("e{name:02}"), labels))
 }
 
-fn brute_force(
-    model: &BTreeMap<(String, String), Arc<Endpoint>>,
-    ns: Option<&str>,
-    s: &Selector,
-) -> Vec<String> {
+fn brute_force(model: &BTreeMap<(String, String), Arc<Endpoint>>, ns: Option<&str>, s: &Selector) -> Vec<String> {
     model
         .values()
         .filter(|e| ns.is_none_or(|n| e.namespace == n) && s.matches(&e.labels))

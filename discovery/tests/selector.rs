@@ -25,10 +25,7 @@ fn valid_selectors_parse_to_their_normal_form() {
         ("a", "a"),
         ("!a", "!a"),
         ("! a", "!a"),
-        (
-            "a=b,c!=d,e in (f),g notin (h),i,!j",
-            "a=b,c!=d,e in (f),g notin (h),i,!j",
-        ),
+        ("a=b,c!=d,e in (f),g notin (h),i,!j", "a=b,c!=d,e in (f),g notin (h),i,!j"),
         ("x=a , y=b", "x=a,y=b"),
         ("\ta=b\n", "a=b"),
         ("a=", "a="),
@@ -45,14 +42,9 @@ fn valid_selectors_parse_to_their_normal_form() {
         ("b=2,a=1", "b=2,a=1"),
     ];
     for (input, want) in cases {
-        let parsed =
-            Selector::parse(input).unwrap_or_else(|e| panic!("{input:?} should parse: {e}"));
+        let parsed = Selector::parse(input).unwrap_or_else(|e| panic!("{input:?} should parse: {e}"));
         assert_eq!(parsed.to_string(), *want, "display of {input:?}");
-        assert_eq!(
-            Selector::parse(want).as_ref(),
-            Ok(&parsed),
-            "reparse of {want:?}"
-        );
+        assert_eq!(Selector::parse(want).as_ref(), Ok(&parsed), "reparse of {want:?}");
     }
 }
 
@@ -69,20 +61,10 @@ fn parsed_requirements_have_the_expected_structure() {
         ("a!=b", vec![req("a", Operator::NotEquals, &["b"])]),
         ("a in (z,y,z)", vec![req("a", Operator::In, &["y", "z"])]),
         ("a notin (x)", vec![req("a", Operator::NotIn, &["x"])]),
-        (
-            "a,!b",
-            vec![
-                req("a", Operator::Exists, &[]),
-                req("b", Operator::DoesNotExist, &[]),
-            ],
-        ),
+        ("a,!b", vec![req("a", Operator::Exists, &[]), req("b", Operator::DoesNotExist, &[])]),
     ];
     for (input, want) in cases {
-        assert_eq!(
-            Selector::parse(input).map(|s| s.requirements),
-            Ok(want),
-            "{input:?}"
-        );
+        assert_eq!(Selector::parse(input).map(|s| s.requirements), Ok(want), "{input:?}");
     }
 }
 
@@ -127,15 +109,8 @@ fn invalid_selectors_report_the_offending_position() {
             Ok(s) => panic!("{input:?} should not parse, got {s}"),
             Err(e) => {
                 assert_eq!(e.position, *position, "position for {input:?}: {e}");
-                assert!(
-                    e.message.contains(fragment),
-                    "message for {input:?}: {:?} lacks {fragment:?}",
-                    e.message
-                );
-                assert!(
-                    e.to_string().contains(&format!("position {position}")),
-                    "{e}"
-                );
+                assert!(e.message.contains(fragment), "message for {input:?}: {:?} lacks {fragment:?}", e.message);
+                assert!(e.to_string().contains(&format!("position {position}")), "{e}");
             }
         }
     }
@@ -143,11 +118,7 @@ fn invalid_selectors_report_the_offending_position() {
 
 #[test]
 fn from_labels_round_trips_and_matches() {
-    let labels = [
-        ("app".to_string(), "web".to_string()),
-        ("tier".to_string(), String::new()),
-    ]
-    .into();
+    let labels = [("app".to_string(), "web".to_string()), ("tier".to_string(), String::new())].into();
     let s = Selector::from_labels(&labels);
     assert_eq!(s.to_string(), "app=web,tier=");
     assert_eq!(Selector::parse(&s.to_string()), Ok(s.clone()));
@@ -183,10 +154,7 @@ fn selector_serde_uses_the_string_form() {
     let s = Selector::parse("a in (y,x), !b").expect("valid");
     let json = serde_json::to_string(&s).expect("serializes");
     assert_eq!(json, r#""a in (x,y),!b""#);
-    assert_eq!(
-        serde_json::from_str::<Selector>(&json).expect("deserializes"),
-        s
-    );
+    assert_eq!(serde_json::from_str::<Selector>(&json).expect("deserializes"), s);
     assert!(serde_json::from_str::<Selector>(r#""a in ()""#).is_err());
 }
 
@@ -194,40 +162,11 @@ fn selector_serde_uses_the_string_form() {
 fn label_keys_are_validated() {
     let max_name = "a".repeat(63);
     let long_name = "a".repeat(64);
-    let max_prefix = format!(
-        "{}/a",
-        [
-            "a".repeat(63),
-            "b".repeat(63),
-            "c".repeat(63),
-            "d".repeat(61)
-        ]
-        .join(".")
-    );
-    let long_prefix = format!(
-        "{}/a",
-        [
-            "a".repeat(63),
-            "b".repeat(63),
-            "c".repeat(63),
-            "d".repeat(62)
-        ]
-        .join(".")
-    );
+    let max_prefix = format!("{}/a", ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join("."));
+    let long_prefix = format!("{}/a", ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(62)].join("."));
     assert_eq!(max_prefix.len(), 253 + 2);
-    let valid = [
-        "a",
-        "app",
-        "A",
-        "a.b-c_d",
-        "example.com/app",
-        "a/b",
-        "k8s.io/x",
-        "1",
-        "x-1.y_2",
-        &max_name,
-        &max_prefix,
-    ];
+    let valid =
+        ["a", "app", "A", "a.b-c_d", "example.com/app", "a/b", "k8s.io/x", "1", "x-1.y_2", &max_name, &max_prefix];
     for k in valid {
         assert_eq!(validate_key(k), Ok(()), "{k:?}");
     }
@@ -252,10 +191,7 @@ fn label_keys_are_validated() {
         &long_prefix,
     ];
     for k in invalid {
-        assert!(
-            matches!(validate_key(k), Err(LabelError::Key { .. })),
-            "{k:?} should be invalid"
-        );
+        assert!(matches!(validate_key(k), Err(LabelError::Key { .. })), "{k:?} should be invalid");
     }
 }
 
@@ -267,10 +203,7 @@ fn label_values_are_validated() {
         assert_eq!(validate_value(v), Ok(()), "{v:?}");
     }
     for v in ["-a", "a-", ".a", "a b", "a/b", "é", "a,b", &long] {
-        assert!(
-            matches!(validate_value(v), Err(LabelError::Value { .. })),
-            "{v:?} should be invalid"
-        );
+        assert!(matches!(validate_value(v), Err(LabelError::Value { .. })), "{v:?} should be invalid");
     }
     let labels = [("app".to_string(), "-bad".to_string())].into();
     assert!(discovery::labels::validate(&labels).is_err());
@@ -281,14 +214,10 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn key() -> impl Strategy<Value = String> {
-    (
-        proptest::option::of("[a-z0-9]{1,4}(\\.[a-z0-9]{1,4}){0,2}"),
-        name(),
-    )
-        .prop_map(|(p, n)| match p {
-            Some(p) => format!("{p}/{n}"),
-            None => n,
-        })
+    (proptest::option::of("[a-z0-9]{1,4}(\\.[a-z0-9]{1,4}){0,2}"), name()).prop_map(|(p, n)| match p {
+        Some(p) => format!("{p}/{n}"),
+        None => n,
+    })
 }
 
 fn requirement() -> impl Strategy<Value = Requirement> {
@@ -301,42 +230,17 @@ fn requirement() -> impl Strategy<Value = Requirement> {
         })
     };
     prop_oneof![
-        (key(), value()).prop_map(|(key, v)| Requirement {
-            key,
-            op: Operator::Equals,
-            values: vec![v]
-        }),
-        (key(), value()).prop_map(|(key, v)| Requirement {
-            key,
-            op: Operator::NotEquals,
-            values: vec![v]
-        }),
-        (key(), list()).prop_map(|(key, values)| Requirement {
-            key,
-            op: Operator::In,
-            values
-        }),
-        (key(), list()).prop_map(|(key, values)| Requirement {
-            key,
-            op: Operator::NotIn,
-            values
-        }),
-        key().prop_map(|key| Requirement {
-            key,
-            op: Operator::Exists,
-            values: vec![]
-        }),
-        key().prop_map(|key| Requirement {
-            key,
-            op: Operator::DoesNotExist,
-            values: vec![]
-        }),
+        (key(), value()).prop_map(|(key, v)| Requirement { key, op: Operator::Equals, values: vec![v] }),
+        (key(), value()).prop_map(|(key, v)| Requirement { key, op: Operator::NotEquals, values: vec![v] }),
+        (key(), list()).prop_map(|(key, values)| Requirement { key, op: Operator::In, values }),
+        (key(), list()).prop_map(|(key, values)| Requirement { key, op: Operator::NotIn, values }),
+        key().prop_map(|key| Requirement { key, op: Operator::Exists, values: vec![] }),
+        key().prop_map(|key| Requirement { key, op: Operator::DoesNotExist, values: vec![] }),
     ]
 }
 
 fn selector() -> impl Strategy<Value = Selector> {
-    proptest::collection::vec(requirement(), 0..5)
-        .prop_map(|requirements| Selector { requirements })
+    proptest::collection::vec(requirement(), 0..5).prop_map(|requirements| Selector { requirements })
 }
 
 /// Render a requirement the way a person might type it: extra spaces, `==`, unsorted duplicate values.
@@ -353,24 +257,8 @@ fn render_loosely(r: &Requirement, spaces: &[usize], double_eq: bool, dup: bool)
     match r.op {
         Operator::Equals => format!("{}{}{}{eq}{}{v}{}", sp(0), r.key, sp(1), sp(2), sp(3)),
         Operator::NotEquals => format!("{}{}{}!={}{v}{}", sp(0), r.key, sp(1), sp(2), sp(3)),
-        Operator::In => format!(
-            "{}{} in{}({}{list}{}){}",
-            sp(0),
-            r.key,
-            sp(1),
-            sp(2),
-            sp(3),
-            sp(4)
-        ),
-        Operator::NotIn => format!(
-            "{}{} notin{}({}{list}{}){}",
-            sp(0),
-            r.key,
-            sp(1),
-            sp(2),
-            sp(3),
-            sp(4)
-        ),
+        Operator::In => format!("{}{} in{}({}{list}{}){}", sp(0), r.key, sp(1), sp(2), sp(3), sp(4)),
+        Operator::NotIn => format!("{}{} notin{}({}{list}{}){}", sp(0), r.key, sp(1), sp(2), sp(3), sp(4)),
         Operator::Exists => format!("{}{}{}", sp(0), r.key, sp(1)),
         Operator::DoesNotExist => format!("{}!{}{}{}", sp(0), sp(1), r.key, sp(2)),
     }

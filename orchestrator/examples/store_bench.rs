@@ -26,9 +26,7 @@ impl Run {
     fn pct(&self, p: f64) -> Duration {
         let mut l = self.latencies.clone();
         l.sort();
-        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default()
     }
 }
 
@@ -38,12 +36,7 @@ fn value(i: usize) -> Vec<u8> {
         .into_bytes()
 }
 
-async fn run(
-    store: Arc<dyn Store>,
-    kind: &str,
-    objects: usize,
-    writers: usize,
-) -> Result<Run, String> {
+async fn run(store: Arc<dyn Store>, kind: &str, objects: usize, writers: usize) -> Result<Run, String> {
     let per = objects / writers;
     let started = Instant::now();
     let tasks: Vec<_> = (0..writers)
@@ -68,11 +61,7 @@ async fn run(
     for t in tasks {
         latencies.extend(t.await.map_err(|e| e.to_string())??);
     }
-    Ok(Run {
-        objects: per * writers,
-        elapsed: started.elapsed(),
-        latencies,
-    })
+    Ok(Run { objects: per * writers, elapsed: started.elapsed(), latencies })
 }
 
 /// The floor for any durable write here: one 4 KiB write plus `fdatasync` to a file in `dir`.
@@ -88,28 +77,18 @@ fn fsync_baseline(dir: &std::path::Path, n: usize) -> Result<Run, String> {
         f.sync_data().map_err(|e| e.to_string())?;
         latencies.push(t.elapsed());
     }
-    Ok(Run {
-        objects: n,
-        elapsed: started.elapsed(),
-        latencies,
-    })
+    Ok(Run { objects: n, elapsed: started.elapsed(), latencies })
 }
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
-    let objects: usize = args
-        .next()
-        .map(|a| a.parse().map_err(|_| format!("bad OBJECTS {a:?}")))
-        .transpose()?
-        .unwrap_or(4000);
+    let objects: usize =
+        args.next().map(|a| a.parse().map_err(|_| format!("bad OBJECTS {a:?}"))).transpose()?.unwrap_or(4000);
     let mut urls: Vec<String> = args.collect();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     if urls.is_empty() {
-        urls = vec![
-            "memory:".into(),
-            format!("redb:{}", dir.path().join("bench.redb").display()),
-        ];
+        urls = vec!["memory:".into(), format!("redb:{}", dir.path().join("bench.redb").display())];
     }
     let mut results = Vec::new();
     let base = fsync_baseline(dir.path(), 500)?;
@@ -119,11 +98,7 @@ async fn main() -> Result<(), String> {
         base.pct(0.5),
         base.pct(0.99)
     );
-    results.push(format!(
-        "RESULT store fsync per_s={:.0} p50_us={}",
-        base.per_sec(),
-        base.pct(0.5).as_micros()
-    ));
+    results.push(format!("RESULT store fsync per_s={:.0} p50_us={}", base.per_sec(), base.pct(0.5).as_micros()));
     for url in &urls {
         let store = open_store(url).await.map_err(|e| e.to_string())?;
         let label = url.split(':').next().unwrap_or("store").to_string();

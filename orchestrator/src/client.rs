@@ -15,11 +15,7 @@ pub enum ClientError {
     },
     /// The server answered with an error `Status`.
     #[error("{message}")]
-    Api {
-        code: u16,
-        reason: String,
-        message: String,
-    },
+    Api { code: u16, reason: String, message: String },
     #[error("unexpected answer from the API server: {0}")]
     Protocol(String),
 }
@@ -63,15 +59,8 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| ClientError::Connect {
-                url: server.to_string(),
-                source: e,
-            })?;
-        Ok(Self {
-            base: server.trim_end_matches('/').to_string(),
-            token,
-            http,
-        })
+            .map_err(|e| ClientError::Connect { url: server.to_string(), source: e })?;
+        Ok(Self { base: server.trim_end_matches('/').to_string(), token, http })
     }
 
     pub fn server(&self) -> &str {
@@ -99,28 +88,17 @@ impl Client {
     }
 
     async fn send(&self, r: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let response = r.send().await.map_err(|e| ClientError::Connect {
-            url: self.base.clone(),
-            source: e,
-        })?;
+        let response = r.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| ClientError::Connect {
-            url: self.base.clone(),
-            source: e,
-        })?;
+        let bytes = response.bytes().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| ClientError::Protocol(e.to_string()));
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()));
         }
         Err(api_error(status.as_u16(), &bytes))
     }
 
     pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ClientError> {
-        self.send(self.request(
-            reqwest::Method::GET,
-            &Self::object_path(kind, namespace, name),
-        ))
-        .await
+        self.send(self.request(reqwest::Method::GET, &Self::object_path(kind, namespace, name))).await
     }
 
     /// List objects; `namespace: None` lists every namespace.
@@ -130,10 +108,7 @@ impl Client {
         namespace: Option<&str>,
         selector: Option<&str>,
     ) -> Result<Vec<Value>, ClientError> {
-        let mut r = self.request(
-            reqwest::Method::GET,
-            &Self::collection_path(kind, namespace),
-        );
+        let mut r = self.request(reqwest::Method::GET, &Self::collection_path(kind, namespace));
         if let Some(sel) = selector {
             r = r.query(&[("labelSelector", sel)]);
         }
@@ -144,40 +119,14 @@ impl Client {
         }
     }
 
-    pub async fn create(
-        &self,
-        kind: Kind,
-        namespace: &str,
-        object: &Value,
-    ) -> Result<Value, ClientError> {
-        let ns = if kind.namespaced() {
-            Some(namespace)
-        } else {
-            None
-        };
-        self.send(
-            self.request(reqwest::Method::POST, &Self::collection_path(kind, ns))
-                .json(object),
-        )
-        .await
+    pub async fn create(&self, kind: Kind, namespace: &str, object: &Value) -> Result<Value, ClientError> {
+        let ns = if kind.namespaced() { Some(namespace) } else { None };
+        self.send(self.request(reqwest::Method::POST, &Self::collection_path(kind, ns)).json(object)).await
     }
 
     /// Replace an object (compare-and-swap when `object` carries `metadata.resourceVersion`).
-    pub async fn update(
-        &self,
-        kind: Kind,
-        namespace: &str,
-        name: &str,
-        object: &Value,
-    ) -> Result<Value, ClientError> {
-        self.send(
-            self.request(
-                reqwest::Method::PUT,
-                &Self::object_path(kind, namespace, name),
-            )
-            .json(object),
-        )
-        .await
+    pub async fn update(&self, kind: Kind, namespace: &str, name: &str, object: &Value) -> Result<Value, ClientError> {
+        self.send(self.request(reqwest::Method::PUT, &Self::object_path(kind, namespace, name)).json(object)).await
     }
 
     /// Replace only the status of an object.
@@ -189,47 +138,27 @@ impl Client {
         object: &Value,
     ) -> Result<Value, ClientError> {
         let path = format!("{}/status", Self::object_path(kind, namespace, name));
-        self.send(self.request(reqwest::Method::PUT, &path).json(object))
-            .await
+        self.send(self.request(reqwest::Method::PUT, &path).json(object)).await
     }
 
-    pub async fn delete(
-        &self,
-        kind: Kind,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Value, ClientError> {
-        self.send(self.request(
-            reqwest::Method::DELETE,
-            &Self::object_path(kind, namespace, name),
-        ))
-        .await
+    pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &Self::object_path(kind, namespace, name))).await
     }
 
     /// Server-side apply; `dry_run` validates and reports without writing.
     pub async fn apply(&self, object: &Value, dry_run: bool) -> Result<Applied, ClientError> {
-        let mut r = self
-            .request(reqwest::Method::POST, "/api/v1/apply")
-            .json(object);
+        let mut r = self.request(reqwest::Method::POST, "/api/v1/apply").json(object);
         if dry_run {
             r = r.query(&[("dryRun", "true")]);
         }
         let v = self.send(r).await?;
         Ok(Applied {
-            result: v
-                .get("result")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            result: v.get("result").and_then(Value::as_str).unwrap_or("").to_string(),
             object: v.get("object").cloned().unwrap_or(Value::Null),
             warnings: v
                 .get("warnings")
                 .and_then(Value::as_array)
-                .map(|w| {
-                    w.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|w| w.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
         })
     }
@@ -242,22 +171,15 @@ impl Client {
         resource_version: Option<u64>,
         selector: Option<&str>,
     ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
-        let mut r = self
-            .request(
-                reqwest::Method::GET,
-                &Self::collection_path(kind, namespace),
-            )
-            .query(&[("watch", "true")]);
+        let mut r =
+            self.request(reqwest::Method::GET, &Self::collection_path(kind, namespace)).query(&[("watch", "true")]);
         if let Some(rv) = resource_version {
             r = r.query(&[("resourceVersion", rv.to_string())]);
         }
         if let Some(sel) = selector {
             r = r.query(&[("labelSelector", sel)]);
         }
-        let response = r.send().await.map_err(|e| ClientError::Connect {
-            url: self.base.clone(),
-            source: e,
-        })?;
+        let response = r.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
         let status = response.status();
         if !status.is_success() {
             let bytes = response.bytes().await.unwrap_or_default();
@@ -265,14 +187,9 @@ impl Client {
         }
         Ok(ndjson(Box::pin(response.bytes_stream())).map(|line| {
             let line: Vec<u8> = line?;
-            let v: Value =
-                serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let v: Value = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
             Ok(Event {
-                kind: v
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
+                kind: v.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
                 object: v.get("object").cloned().unwrap_or(Value::Null),
             })
         }))
@@ -302,49 +219,36 @@ fn api_error(code: u16, body: &[u8]) -> ClientError {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| format!("HTTP {code}: {}", String::from_utf8_lossy(body).trim()));
-    let reason = v
-        .get("reason")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    ClientError::Api {
-        code,
-        reason,
-        message,
-    }
+    let reason = v.get("reason").and_then(Value::as_str).unwrap_or("").to_string();
+    ClientError::Api { code, reason, message }
 }
 
 /// Split a byte stream into lines.
 fn ndjson(
     body: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
 ) -> impl Stream<Item = Result<Vec<u8>, ClientError>> {
-    futures::stream::unfold(
-        (body, Vec::<u8>::new(), false),
-        |(mut body, mut buf, done)| async move {
-            loop {
-                if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    if line.len() > 1 {
-                        return Some((Ok(line[..line.len() - 1].to_vec()), (body, buf, done)));
-                    }
-                    continue;
+    futures::stream::unfold((body, Vec::<u8>::new(), false), |(mut body, mut buf, done)| async move {
+        loop {
+            if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                if line.len() > 1 {
+                    return Some((Ok(line[..line.len() - 1].to_vec()), (body, buf, done)));
                 }
-                if done {
-                    return None;
-                }
-                match body.next().await {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => {
-                        return Some((Err(ClientError::Protocol(e.to_string())), (body, buf, true)))
+                continue;
+            }
+            if done {
+                return None;
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Some((Err(ClientError::Protocol(e.to_string())), (body, buf, true))),
+                None => {
+                    if buf.is_empty() {
+                        return None;
                     }
-                    None => {
-                        if buf.is_empty() {
-                            return None;
-                        }
-                        return Some((Ok(std::mem::take(&mut buf)), (body, Vec::new(), true)));
-                    }
+                    return Some((Ok(std::mem::take(&mut buf)), (body, Vec::new(), true)));
                 }
             }
-        },
-    )
+        }
+    })
 }

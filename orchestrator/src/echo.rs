@@ -23,14 +23,8 @@ use tokio::sync::watch;
 /// (the echo image sets 0.0.0.0, since a published container port arrives on the container's interface)
 /// and `PORT` to 8081.
 pub fn default_listen() -> String {
-    let host = std::env::var("HOST")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = std::env::var("PORT")
-        .ok()
-        .filter(|p| !p.trim().is_empty())
-        .unwrap_or_else(|| "8081".into());
+    let host = std::env::var("HOST").ok().filter(|h| !h.trim().is_empty()).unwrap_or_else(|| "127.0.0.1".into());
+    let port = std::env::var("PORT").ok().filter(|p| !p.trim().is_empty()).unwrap_or_else(|| "8081".into());
     format!("{}:{}", host.trim(), port.trim())
 }
 
@@ -41,10 +35,7 @@ pub fn identity() -> String {
             return p;
         }
     }
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown".to_string())
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".to_string())
 }
 
 struct Echo {
@@ -87,10 +78,7 @@ async fn healthz(State(s): State<Arc<Echo>>) -> impl IntoResponse {
     if s.healthy.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unhealthy (told to fail)\n",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy (told to fail)\n")
     }
 }
 
@@ -188,11 +176,7 @@ pub fn parse_args(args: &[String]) -> Result<String, String> {
         match a.as_str() {
             "--listen" => listen = Some(it.next().ok_or("--listen needs an address")?.clone()),
             s if s.starts_with("--listen=") => listen = Some(s["--listen=".len()..].to_string()),
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?} (usage: echo [--listen ADDR])"
-                ))
-            }
+            other => return Err(format!("unknown argument {other:?} (usage: echo [--listen ADDR])")),
         }
     }
     Ok(listen.unwrap_or_else(default_listen))
@@ -205,14 +189,8 @@ mod tests {
     #[test]
     fn parses_args() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            parse_args(&s(&["echo", "--listen", "127.0.0.1:1"])).unwrap(),
-            "127.0.0.1:1"
-        );
-        assert_eq!(
-            parse_args(&s(&["--listen=127.0.0.1:2"])).unwrap(),
-            "127.0.0.1:2"
-        );
+        assert_eq!(parse_args(&s(&["echo", "--listen", "127.0.0.1:1"])).unwrap(), "127.0.0.1:1");
+        assert_eq!(parse_args(&s(&["--listen=127.0.0.1:2"])).unwrap(), "127.0.0.1:2");
         assert!(parse_args(&s(&["--bogus"])).is_err());
         assert!(parse_args(&s(&["--listen"])).is_err());
     }

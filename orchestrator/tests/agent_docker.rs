@@ -11,9 +11,7 @@ use futures::StreamExt;
 use orchestrator::agent::runtime::docker::{build_image_from_binary, DockerRuntime};
 use orchestrator::agent::runtime::{LogOptions, Runtime, RuntimeError, StartSpec};
 use orchestrator::agent::spec::Limits;
-use orchestrator::agent::{
-    Agent, AgentConfig, Backoff, ControlPlane, MemoryControlPlane, RuntimeKind,
-};
+use orchestrator::agent::{Agent, AgentConfig, Backoff, ControlPlane, MemoryControlPlane, RuntimeKind};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,40 +40,22 @@ fn static_echo() -> PathBuf {
     if let Ok(p) = std::env::var("BERTH_ECHO_STATIC") {
         return PathBuf::from(p);
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default();
     let target = root.join("target").join("echo-static");
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&root)
-            .env("CARGO_TARGET_DIR", &target)
-            .env("CARGO_PROFILE_DEV_DEBUG", "0")
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .args([
-                "build",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-                "-p",
-                "orchestrator",
-                "--bin",
-                "berth-echo",
-            ])
-            .status()
-            .expect("run cargo");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--target", "x86_64-unknown-linux-gnu", "-p", "orchestrator", "--bin", "berth-echo"])
+        .status()
+        .expect("run cargo");
     assert!(status.success(), "static build of berth-echo failed");
-    target
-        .join("x86_64-unknown-linux-gnu")
-        .join("debug")
-        .join("berth-echo")
+    target.join("x86_64-unknown-linux-gnu").join("debug").join("berth-echo")
 }
 
 fn docker_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
+    let out = std::process::Command::new("docker").args(args).output().expect("docker CLI");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -95,9 +75,7 @@ async fn docker_runtime_runs_echo_with_limits_logs_and_removal() {
     let Some(rt) = docker_or_skip("docker-test-node").await else {
         return;
     };
-    build_image_from_binary(rt.client(), &static_echo(), IMAGE)
-        .await
-        .expect("build echo image");
+    build_image_from_binary(rt.client(), &static_echo(), IMAGE).await.expect("build echo image");
 
     // A missing image is a clear reason, never a pull.
     let missing = StartSpec {
@@ -122,56 +100,27 @@ async fn docker_runtime_runs_echo_with_limits_logs_and_removal() {
         command: vec!["berth".into(), "echo".into()],
         env: vec![("POD_NAME".into(), "dweb".into())],
         container_port: Some(8080),
-        limits: Limits {
-            memory_bytes: Some(64 << 20),
-            cpu_millis: Some(500),
-        },
+        limits: Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500) },
         ..Default::default()
     };
     let s = rt.start(&spec).await.expect("start container");
     let url = format!("http://127.0.0.1:{}/", s.host_port);
-    let body: Value = eventually("echo in docker answers", 30, async || {
-        reqwest::get(&url).await.ok()?.json().await.ok()
-    })
-    .await;
+    let body: Value =
+        eventually("echo in docker answers", 30, async || reqwest::get(&url).await.ok()?.json().await.ok()).await;
     assert_eq!(body["pod"], "dweb");
-    assert_eq!(
-        docker_cli(&["inspect", "-f", "{{.HostConfig.Memory}}", &s.id]),
-        (64u64 << 20).to_string()
-    );
-    assert_eq!(
-        docker_cli(&["inspect", "-f", "{{.HostConfig.NanoCpus}}", &s.id]),
-        "500000000"
-    );
-    assert_eq!(
-        docker_cli(&[
-            "inspect",
-            "-f",
-            "{{index .Config.Labels \"berth.dev/pod\"}}",
-            &s.id
-        ]),
-        "default/dweb"
-    );
-    let logs: Vec<u8> = rt
-        .logs(&s.id, LogOptions::default())
-        .await
-        .unwrap()
-        .map(|b| b.unwrap().to_vec())
-        .concat()
-        .await;
+    assert_eq!(docker_cli(&["inspect", "-f", "{{.HostConfig.Memory}}", &s.id]), (64u64 << 20).to_string());
+    assert_eq!(docker_cli(&["inspect", "-f", "{{.HostConfig.NanoCpus}}", &s.id]), "500000000");
+    assert_eq!(docker_cli(&["inspect", "-f", "{{index .Config.Labels \"berth.dev/pod\"}}", &s.id]), "default/dweb");
+    let logs: Vec<u8> =
+        rt.logs(&s.id, LogOptions::default()).await.unwrap().map(|b| b.unwrap().to_vec()).concat().await;
     assert!(String::from_utf8_lossy(&logs).contains("listening on"));
     let listed = rt.list().await.unwrap();
-    assert!(listed
-        .iter()
-        .any(|a| a.started.id == s.id && a.pod == "dweb" && a.running));
+    assert!(listed.iter().any(|a| a.started.id == s.id && a.pod == "dweb" && a.running));
     rt.stop(&s.id, Duration::from_secs(5)).await.unwrap();
     let exit = rt.wait(&s.id).await.unwrap();
     assert_eq!(exit.code, Some(0), "echo exits 0 on SIGTERM: {exit:?}");
     rt.remove(&s.id).await.unwrap();
-    assert_eq!(
-        docker_cli(&["ps", "-aq", "--filter", &format!("id={}", s.id)]),
-        ""
-    );
+    assert_eq!(docker_cli(&["ps", "-aq", "--filter", &format!("id={}", s.id)]), "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,16 +128,11 @@ async fn agent_with_docker_runtime_runs_and_deletes_a_pod() {
     let Some(rt) = docker_or_skip("docker-agent-node").await else {
         return;
     };
-    build_image_from_binary(rt.client(), &static_echo(), IMAGE)
-        .await
-        .expect("build echo image");
+    build_image_from_binary(rt.client(), &static_echo(), IMAGE).await.expect("build echo image");
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = AgentConfig::new("docker-agent-node", dir.path());
     cfg.runtime = RuntimeKind::Docker;
-    cfg.backoff = Backoff {
-        initial: Duration::from_millis(200),
-        ..Backoff::default()
-    };
+    cfg.backoff = Backoff { initial: Duration::from_millis(200), ..Backoff::default() };
     let cp = MemoryControlPlane::new();
     cp.put_pod(json!({
         "metadata": {"name": "dpod", "namespace": "default", "uid": "uid-dpod"},
@@ -216,10 +160,7 @@ async fn agent_with_docker_runtime_runs_and_deletes_a_pod() {
         cp.pod("default", "dpod").filter(|p| {
             p.pointer("/status/conditions")
                 .and_then(Value::as_array)
-                .is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
         })
     })
     .await;
@@ -228,21 +169,15 @@ async fn agent_with_docker_runtime_runs_and_deletes_a_pod() {
         .unwrap()
         .trim_start_matches("docker://")
         .to_string();
-    assert_eq!(
-        docker_cli(&["inspect", "-f", "{{.HostConfig.Memory}}", &id]),
-        (32u64 << 20).to_string()
-    );
+    assert_eq!(docker_cli(&["inspect", "-f", "{{.HostConfig.Memory}}", &id]), (32u64 << 20).to_string());
     let bad = eventually("missing image reason", 30, async || {
-        cp.pod("default", "noimage")
-            .filter(|p| p.to_string().contains("ErrImageNeverPull"))
+        cp.pod("default", "noimage").filter(|p| p.to_string().contains("ErrImageNeverPull"))
     })
     .await;
     assert!(bad.to_string().contains("never pulls"), "{bad:#}");
     cp.delete_pod("default", "dpod");
     eventually("container removed", 60, async || {
-        docker_cli(&["ps", "-aq", "--filter", &format!("id={id}")])
-            .is_empty()
-            .then_some(())
+        docker_cli(&["ps", "-aq", "--filter", &format!("id={id}")]).is_empty().then_some(())
     })
     .await;
     cp.delete_pod("default", "noimage");

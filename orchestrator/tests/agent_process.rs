@@ -5,9 +5,7 @@
 use futures::StreamExt;
 use orchestrator::agent::runtime::process::{ProcessConfig, ProcessRuntime};
 use orchestrator::agent::runtime::{LogOptions, Runtime, RuntimeError, StartSpec};
-use orchestrator::agent::{
-    Agent, AgentConfig, Backoff, ControlPlane, MemoryControlPlane, RuntimeKind,
-};
+use orchestrator::agent::{Agent, AgentConfig, Backoff, ControlPlane, MemoryControlPlane, RuntimeKind};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
@@ -54,12 +52,7 @@ async fn get_json(url: &str) -> Option<Value> {
 
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                .is_some_and(|st| st != "Z")
-        })
+        .map(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|st| st != "Z"))
         .unwrap_or(false)
 }
 
@@ -78,19 +71,12 @@ async fn echo_runs_and_answers_on_its_port() {
     let exit = rt.wait(&s.id).await.unwrap();
     assert_eq!(exit.code, Some(0), "{exit:?}");
     assert!(t.elapsed() < Duration::from_secs(5));
-    let logs: Vec<u8> = rt
-        .logs(&s.id, LogOptions::default())
-        .await
-        .unwrap()
-        .map(|b| b.unwrap().to_vec())
-        .concat()
-        .await;
+    let logs: Vec<u8> =
+        rt.logs(&s.id, LogOptions::default()).await.unwrap().map(|b| b.unwrap().to_vec()).concat().await;
     let logs = String::from_utf8_lossy(&logs);
     assert!(logs.contains("listening on"), "{logs}");
     rt.remove(&s.id).await.unwrap();
-    rt.cleanup_pod("default", "echo1", "uid-echo1")
-        .await
-        .unwrap();
+    rt.cleanup_pod("default", "echo1", "uid-echo1").await.unwrap();
     assert!(rt.list().await.unwrap().is_empty());
 }
 
@@ -100,52 +86,29 @@ async fn stop_escalates_to_sigkill_and_kills_the_whole_group() {
     let rt = ProcessRuntime::open(config(dir.path())).await.unwrap();
     // Ignores SIGTERM and has a child of its own.
     let s = rt
-        .start(&spec(
-            "stubborn",
-            &[
-                "sh",
-                "-c",
-                "trap '' TERM; sleep 1000 & echo $! > child.pid; wait",
-            ],
-        ))
+        .start(&spec("stubborn", &["sh", "-c", "trap '' TERM; sleep 1000 & echo $! > child.pid; wait"]))
         .await
         .unwrap();
-    let pidfile = dir
-        .path()
-        .join("pods")
-        .join("default_stubborn_uidstubb")
-        .join("work")
-        .join("child.pid");
+    let pidfile = dir.path().join("pods").join("default_stubborn_uidstubb").join("work").join("child.pid");
     let child: i32 = eventually("child pid", 20, async || {
-        std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok())
     })
     .await;
     assert!(alive(child));
     let t = Instant::now();
     rt.stop(&s.id, Duration::from_millis(500)).await.unwrap();
-    assert!(
-        t.elapsed() >= Duration::from_millis(450),
-        "grace period must be honoured"
-    );
+    assert!(t.elapsed() >= Duration::from_millis(450), "grace period must be honoured");
     let exit = rt.wait(&s.id).await.unwrap();
     assert_eq!(exit.signal, Some(9), "{exit:?}");
     assert_eq!(exit.exit_code(), 137);
-    eventually("child killed with its group", 10, async || {
-        (!alive(child)).then_some(())
-    })
-    .await;
+    eventually("child killed with its group", 10, async || (!alive(child)).then_some(())).await;
 }
 
 #[tokio::test]
 async fn missing_command_has_a_clear_reason() {
     let dir = tempfile::tempdir().unwrap();
     let rt = ProcessRuntime::open(config(dir.path())).await.unwrap();
-    match rt
-        .start(&spec("nope", &["berth-no-such-command-xyz"]))
-        .await
-    {
+    match rt.start(&spec("nope", &["berth-no-such-command-xyz"])).await {
         Err(RuntimeError::CannotRun { reason, message }) => {
             assert_eq!(reason, "ContainerCannotRun");
             assert!(message.contains("ExecNotFound"), "{message}");
@@ -153,10 +116,7 @@ async fn missing_command_has_a_clear_reason() {
         other => panic!("expected CannotRun, got {other:?}"),
     }
     // The runtime still works for others.
-    let s = rt
-        .start(&spec("fine", &["sh", "-c", "exit 7"]))
-        .await
-        .unwrap();
+    let s = rt.start(&spec("fine", &["sh", "-c", "exit 7"])).await.unwrap();
     assert_eq!(rt.wait(&s.id).await.unwrap().code, Some(7));
 }
 
@@ -172,24 +132,11 @@ async fn logs_rotate_by_size_and_tail() {
         .start(&spec("chatty", &["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); if [ $((i % 100)) -eq 0 ]; then sleep 0.02; fi; done; echo done; sleep 1000"]))
         .await
         .unwrap();
-    let logdir = dir
-        .path()
-        .join("pods")
-        .join("default_chatty_uidchatt")
-        .join("logs");
-    eventually("rotated file", 30, async || {
-        logdir.join("app-0.log.2").exists().then_some(())
-    })
-    .await;
+    let logdir = dir.path().join("pods").join("default_chatty_uidchatt").join("logs");
+    eventually("rotated file", 30, async || logdir.join("app-0.log.2").exists().then_some(())).await;
     let tail = eventually("last line written", 30, async || {
         let b: Vec<u8> = rt
-            .logs(
-                &s.id,
-                LogOptions {
-                    follow: false,
-                    tail: Some(2),
-                },
-            )
+            .logs(&s.id, LogOptions { follow: false, tail: Some(2) })
             .await
             .ok()?
             .map(|b| b.map(|b| b.to_vec()).unwrap_or_default())
@@ -201,14 +148,8 @@ async fn logs_rotate_by_size_and_tail() {
     .await;
     assert_eq!(tail, "line 2999\ndone\n");
     assert!(!logdir.join("app-0.log.3").exists(), "keeps 3 files in all");
-    let size: u64 = std::fs::read_dir(&logdir)
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
-    assert!(
-        size < 3 * 2048 + 8192,
-        "rotation bounds disk use, got {size}"
-    );
+    let size: u64 = std::fs::read_dir(&logdir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(size < 3 * 2048 + 8192, "rotation bounds disk use, got {size}");
     rt.remove(&s.id).await.unwrap();
 }
 
@@ -230,10 +171,7 @@ async fn a_new_runtime_readopts_from_the_state_file() {
     assert_eq!(again["pid"], first["pid"], "same process");
     rt2.stop(&s.id, Duration::from_secs(5)).await.unwrap();
     let exit = rt2.wait(&s.id).await.unwrap();
-    assert!(
-        exit.unknown,
-        "an adopted process's status is not ours to read: {exit:?}"
-    );
+    assert!(exit.unknown, "an adopted process's status is not ours to read: {exit:?}");
     drop(rt1);
 }
 
@@ -258,21 +196,14 @@ fn agent_config(dir: &Path) -> AgentConfig {
     let base = 24000 + (std::process::id() % 200) as u16 * 20;
     cfg.port_range = base..=base + 19;
     cfg.heartbeat = Duration::from_millis(200);
-    cfg.backoff = Backoff {
-        initial: Duration::from_millis(200),
-        max: Duration::from_secs(2),
-        ..Backoff::default()
-    };
+    cfg.backoff = Backoff { initial: Duration::from_millis(200), max: Duration::from_secs(2), ..Backoff::default() };
     cfg
 }
 
 fn spawn_agent(
     cfg: AgentConfig,
     cp: &MemoryControlPlane,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let cp: Arc<dyn ControlPlane> = Arc::new(cp.clone());
     let task = tokio::spawn(async move {
@@ -288,10 +219,7 @@ fn spawn_agent(
 fn ready(p: &Value) -> bool {
     p.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,22 +228,13 @@ async fn agent_runs_echo_readopts_after_restart_and_restarts_on_exit() {
     let cp = MemoryControlPlane::new();
     cp.put_pod(echo_pod("web"));
     let (stop, task) = spawn_agent(agent_config(dir.path()), &cp);
-    let p = eventually("web ready", 30, async || {
-        cp.pod("default", "web").filter(ready)
-    })
-    .await;
+    let p = eventually("web ready", 30, async || cp.pod("default", "web").filter(ready)).await;
     let st = &p["status"]["containerStatuses"][0];
     let port = st["ports"][0]["hostPort"].as_u64().expect("host port") as u16;
     assert_eq!(st["ports"][0]["containerPort"], 8080);
     // No cgroup v2 here (or no delegation): the limit is reported as not enforced, visibly.
     if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        assert!(
-            p["status"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("not enforced"),
-            "{p:#}"
-        );
+        assert!(p["status"]["message"].as_str().unwrap_or("").contains("not enforced"), "{p:#}");
     }
     let url = format!("http://127.0.0.1:{port}/");
     let first = eventually("echo answers", 10, async || get_json(&url).await).await;
@@ -325,83 +244,42 @@ async fn agent_runs_echo_readopts_after_restart_and_restarts_on_exit() {
     let _ = stop.send(());
     task.await.unwrap();
     let (stop, task) = spawn_agent(agent_config(dir.path()), &cp);
-    eventually(
-        "same process still answers after agent restart",
-        10,
-        async || get_json(&url).await.filter(|v| v["pid"] == first["pid"]),
-    )
+    eventually("same process still answers after agent restart", 10, async || {
+        get_json(&url).await.filter(|v| v["pid"] == first["pid"])
+    })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = get_json(&url).await.unwrap();
-    assert_eq!(
-        again["pid"], first["pid"],
-        "no duplicate: the adopted process keeps serving"
-    );
+    assert_eq!(again["pid"], first["pid"], "no duplicate: the adopted process keeps serving");
 
     // A failing /healthz makes it un-ready (the TCP liveness probe keeps passing).
-    reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/control/fail-health"))
-        .send()
-        .await
-        .unwrap();
-    eventually("un-ready", 20, async || {
-        cp.pod("default", "web").filter(|p| !ready(p))
-    })
-    .await;
+    reqwest::Client::new().post(format!("http://127.0.0.1:{port}/control/fail-health")).send().await.unwrap();
+    eventually("un-ready", 20, async || cp.pod("default", "web").filter(|p| !ready(p))).await;
     // Exit with a code: restarted with the exit code in lastState.
-    let _ = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/control/exit?code=3"))
-        .send()
-        .await;
+    let _ = reqwest::Client::new().post(format!("http://127.0.0.1:{port}/control/exit?code=3")).send().await;
     let p = eventually("restarted", 30, async || {
-        cp.pod("default", "web")
-            .filter(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1))
+        cp.pod("default", "web").filter(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1))
     })
     .await;
     let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
     // The adopted process was not our child: its exit code is unknown to this agent.
-    assert!(
-        last["reason"] == "Unknown" || last["exitCode"] == 3,
-        "{last}"
-    );
-    let p = eventually("ready again", 30, async || {
-        cp.pod("default", "web").filter(ready)
-    })
-    .await;
-    let new_port = p["status"]["containerStatuses"][0]["ports"][0]["hostPort"]
-        .as_u64()
-        .unwrap();
-    let v = eventually("new echo answers", 10, async || {
-        get_json(&format!("http://127.0.0.1:{new_port}/")).await
-    })
-    .await;
+    assert!(last["reason"] == "Unknown" || last["exitCode"] == 3, "{last}");
+    let p = eventually("ready again", 30, async || cp.pod("default", "web").filter(ready)).await;
+    let new_port = p["status"]["containerStatuses"][0]["ports"][0]["hostPort"].as_u64().unwrap();
+    let v = eventually("new echo answers", 10, async || get_json(&format!("http://127.0.0.1:{new_port}/")).await).await;
     assert_ne!(v["pid"], first["pid"]);
-    let _ = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{new_port}/control/exit?code=4"))
-        .send()
-        .await;
+    let _ = reqwest::Client::new().post(format!("http://127.0.0.1:{new_port}/control/exit?code=4")).send().await;
     let p = eventually("restarted twice", 30, async || {
-        cp.pod("default", "web")
-            .filter(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(2))
+        cp.pod("default", "web").filter(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(2))
     })
     .await;
-    assert_eq!(
-        p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 4,
-        "{p:#}"
-    );
+    assert_eq!(p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 4, "{p:#}");
 
     // Delete: the process stops and the pod's directory goes.
     let pid = v["pid"].as_i64().unwrap() as i32;
     cp.delete_pod("default", "web");
-    let workdir = dir
-        .path()
-        .join("process")
-        .join("pods")
-        .join("default_web_uidweb");
-    eventually("workdir removed", 30, async || {
-        (!workdir.exists()).then_some(())
-    })
-    .await;
+    let workdir = dir.path().join("process").join("pods").join("default_web_uidweb");
+    eventually("workdir removed", 30, async || (!workdir.exists()).then_some(())).await;
     assert!(!alive(pid));
     let _ = stop.send(());
     task.await.unwrap();

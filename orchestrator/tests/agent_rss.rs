@@ -12,9 +12,7 @@ fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
@@ -53,19 +51,11 @@ async fn agent_rss_with_100_process_pods() {
     let ready = |p: &Value| {
         p.pointer("/status/conditions")
             .and_then(Value::as_array)
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let n = (0..PODS)
-            .filter(|i| {
-                cp.pod("default", &format!("p{i}"))
-                    .is_some_and(|p| ready(&p))
-            })
-            .count();
+        let n = (0..PODS).filter(|i| cp.pod("default", &format!("p{i}")).is_some_and(|p| ready(&p))).count();
         if n == PODS {
             break;
         }
@@ -82,8 +72,5 @@ async fn agent_rss_with_100_process_pods() {
     );
     let _ = tx.send(());
     task.await.unwrap();
-    assert!(
-        rss < 50 * 1024,
-        "agent RSS {rss} KiB with {PODS} pods is over 50 MiB"
-    );
+    assert!(rss < 50 * 1024, "agent RSS {rss} KiB with {PODS} pods is over 50 MiB");
 }

@@ -50,12 +50,7 @@ impl FakeRuntime {
     }
 
     fn starts_of(&self, pod: &str) -> Vec<Instant> {
-        self.starts
-            .lock()
-            .iter()
-            .filter(|(p, _)| p == pod)
-            .map(|(_, t)| *t)
-            .collect()
+        self.starts.lock().iter().filter(|(p, _)| p == pod).map(|(_, t)| *t).collect()
     }
 
     fn live(&self) -> Vec<String> {
@@ -78,8 +73,7 @@ impl Runtime for FakeRuntime {
         if spec.command.first().map(String::as_str) == Some("does-not-exist") {
             return Err(RuntimeError::CannotRun {
                 reason: "ContainerCannotRun",
-                message: "ExecNotFound: executable file \"does-not-exist\" not found in $PATH"
-                    .into(),
+                message: "ExecNotFound: executable file \"does-not-exist\" not found in $PATH".into(),
             });
         }
         let id = {
@@ -88,25 +82,13 @@ impl Runtime for FakeRuntime {
             format!("c{n}")
         };
         let (tx, _) = watch::channel(None);
-        self.containers.lock().insert(
-            id.clone(),
-            FakeContainer {
-                spec: spec.clone(),
-                exit: tx,
-                removed: false,
-            },
-        );
+        self.containers.lock().insert(id.clone(), FakeContainer { spec: spec.clone(), exit: tx, removed: false });
         self.starts.lock().push((spec.pod.clone(), Instant::now()));
         let crash = self.crash_codes.lock().get(&spec.pod).copied();
         if let Some(code) = crash {
             self.exit_now(&id, Some(code), None);
         }
-        Ok(Started {
-            id,
-            host_port: 31000,
-            started_at: SystemTime::now(),
-            warnings: Vec::new(),
-        })
+        Ok(Started { id, host_port: 31000, started_at: SystemTime::now(), warnings: Vec::new() })
     }
 
     async fn wait(&self, id: &str) -> Result<ExitInfo, RuntimeError> {
@@ -116,10 +98,7 @@ impl Runtime for FakeRuntime {
             .get(id)
             .map(|c| c.exit.subscribe())
             .ok_or_else(|| RuntimeError::NotFound(id.into()))?;
-        let v = rx
-            .wait_for(|e| e.is_some())
-            .await
-            .map_err(|_| RuntimeError::NotFound(id.into()))?;
+        let v = rx.wait_for(|e| e.is_some()).await.map_err(|_| RuntimeError::NotFound(id.into()))?;
         v.clone().ok_or_else(|| RuntimeError::NotFound(id.into()))
     }
 
@@ -147,24 +126,12 @@ impl Runtime for FakeRuntime {
                 container: a.container.clone(),
                 ..Default::default()
             };
-            self.containers.lock().insert(
-                a.started.id.clone(),
-                FakeContainer {
-                    spec,
-                    exit: tx,
-                    removed: false,
-                },
-            );
+            self.containers.lock().insert(a.started.id.clone(), FakeContainer { spec, exit: tx, removed: false });
         }
         Ok(pre)
     }
 
-    async fn exec(
-        &self,
-        id: &str,
-        _command: &[String],
-        _timeout: Duration,
-    ) -> Result<i32, RuntimeError> {
+    async fn exec(&self, id: &str, _command: &[String], _timeout: Duration) -> Result<i32, RuntimeError> {
         let pod = self
             .containers
             .lock()
@@ -221,13 +188,7 @@ fn start_agent(cp: MemoryControlPlane, rt: Arc<FakeRuntime>, claim: bool) -> Har
             panic!("agent failed: {e}");
         }
     });
-    Harness {
-        cp,
-        rt,
-        stop: Some(stop_tx),
-        task,
-        logs: ready_rx,
-    }
+    Harness { cp, rt, stop: Some(stop_tx), task, logs: ready_rx }
 }
 
 impl Harness {
@@ -266,27 +227,18 @@ fn pod(name: &str, container: Value) -> Value {
 }
 
 fn cstatus(p: &Value) -> Value {
-    p.pointer("/status/containerStatuses/0")
-        .cloned()
-        .unwrap_or(Value::Null)
+    p.pointer("/status/containerStatuses/0").cloned().unwrap_or(Value::Null)
 }
 
 fn ready(p: &Value) -> bool {
     p.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 #[tokio::test(start_paused = true)]
 async fn readiness_gates_ready_and_liveness_restarts() {
-    let h = start_agent(
-        MemoryControlPlane::new(),
-        Arc::new(FakeRuntime::default()),
-        false,
-    );
+    let h = start_agent(MemoryControlPlane::new(), Arc::new(FakeRuntime::default()), false);
     h.rt.exec_codes.lock().insert("web".into(), 1);
     h.cp.put_pod(pod(
         "web",
@@ -294,11 +246,7 @@ async fn readiness_gates_ready_and_liveness_restarts() {
                "readinessProbe": {"exec": {"command": ["check"]}, "periodSeconds": 1, "failureThreshold": 1},
                "livenessProbe": {"exec": {"command": ["check"]}, "periodSeconds": 2, "failureThreshold": 3, "initialDelaySeconds": 30}}),
     ));
-    let p = h
-        .until("web", "Running", |p| {
-            p.pointer("/status/phase") == Some(&json!("Running"))
-        })
-        .await;
+    let p = h.until("web", "Running", |p| p.pointer("/status/phase") == Some(&json!("Running"))).await;
     assert!(!ready(&p), "failing readiness must keep it un-ready");
     // Stays un-ready for a while (exec probe keeps failing)...
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -308,24 +256,12 @@ async fn readiness_gates_ready_and_liveness_restarts() {
     h.until("web", "Ready", ready).await;
     // Liveness fails three times in a row: the container is restarted with a visible reason.
     h.rt.exec_codes.lock().insert("web".into(), 1);
-    let p = h
-        .until("web", "restarted", |p| cstatus(p)["restartCount"] == 1)
-        .await;
+    let p = h.until("web", "restarted", |p| cstatus(p)["restartCount"] == 1).await;
     let last = &cstatus(&p)["lastState"]["terminated"];
-    assert!(
-        last["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("failed liveness probe"),
-        "{last}"
-    );
+    assert!(last["message"].as_str().unwrap_or("").contains("failed liveness probe"), "{last}");
     assert!(!ready(&p));
     h.rt.exec_codes.lock().insert("web".into(), 0);
-    let p = h
-        .until("web", "running again", |p| {
-            cstatus(p)["state"]["running"].is_object() && ready(p)
-        })
-        .await;
+    let p = h.until("web", "running again", |p| cstatus(p)["state"]["running"].is_object() && ready(p)).await;
     assert_eq!(cstatus(&p)["restartCount"], 1);
     assert_eq!(h.rt.starts_of("web").len(), 2);
     h.shutdown().await;
@@ -333,21 +269,10 @@ async fn readiness_gates_ready_and_liveness_restarts() {
 
 #[tokio::test(start_paused = true)]
 async fn crash_loop_backs_off_exponentially() {
-    let h = start_agent(
-        MemoryControlPlane::new(),
-        Arc::new(FakeRuntime::default()),
-        false,
-    );
+    let h = start_agent(MemoryControlPlane::new(), Arc::new(FakeRuntime::default()), false);
     h.rt.crash_codes.lock().insert("crash".into(), 3);
-    h.cp.put_pod(pod(
-        "crash",
-        json!({"name": "app", "command": ["berth", "echo"]}),
-    ));
-    let p = h
-        .until("crash", "4 restarts", |p| {
-            cstatus(p)["restartCount"].as_u64() >= Some(4)
-        })
-        .await;
+    h.cp.put_pod(pod("crash", json!({"name": "app", "command": ["berth", "echo"]})));
+    let p = h.until("crash", "4 restarts", |p| cstatus(p)["restartCount"].as_u64() >= Some(4)).await;
     let st = cstatus(&p);
     assert_eq!(st["lastState"]["terminated"]["exitCode"], 3);
     assert_eq!(st["lastState"]["terminated"]["reason"], "Error");
@@ -364,19 +289,9 @@ async fn crash_loop_backs_off_exponentially() {
 
 #[tokio::test(start_paused = true)]
 async fn missing_command_is_reported_and_others_run() {
-    let h = start_agent(
-        MemoryControlPlane::new(),
-        Arc::new(FakeRuntime::default()),
-        false,
-    );
-    h.cp.put_pod(pod(
-        "bad",
-        json!({"name": "app", "command": ["does-not-exist"]}),
-    ));
-    h.cp.put_pod(pod(
-        "good",
-        json!({"name": "app", "command": ["berth", "echo"]}),
-    ));
+    let h = start_agent(MemoryControlPlane::new(), Arc::new(FakeRuntime::default()), false);
+    h.cp.put_pod(pod("bad", json!({"name": "app", "command": ["does-not-exist"]})));
+    h.cp.put_pod(pod("good", json!({"name": "app", "command": ["berth", "echo"]})));
     let p = h
         .until("bad", "reason", |p| {
             cstatus(p)["lastState"]["terminated"]["reason"] == "ContainerCannotRun"
@@ -390,20 +305,12 @@ async fn missing_command_is_reported_and_others_run() {
 
 #[tokio::test(start_paused = true)]
 async fn never_policy_fails_and_deletion_stops() {
-    let h = start_agent(
-        MemoryControlPlane::new(),
-        Arc::new(FakeRuntime::default()),
-        false,
-    );
+    let h = start_agent(MemoryControlPlane::new(), Arc::new(FakeRuntime::default()), false);
     h.rt.crash_codes.lock().insert("once".into(), 1);
     let mut p = pod("once", json!({"name": "app", "command": ["x"]}));
     p["spec"]["restartPolicy"] = json!("Never");
     h.cp.put_pod(p);
-    let p = h
-        .until("once", "Failed", |p| {
-            p.pointer("/status/phase") == Some(&json!("Failed"))
-        })
-        .await;
+    let p = h.until("once", "Failed", |p| p.pointer("/status/phase") == Some(&json!("Failed"))).await;
     assert_eq!(cstatus(&p)["state"]["terminated"]["exitCode"], 1);
     assert_eq!(h.rt.starts_of("once").len(), 1);
 
@@ -428,38 +335,20 @@ async fn adopts_running_containers_and_removes_orphans() {
         pod_uid: uid.into(),
         container: "app".into(),
         attempt: 0,
-        started: Started {
-            id: id.into(),
-            host_port: 31001,
-            started_at: SystemTime::now(),
-            warnings: vec![],
-        },
+        started: Started { id: id.into(), host_port: 31001, started_at: SystemTime::now(), warnings: vec![] },
         running: true,
     };
-    rt.preexisting
-        .lock()
-        .push(adopted("kept", "uid-default-kept", "old-1"));
-    rt.preexisting
-        .lock()
-        .push(adopted("gone", "uid-gone", "old-2"));
+    rt.preexisting.lock().push(adopted("kept", "uid-default-kept", "old-1"));
+    rt.preexisting.lock().push(adopted("gone", "uid-gone", "old-2"));
     let cp = MemoryControlPlane::new();
     cp.put_pod(pod("kept", json!({"name": "app", "command": ["x"]})));
     let h = start_agent(cp, rt, false);
     let p = h.until("kept", "ready", ready).await;
     assert_eq!(cstatus(&p)["containerID"], "fake://old-1");
     assert_eq!(cstatus(&p)["ports"][0]["hostPort"], 31001);
-    assert!(
-        h.rt.starts_of("kept").is_empty(),
-        "an adopted container must not be started again"
-    );
+    assert!(h.rt.starts_of("kept").is_empty(), "an adopted container must not be started again");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while h
-        .rt
-        .containers
-        .lock()
-        .get("old-2")
-        .is_some_and(|c| !c.removed)
-    {
+    while h.rt.containers.lock().get("old-2").is_some_and(|c| !c.removed) {
         assert!(Instant::now() < deadline, "orphan not removed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -467,20 +356,13 @@ async fn adopts_running_containers_and_removes_orphans() {
     let node = h.cp.node("node-a").expect("node registered");
     assert_eq!(node.pointer("/status/capacity/pods"), Some(&json!("110")));
     assert!(node.pointer("/status/heartbeatTime").is_some());
-    assert!(node
-        .pointer("/status/daemonEndpoints/agentEndpoint/Port")
-        .and_then(Value::as_u64)
-        .is_some_and(|p| p > 0));
+    assert!(node.pointer("/status/daemonEndpoints/agentEndpoint/Port").and_then(Value::as_u64).is_some_and(|p| p > 0));
     h.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn claims_unbound_pods_when_asked() {
-    let h = start_agent(
-        MemoryControlPlane::new(),
-        Arc::new(FakeRuntime::default()),
-        true,
-    );
+    let h = start_agent(MemoryControlPlane::new(), Arc::new(FakeRuntime::default()), true);
     let mut p = pod("free", json!({"name": "app", "command": ["x"]}));
     p["spec"].as_object_mut().unwrap().remove("nodeName");
     h.cp.put_pod(p);
@@ -491,35 +373,16 @@ async fn claims_unbound_pods_when_asked() {
 
 #[tokio::test]
 async fn logs_endpoint_serves_current_container() {
-    let mut h = start_agent(
-        MemoryControlPlane::new(),
-        Arc::new(FakeRuntime::default()),
-        false,
-    );
+    let mut h = start_agent(MemoryControlPlane::new(), Arc::new(FakeRuntime::default()), false);
     let addr = (&mut h.logs).await.expect("agent ready");
     h.cp.put_pod(pod("logme", json!({"name": "app", "command": ["x"]})));
     h.until("logme", "ready", ready).await;
     let client = reqwest::Client::new();
-    let body = client
-        .get(format!("http://{addr}/logs/default/logme"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = client.get(format!("http://{addr}/logs/default/logme")).send().await.unwrap().text().await.unwrap();
     assert!(body.starts_with("log of c"), "{body}");
-    let r = client
-        .get(format!("http://{addr}/logs/default/nope"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(format!("http://{addr}/logs/default/nope")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
-    let r = client
-        .get(format!("http://{addr}/logs/default/logme?previous=true"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(format!("http://{addr}/logs/default/logme?previous=true")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404, "no previous run yet");
     h.shutdown().await;
 }

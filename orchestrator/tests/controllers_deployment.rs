@@ -4,8 +4,7 @@
 
 use orchestrator::clock::{Clock, ManualClock};
 use orchestrator::controllers::deployment::{
-    reconcile, rollback_template, template_hash, Action, DeleteReason, DeploymentConfig, Plan,
-    RevisionRecord,
+    reconcile, rollback_template, template_hash, Action, DeleteReason, DeploymentConfig, Plan, RevisionRecord,
 };
 use orchestrator::model::well_known::{POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
 use orchestrator::model::{
@@ -16,11 +15,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
 
-fn deployment(
-    replicas: i32,
-    surge: serde_json::Value,
-    unavailable: serde_json::Value,
-) -> Deployment {
+fn deployment(replicas: i32, surge: serde_json::Value, unavailable: serde_json::Value) -> Deployment {
     let v = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web", "namespace": "default", "uid": "d-uid", "generation": 1},
@@ -63,22 +58,13 @@ impl Sim {
             tick: 0,
             ready_after,
             rng: SeededRng::new(7),
-            config: DeploymentConfig {
-                drain: Duration::from_secs(1),
-            },
+            config: DeploymentConfig { drain: Duration::from_secs(1) },
         }
     }
 
     fn plan(&mut self) -> Plan {
         let mut rng = self.rng.clone();
-        let p = reconcile(
-            &self.d,
-            &self.pods,
-            &self.records,
-            self.clock.now(),
-            &self.config,
-            &mut rng,
-        );
+        let p = reconcile(&self.d, &self.pods, &self.records, self.clock.now(), &self.config, &mut rng);
         self.rng = rng;
         p
     }
@@ -98,10 +84,7 @@ impl Sim {
                 }
                 Action::DeletePod { name, .. } => {
                     let p = self.pod_mut(name);
-                    assert!(
-                        p.metadata.deletion_timestamp.is_none(),
-                        "deleted twice: {name}"
-                    );
+                    assert!(p.metadata.deletion_timestamp.is_none(), "deleted twice: {name}");
                     p.metadata.deletion_timestamp = Some(Time(now));
                 }
                 Action::RemovePod { name } => self.pods.retain(|p| &p.metadata.name != name),
@@ -111,10 +94,7 @@ impl Sim {
                 }
                 Action::DeleteRevision { name } => self.records.retain(|r| &r.name() != name),
                 Action::SetRevisionAnnotation(n) => {
-                    self.d
-                        .metadata
-                        .annotations
-                        .insert(REVISION_ANNOTATION.into(), n.to_string());
+                    self.d.metadata.annotations.insert(REVISION_ANNOTATION.into(), n.to_string());
                 }
                 Action::UpdateStatus(s) => self.d.status = Some(s.clone()),
             }
@@ -122,10 +102,7 @@ impl Sim {
     }
 
     fn pod_mut(&mut self, name: &str) -> &mut Pod {
-        self.pods
-            .iter_mut()
-            .find(|p| p.metadata.name == name)
-            .expect("pod exists")
+        self.pods.iter_mut().find(|p| p.metadata.name == name).expect("pod exists")
     }
 
     /// One second passes; pods old enough become ready.
@@ -135,10 +112,7 @@ impl Sim {
         let now = self.clock.now();
         for p in &mut self.pods {
             let age = self.tick - self.born.get(&p.metadata.name).copied().unwrap_or(0);
-            let bad = p.spec.containers[0]
-                .env
-                .iter()
-                .any(|e| e.value.as_deref() == Some("BAD"));
+            let bad = p.spec.containers[0].env.iter().any(|e| e.value.as_deref() == Some("BAD"));
             if p.status.is_none() && age >= self.ready_after && !bad {
                 p.spec.node_name = Some("n1".into());
                 p.status = Some(ready_status(now));
@@ -158,10 +132,7 @@ impl Sim {
     }
 
     fn active(&self) -> Vec<&Pod> {
-        self.pods
-            .iter()
-            .filter(|p| !p.is_terminating() && p.phase() != PodPhase::Failed)
-            .collect()
+        self.pods.iter().filter(|p| !p.is_terminating() && p.phase() != PodPhase::Failed).collect()
     }
 
     fn ready(&self) -> usize {
@@ -210,10 +181,7 @@ fn ready_status(now: std::time::SystemTime) -> PodStatus {
 }
 
 fn progressing_reason(d: &Deployment) -> Option<String> {
-    d.status
-        .as_ref()
-        .and_then(|s| find_condition(&s.conditions, "Progressing"))
-        .and_then(|c| c.reason.clone())
+    d.status.as_ref().and_then(|s| find_condition(&s.conditions, "Progressing")).and_then(|c| c.reason.clone())
 }
 
 #[test]
@@ -223,23 +191,12 @@ fn scale_up_then_down_deletes_not_ready_then_newest() {
     assert!(sim.is_complete(), "3 ready pods after scale up");
     let status = sim.d.status.clone().expect("status written");
     assert_eq!(
-        (
-            status.replicas,
-            status.ready_replicas,
-            status.available_replicas,
-            status.updated_replicas
-        ),
+        (status.replicas, status.ready_replicas, status.available_replicas, status.updated_replicas),
         (3, 3, 3, 3)
     );
-    assert_eq!(
-        progressing_reason(&sim.d).as_deref(),
-        Some("NewReplicaSetAvailable")
-    );
+    assert_eq!(progressing_reason(&sim.d).as_deref(), Some("NewReplicaSetAvailable"));
     for p in &sim.pods {
-        assert!(p
-            .metadata
-            .name
-            .starts_with(&format!("web-{}-", sim.current_hash())));
+        assert!(p.metadata.name.starts_with(&format!("web-{}-", sim.current_hash())));
         assert_eq!(p.metadata.name.len(), "web-".len() + 10 + 1 + 5);
         assert_eq!(p.metadata.owner_references[0].name, "web");
         assert_eq!(p.metadata.owner_references[0].uid, "d-uid");
@@ -260,26 +217,16 @@ fn scale_up_then_down_deletes_not_ready_then_newest() {
         .actions
         .iter()
         .filter_map(|a| match a {
-            Action::DeletePod {
-                name,
-                reason: DeleteReason::ScaleDown,
-            } => Some(name.as_str()),
+            Action::DeletePod { name, reason: DeleteReason::ScaleDown } => Some(name.as_str()),
             _ => None,
         })
         .collect();
     assert_eq!(deleted.len(), 4);
     assert!(deleted.contains(&not_ready.as_str()));
-    assert!(
-        !deleted.contains(&oldest_ready.as_str()),
-        "oldest ready pod is kept"
-    );
+    assert!(!deleted.contains(&oldest_ready.as_str()), "oldest ready pod is kept");
     sim.apply(&plan);
     sim.run(5, |_| {});
-    assert_eq!(
-        sim.pods.len(),
-        2,
-        "terminating pods are removed after the drain"
-    );
+    assert_eq!(sim.pods.len(), 2, "terminating pods are removed after the drain");
     assert!(sim.pods.iter().any(|p| p.metadata.name == oldest_ready));
 }
 
@@ -293,15 +240,8 @@ fn rolling_update_respects_surge_and_unavailable_for_every_combination() {
                     continue; // rejected by validation: the rollout could never progress
                 }
                 let d = deployment(replicas, surge.clone(), unavailable.clone());
-                let (max_surge, max_unavailable) = d
-                    .spec
-                    .strategy
-                    .rolling_update
-                    .clone()
-                    .unwrap()
-                    .resolve(replicas);
-                let label =
-                    format!("replicas={replicas} maxSurge={surge} maxUnavailable={unavailable}");
+                let (max_surge, max_unavailable) = d.spec.strategy.rolling_update.clone().unwrap().resolve(replicas);
+                let label = format!("replicas={replicas} maxSurge={surge} maxUnavailable={unavailable}");
                 let mut sim = Sim::new(d, 3);
                 sim.run(20, |_| {});
                 assert!(sim.is_complete(), "{label}: initial rollout");
@@ -331,17 +271,9 @@ fn rolling_update_respects_surge_and_unavailable_for_every_combination() {
                 let status = sim.d.status.clone().unwrap();
                 assert_eq!(status.updated_replicas, replicas, "{label}");
                 sim.run(2, |_| {});
+                assert_eq!(progressing_reason(&sim.d).as_deref(), Some("NewReplicaSetAvailable"), "{label}");
                 assert_eq!(
-                    progressing_reason(&sim.d).as_deref(),
-                    Some("NewReplicaSetAvailable"),
-                    "{label}"
-                );
-                assert_eq!(
-                    sim.d
-                        .metadata
-                        .annotations
-                        .get(REVISION_ANNOTATION)
-                        .map(String::as_str),
+                    sim.d.metadata.annotations.get(REVISION_ANNOTATION).map(String::as_str),
                     Some("2"),
                     "{label}"
                 );
@@ -362,19 +294,9 @@ fn recreate_deletes_all_old_pods_before_creating_new_ones() {
     let new = sim.current_hash();
     for _ in 0..20 {
         sim.run(1, |s| {
-            let has_old = s
-                .pods
-                .iter()
-                .any(|p| p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL) == Some(&old));
-            let has_new = s
-                .pods
-                .iter()
-                .any(|p| p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL) == Some(&new));
-            assert!(
-                !(has_old && has_new),
-                "old and new pods at once at tick {}",
-                s.tick
-            );
+            let has_old = s.pods.iter().any(|p| p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL) == Some(&old));
+            let has_new = s.pods.iter().any(|p| p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL) == Some(&new));
+            assert!(!(has_old && has_new), "old and new pods at once at tick {}", s.tick);
         });
     }
     assert!(sim.is_complete());
@@ -392,9 +314,7 @@ fn rollback_reuses_the_old_template_as_a_new_revision() {
     assert_eq!(sim.records.len(), 2);
 
     // `rollout undo`: the previous revision's template goes back into the Deployment.
-    let template = rollback_template(&sim.records, 2, None)
-        .expect("revision 1 kept")
-        .clone();
+    let template = rollback_template(&sim.records, 2, None).expect("revision 1 kept").clone();
     assert_eq!(template_hash(&template), first);
     sim.d.spec.template = template;
     sim.bump_generation();
@@ -402,17 +322,9 @@ fn rollback_reuses_the_old_template_as_a_new_revision() {
     assert!(sim.is_complete());
     assert_eq!(sim.current_hash(), first);
     assert_eq!(sim.d.metadata.annotations[REVISION_ANNOTATION], "3");
-    let mut revs: Vec<(u64, String)> = sim
-        .records
-        .iter()
-        .map(|r| (r.revision, r.hash.clone()))
-        .collect();
+    let mut revs: Vec<(u64, String)> = sim.records.iter().map(|r| (r.revision, r.hash.clone())).collect();
     revs.sort();
-    assert_eq!(
-        revs.len(),
-        2,
-        "the rolled-back revision is renumbered, not duplicated"
-    );
+    assert_eq!(revs.len(), 2, "the rolled-back revision is renumbered, not duplicated");
     assert_eq!(revs[1], (3, first.clone()));
     // --to-revision picks by number.
     assert!(rollback_template(&sim.records, 3, Some(2)).is_some());
@@ -426,33 +338,18 @@ fn progress_deadline_exceeded_when_new_pods_never_become_ready() {
     assert!(sim.is_complete());
     sim.set_env("BAD");
     sim.run(30, |s| {
-        assert!(
-            s.ready() >= 2,
-            "maxUnavailable=0 keeps the old pods serving"
-        );
+        assert!(s.ready() >= 2, "maxUnavailable=0 keeps the old pods serving");
     });
-    assert_eq!(
-        progressing_reason(&sim.d).as_deref(),
-        Some("ReplicaSetUpdated")
-    );
+    assert_eq!(progressing_reason(&sim.d).as_deref(), Some("ReplicaSetUpdated"));
     sim.run(40, |_| {});
-    let c = sim
-        .d
-        .status
-        .as_ref()
-        .and_then(|s| find_condition(&s.conditions, "Progressing"))
-        .cloned()
-        .unwrap();
+    let c = sim.d.status.as_ref().and_then(|s| find_condition(&s.conditions, "Progressing")).cloned().unwrap();
     assert_eq!(c.status, ConditionStatus::False);
     assert_eq!(c.reason.as_deref(), Some("ProgressDeadlineExceeded"));
     // Fixing the template makes progress again.
     sim.set_env("3");
     sim.run(15, |_| {});
     assert!(sim.is_complete());
-    assert_eq!(
-        progressing_reason(&sim.d).as_deref(),
-        Some("NewReplicaSetAvailable")
-    );
+    assert_eq!(progressing_reason(&sim.d).as_deref(), Some("NewReplicaSetAvailable"));
 }
 
 #[test]
@@ -465,17 +362,8 @@ fn failed_and_deleted_pods_are_replaced() {
     let gone = sim.pods[1].metadata.name.clone();
     sim.pods.retain(|p| p.metadata.name != gone);
     let plan = sim.plan();
-    assert!(plan.actions.contains(&Action::DeletePod {
-        name: failed.clone(),
-        reason: DeleteReason::Failed
-    }));
-    assert_eq!(
-        plan.actions
-            .iter()
-            .filter(|a| matches!(a, Action::CreatePod(_)))
-            .count(),
-        2
-    );
+    assert!(plan.actions.contains(&Action::DeletePod { name: failed.clone(), reason: DeleteReason::Failed }));
+    assert_eq!(plan.actions.iter().filter(|a| matches!(a, Action::CreatePod(_))).count(), 2);
     sim.apply(&plan);
     sim.run(6, |_| {});
     assert!(sim.is_complete());
@@ -497,35 +385,15 @@ fn reconcile_is_idempotent_and_deterministic() {
     sim.apply(&a);
     let b = sim.plan();
     assert!(
-        b.actions
-            .iter()
-            .all(|x| !matches!(x, Action::CreatePod(_) | Action::DeletePod { .. })),
+        b.actions.iter().all(|x| !matches!(x, Action::CreatePod(_) | Action::DeletePod { .. })),
         "second reconcile repeats work: {b:?}"
     );
     sim.apply(&b);
-    assert_eq!(
-        sim.plan().actions,
-        vec![],
-        "third reconcile of the same state"
-    );
+    assert_eq!(sim.plan().actions, vec![], "third reconcile of the same state");
     // Determinism: same inputs and seed, same names.
     let d = deployment(3, json!(1), json!(0));
     let now = ManualClock::at_epoch_2026().now();
-    let p1 = reconcile(
-        &d,
-        &[],
-        &[],
-        now,
-        &DeploymentConfig::default(),
-        &mut SeededRng::new(1),
-    );
-    let p2 = reconcile(
-        &d,
-        &[],
-        &[],
-        now,
-        &DeploymentConfig::default(),
-        &mut SeededRng::new(1),
-    );
+    let p1 = reconcile(&d, &[], &[], now, &DeploymentConfig::default(), &mut SeededRng::new(1));
+    let p2 = reconcile(&d, &[], &[], now, &DeploymentConfig::default(), &mut SeededRng::new(1));
     assert_eq!(p1, p2);
 }

@@ -53,33 +53,15 @@ fn service() -> Service {
 #[test]
 fn silent_node_becomes_not_ready_and_its_pods_are_evicted() {
     let clock = ManualClock::new(humantime::parse_rfc3339("2026-01-01T00:00:20Z").unwrap());
-    let nodes = vec![
-        node("fresh", "2026-01-01T00:00:15Z", "a"),
-        node("silent", "2026-01-01T00:00:05Z", "b"),
-    ];
-    let pods = vec![
-        pod("p1", "fresh", true, None),
-        pod("p2", "silent", true, None),
-        pod("p3", "gone", true, None),
-    ];
+    let nodes = vec![node("fresh", "2026-01-01T00:00:15Z", "a"), node("silent", "2026-01-01T00:00:05Z", "b")];
+    let pods = vec![pod("p1", "fresh", true, None), pod("p2", "silent", true, None), pod("p3", "gone", true, None)];
     let plan = reconcile_nodes(&nodes, &pods, clock.now(), DEFAULT_GRACE);
     assert_eq!(
         plan.actions,
         vec![
-            NodeAction::MarkNotReady {
-                node: "silent".into(),
-                silent_for: Duration::from_secs(15)
-            },
-            NodeAction::EvictPod {
-                namespace: "default".into(),
-                name: "p2".into(),
-                node: "silent".into()
-            },
-            NodeAction::EvictPod {
-                namespace: "default".into(),
-                name: "p3".into(),
-                node: "gone".into()
-            },
+            NodeAction::MarkNotReady { node: "silent".into(), silent_for: Duration::from_secs(15) },
+            NodeAction::EvictPod { namespace: "default".into(), name: "p2".into(), node: "silent".into() },
+            NodeAction::EvictPod { namespace: "default".into(), name: "p3".into(), node: "gone".into() },
         ]
     );
     // The fresh node goes stale 5 s later; that is when to look again.
@@ -96,16 +78,8 @@ fn endpoints_follow_pods_selected_by_services() {
     let mut terminating = pod("p3", "n1", true, Some(40003));
     terminating.metadata.deletion_timestamp = Some(orchestrator::model::Time::now());
     let mut unselected = pod("p4", "n1", true, None);
-    unselected
-        .metadata
-        .labels
-        .insert("app".into(), "other".into());
-    let pods = vec![
-        pod("p1", "n1", true, Some(40001)),
-        pod("p2", "n1", false, None),
-        terminating,
-        unselected,
-    ];
+    unselected.metadata.labels.insert("app".into(), "other".into());
+    let pods = vec![pod("p1", "n1", true, Some(40001)), pod("p2", "n1", false, None), terminating, unselected];
     let eps = endpoints_for(&[service()], &pods, &nodes);
     assert_eq!(eps.len(), 3);
     let p1 = &eps[0];
@@ -116,11 +90,7 @@ fn endpoints_follow_pods_selected_by_services() {
     assert_eq!(p1.zone.as_deref(), Some("zone-a"));
     assert_eq!(p1.node.as_deref(), Some("n1"));
     let p2 = &eps[1];
-    assert_eq!(
-        p2.address.to_string(),
-        "10.0.0.1",
-        "node address without hostIP"
-    );
+    assert_eq!(p2.address.to_string(), "10.0.0.1", "node address without hostIP");
     assert_eq!(p2.ports[0].port, 8080);
     assert!(!p2.ready);
     let p3 = &eps[2];
@@ -128,11 +98,8 @@ fn endpoints_follow_pods_selected_by_services() {
 
     // A NotReady node makes its endpoints not ready at once.
     let mut lost = nodes.clone();
-    lost[0].status.as_mut().unwrap().conditions[0].status =
-        orchestrator::model::ConditionStatus::Unknown;
-    assert!(endpoints_for(&[service()], &pods, &lost)
-        .iter()
-        .all(|e| !e.ready));
+    lost[0].status.as_mut().unwrap().conditions[0].status = orchestrator::model::ConditionStatus::Unknown;
+    assert!(endpoints_for(&[service()], &pods, &lost).iter().all(|e| !e.ready));
 }
 
 #[test]
@@ -149,10 +116,7 @@ fn diff_writes_only_what_changed() {
     let desired = desired_objects(&[service()], &[], std::slice::from_ref(&tls), &pods, &nodes);
     assert_eq!(desired.len(), 3, "service, endpoint, certificate");
     registry.apply(diff(&registry.snapshot(), &desired));
-    assert!(
-        diff(&registry.snapshot(), &desired).is_empty(),
-        "nothing to write twice"
-    );
+    assert!(diff(&registry.snapshot(), &desired).is_empty(), "nothing to write twice");
     let pods = vec![pod("p1", "n1", false, Some(40001))];
     let desired = desired_objects(&[service()], &[], &[tls], &pods, &nodes);
     let changes = diff(&registry.snapshot(), &desired);

@@ -18,13 +18,8 @@ use tokio::sync::oneshot;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn normalized(kind: Kind, v: Value) -> Value {
-    let mut o = orchestrator::model::decode(Some(kind), v)
-        .expect("valid")
-        .object;
-    o["metadata"]["uid"] = json!(format!(
-        "uid-{}",
-        o["metadata"]["name"].as_str().unwrap_or("")
-    ));
+    let mut o = orchestrator::model::decode(Some(kind), v).expect("valid").object;
+    o["metadata"]["uid"] = json!(format!("uid-{}", o["metadata"]["name"].as_str().unwrap_or("")));
     o["metadata"]["generation"] = json!(1);
     o
 }
@@ -32,13 +27,7 @@ fn normalized(kind: Kind, v: Value) -> Value {
 async fn put(store: &dyn Store, kind: Kind, ns: &str, v: Value) {
     let v = normalized(kind, v);
     let name = v["metadata"]["name"].as_str().unwrap().to_string();
-    store
-        .create(
-            &Key::new(kind.plural(), ns, name),
-            serde_json::to_vec(&v).unwrap(),
-        )
-        .await
-        .expect("create");
+    store.create(&Key::new(kind.plural(), ns, name), serde_json::to_vec(&v).unwrap()).await.expect("create");
 }
 
 fn deployment_json(env: &str) -> Value {
@@ -54,9 +43,15 @@ fn deployment_json(env: &str) -> Value {
 
 async fn seed_cluster(store: &dyn Store) {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    put(store, Kind::Node, "", json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+    put(
+        store,
+        Kind::Node,
+        "",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
         "status": {"heartbeatTime": now, "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-                   "conditions": [{"type": "Ready", "status": "True"}]}})).await;
+                   "conditions": [{"type": "Ready", "status": "True"}]}}),
+    )
+    .await;
     put(
         store,
         Kind::Service,
@@ -69,25 +64,8 @@ async fn seed_cluster(store: &dyn Store) {
 }
 
 async fn pods(store: &dyn Store) -> Vec<(Key, u64, Pod)> {
-    let (list, _) = store
-        .list(
-            &Prefix {
-                kind: "pods".into(),
-                namespace: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    list.into_iter()
-        .map(|v| {
-            (
-                v.key.clone(),
-                v.revision,
-                serde_json::from_slice(&v.value).unwrap(),
-            )
-        })
-        .collect()
+    let (list, _) = store.list(&Prefix { kind: "pods".into(), namespace: None }, None).await.unwrap();
+    list.into_iter().map(|v| (v.key.clone(), v.revision, serde_json::from_slice(&v.value).unwrap())).collect()
 }
 
 /// Play scheduler and agent: bind every pod without a node and mark it Ready on a distinct port.
@@ -105,11 +83,7 @@ async fn run_pods(store: &dyn Store) -> usize {
                     "ports": [{"name": "http", "containerPort": 8080, "hostPort": 40000 + n}]}]}))
             .unwrap(),
         );
-        if store
-            .update(&key, serde_json::to_vec(&pod).unwrap(), rev)
-            .await
-            .is_ok()
-        {
+        if store.update(&key, serde_json::to_vec(&pod).unwrap(), rev).await.is_ok() {
             n += 1;
         }
     }
@@ -121,9 +95,7 @@ fn start(store: Arc<dyn Store>, registry: Arc<Registry>) -> (Controllers, onesho
     let config = ControllersConfig {
         node_grace: Duration::from_secs(300),
         seed: Some(42),
-        deployment: orchestrator::controllers::deployment::DeploymentConfig {
-            drain: Duration::from_millis(50),
-        },
+        deployment: orchestrator::controllers::deployment::DeploymentConfig { drain: Duration::from_millis(50) },
         ..ControllersConfig::default()
     };
     let c = Controllers::start_with(store, registry, Arc::new(SystemClock), config, async move {
@@ -150,11 +122,7 @@ where
 }
 
 fn ready_endpoints(registry: &Registry) -> usize {
-    registry
-        .snapshot()
-        .all_endpoints()
-        .filter(|e| e.accepts_new())
-        .count()
+    registry.snapshot().all_endpoints().filter(|e| e.accepts_new()).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,17 +139,11 @@ async fn deployment_to_endpoints_and_rollout_survives_restart() {
     .await;
     let t = Instant::now();
     while ready_endpoints(&registry) != 3 {
-        assert!(
-            t.elapsed() < DEADLINE,
-            "registry never held 3 ready endpoints"
-        );
+        assert!(t.elapsed() < DEADLINE, "registry never held 3 ready endpoints");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let ep = registry.snapshot().all_endpoints().next().cloned().unwrap();
-    assert!(
-        ep.ports[0].port >= 40000,
-        "endpoint uses the reported hostPort"
-    );
+    assert!(ep.ports[0].port >= 40000, "endpoint uses the reported hostPort");
 
     // Start a rollout, stop the controllers after the first surge pod exists, then start them again.
     let key = Key::new("deployments", "default", "web");
@@ -189,10 +151,7 @@ async fn deployment_to_endpoints_and_rollout_survives_restart() {
     let mut d: Value = serde_json::from_slice(&v.value).unwrap();
     d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = json!("2");
     d["metadata"]["generation"] = json!(2);
-    store
-        .update(&key, serde_json::to_vec(&d).unwrap(), v.revision)
-        .await
-        .unwrap();
+    store.update(&key, serde_json::to_vec(&d).unwrap(), v.revision).await.unwrap();
     let t = Instant::now();
     while pods(&*store).await.len() < 4 {
         assert!(t.elapsed() < DEADLINE, "no surge pod");
@@ -207,10 +166,8 @@ async fn deployment_to_endpoints_and_rollout_survives_restart() {
     loop {
         run_pods(&*store).await;
         let p = pods(&*store).await;
-        let hashes: std::collections::BTreeSet<String> = p
-            .iter()
-            .filter_map(|(_, _, p)| p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL).cloned())
-            .collect();
+        let hashes: std::collections::BTreeSet<String> =
+            p.iter().filter_map(|(_, _, p)| p.metadata.labels.get(POD_TEMPLATE_HASH_LABEL).cloned()).collect();
         let active = p.iter().filter(|(_, _, p)| !p.is_terminating()).count();
         assert!(active <= 4, "more than replicas + maxSurge pods: {active}");
         min_ready = min_ready.min(ready_endpoints(&registry));
@@ -233,29 +190,17 @@ async fn deployment_to_endpoints_and_rollout_survives_restart() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(
-        min_ready >= 3,
-        "maxUnavailable=0: at least 3 ready endpoints at every sample (saw {min_ready})"
-    );
+    assert!(min_ready >= 3, "maxUnavailable=0: at least 3 ready endpoints at every sample (saw {min_ready})");
     let status = loop {
         let v = store.get(&key).await.unwrap().unwrap();
         let d: Value = serde_json::from_slice(&v.value).unwrap();
-        if d["status"]["updatedReplicas"] == json!(3)
-            && d["status"]["availableReplicas"] == json!(3)
-        {
+        if d["status"]["updatedReplicas"] == json!(3) && d["status"]["availableReplicas"] == json!(3) {
             break d;
         }
-        assert!(
-            start_t.elapsed() < DEADLINE,
-            "status never caught up: {}",
-            d["status"]
-        );
+        assert!(start_t.elapsed() < DEADLINE, "status never caught up: {}", d["status"]);
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    assert_eq!(
-        status["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
-        json!("2")
-    );
+    assert_eq!(status["metadata"]["annotations"]["deployment.kubernetes.io/revision"], json!("2"));
     let _ = stop.send(());
     controllers.join().await;
 }
@@ -271,10 +216,7 @@ async fn measure(store: Arc<dyn Store>, label: &str, n: usize) -> (Duration, Dur
     seed_cluster(&*store).await;
     put(&*store, Kind::Deployment, "default", deployment_json("1")).await;
     let (controllers, stop) = start(store.clone(), registry.clone());
-    until(&*store, "3 ready pods", |p| async move {
-        p.iter().filter(|(_, _, p)| p.is_ready()).count() == 3
-    })
-    .await;
+    until(&*store, "3 ready pods", |p| async move { p.iter().filter(|(_, _, p)| p.is_ready()).count() == 3 }).await;
     let (key, _, _) = pods(&*store).await.into_iter().next().unwrap();
     let t = Instant::now();
     while registry.snapshot().endpoint("default", &key.name).is_none() {
@@ -292,27 +234,21 @@ async fn measure(store: Arc<dyn Store>, label: &str, n: usize) -> (Duration, Dur
         } else {
             orchestrator::model::ConditionStatus::False
         };
-        store
-            .update(&key, serde_json::to_vec(&pod).unwrap(), v.revision)
-            .await
-            .unwrap();
+        store.update(&key, serde_json::to_vec(&pod).unwrap(), v.revision).await.unwrap();
         let written = Instant::now();
         loop {
             let ev = tokio::time::timeout(Duration::from_secs(5), watch.next())
                 .await
                 .unwrap_or_else(|_| panic!("{label}: flip {i} never reached the registry"));
             match ev {
-                WatchEvent::Put {
-                    object: discovery::Object::Endpoint(e),
-                    ..
-                } if e.name == key.name && e.ready == want_ready => break,
+                WatchEvent::Put { object: discovery::Object::Endpoint(e), .. }
+                    if e.name == key.name && e.ready == want_ready =>
+                {
+                    break
+                }
                 WatchEvent::Relist { .. } => {
                     watch.resync();
-                    if registry
-                        .snapshot()
-                        .endpoint("default", &key.name)
-                        .is_some_and(|e| e.ready == want_ready)
-                    {
+                    if registry.snapshot().endpoint("default", &key.name).is_some_and(|e| e.ready == want_ready) {
                         break;
                     }
                 }
@@ -341,14 +277,8 @@ async fn readiness_reaches_the_registry_in_milliseconds() {
     let redb = RedbStore::open(&dir.path().join("store.redb")).unwrap();
     let (_, p99_redb) = measure(Arc::new(redb), "redb", 1000).await;
     // Generous bound for a shared CI machine in a debug build; the target (p99 < 5 ms) is reported above.
-    assert!(
-        p99_mem < Duration::from_millis(100),
-        "memory p99 {p99_mem:?}"
-    );
-    assert!(
-        p99_redb < Duration::from_millis(100),
-        "redb p99 {p99_redb:?}"
-    );
+    assert!(p99_mem < Duration::from_millis(100), "memory p99 {p99_mem:?}");
+    assert!(p99_redb < Duration::from_millis(100), "redb p99 {p99_redb:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,20 +289,12 @@ async fn pods_of_a_silent_node_are_evicted_and_replaced() {
     seed_cluster(&*store).await;
     put(&*store, Kind::Deployment, "default", deployment_json("1")).await;
     let (tx, rx) = oneshot::channel::<()>();
-    let config = ControllersConfig {
-        node_grace: Duration::from_millis(300),
-        seed: Some(1),
-        ..ControllersConfig::default()
-    };
-    let controllers = Controllers::start_with(
-        store.clone(),
-        registry.clone(),
-        Arc::new(SystemClock),
-        config,
-        async move {
+    let config =
+        ControllersConfig { node_grace: Duration::from_millis(300), seed: Some(1), ..ControllersConfig::default() };
+    let controllers =
+        Controllers::start_with(store.clone(), registry.clone(), Arc::new(SystemClock), config, async move {
             let _ = rx.await;
-        },
-    );
+        });
     let first: std::collections::BTreeSet<String> = loop {
         let p = pods(&*store).await;
         if p.len() == 3 {
@@ -384,17 +306,13 @@ async fn pods_of_a_silent_node_are_evicted_and_replaced() {
     let key = Key::new("nodes", "", "n1");
     let start = Instant::now();
     loop {
-        let node: Value =
-            serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
+        let node: Value = serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
         let p = pods(&*store).await;
         let replaced = p.len() == 3 && p.iter().all(|(k, _, _)| !first.contains(&k.name));
         if node["status"]["conditions"][0]["reason"] == json!("NodeStatusUnknown") && replaced {
             break;
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "pods of the lost node were not replaced: {node}"
-        );
+        assert!(start.elapsed() < DEADLINE, "pods of the lost node were not replaced: {node}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = tx.send(());

@@ -36,10 +36,7 @@ spec:
 const CONFIGMAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: b}\n";
 
 fn edit(find: &str, replace: &str) -> String {
-    assert!(
-        DEPLOYMENT.contains(find),
-        "test bug: {find:?} not in the base deployment"
-    );
+    assert!(DEPLOYMENT.contains(find), "test bug: {find:?} not in the base deployment");
     DEPLOYMENT.replacen(find, replace, 1)
 }
 
@@ -55,10 +52,7 @@ fn base_deployment_is_valid() {
     let docs = manifest::parse("web.yaml", DEPLOYMENT).unwrap();
     assert_eq!(docs.len(), 1);
     let d = &docs[0];
-    assert_eq!(
-        (d.kind, d.namespace.as_str(), d.name.as_str(), d.index),
-        (Kind::Deployment, "default", "web", 1)
-    );
+    assert_eq!((d.kind, d.namespace.as_str(), d.name.as_str(), d.index), (Kind::Deployment, "default", "web", 1));
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);
 }
 
@@ -289,18 +283,10 @@ fn rejections_name_file_document_and_path() {
     for (name, source, kind, want) in &cases {
         let (got, got_kind) = reject(source);
         if !got.contains(want) || got_kind != *kind {
-            failures.push(format!(
-                "{name}:\n   want {kind:?} {want:?}\n    got {got_kind:?} {got:?}"
-            ));
+            failures.push(format!("{name}:\n   want {kind:?} {want:?}\n    got {got_kind:?} {got:?}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 #[test]
@@ -322,16 +308,10 @@ fn known_but_unimplemented_fields_warn_with_their_path() {
         "spec.template.spec.serviceAccountName: accepted but ignored",
         "spec.template.spec.dnsPolicy: accepted but ignored",
     ] {
-        assert!(
-            w.iter().any(|x| x.starts_with(want)),
-            "missing warning {want:?} in {w:#?}"
-        );
+        assert!(w.iter().any(|x| x.starts_with(want)), "missing warning {want:?} in {w:#?}");
     }
     // Kept in the stored object, so `get -o yaml` shows what the user wrote.
-    assert_eq!(
-        docs[0].object["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
-        "Always"
-    );
+    assert_eq!(docs[0].object["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always");
 }
 
 #[test]
@@ -347,10 +327,7 @@ fn status_in_a_manifest_is_ignored_but_checked_in_api_bodies() {
 
     body["status"] = json!({"replicas": 2, "whatever": 1});
     let e = model::decode(Some(Kind::Deployment), body).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "request body: status.whatever: unknown field"
-    );
+    assert_eq!(e.to_string(), "request body: status.whatever: unknown field");
 }
 
 #[test]
@@ -358,16 +335,9 @@ fn decode_checks_the_kind_and_fills_type_meta() {
     let docs = manifest::parse("c.yaml", CONFIGMAP).unwrap();
     let e = model::decode(Some(Kind::Pod), docs[0].object.clone()).unwrap_err();
     assert_eq!(e.kind, ManifestErrorKind::KindMismatch);
-    assert_eq!(
-        e.to_string(),
-        "request body: kind: expected Pod, got ConfigMap"
-    );
+    assert_eq!(e.to_string(), "request body: kind: expected Pod, got ConfigMap");
 
-    let d = model::decode(
-        Some(Kind::ConfigMap),
-        json!({"metadata": {"name": "c"}, "data": {"k": "v"}}),
-    )
-    .unwrap();
+    let d = model::decode(Some(Kind::ConfigMap), json!({"metadata": {"name": "c"}, "data": {"k": "v"}})).unwrap();
     assert_eq!(d.object["apiVersion"], "v1");
     assert_eq!(d.object["kind"], "ConfigMap");
     assert_eq!(d.object["metadata"]["namespace"], "default");
@@ -404,17 +374,7 @@ fn pod_status_round_trips_through_decode() {
     assert_eq!(typed.metadata.revision(), Some(42));
     let cs = &typed.status.as_ref().unwrap().container_statuses[0];
     assert_eq!(cs.ports[0].host_port, 40123);
-    assert_eq!(
-        cs.last_state
-            .as_ref()
-            .unwrap()
-            .terminated
-            .as_ref()
-            .unwrap()
-            .reason
-            .as_deref(),
-        Some("OOMKilled")
-    );
+    assert_eq!(cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap().reason.as_deref(), Some("OOMKilled"));
 }
 
 #[test]
@@ -431,27 +391,12 @@ fn defaults_are_filled_in() {
     assert_eq!(pod.termination_grace_period_seconds, 30);
     let probe = pod.containers[0].readiness_probe.clone().unwrap();
     assert_eq!(
-        (
-            probe.period_seconds,
-            probe.timeout_seconds,
-            probe.success_threshold,
-            probe.failure_threshold
-        ),
+        (probe.period_seconds, probe.timeout_seconds, probe.success_threshold, probe.failure_threshold),
         (10, 1, 1, 3)
     );
     // A limit without a request requests the limit.
-    assert_eq!(
-        pod.containers[0].resources.requests["memory"].as_str(),
-        "1Gi"
-    );
-    assert_eq!(
-        pod.total_requests(),
-        model::Resources {
-            cpu_millis: 0,
-            memory_bytes: 1 << 30,
-            pods: 1
-        }
-    );
+    assert_eq!(pod.containers[0].resources.requests["memory"].as_str(), "1Gi");
+    assert_eq!(pod.total_requests(), model::Resources { cpu_millis: 0, memory_bytes: 1 << 30, pods: 1 });
 }
 
 #[test]
@@ -459,14 +404,7 @@ fn total_requests_sums_containers() {
     let src = edit("      containers:\n", "      containers:\n        - {name: side, command: [sleep], resources: {requests: {cpu: \"0.5\", memory: 1e3}}}\n");
     let d: model::Deployment = manifest::parse("d.yaml", &src).unwrap()[0].typed().unwrap();
     let r = d.spec.template.spec.total_requests();
-    assert_eq!(
-        r,
-        model::Resources {
-            cpu_millis: 600,
-            memory_bytes: 64 * 1024 * 1024 + 1000,
-            pods: 1
-        }
-    );
+    assert_eq!(r, model::Resources { cpu_millis: 600, memory_bytes: 64 * 1024 * 1024 + 1000, pods: 1 });
 }
 
 #[test]
@@ -474,12 +412,7 @@ fn json_sources_and_lists() {
     let src = r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}
 {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}}"#;
     let docs = manifest::parse("cm.json", src).unwrap();
-    assert_eq!(
-        docs.iter()
-            .map(|d| (d.index, d.name.as_str()))
-            .collect::<Vec<_>>(),
-        vec![(1, "a"), (2, "b")]
-    );
+    assert_eq!(docs.iter().map(|d| (d.index, d.name.as_str())).collect::<Vec<_>>(), vec![(1, "a"), (2, "b")]);
 
     let list = r#"{"items": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}},
                              {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "labels": {"x": "-"}}}]}"#;
@@ -488,11 +421,7 @@ fn json_sources_and_lists() {
 
     let e = manifest::parse("bad.json", "{\"apiVersion\": \"v1\",\n \"kind\": }").unwrap_err();
     assert_eq!(e.kind, ManifestErrorKind::Syntax);
-    assert!(
-        e.to_string()
-            .starts_with("bad.json: document 1: line 2 column"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("bad.json: document 1: line 2 column"), "{e}");
 
     let yaml_list = "apiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n";
     assert_eq!(manifest::parse("l.yaml", yaml_list).unwrap().len(), 1);
@@ -525,23 +454,15 @@ spec:
 "#;
     let docs = manifest::parse("ing.yaml", src).unwrap();
     let d = &docs[0];
-    assert_eq!(
-        (d.kind, d.name.as_str(), d.namespace.as_str()),
-        (Kind::Route, "shop", "shop")
-    );
+    assert_eq!((d.kind, d.name.as_str(), d.namespace.as_str()), (Kind::Route, "shop", "shop"));
     assert_eq!(d.object["apiVersion"], "berth.dev/v1");
     assert_eq!(d.object["kind"], "Route");
     assert!(
-        d.warnings
-            .iter()
-            .any(|w| w.starts_with("spec.ingressClassName: accepted but ignored")),
+        d.warnings.iter().any(|w| w.starts_with("spec.ingressClassName: accepted but ignored")),
         "{:?}",
         d.warnings
     );
-    assert!(d
-        .warnings
-        .iter()
-        .any(|w| w.contains("ImplementationSpecific is read as Prefix")));
+    assert!(d.warnings.iter().any(|w| w.contains("ImplementationSpecific is read as Prefix")));
 
     let route: model::Route = d.typed().unwrap();
     let routes = route.to_discovery();
@@ -549,25 +470,13 @@ spec:
     assert_eq!(routes[0].name, "shop#0");
     assert_eq!(routes[0].hosts, vec!["a.example.com".to_string()]);
     assert_eq!(routes[0].rules.len(), 2);
-    assert_eq!(
-        routes[0].rules[0].path,
-        Some(discovery::PathMatch::Prefix("/api".into()))
-    );
-    assert_eq!(
-        routes[0].rules[0].backend.port,
-        Some(discovery::TargetPort::Name("http".into()))
-    );
+    assert_eq!(routes[0].rules[0].path, Some(discovery::PathMatch::Prefix("/api".into())));
+    assert_eq!(routes[0].rules[0].backend.port, Some(discovery::TargetPort::Name("http".into())));
     assert_eq!(routes[0].tls.len(), 1);
     assert_eq!(routes[1].hosts, vec!["b.example.com".to_string()]);
-    assert_eq!(
-        routes[1].rules[0].path,
-        Some(discovery::PathMatch::Exact("/exact".into()))
-    );
+    assert_eq!(routes[1].rules[0].path, Some(discovery::PathMatch::Exact("/exact".into())));
     assert!(routes[1].tls.is_empty());
-    assert_eq!(
-        routes[1].default_backend.as_ref().unwrap().service,
-        "fallback"
-    );
+    assert_eq!(routes[1].default_backend.as_ref().unwrap().service, "fallback");
 }
 
 #[test]
@@ -595,19 +504,10 @@ spec:
     assert_eq!((r.name.as_str(), r.namespace.as_str()), ("web", "default"));
     let rule = &r.rules[0];
     assert_eq!(rule.methods, vec!["GET", "POST"]);
-    assert_eq!(
-        rule.headers[1],
-        discovery::HeaderMatch {
-            name: "x-user".into(),
-            value: None
-        }
-    );
+    assert_eq!(rule.headers[1], discovery::HeaderMatch { name: "x-user".into(), value: None });
     assert_eq!(rule.backend.port, Some(discovery::TargetPort::Number(8080)));
     assert_eq!(rule.rewrite_prefix.as_deref(), Some("/"));
-    assert_eq!(
-        rule.add_request_headers,
-        vec![("x-from".to_string(), "berth".to_string())]
-    );
+    assert_eq!(rule.add_request_headers, vec![("x-from".to_string(), "berth".to_string())]);
     assert_eq!(rule.remove_request_headers, vec!["cookie"]);
     assert_eq!(rule.rate_limit_rps, Some(100));
     assert_eq!(r.rules[1].path, None);
@@ -631,26 +531,16 @@ spec:
     let svc: model::Service = manifest::parse("s.yaml", src).unwrap()[0].typed().unwrap();
     let d = svc.to_discovery();
     assert_eq!(d.selector.to_string(), "app=web");
-    assert!(d
-        .selector
-        .matches(&[("app".to_string(), "web".to_string())].into()));
-    assert_eq!(
-        d.ports[0].target_port,
-        discovery::TargetPort::Name("http".into())
-    );
+    assert!(d.selector.matches(&[("app".to_string(), "web".to_string())].into()));
+    assert_eq!(d.ports[0].target_port, discovery::TargetPort::Name("http".into()));
     assert_eq!(d.ports[1].target_port, discovery::TargetPort::Number(9000));
     assert_eq!(
         d.balance,
-        discovery::BalancePolicy::ConsistentHash {
-            hash_on: discovery::HashOn::Header("x-user".into())
-        }
+        discovery::BalancePolicy::ConsistentHash { hash_on: discovery::HashOn::Header("x-user".into()) }
     );
     assert_eq!(d.virtual_ip, Some("10.0.0.10".parse().unwrap()));
     let hc = d.health_check.unwrap();
-    assert_eq!(
-        (hc.http_path.as_deref(), hc.interval_ms, hc.timeout_ms),
-        (Some("/healthz"), 500, 1000)
-    );
+    assert_eq!((hc.http_path.as_deref(), hc.interval_ms, hc.timeout_ms), (Some("/healthz"), 500, 1000));
 
     // Headless, no selector: matches no endpoint (rather than every endpoint).
     let src = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  clusterIP: None\n";
@@ -660,9 +550,7 @@ spec:
     assert!(svc.is_headless());
     let d = svc.to_discovery();
     assert!(!d.selector.matches(&Default::default()));
-    assert!(!d
-        .selector
-        .matches(&[("berth.dev/no-selector".to_string(), String::new())].into()));
+    assert!(!d.selector.matches(&[("berth.dev/no-selector".to_string(), String::new())].into()));
     assert_eq!(d.virtual_ip, None);
 }
 
@@ -696,13 +584,7 @@ spec:
 "#;
     let doc = &manifest::parse("hpa.yaml", src).unwrap()[0];
     assert_eq!(doc.kind, Kind::Autoscaler);
-    assert!(
-        doc.warnings
-            .iter()
-            .any(|w| w.starts_with("spec.metrics[1].resource.name:")),
-        "{:?}",
-        doc.warnings
-    );
+    assert!(doc.warnings.iter().any(|w| w.starts_with("spec.metrics[1].resource.name:")), "{:?}", doc.warnings);
     let a: model::Autoscaler = doc.typed().unwrap();
     assert_eq!((a.spec.min_replicas, a.spec.max_replicas), (2, 10));
     let targets: Vec<_> = a.spec.metrics.iter().map(|m| m.target().unwrap()).collect();
@@ -715,11 +597,7 @@ spec:
         ]
     );
     assert_eq!(a.spec.behavior.scale_up.stabilization_window_seconds, 5);
-    assert_eq!(
-        a.spec.behavior.scale_up.policies.len(),
-        2,
-        "defaults kept for unspecified parts"
-    );
+    assert_eq!(a.spec.behavior.scale_up.policies.len(), 2, "defaults kept for unspecified parts");
     assert_eq!(a.spec.behavior.scale_down.stabilization_window_seconds, 300);
     assert_eq!(a.spec.behavior.scale_down.policies[0].value, 1);
     assert_eq!(a.spec.behavior.scale_down.tolerance, 0.1);
@@ -727,10 +605,7 @@ spec:
     // No metrics: Kubernetes' default, CPU at 80%.
     let src = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: w}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: w}\n  maxReplicas: 3\n";
     let a: model::Autoscaler = manifest::parse("h.yaml", src).unwrap()[0].typed().unwrap();
-    assert_eq!(
-        a.spec.metrics[0].target(),
-        Some((model::MetricName::Cpu, 80.0))
-    );
+    assert_eq!(a.spec.metrics[0].target(), Some((model::MetricName::Cpu, 80.0)));
 }
 
 #[test]
@@ -743,11 +618,8 @@ fn scale_to_zero_is_allowed_with_a_request_metric() {
 
 #[test]
 fn secret_string_data_is_folded_into_data() {
-    let wrapped =
-        "apiVersion: v1\nkind: Secret\nmetadata: {name: w}\ndata:\n  a: |\n    aGVs\n    bG8=\n";
-    let w: model::Secret = manifest::parse("w.yaml", wrapped).unwrap()[0]
-        .typed()
-        .unwrap();
+    let wrapped = "apiVersion: v1\nkind: Secret\nmetadata: {name: w}\ndata:\n  a: |\n    aGVs\n    bG8=\n";
+    let w: model::Secret = manifest::parse("w.yaml", wrapped).unwrap()[0].typed().unwrap();
     assert_eq!(w.get("a").unwrap(), b"hello");
     let src = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {a: YQ==}\nstringData: {b: hello}\n";
     let doc = &manifest::parse("s.yaml", src).unwrap()[0];
@@ -756,10 +628,7 @@ fn secret_string_data_is_folded_into_data() {
     let s: model::Secret = doc.typed().unwrap();
     assert_eq!(s.get("b").unwrap(), b"hello");
     let debug = format!("{s:?}");
-    assert!(
-        !debug.contains("aGVsbG8") && !debug.contains("hello"),
-        "{debug}"
-    );
+    assert!(!debug.contains("aGVsbG8") && !debug.contains("hello"), "{debug}");
 }
 
 #[test]
@@ -794,18 +663,8 @@ status:
     let node: model::Node = doc.typed().unwrap();
     assert!(node.is_ready());
     assert_eq!(node.address(), Some("127.0.0.1"));
-    assert_eq!(
-        node.allocatable(),
-        model::Resources {
-            cpu_millis: 3500,
-            memory_bytes: 7 << 30,
-            pods: 110
-        }
-    );
-    assert_eq!(
-        doc.object["status"]["heartbeatTime"],
-        "2026-01-02T03:04:05.250Z"
-    );
+    assert_eq!(node.allocatable(), model::Resources { cpu_millis: 3500, memory_bytes: 7 << 30, pods: 110 });
+    assert_eq!(doc.object["status"]["heartbeatTime"], "2026-01-02T03:04:05.250Z");
     let t = model::Toleration {
         key: Some("dedicated".into()),
         operator: model::TolerationOperator::Equal,
@@ -830,10 +689,7 @@ fn config_files() -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if matches!(
-                p.extension().and_then(|x| x.to_str()),
-                Some("yaml" | "yml" | "json")
-            ) {
+            } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml" | "json")) {
                 out.push(p);
             }
         }
@@ -844,55 +700,31 @@ fn config_files() -> Vec<PathBuf> {
 
 /// Manifest directories (proxy configs elsewhere under config/ are not manifests).
 fn is_manifest_dir(p: &Path) -> bool {
-    p.components()
-        .any(|c| matches!(c.as_os_str().to_str(), Some("examples" | "k8s")))
+    p.components().any(|c| matches!(c.as_os_str().to_str(), Some("examples" | "k8s")))
 }
 
 #[test]
 fn every_config_manifest_parses_and_round_trips() {
-    let files: Vec<_> = config_files()
-        .into_iter()
-        .filter(|p| is_manifest_dir(p))
-        .collect();
-    assert!(
-        files.len() >= 4,
-        "expected the example manifests, found {files:?}"
-    );
+    let files: Vec<_> = config_files().into_iter().filter(|p| is_manifest_dir(p)).collect();
+    assert!(files.len() >= 4, "expected the example manifests, found {files:?}");
     let mut kinds = std::collections::BTreeSet::new();
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
-        let docs =
-            manifest::parse(&f.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+        let docs = manifest::parse(&f.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
         assert!(!docs.is_empty(), "{}", f.display());
         for d in docs {
             kinds.insert(d.kind);
-            let again = model::decode(Some(d.kind), d.object.clone())
-                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-            assert_eq!(
-                again.object,
-                d.object,
-                "{}: {} is not stable under decode",
-                f.display(),
-                d.display_name()
-            );
-            assert_eq!(
-                (again.namespace, again.name),
-                (d.namespace.clone(), d.name.clone())
-            );
+            let again =
+                model::decode(Some(d.kind), d.object.clone()).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert_eq!(again.object, d.object, "{}: {} is not stable under decode", f.display(), d.display_name());
+            assert_eq!((again.namespace, again.name), (d.namespace.clone(), d.name.clone()));
             // And through text, as the CLI's `-o yaml` would print it.
             let yaml = serde_yaml_ng::to_string(&d.object).unwrap();
             let reparsed = manifest::parse("printed.yaml", &yaml).unwrap();
             assert_eq!(reparsed[0].object, d.object);
         }
     }
-    for k in [
-        Kind::Deployment,
-        Kind::Service,
-        Kind::Route,
-        Kind::ConfigMap,
-        Kind::Secret,
-        Kind::Autoscaler,
-    ] {
+    for k in [Kind::Deployment, Kind::Service, Kind::Route, Kind::ConfigMap, Kind::Secret, Kind::Autoscaler] {
         assert!(kinds.contains(&k), "no {k} in config/");
     }
 }
@@ -901,19 +733,12 @@ fn every_config_manifest_parses_and_round_trips() {
 fn kubernetes_manifest_set_applies_unchanged() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/k8s");
     let mut all = Vec::new();
-    for f in config_files()
-        .into_iter()
-        .filter(|p| p.starts_with(&dir) || p.to_string_lossy().contains("/config/k8s/"))
+    for f in config_files().into_iter().filter(|p| p.starts_with(&dir) || p.to_string_lossy().contains("/config/k8s/"))
     {
         let text = std::fs::read_to_string(&f).unwrap();
-        all.extend(
-            manifest::parse(&f.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}")),
-        );
+        all.extend(manifest::parse(&f.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}")));
     }
-    let names: Vec<_> = all
-        .iter()
-        .map(|d| (d.kind, d.namespace.as_str(), d.name.as_str()))
-        .collect();
+    let names: Vec<_> = all.iter().map(|d| (d.kind, d.namespace.as_str(), d.name.as_str())).collect();
     for want in [
         (Kind::Deployment, "shop", "shop"),
         (Kind::Service, "shop", "shop"),
@@ -925,32 +750,20 @@ fn kubernetes_manifest_set_applies_unchanged() {
         assert!(names.contains(&want), "{want:?} missing from {names:?}");
     }
     let dep = all.iter().find(|d| d.kind == Kind::Deployment).unwrap();
-    assert!(
-        dep.warnings.iter().any(|w| w.contains("imagePullPolicy")),
-        "{:?}",
-        dep.warnings
-    );
+    assert!(dep.warnings.iter().any(|w| w.contains("imagePullPolicy")), "{:?}", dep.warnings);
 }
 
 #[test]
 fn example_web_deployment_has_what_describe_shows() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/web.yaml");
     let docs = manifest::parse("web.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
-    let d: model::Deployment = docs
-        .iter()
-        .find(|d| d.kind == Kind::Deployment)
-        .unwrap()
-        .typed()
-        .unwrap();
+    let d: model::Deployment = docs.iter().find(|d| d.kind == Kind::Deployment).unwrap().typed().unwrap();
     assert_eq!(d.metadata.name, "web");
     let c = &d.spec.template.spec.containers[0];
     assert_eq!(c.command, vec!["berth", "echo"]);
     assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
     assert_eq!(d.spec.template.spec.total_requests().cpu_millis, 100);
-    assert!(
-        docs.iter().all(|d| d.warnings.is_empty()),
-        "the example should be warning-free"
-    );
+    assert!(docs.iter().all(|d| d.warnings.is_empty()), "the example should be warning-free");
 }
 
 proptest::proptest! {

@@ -39,52 +39,20 @@ fn pod_json(name: &str, cpu: &str, memory: &str) -> Vec<u8> {
 }
 
 async fn add_node(store: &Arc<dyn Store>, name: &str, cpu: &str, memory: &str, cordoned: bool) {
-    store
-        .create(
-            &Key::new("nodes", "", name),
-            node_json(name, cpu, memory, "a", cordoned),
-        )
-        .await
-        .expect("create node");
+    store.create(&Key::new("nodes", "", name), node_json(name, cpu, memory, "a", cordoned)).await.expect("create node");
 }
 
 async fn add_pod(store: &Arc<dyn Store>, name: &str, cpu: &str, memory: &str) {
-    store
-        .create(
-            &Key::new("pods", "default", name),
-            pod_json(name, cpu, memory),
-        )
-        .await
-        .expect("create pod");
+    store.create(&Key::new("pods", "default", name), pod_json(name, cpu, memory)).await.expect("create pod");
 }
 
 async fn pods(store: &Arc<dyn Store>) -> Vec<model::Pod> {
-    let (list, _) = store
-        .list(
-            &Prefix {
-                kind: "pods".into(),
-                namespace: None,
-            },
-            None,
-        )
-        .await
-        .expect("list pods");
-    list.iter()
-        .map(|v| serde_json::from_slice(&v.value).expect("stored pod"))
-        .collect()
+    let (list, _) = store.list(&Prefix { kind: "pods".into(), namespace: None }, None).await.expect("list pods");
+    list.iter().map(|v| serde_json::from_slice(&v.value).expect("stored pod")).collect()
 }
 
 async fn nodes(store: &Arc<dyn Store>) -> BTreeMap<String, model::Node> {
-    let (list, _) = store
-        .list(
-            &Prefix {
-                kind: "nodes".into(),
-                namespace: None,
-            },
-            None,
-        )
-        .await
-        .expect("list nodes");
+    let (list, _) = store.list(&Prefix { kind: "nodes".into(), namespace: None }, None).await.expect("list nodes");
     list.iter()
         .map(|v| {
             let n: model::Node = serde_json::from_slice(&v.value).expect("stored node");
@@ -94,15 +62,11 @@ async fn nodes(store: &Arc<dyn Store>) -> BTreeMap<String, model::Node> {
 }
 
 fn scheduled_condition(p: &model::Pod) -> Option<&model::Condition> {
-    p.status
-        .as_ref()
-        .and_then(|s| model::find_condition(&s.conditions, POD_SCHEDULED))
+    p.status.as_ref().and_then(|s| model::find_condition(&s.conditions, POD_SCHEDULED))
 }
 
 fn unschedulable_message(p: &model::Pod) -> Option<String> {
-    scheduled_condition(p)
-        .filter(|c| c.status == ConditionStatus::False)
-        .and_then(|c| c.message.clone())
+    scheduled_condition(p).filter(|c| c.status == ConditionStatus::False).and_then(|c| c.message.clone())
 }
 
 /// Polls `check` until it holds or the deadline passes.
@@ -136,10 +100,7 @@ impl Running {
                 .await
                 .expect("scheduler service");
         });
-        Self {
-            stop: Some(tx),
-            task,
-        }
+        Self { stop: Some(tx), task }
     }
 
     async fn stop(mut self) {
@@ -181,13 +142,7 @@ async fn pods_get_bound(store: Arc<dyn Store>) {
     for i in 0..9 {
         add_pod(&store, &format!("web-{i}"), "100m", "64Mi").await;
     }
-    wait_until("all pods bound", || async {
-        pods(&store)
-            .await
-            .iter()
-            .all(|p| p.spec.node_name.is_some())
-    })
-    .await;
+    wait_until("all pods bound", || async { pods(&store).await.iter().all(|p| p.spec.node_name.is_some()) }).await;
     for p in pods(&store).await {
         let c = scheduled_condition(&p).expect("PodScheduled");
         assert_eq!(c.status, ConditionStatus::True, "{}", p.metadata.name);
@@ -197,11 +152,7 @@ async fn pods_get_bound(store: Arc<dyn Store>) {
     assert_eq!(u.values().map(|v| v.1).collect::<Vec<_>>(), vec![3, 3, 3]);
     // Each node's allocation record holds exactly its bound pods.
     for n in ["n1", "n2", "n3"] {
-        let v = store
-            .get(&allocation_key(n))
-            .await
-            .expect("get")
-            .expect("record");
+        let v = store.get(&allocation_key(n)).await.expect("get").expect("record");
         let record: Allocation = serde_json::from_slice(&v.value).expect("record json");
         assert_eq!(record.claims.len(), 3, "{n}");
     }
@@ -240,10 +191,7 @@ async fn two_schedulers_never_overcommit(store: Arc<dyn Store>) {
     wait_until("40 bound and 20 marked unschedulable", || async {
         let all = pods(&store).await;
         let bound = all.iter().filter(|p| p.spec.node_name.is_some()).count();
-        let marked = all
-            .iter()
-            .filter(|p| p.spec.node_name.is_none() && unschedulable_message(p).is_some())
-            .count();
+        let marked = all.iter().filter(|p| p.spec.node_name.is_none() && unschedulable_message(p).is_some()).count();
         eprintln!("bound {bound}, marked {marked}, usage {:?}", usage(&all));
         bound == 40 && marked == 20
     })
@@ -253,10 +201,7 @@ async fn two_schedulers_never_overcommit(store: Arc<dyn Store>) {
         assert!(cpu <= 1000, "{node} overcommitted: {cpu}m");
         assert!(count <= 10, "{node} holds {count} pods");
     }
-    let msg = all
-        .iter()
-        .find_map(unschedulable_message)
-        .expect("a message");
+    let msg = all.iter().find_map(unschedulable_message).expect("a message");
     assert_eq!(msg, "0/4 nodes available: 4 insufficient cpu");
     a.stop().await;
     b.stop().await;
@@ -274,15 +219,9 @@ async fn two_schedulers_never_overcommit_redb() {
 }
 
 async fn read_big(store: &Arc<dyn Store>) -> (model::Pod, u64) {
-    let key = PodKey {
-        namespace: "default".into(),
-        name: "big".into(),
-    };
+    let key = PodKey { namespace: "default".into(), name: "big".into() };
     let v = store.get(&pod_key(&key)).await.expect("get").expect("pod");
-    (
-        serde_json::from_slice::<model::Pod>(&v.value).expect("pod json"),
-        v.revision,
-    )
+    (serde_json::from_slice::<model::Pod>(&v.value).expect("pod json"), v.revision)
 }
 
 #[tokio::test]
@@ -292,24 +231,15 @@ async fn unschedulable_reason_is_written_then_resolved_by_a_new_node() {
     add_node(&store, "cordoned", "4", "64Gi", true).await;
     let running = Running::start(&store, 3);
     add_pod(&store, "big", "100m", "8Gi").await;
-    wait_until("unschedulable reason", || async {
-        unschedulable_message(&read_big(&store).await.0).is_some()
-    })
-    .await;
+    wait_until("unschedulable reason", || async { unschedulable_message(&read_big(&store).await.0).is_some() }).await;
     let (pod, revision) = read_big(&store).await;
     let c = scheduled_condition(&pod).expect("condition");
     assert_eq!(c.reason.as_deref(), Some("Unschedulable"));
-    assert_eq!(
-        c.message.as_deref(),
-        Some("0/2 nodes available: 1 node(s) were unschedulable, 1 insufficient memory")
-    );
+    assert_eq!(c.message.as_deref(), Some("0/2 nodes available: 1 node(s) were unschedulable, 1 insufficient memory"));
     // The condition is written once: an unrelated change wakes the service, which must not rewrite it.
     add_pod(&store, "tiny", "10m", "1Mi").await;
     wait_until("tiny bound", || async {
-        pods(&store)
-            .await
-            .iter()
-            .any(|p| p.metadata.name == "tiny" && p.spec.node_name.is_some())
+        pods(&store).await.iter().any(|p| p.metadata.name == "tiny" && p.spec.node_name.is_some())
     })
     .await;
     assert_eq!(read_big(&store).await.1, revision, "condition rewritten");
@@ -320,10 +250,7 @@ async fn unschedulable_reason_is_written_then_resolved_by_a_new_node() {
     })
     .await;
     let (pod, _) = read_big(&store).await;
-    assert_eq!(
-        scheduled_condition(&pod).map(|c| c.status),
-        Some(ConditionStatus::True)
-    );
+    assert_eq!(scheduled_condition(&pod).map(|c| c.status), Some(ConditionStatus::True));
     running.stop().await;
 }
 
@@ -336,17 +263,8 @@ async fn cordoned_node_gets_no_pods() {
     for i in 0..8 {
         add_pod(&store, &format!("w-{i}"), "100m", "1Mi").await;
     }
-    wait_until("all bound", || async {
-        pods(&store)
-            .await
-            .iter()
-            .all(|p| p.spec.node_name.is_some())
-    })
-    .await;
-    assert!(pods(&store)
-        .await
-        .iter()
-        .all(|p| p.spec.node_name.as_deref() == Some("open")));
+    wait_until("all bound", || async { pods(&store).await.iter().all(|p| p.spec.node_name.is_some()) }).await;
+    assert!(pods(&store).await.iter().all(|p| p.spec.node_name.as_deref() == Some("open")));
     assert!(nodes(&store).await["closed"].spec.unschedulable);
     running.stop().await;
 }
@@ -364,25 +282,15 @@ async fn dead_claims_are_collected() {
     assert_eq!(r.run.bound.len(), 10);
     // Delete every pod behind the scheduler's back: the record still claims the whole node.
     for i in 0..10 {
-        store
-            .delete(&Key::new("pods", "default", format!("a-{i}")), None)
-            .await
-            .expect("delete");
+        store.delete(&Key::new("pods", "default", format!("a-{i}")), None).await.expect("delete");
     }
     for i in 0..10 {
         add_pod(&store, &format!("b-{i}"), "100m", "1Mi").await;
     }
     let r = scheduler.round().await.expect("round");
     assert_eq!(r.run.bound.len(), 10, "{r:?}");
-    let v = store
-        .get(&allocation_key("n1"))
-        .await
-        .expect("get")
-        .expect("record");
+    let v = store.get(&allocation_key("n1")).await.expect("get").expect("record");
     let record: Allocation = serde_json::from_slice(&v.value).expect("record");
-    assert!(record
-        .claims
-        .values()
-        .all(|c| c.pod.starts_with("default/b-")));
+    assert!(record.claims.values().all(|c| c.pod.starts_with("default/b-")));
     assert_eq!(record.claims.len(), 10);
 }

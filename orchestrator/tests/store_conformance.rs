@@ -7,9 +7,7 @@
 
 use discovery::{Labels, Operator, Requirement, Selector};
 use futures::StreamExt;
-use orchestrator::store::{
-    Key, MemoryStore, Prefix, RedbStore, Store, StoreError, StoreEvent, Versioned, WatchStream,
-};
+use orchestrator::store::{Key, MemoryStore, Prefix, RedbStore, Store, StoreError, StoreEvent, Versioned, WatchStream};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +17,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// Whether a test that needs `tool` should run; prints why not, and fails under `BERTH_REQUIRE_ALL=1`.
 #[allow(dead_code)]
 fn require(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
+    let found =
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
     if !found {
         assert!(
             std::env::var("BERTH_REQUIRE_ALL").as_deref() != Ok("1"),
@@ -32,10 +30,8 @@ fn require(tool: &str) -> bool {
 }
 
 fn obj(name: &str, labels: &[(&str, &str)], payload: &str) -> Vec<u8> {
-    let labels: serde_json::Map<String, serde_json::Value> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-        .collect();
+    let labels: serde_json::Map<String, serde_json::Value> =
+        labels.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
     serde_json::to_vec(&serde_json::json!({
         "metadata": { "name": name, "labels": labels },
         "spec": { "payload": payload },
@@ -44,10 +40,7 @@ fn obj(name: &str, labels: &[(&str, &str)], payload: &str) -> Vec<u8> {
 }
 
 fn prefix(kind: &str, ns: Option<&str>) -> Prefix {
-    Prefix {
-        kind: kind.to_string(),
-        namespace: ns.map(str::to_string),
-    }
+    Prefix { kind: kind.to_string(), namespace: ns.map(str::to_string) }
 }
 
 async fn next_event(stream: &mut WatchStream) -> StoreEvent {
@@ -79,49 +72,21 @@ async fn crud(store: &dyn Store, tag: &str) {
     let v1 = vec![0u8, 159, 146, 150, b'{'];
     let r1 = store.create(&key, v1.clone()).await.expect("create");
     assert!(r1 > before, "create revision {r1} not after {before}");
-    assert_eq!(
-        store.get(&key).await.expect("get"),
-        Some(Versioned {
-            key: key.clone(),
-            value: v1,
-            revision: r1
-        })
-    );
-    assert!(
-        matches!(store.create(&key, b"x".to_vec()).await, Err(StoreError::AlreadyExists(k)) if k == key)
-    );
+    assert_eq!(store.get(&key).await.expect("get"), Some(Versioned { key: key.clone(), value: v1, revision: r1 }));
+    assert!(matches!(store.create(&key, b"x".to_vec()).await, Err(StoreError::AlreadyExists(k)) if k == key));
 
     match store.update(&key, b"v2".to_vec(), r1 - 1).await {
-        Err(StoreError::Conflict {
-            key: k,
-            expected,
-            actual,
-        }) => {
+        Err(StoreError::Conflict { key: k, expected, actual }) => {
             assert_eq!((k, expected, actual), (key.clone(), r1 - 1, r1));
         }
         other => panic!("stale update: {other:?}"),
     }
-    let r2 = store
-        .update(&key, b"v2".to_vec(), r1)
-        .await
-        .expect("update");
+    let r2 = store.update(&key, b"v2".to_vec(), r1).await.expect("update");
     assert!(r2 > r1);
-    assert_eq!(
-        store
-            .get(&key)
-            .await
-            .expect("get")
-            .map(|v| (v.value, v.revision)),
-        Some((b"v2".to_vec(), r2))
-    );
+    assert_eq!(store.get(&key).await.expect("get").map(|v| (v.value, v.revision)), Some((b"v2".to_vec(), r2)));
     let missing = Key::new(&kind, "default", "missing");
-    assert!(
-        matches!(store.update(&missing, b"x".to_vec(), r2).await, Err(StoreError::NotFound(k)) if k == missing)
-    );
-    assert!(matches!(
-        store.delete(&missing, None).await,
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(store.update(&missing, b"x".to_vec(), r2).await, Err(StoreError::NotFound(k)) if k == missing));
+    assert!(matches!(store.delete(&missing, None).await, Err(StoreError::NotFound(_))));
 
     assert!(matches!(
         store.delete(&key, Some(r1)).await,
@@ -130,44 +95,22 @@ async fn crud(store: &dyn Store, tag: &str) {
     let r3 = store.delete(&key, Some(r2)).await.expect("delete");
     assert!(r3 > r2);
     assert_eq!(store.get(&key).await.expect("get"), None);
-    assert!(matches!(
-        store.delete(&key, None).await,
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(store.delete(&key, None).await, Err(StoreError::NotFound(_))));
     assert!(store.revision().await.expect("revision") >= r3);
 
     // Unconditional delete, and cluster-scoped keys (empty namespace).
     let node = Key::new(format!("{tag}-crud-nodes"), "", "n1");
-    let r4 = store
-        .create(&node, b"{}".to_vec())
-        .await
-        .expect("create node");
-    let (nodes, at) = store
-        .list(&prefix(&node.kind, None), None)
-        .await
-        .expect("list nodes");
-    assert_eq!(
-        nodes,
-        vec![Versioned {
-            key: node.clone(),
-            value: b"{}".to_vec(),
-            revision: r4
-        }]
-    );
+    let r4 = store.create(&node, b"{}".to_vec()).await.expect("create node");
+    let (nodes, at) = store.list(&prefix(&node.kind, None), None).await.expect("list nodes");
+    assert_eq!(nodes, vec![Versioned { key: node.clone(), value: b"{}".to_vec(), revision: r4 }]);
     assert!(at >= r4);
     let r5 = store.delete(&node, None).await.expect("delete node");
     assert!(r5 > r4);
 
     // Re-creating a deleted key starts it over.
-    let r6 = store
-        .create(&key, b"again".to_vec())
-        .await
-        .expect("re-create");
+    let r6 = store.create(&key, b"again".to_vec()).await.expect("re-create");
     assert!(r6 > r5);
-    assert!(matches!(
-        store.update(&key, b"x".to_vec(), r2).await,
-        Err(StoreError::Conflict { .. })
-    ));
+    assert!(matches!(store.update(&key, b"x".to_vec(), r2).await, Err(StoreError::Conflict { .. })));
 }
 
 async fn list_and_selectors(store: &dyn Store, tag: &str) {
@@ -183,58 +126,33 @@ async fn list_and_selectors(store: &dyn Store, tag: &str) {
     ];
     let mut last = 0;
     for (ns, name, labels) in &objects {
-        last = store
-            .create(&Key::new(&kind, *ns, *name), obj(name, labels, "x"))
-            .await
-            .expect("create");
+        last = store.create(&Key::new(&kind, *ns, *name), obj(name, labels, "x")).await.expect("create");
     }
     // Look-alike kinds must not leak into the list.
     store
-        .create(
-            &Key::new(format!("{kind}2"), "a", "web-9"),
-            obj("web-9", &[("app", "web")], "x"),
-        )
+        .create(&Key::new(format!("{kind}2"), "a", "web-9"), obj("web-9", &[("app", "web")], "x"))
         .await
         .expect("create");
 
     let names = |items: &[Versioned]| {
-        let mut n: Vec<String> = items
-            .iter()
-            .map(|v| format!("{}/{}", v.key.namespace, v.key.name))
-            .collect();
+        let mut n: Vec<String> = items.iter().map(|v| format!("{}/{}", v.key.namespace, v.key.name)).collect();
         n.sort();
         n
     };
     let (all, at) = store.list(&prefix(&kind, None), None).await.expect("list");
-    assert!(
-        at >= last,
-        "list revision {at} before the last write {last}"
-    );
-    assert_eq!(
-        names(&all),
-        ["a-b/x", "a/db-1", "a/web-1", "a/web-2", "ab/web-3", "b/plain"]
-    );
+    assert!(at >= last, "list revision {at} before the last write {last}");
+    assert_eq!(names(&all), ["a-b/x", "a/db-1", "a/web-1", "a/web-2", "ab/web-3", "b/plain"]);
     let in_order: Vec<&Key> = all.iter().map(|v| &v.key).collect();
     let mut sorted = in_order.clone();
     sorted.sort();
     assert_eq!(in_order, sorted, "list is ordered by (namespace, name)");
     for v in &all {
-        let got = store
-            .get(&v.key)
-            .await
-            .expect("get")
-            .expect("listed object exists");
+        let got = store.get(&v.key).await.expect("get").expect("listed object exists");
         assert_eq!(&got, v);
     }
-    let (in_a, _) = store
-        .list(&prefix(&kind, Some("a")), None)
-        .await
-        .expect("list ns");
+    let (in_a, _) = store.list(&prefix(&kind, Some("a")), None).await.expect("list ns");
     assert_eq!(names(&in_a), ["a/db-1", "a/web-1", "a/web-2"]);
-    let (none, _) = store
-        .list(&prefix(&kind, Some("zz")), None)
-        .await
-        .expect("list empty ns");
+    let (none, _) = store.list(&prefix(&kind, Some("zz")), None).await.expect("list empty ns");
     assert!(none.is_empty());
 
     let req = |key: &str, op: Operator, values: &[&str]| Requirement {
@@ -242,88 +160,53 @@ async fn list_and_selectors(store: &dyn Store, tag: &str) {
         op,
         values: values.iter().map(|v| v.to_string()).collect(),
     };
-    let web: Labels = [("app".to_string(), "web".to_string())]
-        .into_iter()
-        .collect();
+    let web: Labels = [("app".to_string(), "web".to_string())].into_iter().collect();
     let cases: Vec<(&str, Selector, Option<&str>, Vec<&str>)> = vec![
-        (
-            "app=web",
-            Selector::from_labels(&web),
-            None,
-            vec!["a/web-1", "a/web-2", "ab/web-3"],
-        ),
-        (
-            "app=web in a",
-            Selector::from_labels(&web),
-            Some("a"),
-            vec!["a/web-1", "a/web-2"],
-        ),
+        ("app=web", Selector::from_labels(&web), None, vec!["a/web-1", "a/web-2", "ab/web-3"]),
+        ("app=web in a", Selector::from_labels(&web), Some("a"), vec!["a/web-1", "a/web-2"]),
         ("empty", Selector::everything(), Some("b"), vec!["b/plain"]),
         (
             "app=web,tier=front",
             Selector {
-                requirements: vec![
-                    req("app", Operator::Equals, &["web"]),
-                    req("tier", Operator::Equals, &["front"]),
-                ],
+                requirements: vec![req("app", Operator::Equals, &["web"]), req("tier", Operator::Equals, &["front"])],
             },
             None,
             vec!["a/web-1", "ab/web-3"],
         ),
         (
             "app!=web",
-            Selector {
-                requirements: vec![req("app", Operator::NotEquals, &["web"])],
-            },
+            Selector { requirements: vec![req("app", Operator::NotEquals, &["web"])] },
             None,
             vec!["a-b/x", "a/db-1", "b/plain"],
         ),
         (
             "app in (db,x)",
-            Selector {
-                requirements: vec![req("app", Operator::In, &["db", "x"])],
-            },
+            Selector { requirements: vec![req("app", Operator::In, &["db", "x"])] },
             None,
             vec!["a/db-1"],
         ),
         (
             "app notin (web)",
-            Selector {
-                requirements: vec![req("app", Operator::NotIn, &["web"])],
-            },
+            Selector { requirements: vec![req("app", Operator::NotIn, &["web"])] },
             None,
             vec!["a-b/x", "a/db-1", "b/plain"],
         ),
         (
             "tier",
-            Selector {
-                requirements: vec![req("tier", Operator::Exists, &[])],
-            },
+            Selector { requirements: vec![req("tier", Operator::Exists, &[])] },
             None,
             vec!["a/db-1", "a/web-1", "ab/web-3"],
         ),
         (
             "!tier",
-            Selector {
-                requirements: vec![req("tier", Operator::DoesNotExist, &[])],
-            },
+            Selector { requirements: vec![req("tier", Operator::DoesNotExist, &[])] },
             None,
             vec!["a-b/x", "a/web-2", "b/plain"],
         ),
-        (
-            "app=nothing",
-            Selector {
-                requirements: vec![req("app", Operator::Equals, &["nothing"])],
-            },
-            None,
-            vec![],
-        ),
+        ("app=nothing", Selector { requirements: vec![req("app", Operator::Equals, &["nothing"])] }, None, vec![]),
     ];
     for (name, selector, ns, want) in cases {
-        let (items, _) = store
-            .list(&prefix(&kind, ns), Some(&selector))
-            .await
-            .expect("list with selector");
+        let (items, _) = store.list(&prefix(&kind, ns), Some(&selector)).await.expect("list with selector");
         assert_eq!(names(&items), want, "selector case {name}");
     }
 }
@@ -357,37 +240,15 @@ enum Seen {
 
 fn seen(ev: &StoreEvent) -> (u64, Seen) {
     match ev {
-        StoreEvent::Put {
-            object,
-            created: true,
-        } => (
-            object.revision,
-            Seen::Created {
-                name: object.key.name.clone(),
-                value: object.value.clone(),
-            },
-        ),
-        StoreEvent::Put {
-            object,
-            created: false,
-        } => (
-            object.revision,
-            Seen::Updated {
-                name: object.key.name.clone(),
-                value: object.value.clone(),
-            },
-        ),
-        StoreEvent::Delete {
-            key,
-            revision,
-            prev,
-        } => (
-            *revision,
-            Seen::Deleted {
-                name: key.name.clone(),
-                prev: prev.clone(),
-            },
-        ),
+        StoreEvent::Put { object, created: true } => {
+            (object.revision, Seen::Created { name: object.key.name.clone(), value: object.value.clone() })
+        }
+        StoreEvent::Put { object, created: false } => {
+            (object.revision, Seen::Updated { name: object.key.name.clone(), value: object.value.clone() })
+        }
+        StoreEvent::Delete { key, revision, prev } => {
+            (*revision, Seen::Deleted { name: key.name.clone(), prev: prev.clone() })
+        }
     }
 }
 
@@ -407,44 +268,20 @@ async fn writer(
         let key = Key::new(&kind, "ns", &name);
         let value = obj(&name, &[("writer", &w.to_string())], &format!("create {i}"));
         let rev = store.create(&key, value.clone()).await.expect("create");
-        acks.push((
-            rev,
-            Seen::Created {
-                name: name.clone(),
-                value: value.clone(),
-            },
-        ));
+        acks.push((rev, Seen::Created { name: name.clone(), value: value.clone() }));
         let mut last = (rev, value);
         if i % 2 == 0 {
             let value = obj(&name, &[("writer", &w.to_string())], &format!("update {i}"));
-            let rev = store
-                .update(&key, value.clone(), last.0)
-                .await
-                .expect("update");
-            acks.push((
-                rev,
-                Seen::Updated {
-                    name: name.clone(),
-                    value: value.clone(),
-                },
-            ));
+            let rev = store.update(&key, value.clone(), last.0).await.expect("update");
+            acks.push((rev, Seen::Updated { name: name.clone(), value: value.clone() }));
             last = (rev, value);
         }
         if i % 3 == 0 {
             let rev = store.delete(&key, Some(last.0)).await.expect("delete");
-            acks.push((
-                rev,
-                Seen::Deleted {
-                    name: name.clone(),
-                    prev: Some(last.1.clone()),
-                },
-            ));
+            acks.push((rev, Seen::Deleted { name: name.clone(), prev: Some(last.1.clone()) }));
         }
         if i % 4 == 0 {
-            store
-                .create(&Key::new(&noise_kind, "ns", &name), b"{}".to_vec())
-                .await
-                .expect("noise");
+            store.create(&Key::new(&noise_kind, "ns", &name), b"{}".to_vec()).await.expect("noise");
         }
         let _ = progress.send(());
     }
@@ -455,23 +292,11 @@ async fn watch_sees_every_change_once(store: Arc<dyn Store>, tag: &str, reconnec
     let kind = format!("{tag}-watch{}", if reconnect { "-reconnect" } else { "" });
     let noise = format!("{kind}-noise");
     let from = store.revision().await.expect("revision");
-    let mut stream = store
-        .watch(&prefix(&kind, None), from)
-        .await
-        .expect("watch");
+    let mut stream = store.watch(&prefix(&kind, None), from).await.expect("watch");
 
     let (progress, _rx) = tokio::sync::mpsc::unbounded_channel();
     let writers: Vec<_> = (0..8)
-        .map(|w| {
-            tokio::spawn(writer(
-                store.clone(),
-                kind.clone(),
-                noise.clone(),
-                w,
-                30,
-                progress.clone(),
-            ))
-        })
+        .map(|w| tokio::spawn(writer(store.clone(), kind.clone(), noise.clone(), w, 30, progress.clone())))
         .collect();
     let mut expected = Vec::new();
     for w in writers {
@@ -485,10 +310,7 @@ async fn watch_sees_every_change_once(store: Arc<dyn Store>, tag: &str, reconnec
         // Drop the stream now and then and resume from the last revision seen, as a client
         // reconnecting after a network failure would.
         if reconnect && got.len() % 37 == 36 {
-            stream = store
-                .watch(&prefix(&kind, None), last)
-                .await
-                .expect("re-watch");
+            stream = store.watch(&prefix(&kind, None), last).await.expect("re-watch");
         }
         let (rev, s) = seen(&next_event(&mut stream).await);
         assert!(rev > last, "watch went from revision {last} back to {rev}");
@@ -503,30 +325,17 @@ async fn list_then_watch_has_no_gaps(store: Arc<dyn Store>, tag: &str) {
     let noise = format!("{kind}-noise");
     let (progress, mut acks) = tokio::sync::mpsc::unbounded_channel();
     let writers: Vec<_> = (0..8)
-        .map(|w| {
-            tokio::spawn(writer(
-                store.clone(),
-                kind.clone(),
-                noise.clone(),
-                w,
-                20,
-                progress.clone(),
-            ))
-        })
+        .map(|w| tokio::spawn(writer(store.clone(), kind.clone(), noise.clone(), w, 20, progress.clone())))
         .collect();
     drop(progress);
     // List while the writers are busy.
     for _ in 0..40 {
-        tokio::time::timeout(DEADLINE, acks.recv())
-            .await
-            .expect("writers progress");
+        tokio::time::timeout(DEADLINE, acks.recv()).await.expect("writers progress");
     }
     let p = prefix(&kind, None);
     let (items, at) = store.list(&p, None).await.expect("list");
-    let mut mirror: BTreeMap<String, (Vec<u8>, u64)> = items
-        .into_iter()
-        .map(|v| (v.key.name.clone(), (v.value, v.revision)))
-        .collect();
+    let mut mirror: BTreeMap<String, (Vec<u8>, u64)> =
+        items.into_iter().map(|v| (v.key.name.clone(), (v.value, v.revision))).collect();
     let mut stream = store.watch(&p, at).await.expect("watch from list revision");
 
     let mut last_write = 0;
@@ -537,35 +346,20 @@ async fn list_then_watch_has_no_gaps(store: Arc<dyn Store>, tag: &str) {
     while seen_rev < last_write {
         match next_event(&mut stream).await {
             StoreEvent::Put { object, created } => {
-                assert_eq!(
-                    created,
-                    !mirror.contains_key(&object.key.name),
-                    "created flag for {}",
-                    object.key
-                );
+                assert_eq!(created, !mirror.contains_key(&object.key.name), "created flag for {}", object.key);
                 seen_rev = object.revision;
                 mirror.insert(object.key.name.clone(), (object.value, object.revision));
             }
-            StoreEvent::Delete {
-                key,
-                revision,
-                prev,
-            } => {
+            StoreEvent::Delete { key, revision, prev } => {
                 let old = mirror.remove(&key.name);
-                assert_eq!(
-                    old.map(|(v, _)| v),
-                    prev,
-                    "delete of {key} carries the last value"
-                );
+                assert_eq!(old.map(|(v, _)| v), prev, "delete of {key} carries the last value");
                 seen_rev = revision;
             }
         }
     }
     let (now, _) = store.list(&p, None).await.expect("list");
-    let now: BTreeMap<String, (Vec<u8>, u64)> = now
-        .into_iter()
-        .map(|v| (v.key.name.clone(), (v.value, v.revision)))
-        .collect();
+    let now: BTreeMap<String, (Vec<u8>, u64)> =
+        now.into_iter().map(|v| (v.key.name.clone(), (v.value, v.revision))).collect();
     assert_eq!(mirror, now, "list + watch reconstructs the final state");
 }
 
@@ -585,29 +379,18 @@ async fn compaction(store: &dyn Store, tag: &str) {
     let kind = format!("{tag}-compact");
     let p = prefix(&kind, None);
     for i in 0..5 {
-        store
-            .create(&Key::new(&kind, "ns", format!("old{i}")), b"{}".to_vec())
-            .await
-            .expect("create");
+        store.create(&Key::new(&kind, "ns", format!("old{i}")), b"{}".to_vec()).await.expect("create");
     }
     let c = store.revision().await.expect("revision");
     let mut after = Vec::new();
     for i in 0..3 {
-        after.push(
-            store
-                .create(&Key::new(&kind, "ns", format!("new{i}")), b"{}".to_vec())
-                .await
-                .expect("create"),
-        );
+        after.push(store.create(&Key::new(&kind, "ns", format!("new{i}")), b"{}".to_vec()).await.expect("create"));
     }
     store.compact(c).await.expect("compact");
     expect_compacted(store, &p, c - 1).await;
     expect_compacted(store, &p, 0).await;
     // Everything after the compaction point is still there.
-    let mut stream = store
-        .watch(&p, c)
-        .await
-        .expect("watch at the compaction point");
+    let mut stream = store.watch(&p, c).await.expect("watch at the compaction point");
     for want in after {
         assert_eq!(next_event(&mut stream).await.revision(), want);
     }
@@ -633,18 +416,12 @@ async fn redb_conformance() {
 async fn retention_compacts_old_history(store: Arc<dyn Store>) {
     let p = prefix("pods", None);
     for i in 0..10 {
-        store
-            .create(&Key::new("pods", "ns", format!("p{i}")), b"{}".to_vec())
-            .await
-            .expect("create");
+        store.create(&Key::new("pods", "ns", format!("p{i}")), b"{}".to_vec()).await.expect("create");
     }
     let now = store.revision().await.expect("revision");
     expect_compacted(&*store, &p, 0).await;
     // The last five changes are kept.
-    let mut stream = store
-        .watch(&p, now - 5)
-        .await
-        .expect("watch within retention");
+    let mut stream = store.watch(&p, now - 5).await.expect("watch within retention");
     assert_eq!(next_event(&mut stream).await.revision(), now - 4);
 }
 
@@ -656,9 +433,7 @@ async fn memory_retention_compacts_old_history() {
 #[tokio::test]
 async fn redb_retention_compacts_old_history() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = orchestrator::store::redb::RedbOptions {
-        history_retention: 5,
-    };
+    let options = orchestrator::store::redb::RedbOptions { history_retention: 5 };
     let store = RedbStore::open_with(&dir.path().join("berth.redb"), options).expect("open");
     retention_compacts_old_history(Arc::new(store)).await;
 }
@@ -674,10 +449,7 @@ async fn redb_reopen_keeps_objects_revision_and_history() {
         for i in 0..50 {
             revs.push(
                 store
-                    .create(
-                        &Key::new("pods", "ns", format!("p{i}")),
-                        obj("p", &[("i", &i.to_string())], "x"),
-                    )
+                    .create(&Key::new("pods", "ns", format!("p{i}")), obj("p", &[("i", &i.to_string())], "x"))
                     .await
                     .expect("create"),
             );
@@ -697,10 +469,7 @@ async fn redb_reopen_keeps_objects_revision_and_history() {
         assert_eq!(next_event(&mut stream).await.revision(), *want);
     }
     // New writes continue the revision sequence, and the open watch sees them.
-    let r = store
-        .create(&Key::new("pods", "ns", "after"), b"{}".to_vec())
-        .await
-        .expect("create");
+    let r = store.create(&Key::new("pods", "ns", "after"), b"{}".to_vec()).await.expect("create");
     assert_eq!(r, last + 1);
     assert_eq!(next_event(&mut stream).await.revision(), r);
 }
@@ -709,21 +478,12 @@ async fn redb_reopen_keeps_objects_revision_and_history() {
 async fn open_store_understands_its_urls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("redb:{}", dir.path().join("s.redb").display());
-    let redb = orchestrator::store::open_store(&url)
-        .await
-        .expect("redb url");
-    redb.create(&Key::new("pods", "ns", "a"), b"{}".to_vec())
-        .await
-        .expect("create");
-    let mem = orchestrator::store::open_store("memory:")
-        .await
-        .expect("memory url");
+    let redb = orchestrator::store::open_store(&url).await.expect("redb url");
+    redb.create(&Key::new("pods", "ns", "a"), b"{}".to_vec()).await.expect("create");
+    let mem = orchestrator::store::open_store("memory:").await.expect("memory url");
     assert_eq!(mem.revision().await.expect("revision"), 0);
     for bad in ["", "redb:", "postgres://x", "file:/tmp/x"] {
-        assert!(
-            orchestrator::store::open_store(bad).await.is_err(),
-            "{bad:?} accepted"
-        );
+        assert!(orchestrator::store::open_store(bad).await.is_err(), "{bad:?} accepted");
     }
 }
 
@@ -748,10 +508,7 @@ mod etcd {
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port")
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
     }
 
     async fn start_etcd() -> (EtcdProcess, EtcdStore) {
@@ -773,11 +530,7 @@ mod etcd {
             .stderr(log)
             .spawn()
             .expect("spawn etcd");
-        let process = EtcdProcess {
-            child,
-            endpoint: endpoint.clone(),
-            _dir: dir,
-        };
+        let process = EtcdProcess { child, endpoint: endpoint.clone(), _dir: dir };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&process.endpoint)).await {
@@ -785,10 +538,7 @@ mod etcd {
                     return (process, store);
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "etcd did not answer on {endpoint} within 30 s"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "etcd did not answer on {endpoint} within 30 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -809,21 +559,9 @@ mod etcd {
         }
         let (etcd, _) = start_etcd().await;
         let url = etcd.endpoint.replace("http://", "etcd://");
-        let store = orchestrator::store::open_store(&url)
-            .await
-            .expect("open etcd url");
-        let r = store
-            .create(&Key::new("pods", "ns", "a"), b"{}".to_vec())
-            .await
-            .expect("create");
-        assert_eq!(
-            store
-                .get(&Key::new("pods", "ns", "a"))
-                .await
-                .expect("get")
-                .map(|v| v.revision),
-            Some(r)
-        );
+        let store = orchestrator::store::open_store(&url).await.expect("open etcd url");
+        let r = store.create(&Key::new("pods", "ns", "a"), b"{}".to_vec()).await.expect("create");
+        assert_eq!(store.get(&Key::new("pods", "ns", "a")).await.expect("get").map(|v| v.revision), Some(r));
     }
 }
 

@@ -25,12 +25,8 @@ const NAMESPACE: &str = "durability";
 
 /// The bytes stored under `name`: JSON of a size that varies with the name (100 B to ~4 KiB).
 fn value_for(name: &str) -> Vec<u8> {
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let payload: String = (0..(100 + h % 4000))
-        .map(|i| char::from(b'a' + ((h >> (i % 48)) % 26) as u8))
-        .collect();
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let payload: String = (0..(100 + h % 4000)).map(|i| char::from(b'a' + ((h >> (i % 48)) % 26) as u8)).collect();
     format!(r#"{{"metadata":{{"name":"{name}","labels":{{"app":"crash"}}}},"spec":{{"payload":"{payload}"}}}}"#)
         .into_bytes()
 }
@@ -42,11 +38,7 @@ fn durability_child() {
         return;
     };
     let round = std::env::var(CHILD_ROUND).unwrap_or_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async move {
         let store = Arc::new(RedbStore::open(Path::new(&db)).expect("child opens the store"));
         let deadline = Instant::now() + CHILD_TIME_LIMIT;
@@ -61,14 +53,10 @@ fn durability_child() {
                         }
                         let name = format!("r{round}-c{c}-{i}");
                         let key = Key::new(KIND, NAMESPACE, &name);
-                        store
-                            .create(&key, value_for(&name))
-                            .await
-                            .expect("child create");
+                        store.create(&key, value_for(&name)).await.expect("child create");
                         // Direct to the fd (not the test harness's capture); one short write per line.
                         let mut out = std::io::stdout().lock();
-                        out.write_all(format!("ACK {name} END\n").as_bytes())
-                            .expect("stdout");
+                        out.write_all(format!("ACK {name} END\n").as_bytes()).expect("stdout");
                         out.flush().expect("stdout");
                     }
                 })
@@ -97,12 +85,7 @@ impl Rng {
 fn crash_one_round(db: &Path, round: usize, kill_after: usize) -> (Vec<String>, bool) {
     let exe = std::env::current_exe().expect("test binary path");
     let mut child = Command::new(exe)
-        .args([
-            "durability_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["durability_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_DB, db)
         .env(CHILD_ROUND, round.to_string())
         .stdin(Stdio::null())
@@ -120,10 +103,7 @@ fn crash_one_round(db: &Path, round: usize, kill_after: usize) -> (Vec<String>, 
     // The child bounds itself in count and time, so reading to EOF terminates.
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("read child stdout");
-        if let Some(name) = line
-            .strip_prefix("ACK ")
-            .and_then(|l| l.strip_suffix(" END"))
-        {
+        if let Some(name) = line.strip_prefix("ACK ").and_then(|l| l.strip_suffix(" END")) {
             acked.push(name.to_string());
             if !killed && acked.len() >= kill_after {
                 child.kill().expect("kill -9");
@@ -133,52 +113,28 @@ fn crash_one_round(db: &Path, round: usize, kill_after: usize) -> (Vec<String>, 
     }
     let status = child.wait().expect("wait child");
     // If the child finished first, it must have finished cleanly.
-    assert!(
-        killed || status.success(),
-        "child failed on its own: {status}"
-    );
+    assert!(killed || status.success(), "child failed on its own: {status}");
     (acked, killed)
 }
 
 async fn verify(db: &Path, acked: &[String]) {
     let store = RedbStore::open(db).expect("reopen after kill -9");
     // Everything committed (acknowledged or not) is intact, and the revision counts exactly the writes.
-    let prefix = Prefix {
-        kind: KIND.into(),
-        namespace: Some(NAMESPACE.into()),
-    };
+    let prefix = Prefix { kind: KIND.into(), namespace: Some(NAMESPACE.into()) };
     let (items, revision) = store.list(&prefix, None).await.expect("list");
     for item in &items {
-        assert!(
-            item.value == value_for(&item.key.name),
-            "stored object {} is corrupt",
-            item.key
-        );
+        assert!(item.value == value_for(&item.key.name), "stored object {} is corrupt", item.key);
     }
-    let stored: std::collections::HashSet<&str> =
-        items.iter().map(|v| v.key.name.as_str()).collect();
+    let stored: std::collections::HashSet<&str> = items.iter().map(|v| v.key.name.as_str()).collect();
     for name in acked {
-        assert!(
-            stored.contains(name.as_str()),
-            "acknowledged object {name} is missing after kill -9"
-        );
+        assert!(stored.contains(name.as_str()), "acknowledged object {name} is missing after kill -9");
     }
     // Point reads agree with the list (sampled: each is a blocking-pool round trip).
     for name in acked.iter().step_by(97) {
-        let got = store
-            .get(&Key::new(KIND, NAMESPACE, name))
-            .await
-            .expect("get");
-        assert!(
-            got.is_some_and(|v| v.value == value_for(name)),
-            "get {name} after kill -9"
-        );
+        let got = store.get(&Key::new(KIND, NAMESPACE, name)).await.expect("get");
+        assert!(got.is_some_and(|v| v.value == value_for(name)), "get {name} after kill -9");
     }
-    assert_eq!(
-        items.len() as u64,
-        revision,
-        "only creates ran: one revision per object"
-    );
+    assert_eq!(items.len() as u64, revision, "only creates ran: one revision per object");
     assert_eq!(store.revision().await.expect("revision"), revision);
     // The persisted history replays every write, in order.
     let mut watch = store.watch(&prefix, 0).await.expect("watch from 0");
@@ -198,24 +154,14 @@ fn redb_keeps_every_acknowledged_write_across_kill_9() {
     if std::env::var_os(CHILD_DB).is_some() {
         return;
     }
-    let seed = std::env::var("BERTH_DURABILITY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-        | 1;
+    let seed = std::env::var("BERTH_DURABILITY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    }) | 1;
     eprintln!("durability seed: BERTH_DURABILITY_SEED={seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("berth.redb");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
 
     let mut all_acked = Vec::new();
     for round in 0..ROUNDS {

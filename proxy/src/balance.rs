@@ -95,9 +95,7 @@ impl EndpointState {
     }
     pub fn end_request(&self) {
         // Saturating: a stray double end must not wrap the counter.
-        let _ = self
-            .in_flight
-            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        let _ = self.in_flight.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
     }
     pub fn ewma_ns(&self) -> f64 {
         f64::from_bits(self.ewma_bits.load(Relaxed))
@@ -170,10 +168,7 @@ pub struct Ejection {
 
 impl Default for Ejection {
     fn default() -> Self {
-        Ejection {
-            consecutive_failures: 5,
-            base: Duration::from_secs(5),
-        }
+        Ejection { consecutive_failures: 5, base: Duration::from_secs(5) }
     }
 }
 
@@ -235,23 +230,9 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(entries: Vec<Entry>, policy: Policy) -> Self {
-        let schedule = if policy == Policy::WeightedRoundRobin {
-            wrr_schedule(&entries)
-        } else {
-            Vec::new()
-        };
-        let maglev = if policy == Policy::Maglev {
-            maglev_table(&entries)
-        } else {
-            Vec::new()
-        };
-        Pool {
-            entries,
-            policy,
-            cursor: AtomicUsize::new(0),
-            schedule,
-            maglev,
-        }
+        let schedule = if policy == Policy::WeightedRoundRobin { wrr_schedule(&entries) } else { Vec::new() };
+        let maglev = if policy == Policy::Maglev { maglev_table(&entries) } else { Vec::new() };
+        Pool { entries, policy, cursor: AtomicUsize::new(0), schedule, maglev }
     }
     pub fn entries(&self) -> &[Entry] {
         &self.entries
@@ -272,9 +253,7 @@ impl Pool {
         if self.entries.is_empty() {
             return None;
         }
-        let strict = |i: usize| {
-            !pick.tried.contains(&(i as u32)) && self.entries[i].state.is_available(pick.now)
-        };
+        let strict = |i: usize| !pick.tried.contains(&(i as u32)) && self.entries[i].state.is_available(pick.now);
         if let Some(i) = self.select_with(pick, rng, &strict) {
             return Some(i);
         }
@@ -283,16 +262,10 @@ impl Pool {
             return Some(i);
         }
         let available = |i: usize| self.entries[i].state.is_available(pick.now);
-        self.select_with(pick, rng, &available)
-            .or_else(|| Some(rng.below(self.entries.len())))
+        self.select_with(pick, rng, &available).or_else(|| Some(rng.below(self.entries.len())))
     }
 
-    fn select_with(
-        &self,
-        pick: Pick<'_>,
-        rng: &mut Rng,
-        ok: &dyn Fn(usize) -> bool,
-    ) -> Option<usize> {
+    fn select_with(&self, pick: Pick<'_>, rng: &mut Rng, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         let n = self.entries.len();
         match self.policy {
             Policy::RoundRobin => {
@@ -305,9 +278,7 @@ impl Pool {
                     return None;
                 }
                 let start = self.cursor.fetch_add(1, Relaxed);
-                (0..len)
-                    .map(|k| self.schedule[(start + k) % len] as usize)
-                    .find(|&i| ok(i))
+                (0..len).map(|k| self.schedule[(start + k) % len] as usize).find(|&i| ok(i))
             }
             Policy::P2cPeakEwma => self.p2c(rng, ok, |e| e.state.cost()),
             Policy::LeastRequest => {
@@ -330,19 +301,12 @@ impl Pool {
                 let slot = (h % len as u64) as usize;
                 // Walk the table from the key's slot: an unavailable entry's keys spread over the others
                 // in table order, which is itself a stable permutation.
-                (0..len)
-                    .map(|k| self.maglev[(slot + k) % len] as usize)
-                    .find(|&i| ok(i))
+                (0..len).map(|k| self.maglev[(slot + k) % len] as usize).find(|&i| ok(i))
             }
         }
     }
 
-    fn p2c(
-        &self,
-        rng: &mut Rng,
-        ok: &dyn Fn(usize) -> bool,
-        cost: impl Fn(&Entry) -> f64,
-    ) -> Option<usize> {
+    fn p2c(&self, rng: &mut Rng, ok: &dyn Fn(usize) -> bool, cost: impl Fn(&Entry) -> f64) -> Option<usize> {
         let n = self.entries.len();
         if n == 1 {
             return ok(0).then_some(0);
@@ -355,11 +319,7 @@ impl Pool {
             b += 1;
         }
         match (ok(a), ok(b)) {
-            (true, true) => Some(if cost(&self.entries[b]) < cost(&self.entries[a]) {
-                b
-            } else {
-                a
-            }),
+            (true, true) => Some(if cost(&self.entries[b]) < cost(&self.entries[a]) { b } else { a }),
             (true, false) => Some(a),
             (false, true) => Some(b),
             (false, false) => {
@@ -379,11 +339,7 @@ impl Pool {
         if failures < ejection.consecutive_failures || entry.state.is_ejected(now) {
             return;
         }
-        let others_available = self
-            .entries
-            .iter()
-            .enumerate()
-            .any(|(j, e)| j != i && e.state.is_available(now));
+        let others_available = self.entries.iter().enumerate().any(|(j, e)| j != i && e.state.is_available(now));
         if others_available {
             entry.state.eject(now, ejection.base);
         }
@@ -403,10 +359,7 @@ fn wrr_schedule(entries: &[Entry]) -> Vec<u32> {
     let total: u64 = weights.iter().sum();
     if total > MAX_LEN {
         // Scale down; keep every positive weight at least 1.
-        weights
-            .iter_mut()
-            .filter(|w| **w > 0)
-            .for_each(|w| *w = (*w * MAX_LEN / total).max(1));
+        weights.iter_mut().filter(|w| **w > 0).for_each(|w| *w = (*w * MAX_LEN / total).max(1));
     }
     let total: i64 = weights.iter().sum::<u64>() as i64;
     let mut current = vec![0i64; weights.len()];
@@ -577,10 +530,7 @@ mod tests {
     #[test]
     fn ejection_spares_the_last_available_endpoint() {
         let pool = Pool::new(entries(&[1, 1]), Policy::P2cPeakEwma);
-        let ej = Ejection {
-            consecutive_failures: 2,
-            base: Duration::from_secs(10),
-        };
+        let ej = Ejection { consecutive_failures: 2, base: Duration::from_secs(10) };
         let now = 5;
         for _ in 0..2 {
             pool.record_failure(0, &ej, now);
@@ -589,10 +539,7 @@ mod tests {
         for _ in 0..10 {
             pool.record_failure(1, &ej, now);
         }
-        assert!(
-            !pool.entries()[1].state.is_ejected(now),
-            "the last available endpoint must stay"
-        );
+        assert!(!pool.entries()[1].state.is_ejected(now), "the last available endpoint must stay");
     }
 
     #[test]
@@ -601,17 +548,8 @@ mod tests {
         pool.entries()[0].state.observe_latency(10_000_000, 1);
         pool.entries()[1].state.observe_latency(100_000, 1);
         let mut rng = Rng::new(3);
-        let picks = (0..100)
-            .filter(|_| {
-                pool.select(
-                    Pick {
-                        now: 2,
-                        ..Default::default()
-                    },
-                    &mut rng,
-                ) == Some(1)
-            })
-            .count();
+        let picks =
+            (0..100).filter(|_| pool.select(Pick { now: 2, ..Default::default() }, &mut rng) == Some(1)).count();
         assert_eq!(picks, 100);
     }
 

@@ -35,9 +35,7 @@ struct Track {
 /// One probe; `true` when healthy.
 pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> bool {
     let timeout = Duration::from_millis(check.timeout_ms.max(1));
-    tokio::time::timeout(timeout, probe_inner(addr, check))
-        .await
-        .unwrap_or(false)
+    tokio::time::timeout(timeout, probe_inner(addr, check)).await.unwrap_or(false)
 }
 
 async fn probe_inner(addr: SocketAddr, check: &HealthCheck) -> bool {
@@ -62,14 +60,10 @@ async fn probe_inner(addr: SocketAddr, check: &HealthCheck) -> bool {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(&buf) {
-            Ok(_) if resp.code.is_some() => {
-                return resp.code.is_some_and(|c| (200..400).contains(&c))
-            }
+            Ok(_) if resp.code.is_some() => return resp.code.is_some_and(|c| (200..400).contains(&c)),
             Ok(_) if buf.len() < 16 * 1024 => continue,
             // Too many headers still yields a status code on a partial parse; anything else is unhealthy.
-            Err(httparse::Error::TooManyHeaders) => {
-                return resp.code.is_some_and(|c| (200..400).contains(&c))
-            }
+            Err(httparse::Error::TooManyHeaders) => return resp.code.is_some_and(|c| (200..400).contains(&c)),
             _ => return false,
         }
     }
@@ -99,23 +93,16 @@ impl BackgroundService for HealthChecker {
                         continue;
                     }
                     t.next_due = Some(now + Duration::from_millis(check.interval_ms.max(50)));
-                    probes.push((
-                        entry.id.clone(),
-                        entry.addr,
-                        entry.state.clone(),
-                        check.clone(),
-                    ));
+                    probes.push((entry.id.clone(), entry.addr, entry.state.clone(), check.clone()));
                 }
             }
             if probes.is_empty() {
                 continue;
             }
-            let results = futures::future::join_all(probes.into_iter().map(
-                |(id, addr, state, check)| async move {
-                    let ok = probe(addr, &check).await;
-                    (id, state, check, ok)
-                },
-            ))
+            let results = futures::future::join_all(probes.into_iter().map(|(id, addr, state, check)| async move {
+                let ok = probe(addr, &check).await;
+                (id, state, check, ok)
+            }))
             .await;
             for (id, state, check, ok) in results {
                 let t = tracks.entry(id).or_default();
@@ -135,11 +122,8 @@ impl BackgroundService for HealthChecker {
             }
             // Forget endpoints that left every pool.
             if tracks.len() > 2 * table.pools.iter().map(|p| p.pool.len()).sum::<usize>() + 64 {
-                let live: std::collections::HashSet<&str> = table
-                    .pools
-                    .iter()
-                    .flat_map(|p| p.pool.entries().iter().map(|e| &*e.id))
-                    .collect();
+                let live: std::collections::HashSet<&str> =
+                    table.pools.iter().flat_map(|p| p.pool.entries().iter().map(|e| &*e.id)).collect();
                 tracks.retain(|k, _| live.contains(&**k));
             }
         }

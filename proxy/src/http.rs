@@ -32,10 +32,8 @@ thread_local! {
 }
 
 fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
+    let t =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
     let local = 0u8;
     t ^ (&local as *const u8 as u64).rotate_left(32)
 }
@@ -75,29 +73,15 @@ impl HttpApp {
         let shared = &self.shared;
         let req = session.req_header();
         if shared.config.max_header_bytes > 0 {
-            let size: usize = req
-                .headers
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                .sum();
+            let size: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
             if size > shared.config.max_header_bytes {
                 return Admission::Reject(431);
             }
         }
-        let host = req
-            .uri
-            .host()
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
+        let host =
+            req.uri.host().or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
         let table = shared.table.load();
-        let Some(rule) = table
-            .routes
-            .find(host, req.uri.path(), &req.method, &req.headers)
-        else {
+        let Some(rule) = table.routes.find(host, req.uri.path(), &req.method, &req.headers) else {
             shared.metrics.no_route.fetch_add(1, Relaxed);
             return Admission::Reject(404);
         };
@@ -140,9 +124,7 @@ impl HttpApp {
             pool.pool.record_failure(idx, &self.shared.ejection, now);
         } else {
             entry.state.record_success();
-            entry
-                .state
-                .observe_latency(now.saturating_sub(started), now);
+            entry.state.observe_latency(now.saturating_sub(started), now);
         }
     }
 
@@ -169,10 +151,9 @@ impl HttpApp {
 fn hash_key(on: &HashOn, session: &Session) -> u64 {
     let req = session.req_header();
     match on {
-        HashOn::Header(name) => req
-            .headers
-            .get(name.as_str())
-            .map_or(0, |v| crate::balance::hash_bytes(1, v.as_bytes())),
+        HashOn::Header(name) => {
+            req.headers.get(name.as_str()).map_or(0, |v| crate::balance::hash_bytes(1, v.as_bytes()))
+        }
         HashOn::Cookie(name) => req
             .headers
             .get_all(http::header::COOKIE)
@@ -197,10 +178,7 @@ impl ProxyHttp for HttpApp {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: now_ns(),
-            ..Ctx::default()
-        }
+        Ctx { start: now_ns(), ..Ctx::default() }
     }
 
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
@@ -233,11 +211,7 @@ impl ProxyHttp for HttpApp {
             return Err(Error::new(HTTPStatus(503)));
         };
         let now = now_ns();
-        let pick = Pick {
-            hash: ctx.hash,
-            tried: &ctx.tried,
-            now,
-        };
+        let pick = Pick { hash: ctx.hash, tried: &ctx.tried, now };
         let Some(idx) = with_rng(|rng| pool.pool.select(pick, rng)) else {
             return Err(Error::new(HTTPStatus(503)));
         };
@@ -250,9 +224,7 @@ impl ProxyHttp for HttpApp {
         peer.options.connection_timeout = Some(cfg.connect_timeout());
         peer.options.read_timeout = Some(cfg.per_try_timeout());
         peer.options.write_timeout = Some(cfg.per_try_timeout());
-        peer.options.idle_timeout = Some(std::time::Duration::from_millis(
-            cfg.upstream_idle_timeout_ms,
-        ));
+        peer.options.idle_timeout = Some(std::time::Duration::from_millis(cfg.upstream_idle_timeout_ms));
         Ok(Box::new(peer))
     }
 
@@ -264,10 +236,7 @@ impl ProxyHttp for HttpApp {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.end_attempt(ctx, true);
-        let others = ctx
-            .pool
-            .as_ref()
-            .is_some_and(|p| p.pool.len() > ctx.tried.len());
+        let others = ctx.pool.as_ref().is_some_and(|p| p.pool.len() > ctx.tried.len());
         e.set_retry(others && self.may_retry(ctx));
         e
     }
@@ -298,25 +267,14 @@ impl ProxyHttp for HttpApp {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let value = match req
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let value = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(prev) => format!("{prev}, {ip}"),
                 None => ip.to_string(),
             };
             req.insert_header("x-forwarded-for", value)?;
         }
-        req.insert_header(
-            "x-forwarded-proto",
-            HeaderValue::from_static(if self.tls { "https" } else { "http" }),
-        )?;
+        req.insert_header("x-forwarded-proto", HeaderValue::from_static(if self.tls { "https" } else { "http" }))?;
         if let Some(host) = req.headers.get(http::header::HOST).cloned() {
             req.insert_header("x-forwarded-host", host)?;
         }
@@ -354,22 +312,13 @@ impl ProxyHttp for HttpApp {
             return;
         }
         self.shared.in_flight.fetch_sub(1, Relaxed);
-        let upstream_failed =
-            ctx.upstream_status >= 500 || (ctx.upstream_status == 0 && e.is_some());
-        if let (Some((idx, _)), Some(pool), true) =
-            (ctx.current, ctx.pool.as_ref(), ctx.upstream_status != 0)
-        {
+        let upstream_failed = ctx.upstream_status >= 500 || (ctx.upstream_status == 0 && e.is_some());
+        if let (Some((idx, _)), Some(pool), true) = (ctx.current, ctx.pool.as_ref(), ctx.upstream_status != 0) {
             if let Some(entry) = pool.pool.entries().get(idx) {
-                entry
-                    .state
-                    .record_status_class(status_class(ctx.upstream_status));
+                entry.state.record_status_class(status_class(ctx.upstream_status));
             }
         }
-        self.end_attempt_with(
-            ctx,
-            upstream_failed,
-            ctx.upstream_status == 0 && e.is_some(),
-        );
+        self.end_attempt_with(ctx, upstream_failed, ctx.upstream_status == 0 && e.is_some());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let class = status_class(status);
         let now = now_ns();

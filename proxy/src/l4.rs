@@ -45,45 +45,25 @@ pub(crate) async fn serve(
     }
 }
 
-async fn proxy_connection(
-    mut down: TcpStream,
-    cfg: &TcpListenerConfig,
-    shared: &Shared,
-) -> std::io::Result<()> {
+async fn proxy_connection(mut down: TcpStream, cfg: &TcpListenerConfig, shared: &Shared) -> std::io::Result<()> {
     let _ = down.set_nodelay(true);
     let pool = {
         let table = shared.table.load();
-        table
-            .pool(&cfg.namespace, &cfg.service, cfg.port.as_ref())
-            .cloned()
+        table.pool(&cfg.namespace, &cfg.service, cfg.port.as_ref()).cloned()
     };
     let Some(pool) = pool else {
-        return Err(std::io::Error::other(format!(
-            "no service {}/{}",
-            cfg.namespace, cfg.service
-        )));
+        return Err(std::io::Error::other(format!("no service {}/{}", cfg.namespace, cfg.service)));
     };
     let mut rng = Rng::new(now_ns());
     let mut tried = Vec::new();
     for _ in 0..3 {
         let now = now_ns();
-        let Some(idx) = pool.pool.select(
-            Pick {
-                hash: None,
-                tried: &tried,
-                now,
-            },
-            &mut rng,
-        ) else {
+        let Some(idx) = pool.pool.select(Pick { hash: None, tried: &tried, now }, &mut rng) else {
             break;
         };
         tried.push(idx as u32);
         let entry = &pool.pool.entries()[idx];
-        let connect = tokio::time::timeout(
-            shared.config.connect_timeout(),
-            TcpStream::connect(entry.addr),
-        )
-        .await;
+        let connect = tokio::time::timeout(shared.config.connect_timeout(), TcpStream::connect(entry.addr)).await;
         match connect {
             Ok(Ok(mut up)) => {
                 let _ = up.set_nodelay(true);
@@ -93,8 +73,7 @@ async fn proxy_connection(
                 entry.state.end_request();
                 entry.state.record_success();
                 let class = if result.is_ok() { 1 } else { 5 };
-                pool.metrics
-                    .finish(class, now_ns().saturating_sub(now) / 1000);
+                pool.metrics.finish(class, now_ns().saturating_sub(now) / 1000);
                 return result.map(|_| ());
             }
             _ => {

@@ -96,10 +96,7 @@ impl BackgroundService for Follower {
                     matches!(object, Object::Route(_) | Object::Certificate(_))
                 }
                 WatchEvent::Delete { key, .. } => {
-                    matches!(
-                        key.kind,
-                        discovery::ObjectKind::Route | discovery::ObjectKind::Certificate
-                    )
+                    matches!(key.kind, discovery::ObjectKind::Route | discovery::ObjectKind::Certificate)
                 }
             });
             if tls_changed {
@@ -160,10 +157,8 @@ fn resolve_port(addr: SocketAddr) -> Result<SocketAddr, ProxyError> {
     if addr.port() != 0 {
         return Ok(addr);
     }
-    let l =
-        std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
-    l.local_addr()
-        .map_err(|source| ProxyError::Bind { addr, source })
+    let l = std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
+    l.local_addr().map_err(|source| ProxyError::Bind { addr, source })
 }
 
 impl Proxy {
@@ -200,20 +195,10 @@ impl Proxy {
         }
         let mut tcp_listeners = Vec::new();
         for t in &config.tcp_listeners {
-            let l = std::net::TcpListener::bind(t.listen).map_err(|source| ProxyError::Bind {
-                addr: t.listen,
-                source,
-            })?;
-            l.set_nonblocking(true).map_err(|source| ProxyError::Bind {
-                addr: t.listen,
-                source,
-            })?;
-            addrs
-                .tcp
-                .push(l.local_addr().map_err(|source| ProxyError::Bind {
-                    addr: t.listen,
-                    source,
-                })?);
+            let l =
+                std::net::TcpListener::bind(t.listen).map_err(|source| ProxyError::Bind { addr: t.listen, source })?;
+            l.set_nonblocking(true).map_err(|source| ProxyError::Bind { addr: t.listen, source })?;
+            addrs.tcp.push(l.local_addr().map_err(|source| ProxyError::Bind { addr: t.listen, source })?);
             tcp_listeners.push((l, t.clone()));
         }
 
@@ -229,12 +214,8 @@ impl Proxy {
         let server_conf = server.configuration.clone();
 
         if !addrs.http.is_empty() {
-            let app = http::HttpApp {
-                shared: shared.clone(),
-                tls: false,
-            };
-            let mut svc =
-                pingora::proxy::http_proxy_service_with_name(&server_conf, app, "berth http");
+            let app = http::HttpApp { shared: shared.clone(), tls: false };
+            let mut svc = pingora::proxy::http_proxy_service_with_name(&server_conf, app, "berth http");
             if let Some(logic) = svc.app_logic_mut() {
                 let mut opts = pingora::apps::HttpServerOptions::default();
                 opts.h2c = config.h2c;
@@ -246,21 +227,12 @@ impl Proxy {
             server.add_service(svc);
         }
         if !addrs.https.is_empty() {
-            let app = http::HttpApp {
-                shared: shared.clone(),
-                tls: true,
-            };
-            let mut svc =
-                pingora::proxy::http_proxy_service_with_name(&server_conf, app, "berth https");
+            let app = http::HttpApp { shared: shared.clone(), tls: true };
+            let mut svc = pingora::proxy::http_proxy_service_with_name(&server_conf, app, "berth https");
             for a in &addrs.https {
                 // The resolver takes precedence over the (empty) file paths, so build() reads no files.
-                let mut tls =
-                    pingora::listeners::tls::TlsSettings::intermediate("", "").map_err(|e| {
-                        ProxyError::Tls {
-                            addr: *a,
-                            message: e.to_string(),
-                        }
-                    })?;
+                let mut tls = pingora::listeners::tls::TlsSettings::intermediate("", "")
+                    .map_err(|e| ProxyError::Tls { addr: *a, message: e.to_string() })?;
                 tls.set_cert_resolver(certs.clone());
                 tls.enable_h2();
                 svc.add_tls_with_settings(&a.to_string(), None, tls);
@@ -274,16 +246,9 @@ impl Proxy {
             from: snap.revision(),
         };
         server.add_service(background_service("berth registry follower", follower));
-        server.add_service(background_service(
-            "berth health",
-            health::HealthChecker::new(shared.clone()),
-        ));
+        server.add_service(background_service("berth health", health::HealthChecker::new(shared.clone())));
         for (l, cfg) in tcp_listeners {
-            let task = L4Task {
-                listener: Mutex::new(Some(l)),
-                cfg,
-                shared: shared.clone(),
-            };
+            let task = L4Task { listener: Mutex::new(Some(l)), cfg, shared: shared.clone() };
             server.add_service(background_service("berth tcp", task));
         }
 
@@ -292,29 +257,14 @@ impl Proxy {
             .name("berth-proxy".into())
             .spawn(move || {
                 server.bootstrap();
-                server.run(RunArgs {
-                    shutdown_signal: Box::new(StopSignal(stop_rx)),
-                });
+                server.run(RunArgs { shutdown_signal: Box::new(StopSignal(stop_rx)) });
             })
             .map_err(ProxyError::Spawn)?;
-        let mut proxy = Proxy {
-            shared,
-            addrs,
-            stop: stop_tx,
-            thread: Some(thread),
-            applied: applied_rx,
-        };
+        let mut proxy = Proxy { shared, addrs, stop: stop_tx, thread: Some(thread), applied: applied_rx };
 
         let timeout = Duration::from_secs(10);
         let deadline = Instant::now() + timeout;
-        for addr in proxy
-            .addrs
-            .http
-            .iter()
-            .chain(proxy.addrs.https.iter())
-            .copied()
-            .collect::<Vec<_>>()
-        {
+        for addr in proxy.addrs.http.iter().chain(proxy.addrs.https.iter()).copied().collect::<Vec<_>>() {
             loop {
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                     break;
@@ -349,29 +299,17 @@ impl Proxy {
     /// Wait until the table reflects at least `revision` (false on timeout).
     pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> bool {
         let mut rx = self.applied.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Request figures of one service, for the autoscaler.
     pub fn service_stats(&self, namespace: &str, service: &str) -> Option<ServiceStats> {
-        self.shared
-            .metrics
-            .services
-            .get(namespace, service)
-            .map(|m| m.stats())
+        self.shared.metrics.services.get(namespace, service).map(|m| m.stats())
     }
 
     /// Request figures of every service seen so far.
     pub fn all_service_stats(&self) -> Vec<((String, String), ServiceStats)> {
-        self.shared
-            .metrics
-            .services
-            .snapshot()
-            .into_iter()
-            .map(|(k, m)| (k, m.stats()))
-            .collect()
+        self.shared.metrics.services.snapshot().into_iter().map(|(k, m)| (k, m.stats())).collect()
     }
 
     /// Prometheus text exposition of the proxy's metrics.

@@ -23,9 +23,7 @@ pub struct AtomicHistogram {
 
 impl Default for AtomicHistogram {
     fn default() -> Self {
-        AtomicHistogram {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-        }
+        AtomicHistogram { buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect() }
     }
 }
 
@@ -126,12 +124,7 @@ impl RequestMetrics {
             .latency
             .to_hdr()
             .filter(|h| !h.is_empty())
-            .map(|h| {
-                (
-                    h.value_at_quantile(0.5) as f64 / 1000.0,
-                    h.value_at_quantile(0.99) as f64 / 1000.0,
-                )
-            })
+            .map(|h| (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0))
             .unwrap_or((0.0, 0.0));
         ServiceStats {
             requests_total: self.total(),
@@ -182,10 +175,7 @@ pub mod dashmap_like {
             v
         }
         pub fn get(&self, ns: &str, name: &str) -> Option<Arc<T>> {
-            self.0
-                .lock()
-                .get(&(ns.to_string(), name.to_string()))
-                .cloned()
+            self.0.lock().get(&(ns.to_string(), name.to_string())).cloned()
         }
         pub fn snapshot(&self) -> BTreeMap<(String, String), Arc<T>> {
             self.0.lock().clone()
@@ -208,35 +198,15 @@ impl MetricsRegistry {
     pub fn render(&self, endpoints: &[EndpointLine<'_>]) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(out, "# TYPE berth_proxy_requests_total counter");
-        let _ = writeln!(
-            out,
-            "berth_proxy_requests_total {}",
-            self.requests.load(Relaxed)
-        );
+        let _ = writeln!(out, "berth_proxy_requests_total {}", self.requests.load(Relaxed));
         let _ = writeln!(out, "# TYPE berth_proxy_retries_total counter");
-        let _ = writeln!(
-            out,
-            "berth_proxy_retries_total {}",
-            self.retries.load(Relaxed)
-        );
+        let _ = writeln!(out, "berth_proxy_retries_total {}", self.retries.load(Relaxed));
         let _ = writeln!(out, "# TYPE berth_proxy_no_route_total counter");
-        let _ = writeln!(
-            out,
-            "berth_proxy_no_route_total {}",
-            self.no_route.load(Relaxed)
-        );
+        let _ = writeln!(out, "berth_proxy_no_route_total {}", self.no_route.load(Relaxed));
         let _ = writeln!(out, "# TYPE berth_proxy_rate_limited_total counter");
-        let _ = writeln!(
-            out,
-            "berth_proxy_rate_limited_total {}",
-            self.rate_limited.load(Relaxed)
-        );
+        let _ = writeln!(out, "berth_proxy_rate_limited_total {}", self.rate_limited.load(Relaxed));
         let _ = writeln!(out, "# TYPE berth_proxy_overloaded_total counter");
-        let _ = writeln!(
-            out,
-            "berth_proxy_overloaded_total {}",
-            self.overloaded.load(Relaxed)
-        );
+        let _ = writeln!(out, "berth_proxy_overloaded_total {}", self.overloaded.load(Relaxed));
         render_family(&mut out, "service", &self.services.snapshot());
         render_family(&mut out, "route", &self.routes.snapshot());
         let _ = writeln!(out, "# TYPE berth_proxy_endpoint_responses_total counter");
@@ -264,22 +234,19 @@ impl MetricsRegistry {
             let _ = writeln!(
                 out,
                 "berth_proxy_endpoint_ejected{{namespace=\"{}\",service=\"{}\",endpoint=\"{}\"}} {}",
-                e.namespace, e.service, e.endpoint, u8::from(e.ejected)
+                e.namespace,
+                e.service,
+                e.endpoint,
+                u8::from(e.ejected)
             );
         }
         out
     }
 }
 
-const LATENCY_BOUNDS_MS: [f64; 12] = [
-    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
-];
+const LATENCY_BOUNDS_MS: [f64; 12] = [0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
 
-fn render_family(
-    out: &mut String,
-    kind: &str,
-    map: &BTreeMap<(String, String), Arc<RequestMetrics>>,
-) {
+fn render_family(out: &mut String, kind: &str, map: &BTreeMap<(String, String), Arc<RequestMetrics>>) {
     let _ = writeln!(out, "# TYPE berth_proxy_{kind}_responses_total counter");
     for ((ns, name), m) in map {
         for (i, label) in CLASS_LABELS.iter().enumerate() {
@@ -312,25 +279,11 @@ fn render_family(
                 bound / 1000.0
             );
         }
-        let _ = writeln!(
-            out,
-            "berth_proxy_{kind}_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-            h.len()
-        );
-        let sum_s = h
-            .iter_recorded()
-            .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
-            .sum::<f64>()
-            / 1e6;
-        let _ = writeln!(
-            out,
-            "berth_proxy_{kind}_latency_seconds_sum{{{labels}}} {sum_s}"
-        );
-        let _ = writeln!(
-            out,
-            "berth_proxy_{kind}_latency_seconds_count{{{labels}}} {}",
-            h.len()
-        );
+        let _ = writeln!(out, "berth_proxy_{kind}_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
+        let sum_s =
+            h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum::<f64>() / 1e6;
+        let _ = writeln!(out, "berth_proxy_{kind}_latency_seconds_sum{{{labels}}} {sum_s}");
+        let _ = writeln!(out, "berth_proxy_{kind}_latency_seconds_count{{{labels}}} {}", h.len());
     }
 }
 
@@ -340,16 +293,10 @@ mod tests {
 
     #[test]
     fn buckets_bound_their_values() {
-        for v in [
-            1u64, 2, 15, 16, 17, 100, 1_000, 12_345, 1_000_000, 77_777_777,
-        ] {
+        for v in [1u64, 2, 15, 16, 17, 100, 1_000, 12_345, 1_000_000, 77_777_777] {
             let b = bucket_of(v);
             assert!(bucket_high(b) >= v, "{v} -> {b} high {}", bucket_high(b));
-            assert!(
-                (bucket_high(b) as f64) <= v as f64 * 1.07 + 1.0,
-                "{v} -> {}",
-                bucket_high(b)
-            );
+            assert!((bucket_high(b) as f64) <= v as f64 * 1.07 + 1.0, "{v} -> {}", bucket_high(b));
         }
     }
 

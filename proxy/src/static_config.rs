@@ -6,8 +6,8 @@
 
 use crate::config::ProxyConfig;
 use discovery::{
-    BalancePolicy, Certificate, Endpoint, EndpointPort, HealthCheck, Labels, Object, ObjectKey,
-    Protocol, Registry, Route, Selector, Service, ServicePort, TargetPort,
+    BalancePolicy, Certificate, Endpoint, EndpointPort, HealthCheck, Labels, Object, ObjectKey, Protocol, Registry,
+    Route, Selector, Service, ServicePort, TargetPort,
 };
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -104,25 +104,15 @@ impl StaticConfig {
     /// Parse YAML (a superset of JSON); errors name the field path. The document goes through a JSON value
     /// so that enums read as plain maps (`path: {prefix: /api}`) rather than YAML tags.
     pub fn parse(text: &str, path: &Path) -> Result<Self, StaticConfigError> {
-        let err = |message: String| StaticConfigError::Parse {
-            path: path.to_path_buf(),
-            message,
-        };
-        let value: serde_json::Value =
-            serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
-        let value = if value.is_null() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            value
-        };
+        let err = |message: String| StaticConfigError::Parse { path: path.to_path_buf(), message };
+        let value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+        let value = if value.is_null() { serde_json::Value::Object(Default::default()) } else { value };
         serde_path_to_error::deserialize(value).map_err(|e| err(e.to_string()))
     }
 
     pub fn load(path: &Path) -> Result<Self, StaticConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| StaticConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| StaticConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, path)
     }
 
@@ -132,9 +122,7 @@ impl StaticConfig {
         let mut out = Vec::new();
         for s in &self.services {
             let port = s.port.unwrap_or(80);
-            let labels: Labels = [(STATIC_LABEL.to_string(), s.name.clone())]
-                .into_iter()
-                .collect();
+            let labels: Labels = [(STATIC_LABEL.to_string(), s.name.clone())].into_iter().collect();
             out.push(Object::Service(Arc::new(Service {
                 namespace: s.namespace.clone(),
                 name: s.name.clone(),
@@ -179,13 +167,11 @@ impl StaticConfig {
         }
         for c in &self.certificates {
             let read = |f: &PathBuf| {
-                std::fs::read_to_string(base.join(f)).map_err(|source| {
-                    StaticConfigError::CertFile {
-                        path: path.to_path_buf(),
-                        name: c.name.clone(),
-                        file: f.clone(),
-                        source,
-                    }
+                std::fs::read_to_string(base.join(f)).map_err(|source| StaticConfigError::CertFile {
+                    path: path.to_path_buf(),
+                    name: c.name.clone(),
+                    file: f.clone(),
+                    source,
                 })
             };
             out.push(Object::Certificate(Arc::new(Certificate {
@@ -211,11 +197,7 @@ pub fn start(path: &Path) -> Result<(crate::Proxy, Reloader), StaticConfigError>
 }
 
 /// Write `objects` into the registry, deleting keys of `previous` that are gone. Returns the new key set.
-pub fn apply(
-    registry: &Registry,
-    objects: Vec<Object>,
-    previous: &BTreeSet<ObjectKey>,
-) -> BTreeSet<ObjectKey> {
+pub fn apply(registry: &Registry, objects: Vec<Object>, previous: &BTreeSet<ObjectKey>) -> BTreeSet<ObjectKey> {
     let keys: BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
     for key in previous.difference(&keys) {
         registry.delete(key);
@@ -234,12 +216,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn spawn(
-        path: PathBuf,
-        registry: Arc<Registry>,
-        initial: BTreeSet<ObjectKey>,
-        every: Duration,
-    ) -> Self {
+    pub fn spawn(path: PathBuf, registry: Arc<Registry>, initial: BTreeSet<ObjectKey>, every: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -285,17 +262,12 @@ mod tests {
     #[test]
     fn parse_errors_name_the_field() {
         let cases = [
-            (
-                "services: [{name: a, endpoints: [nope]}]",
-                "services[0].endpoints[0]",
-            ),
+            ("services: [{name: a, endpoints: [nope]}]", "services[0].endpoints[0]"),
             ("proxy: {httpListen: [x]}", "proxy.httpListen[0]"),
             ("proxy: {bogus: 1}", "proxy"),
         ];
         for (text, want) in cases {
-            let err = StaticConfig::parse(text, Path::new("f.yaml"))
-                .unwrap_err()
-                .to_string();
+            let err = StaticConfig::parse(text, Path::new("f.yaml")).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
     }

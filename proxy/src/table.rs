@@ -12,8 +12,8 @@
 use crate::balance::{Ejection, EndpointState, Entry, Policy, Pool};
 use crate::metrics::{MetricsRegistry, RequestMetrics};
 use discovery::{
-    BackendRef, Endpoint, HashOn, HeaderMatch, Object, ObjectKind, PathMatch, Route, RouteRule,
-    Service, Snapshot, TargetPort, WatchEvent,
+    BackendRef, Endpoint, HashOn, HeaderMatch, Object, ObjectKind, PathMatch, Route, RouteRule, Service, Snapshot,
+    TargetPort, WatchEvent,
 };
 use http::{HeaderName, HeaderValue, Method};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -59,10 +59,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(rps: u32) -> Self {
-        RateLimiter {
-            rps,
-            state: AtomicU64::new(0),
-        }
+        RateLimiter { rps, state: AtomicU64::new(0) }
     }
     /// Whether one more request fits in the current window.
     pub fn admit(&self, now_ns: u64) -> bool {
@@ -78,10 +75,7 @@ impl RateLimiter {
             } else {
                 (window << 32) | 1
             };
-            match self
-                .state
-                .compare_exchange_weak(cur, next, Relaxed, Relaxed)
-            {
+            match self.state.compare_exchange_weak(cur, next, Relaxed, Relaxed) {
                 Ok(_) => return true,
                 Err(actual) => cur = actual,
             }
@@ -145,14 +139,11 @@ impl CompiledRule {
     fn matches(&self, path: &str, method: &Method, headers: &pingora::http::HMap) -> bool {
         self.path.matches(path)
             && (self.methods.is_empty() || self.methods.contains(method))
-            && self
-                .headers
-                .iter()
-                .all(|(name, value)| match (headers.get(name), value) {
-                    (Some(_), None) => true,
-                    (Some(v), Some(want)) => v == want,
-                    (None, _) => false,
-                })
+            && self.headers.iter().all(|(name, value)| match (headers.get(name), value) {
+                (Some(_), None) => true,
+                (Some(v), Some(want)) => v == want,
+                (None, _) => false,
+            })
     }
 
     /// The upstream path after an optional prefix rewrite (query string kept).
@@ -190,16 +181,8 @@ pub struct HostRules {
 }
 
 impl HostRules {
-    fn find(
-        &self,
-        path: &str,
-        method: &Method,
-        headers: &pingora::http::HMap,
-    ) -> Option<&Arc<CompiledRule>> {
-        self.rules
-            .iter()
-            .find(|r| r.matches(path, method, headers))
-            .or(self.default.as_ref())
+    fn find(&self, path: &str, method: &Method, headers: &pingora::http::HMap) -> Option<&Arc<CompiledRule>> {
+        self.rules.iter().find(|r| r.matches(path, method, headers)).or(self.default.as_ref())
     }
     fn sort(&mut self) {
         self.rules.sort_by(|a, b| {
@@ -225,9 +208,7 @@ pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
         // IPv6 literal: keep the brackets' content.
         host.split(']').next().map(|s| &s[1..]).unwrap_or(host)
     } else {
-        host.rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(host, |(h, _)| h)
+        host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
     };
     let h = h.trim_end_matches('.');
     if h.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -247,11 +228,7 @@ impl RouteTable {
         headers: &pingora::http::HMap,
     ) -> Option<&Arc<CompiledRule>> {
         let host = normalize_host(host);
-        if let Some(r) = self
-            .exact
-            .get(&*host)
-            .and_then(|h| h.find(path, method, headers))
-        {
+        if let Some(r) = self.exact.get(&*host).and_then(|h| h.find(path, method, headers)) {
             return Some(r);
         }
         for (suffix, rules) in &self.wildcard {
@@ -275,22 +252,10 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn pool(
-        &self,
-        namespace: &str,
-        service: &str,
-        port: Option<&TargetPort>,
-    ) -> Option<&Arc<ServicePool>> {
-        let svc = self
-            .pools
-            .iter()
-            .find(|p| &*p.key.namespace == namespace && &*p.key.service == service)?;
+    pub fn pool(&self, namespace: &str, service: &str, port: Option<&TargetPort>) -> Option<&Arc<ServicePool>> {
+        let svc = self.pools.iter().find(|p| &*p.key.namespace == namespace && &*p.key.service == service)?;
         let port = resolve_service_port(&svc.service, port)?;
-        let key = PoolKey {
-            namespace: namespace.into(),
-            service: service.into(),
-            port,
-        };
+        let key = PoolKey { namespace: namespace.into(), service: service.into(), port };
         self.pool_index.get(&key).map(|&i| &self.pools[i])
     }
 }
@@ -300,11 +265,9 @@ fn resolve_service_port(service: &Service, port: Option<&TargetPort>) -> Option<
     match port {
         None => Some(service.ports.first().map_or(0, |p| p.port)),
         Some(TargetPort::Number(n)) => service.ports.iter().any(|p| p.port == *n).then_some(*n),
-        Some(TargetPort::Name(name)) => service
-            .ports
-            .iter()
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .map(|p| p.port),
+        Some(TargetPort::Name(name)) => {
+            service.ports.iter().find(|p| p.name.as_deref() == Some(name.as_str())).map(|p| p.port)
+        }
     }
 }
 
@@ -322,11 +285,7 @@ fn header_name(name: &str) -> Option<HeaderName> {
 
 impl TableBuilder {
     pub fn new(metrics: Arc<MetricsRegistry>, ejection: Ejection) -> Self {
-        TableBuilder {
-            metrics,
-            limiters: HashMap::new(),
-            ejection,
-        }
+        TableBuilder { metrics, limiters: HashMap::new(), ejection }
     }
 
     pub fn ejection(&self) -> &Ejection {
@@ -339,33 +298,15 @@ impl TableBuilder {
         for svc in snap.services() {
             let eps = snap.service_endpoints(svc);
             for port in service_pool_ports(svc) {
-                let key = PoolKey {
-                    namespace: svc.namespace.as_str().into(),
-                    service: svc.name.as_str().into(),
-                    port,
-                };
+                let key = PoolKey { namespace: svc.namespace.as_str().into(), service: svc.name.as_str().into(), port };
                 let old = prev.and_then(|t| t.pool_index.get(&key).map(|&i| &t.pools[i]));
-                pools.push(Arc::new(self.build_pool(
-                    key,
-                    svc,
-                    &eps,
-                    old.map(|p| &p.pool),
-                )));
+                pools.push(Arc::new(self.build_pool(key, svc, &eps, old.map(|p| &p.pool))));
             }
         }
         pools.sort_by(|a, b| a.key.cmp(&b.key));
-        let pool_index: HashMap<PoolKey, usize> = pools
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.key.clone(), i))
-            .collect();
+        let pool_index: HashMap<PoolKey, usize> = pools.iter().enumerate().map(|(i, p)| (p.key.clone(), i)).collect();
         let routes = Arc::new(self.build_routes(snap, &pools, &pool_index));
-        Table {
-            revision: snap.revision(),
-            routes,
-            pools,
-            pool_index,
-        }
+        Table { revision: snap.revision(), routes, pools, pool_index }
     }
 
     /// Apply watch events: rebuild only the pools whose members or service changed; rebuild everything when a
@@ -376,17 +317,13 @@ impl TableBuilder {
         for ev in events {
             match ev {
                 WatchEvent::Relist { .. } => structural = true,
-                WatchEvent::Put {
-                    object: Object::Endpoint(ep),
-                    ..
-                } => self.touch_endpoint(prev, &ep.namespace, &ep.name, Some(ep), &mut touched),
+                WatchEvent::Put { object: Object::Endpoint(ep), .. } => {
+                    self.touch_endpoint(prev, &ep.namespace, &ep.name, Some(ep), &mut touched)
+                }
                 WatchEvent::Delete { key, .. } if key.kind == ObjectKind::Endpoint => {
                     self.touch_endpoint(prev, &key.namespace, &key.name, None, &mut touched)
                 }
-                WatchEvent::Put {
-                    object: Object::Certificate(_),
-                    ..
-                } => {}
+                WatchEvent::Put { object: Object::Certificate(_), .. } => {}
                 WatchEvent::Delete { key, .. } if key.kind == ObjectKind::Certificate => {}
                 _ => structural = true,
             }
@@ -403,12 +340,7 @@ impl TableBuilder {
             let eps = snap.service_endpoints(svc);
             pools[i] = Arc::new(self.build_pool(old.key.clone(), svc, &eps, Some(&old.pool)));
         }
-        Table {
-            revision: snap.revision(),
-            routes: prev.routes.clone(),
-            pools,
-            pool_index: prev.pool_index.clone(),
-        }
+        Table { revision: snap.revision(), routes: prev.routes.clone(), pools, pool_index: prev.pool_index.clone() }
     }
 
     fn touch_endpoint(
@@ -423,29 +355,16 @@ impl TableBuilder {
             if &*p.key.namespace != namespace {
                 continue;
             }
-            if p.members.contains(name)
-                || new.is_some_and(|e| p.service.selector.matches(&e.labels))
-            {
+            if p.members.contains(name) || new.is_some_and(|e| p.service.selector.matches(&e.labels)) {
                 touched.insert(i);
             }
         }
     }
 
-    fn build_pool(
-        &self,
-        key: PoolKey,
-        svc: &Arc<Service>,
-        eps: &[Arc<Endpoint>],
-        old: Option<&Pool>,
-    ) -> ServicePool {
-        let target = svc
-            .ports
-            .iter()
-            .find(|p| p.port == key.port)
-            .map(|p| p.target_port.clone());
-        let old_states: HashMap<&str, &Arc<EndpointState>> = old
-            .map(|p| p.entries().iter().map(|e| (&*e.id, &e.state)).collect())
-            .unwrap_or_default();
+    fn build_pool(&self, key: PoolKey, svc: &Arc<Service>, eps: &[Arc<Endpoint>], old: Option<&Pool>) -> ServicePool {
+        let target = svc.ports.iter().find(|p| p.port == key.port).map(|p| p.target_port.clone());
+        let old_states: HashMap<&str, &Arc<EndpointState>> =
+            old.map(|p| p.entries().iter().map(|e| (&*e.id, &e.state)).collect()).unwrap_or_default();
         let mut entries = Vec::with_capacity(eps.len());
         let mut members = HashSet::with_capacity(eps.len());
         for ep in eps {
@@ -459,16 +378,8 @@ impl TableBuilder {
             };
             let Some(port) = port else { continue };
             let id = format!("{}/{}:{}", ep.namespace, ep.name, port);
-            let state = old_states
-                .get(id.as_str())
-                .map(|s| Arc::clone(s))
-                .unwrap_or_default();
-            entries.push(Entry {
-                id: id.into(),
-                addr: SocketAddr::new(ep.address, port),
-                weight: ep.weight,
-                state,
-            });
+            let state = old_states.get(id.as_str()).map(|s| Arc::clone(s)).unwrap_or_default();
+            entries.push(Entry { id: id.into(), addr: SocketAddr::new(ep.address, port), weight: ep.weight, state });
         }
         // Deterministic order keeps round robin and Maglev stable across rebuilds.
         entries.sort_by(|a, b| a.id.cmp(&b.id));
@@ -477,10 +388,7 @@ impl TableBuilder {
             _ => None,
         };
         ServicePool {
-            metrics: self
-                .metrics
-                .services
-                .get_or_insert(&svc.namespace, &svc.name),
+            metrics: self.metrics.services.get_or_insert(&svc.namespace, &svc.name),
             pool: Pool::new(entries, Policy::from(&svc.balance)),
             key,
             hash_on,
@@ -498,23 +406,12 @@ impl TableBuilder {
         let mut table = RouteTable::default();
         let mut wildcard: HashMap<Box<str>, HostRules> = HashMap::new();
         let resolve = |ns: &str, b: &BackendRef| -> Option<usize> {
-            let svc = pools
-                .iter()
-                .find(|p| &*p.key.namespace == ns && &*p.key.service == b.service.as_str())?;
+            let svc = pools.iter().find(|p| &*p.key.namespace == ns && &*p.key.service == b.service.as_str())?;
             let port = resolve_service_port(&svc.service, b.port.as_ref())?;
-            index
-                .get(&PoolKey {
-                    namespace: ns.into(),
-                    service: b.service.as_str().into(),
-                    port,
-                })
-                .copied()
+            index.get(&PoolKey { namespace: ns.into(), service: b.service.as_str().into(), port }).copied()
         };
         for (route_idx, route) in snap.routes().enumerate() {
-            let metrics = self
-                .metrics
-                .routes
-                .get_or_insert(&route.namespace, &route.name);
+            let metrics = self.metrics.routes.get_or_insert(&route.namespace, &route.name);
             let compiled: Vec<Arc<CompiledRule>> = route
                 .rules
                 .iter()
@@ -568,9 +465,7 @@ impl TableBuilder {
         table.exact.values_mut().for_each(HostRules::sort);
         table.wildcard = wildcard.into_iter().collect();
         table.wildcard.iter_mut().for_each(|(_, r)| r.sort());
-        table
-            .wildcard
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        table.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         table
     }
 
@@ -586,9 +481,7 @@ impl TableBuilder {
         let path = match &rule.path {
             None => PathRule::Any,
             Some(PathMatch::Exact(p)) => PathRule::Exact(p.as_str().into()),
-            Some(PathMatch::Prefix(p)) if p.trim_end_matches('/').is_empty() => {
-                PathRule::Prefix("/".into())
-            }
+            Some(PathMatch::Prefix(p)) if p.trim_end_matches('/').is_empty() => PathRule::Prefix("/".into()),
             Some(PathMatch::Prefix(p)) => PathRule::Prefix(p.as_str().into()),
         };
         let headers = rule
@@ -625,11 +518,7 @@ impl TableBuilder {
                 .iter()
                 .filter_map(|(k, v)| Some((header_name(k)?, HeaderValue::from_str(v).ok()?)))
                 .collect(),
-            remove_headers: rule
-                .remove_request_headers
-                .iter()
-                .filter_map(|k| header_name(k))
-                .collect(),
+            remove_headers: rule.remove_request_headers.iter().filter_map(|k| header_name(k)).collect(),
             rate_limit,
             metrics: metrics.clone(),
             order: (route_idx, idx),
@@ -656,11 +545,7 @@ mod tests {
             namespace: "ns".into(),
             name: name.into(),
             labels: Default::default(),
-            selector: Selector::from_labels(
-                &[("app".to_string(), name.to_string())]
-                    .into_iter()
-                    .collect(),
-            ),
+            selector: Selector::from_labels(&[("app".to_string(), name.to_string())].into_iter().collect()),
             ports: vec![ServicePort {
                 name: None,
                 port: 80,
@@ -673,26 +558,15 @@ mod tests {
         }))
     }
 
-    fn rule(
-        path: Option<PathMatch>,
-        methods: &[&str],
-        headers: &[(&str, Option<&str>)],
-        backend: &str,
-    ) -> RouteRule {
+    fn rule(path: Option<PathMatch>, methods: &[&str], headers: &[(&str, Option<&str>)], backend: &str) -> RouteRule {
         RouteRule {
             path,
             methods: methods.iter().map(|m| m.to_string()).collect(),
             headers: headers
                 .iter()
-                .map(|(n, v)| HeaderMatch {
-                    name: n.to_string(),
-                    value: v.map(str::to_string),
-                })
+                .map(|(n, v)| HeaderMatch { name: n.to_string(), value: v.map(str::to_string) })
                 .collect(),
-            backend: BackendRef {
-                service: backend.into(),
-                port: None,
-            },
+            backend: BackendRef { service: backend.into(), port: None },
             rewrite_prefix: None,
             add_request_headers: vec![],
             remove_request_headers: vec![],
@@ -707,10 +581,7 @@ mod tests {
             labels: Default::default(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             rules,
-            default_backend: default.map(|s| BackendRef {
-                service: s.into(),
-                port: None,
-            }),
+            default_backend: default.map(|s| BackendRef { service: s.into(), port: None }),
             tls: vec![],
         }))
     }
@@ -720,18 +591,7 @@ mod tests {
     #[test]
     fn routing_precedence() {
         let reg = Registry::new();
-        for s in [
-            "exact",
-            "prefix-a",
-            "prefix-ab",
-            "hdr",
-            "post",
-            "wild",
-            "deep-wild",
-            "any",
-            "dflt",
-            "root",
-        ] {
+        for s in ["exact", "prefix-a", "prefix-ab", "hdr", "post", "wild", "deep-wild", "any", "dflt", "root"] {
             reg.put(svc(s));
         }
         use PathMatch::{Exact, Prefix};
@@ -742,34 +602,19 @@ mod tests {
                 rule(Some(Prefix("/a".into())), &[], &[], "prefix-a"),
                 rule(Some(Prefix("/a/b".into())), &[], &[], "prefix-ab"),
                 rule(Some(Exact("/a/b/c".into())), &[], &[], "exact"),
-                rule(
-                    Some(Prefix("/a".into())),
-                    &[],
-                    &[("x-canary", Some("1"))],
-                    "hdr",
-                ),
+                rule(Some(Prefix("/a".into())), &[], &[("x-canary", Some("1"))], "hdr"),
                 rule(Some(Prefix("/a".into())), &["POST"], &[], "post"),
             ],
             Some("dflt"),
         ));
-        reg.put(route(
-            "wild",
-            &["*.example.com"],
-            vec![rule(Some(Prefix("/".into())), &[], &[], "wild")],
-            None,
-        ));
+        reg.put(route("wild", &["*.example.com"], vec![rule(Some(Prefix("/".into())), &[], &[], "wild")], None));
         reg.put(route(
             "deep",
             &["*.deep.example.com"],
             vec![rule(Some(Prefix("/x".into())), &[], &[], "deep-wild")],
             None,
         ));
-        reg.put(route(
-            "any",
-            &[],
-            vec![rule(Some(Prefix("/any".into())), &[], &[], "any")],
-            None,
-        ));
+        reg.put(route("any", &[], vec![rule(Some(Prefix("/any".into())), &[], &[], "any")], None));
         let mut b = TableBuilder::new(Default::default(), Ejection::default());
         let table = b.full(&reg.snapshot(), None);
         let name = |r: Option<&Arc<CompiledRule>>| -> String {
@@ -802,11 +647,7 @@ mod tests {
             ("example.org", "/", &get, &none, "-"),
         ];
         for (host, path, method, headers, want) in cases {
-            assert_eq!(
-                name(table.routes.find(host, path, method, headers)),
-                want,
-                "{host}{path} {method}"
-            );
+            assert_eq!(name(table.routes.find(host, path, method, headers)), want, "{host}{path} {method}");
         }
     }
 
@@ -834,11 +675,7 @@ mod tests {
                 metrics: Default::default(),
                 order: (0, 0),
             };
-            assert_eq!(
-                r.rewrite(input).as_deref(),
-                Some(want),
-                "{prefix} -> {to} on {input}"
-            );
+            assert_eq!(r.rewrite(input).as_deref(), Some(want), "{prefix} -> {to} on {input}");
         }
     }
 

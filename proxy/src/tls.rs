@@ -41,28 +41,15 @@ pub fn certified_key(cert: &Certificate) -> Result<Arc<CertifiedKey>, CertError>
     let (namespace, name) = (cert.namespace.clone(), cert.name.clone());
     let chain: Vec<_> = rustls_pemfile::certs(&mut cert.cert_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|source| CertError::Pem {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source,
-        })?;
+        .map_err(|source| CertError::Pem { namespace: namespace.clone(), name: name.clone(), source })?;
     if chain.is_empty() {
         return Err(CertError::NoCertificate { namespace, name });
     }
     let key = rustls_pemfile::private_key(&mut cert.key_pem.as_bytes())
-        .map_err(|source| CertError::Pem {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source,
-        })?
-        .ok_or_else(|| CertError::NoKey {
-            namespace: namespace.clone(),
-            name: name.clone(),
-        })?;
+        .map_err(|source| CertError::Pem { namespace: namespace.clone(), name: name.clone(), source })?
+        .ok_or_else(|| CertError::NoKey { namespace: namespace.clone(), name: name.clone() })?;
     pingora::tls::install_default_crypto_provider();
-    let provider = CryptoProvider::get_default()
-        .cloned()
-        .ok_or(CertError::NoProvider)?;
+    let provider = CryptoProvider::get_default().cloned().ok_or(CertError::NoProvider)?;
     let ck = CertifiedKey::from_der(chain, key, &provider).map_err(|source| CertError::Rustls {
         namespace,
         name,
@@ -85,10 +72,7 @@ impl CertMap {
         if let Some(k) = self.exact.get(&sni) {
             return Some(k.clone());
         }
-        self.wildcard
-            .iter()
-            .find(|(s, _)| sni.len() > s.len() && sni.ends_with(s.as_str()))
-            .map(|(_, k)| k.clone())
+        self.wildcard.iter().find(|(s, _)| sni.len() > s.len() && sni.ends_with(s.as_str())).map(|(_, k)| k.clone())
     }
     pub fn len(&self) -> usize {
         self.exact.len() + self.wildcard.len()
@@ -107,10 +91,8 @@ pub struct CertStore {
 impl CertStore {
     /// Rebuild from routes' TLS sections. Returns the certificates that were rejected (they are skipped).
     pub fn rebuild(&self, snap: &Snapshot) -> Vec<CertError> {
-        let certs: HashMap<(&str, &str), &Arc<Certificate>> = snap
-            .certificates()
-            .map(|c| ((c.namespace.as_str(), c.name.as_str()), c))
-            .collect();
+        let certs: HashMap<(&str, &str), &Arc<Certificate>> =
+            snap.certificates().map(|c| ((c.namespace.as_str(), c.name.as_str()), c)).collect();
         let mut parsed: HashMap<(String, String), Option<Arc<CertifiedKey>>> = HashMap::new();
         let mut errors = Vec::new();
         let mut map = CertMap::default();

@@ -12,15 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().expect("curl runs");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,20 +29,13 @@ async fn http1_routing_headers_and_404() {
     api.rewrite_prefix = Some("/v2".into());
     api.add_request_headers = vec![("x-via".into(), "berth".into())];
     api.remove_request_headers = vec!["x-drop".into()];
-    reg.put(route(
-        "site",
-        &["example.test", "*.wild.test"],
-        vec![rule("/", "web"), api],
-    ));
+    reg.put(route("site", &["example.test", "*.wild.test"], vec![rule("/", "web"), api]));
     let proxy = start(&reg, config());
     let base = format!("http://{}", proxy.http_addr().unwrap());
 
     if require("curl") {
         let (body, err) = curl(&["-H", "Host: example.test", &format!("{base}/hello")]);
-        assert!(
-            body.starts_with("id=a path=/hello xff=127.0.0.1 xfp=http xfh=example.test"),
-            "{body} {err}"
-        );
+        assert!(body.starts_with("id=a path=/hello xff=127.0.0.1 xfp=http xfh=example.test"), "{body} {err}");
         assert!(!body.contains("rid=-"), "a request id is generated: {body}");
         let (body, _) = curl(&[
             "-H",
@@ -61,19 +47,9 @@ async fn http1_routing_headers_and_404() {
             &format!("{base}/api/users?q=1"),
         ]);
         assert!(body.starts_with("id=b path=/v2/users?q=1"), "{body}");
-        assert!(
-            body.contains("rid=abc") && body.contains("via=berth") && body.contains("drop=-"),
-            "{body}"
-        );
-        let (code, _) = curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Host: nowhere.test",
-            &format!("{base}/"),
-        ]);
+        assert!(body.contains("rid=abc") && body.contains("via=berth") && body.contains("drop=-"), "{body}");
+        let (code, _) =
+            curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: nowhere.test", &format!("{base}/")]);
         assert_eq!(code, "404");
     }
     let c = client();
@@ -90,11 +66,11 @@ async fn http1_routing_headers_and_404() {
     let stats = proxy.service_stats("default", "web").unwrap();
     assert!(stats.requests_total >= 1, "{stats:?}");
     let text = proxy.metrics_text();
-    assert!(text.contains("berth_proxy_service_responses_total{namespace=\"default\",service=\"web\",class=\"2xx\"}"), "{text}");
     assert!(
-        text.contains("berth_proxy_route_latency_seconds_bucket"),
+        text.contains("berth_proxy_service_responses_total{namespace=\"default\",service=\"web\",class=\"2xx\"}"),
         "{text}"
     );
+    assert!(text.contains("berth_proxy_route_latency_seconds_bucket"), "{text}");
     proxy.stop();
 }
 
@@ -108,10 +84,7 @@ async fn h2c_prior_knowledge() {
     let proxy = start(&reg, config());
     let url = format!("http://{}/h2", proxy.http_addr().unwrap());
     let (out, err) = curl(&["--http2-prior-knowledge", "-w", " %{http_version}", &url]);
-    assert!(
-        out.starts_with("id=a path=/h2") && out.ends_with(" 2"),
-        "{out} {err}"
-    );
+    assert!(out.starts_with("id=a path=/h2") && out.ends_with(" 2"), "{out} {err}");
     proxy.stop();
 }
 
@@ -138,10 +111,7 @@ async fn tls_sni_picks_certificates_and_speaks_h2() {
             cert_pem: cert,
             key_pem: key,
         })));
-        routes_tls.push(RouteTls {
-            hosts: vec![host.into()],
-            secret_name: format!("{host}-tls"),
-        });
+        routes_tls.push(RouteTls { hosts: vec![host.into()], secret_name: format!("{host}-tls") });
     }
     // A broken certificate must be skipped, not crash the listener.
     reg.put(Object::Certificate(Arc::new(Certificate {
@@ -150,13 +120,8 @@ async fn tls_sni_picks_certificates_and_speaks_h2() {
         cert_pem: "not a pem".into(),
         key_pem: "nope".into(),
     })));
-    routes_tls.push(RouteTls {
-        hosts: vec!["bad.test".into()],
-        secret_name: "bad-tls".into(),
-    });
-    let Object::Route(r) = route("tls", &[], vec![rule("/", "web")]) else {
-        unreachable!()
-    };
+    routes_tls.push(RouteTls { hosts: vec!["bad.test".into()], secret_name: "bad-tls".into() });
+    let Object::Route(r) = route("tls", &[], vec![rule("/", "web")]) else { unreachable!() };
     let mut r = (*r).clone();
     r.tls = routes_tls;
     reg.put(Object::Route(Arc::new(r)));
@@ -188,10 +153,7 @@ async fn tls_sni_picks_certificates_and_speaks_h2() {
     }
     // Each host gets its own certificate: one's CA does not validate two's certificate.
     let (out, err) = fetch("two.test", "one.test");
-    assert!(
-        !out.starts_with("id=") && !err.is_empty(),
-        "two.test must not present one.test's certificate: {out}"
-    );
+    assert!(!out.starts_with("id=") && !err.is_empty(), "two.test must not present one.test's certificate: {out}");
     // HTTP/1.1 over TLS too.
     let resolve = format!("one.test:{port}:127.0.0.1");
     let ca = dir.path().join("one.test.pem");
@@ -215,20 +177,10 @@ async fn websocket_echo_passes_through() {
     let reg = registry_with(&[&a]);
     let proxy = start(&reg, config());
     let url = format!("ws://{}/ws", proxy.http_addr().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket upgrade through the proxy");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket upgrade through the proxy");
     for i in 0..3 {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
-            "hi{i}"
-        )))
-        .await
-        .unwrap();
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(format!("hi{i}"))).await.unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(msg.into_text().unwrap().as_str(), format!("echo:hi{i}"));
     }
     drop(ws);
@@ -248,11 +200,7 @@ async fn tcp_listener_proxies_a_line_protocol() {
                     let (r, mut w) = s.into_split();
                     let mut lines = BufReader::new(r).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
-                        let reply = if line == "PING" {
-                            format!("PONG {id}\n")
-                        } else {
-                            "ERR\n".into()
-                        };
+                        let reply = if line == "PING" { format!("PONG {id}\n") } else { "ERR\n".into() };
                         if w.write_all(reply.as_bytes()).await.is_err() {
                             break;
                         }
@@ -287,20 +235,13 @@ async fn tcp_listener_proxies_a_line_protocol() {
         assert_eq!(first, second, "one connection stays on one endpoint");
         seen.insert(first);
     }
-    assert_eq!(
-        seen.len(),
-        2,
-        "connections are balanced over both endpoints: {seen:?}"
-    );
+    assert_eq!(seen.len(), 2, "connections are balanced over both endpoints: {seen:?}");
     proxy.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_of_three_backends_loses_no_request() {
-    let mut backends: Vec<Backend> = ["k1", "k2", "k3"]
-        .iter()
-        .map(|id| Backend::start(id))
-        .collect();
+    let mut backends: Vec<Backend> = ["k1", "k2", "k3"].iter().map(|id| Backend::start(id)).collect();
     let reg = registry_with(&backends.iter().collect::<Vec<_>>());
     let mut cfg = config();
     cfg.eject_after_failures = 2;
@@ -329,20 +270,13 @@ async fn killing_one_of_three_backends_loses_no_request() {
             errors
         }));
     }
-    eventually("500 requests done", Duration::from_secs(60), || {
-        done.load(std::sync::atomic::Ordering::Relaxed) >= 500
-    })
-    .await;
+    eventually("500 requests done", Duration::from_secs(60), || done.load(std::sync::atomic::Ordering::Relaxed) >= 500)
+        .await;
     backends[1].kill();
     for t in tasks {
         failures.extend(t.await.unwrap());
     }
-    assert!(
-        failures.is_empty(),
-        "{} client-visible errors: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert!(failures.is_empty(), "{} client-visible errors: {:?}", failures.len(), &failures[..failures.len().min(5)]);
     let stats = proxy.service_stats("default", "web").unwrap();
     assert_eq!(stats.requests_total, total as u64);
     eprintln!("ejected after kill: {:?}", proxy.ejected_endpoints());
@@ -368,9 +302,7 @@ async fn removing_an_endpoint_lets_its_in_flight_requests_finish() {
         })
         .collect();
     eventually("50 requests in flight", Duration::from_secs(20), || {
-        proxy
-            .service_stats("default", "web")
-            .is_some_and(|s| s.in_flight == 50)
+        proxy.service_stats("default", "web").is_some_and(|s| s.in_flight == 50)
     })
     .await;
     // Replace: the new endpoint appears, the old one is first marked terminating, then removed.
@@ -380,15 +312,8 @@ async fn removing_an_endpoint_lets_its_in_flight_requests_finish() {
     terminating.ready = false;
     let rev = reg.put(Object::Endpoint(Arc::new(terminating)));
     assert!(proxy.wait_applied(rev, Duration::from_secs(5)).await);
-    let r = c
-        .get(format!("http://{}/after", proxy.http_addr().unwrap()))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.text().await.unwrap().starts_with("id=new"),
-        "new requests avoid the terminating endpoint"
-    );
+    let r = c.get(format!("http://{}/after", proxy.http_addr().unwrap())).send().await.unwrap();
+    assert!(r.text().await.unwrap().starts_with("id=new"), "new requests avoid the terminating endpoint");
     let rev = reg.delete(&endpoint_key("old")).unwrap();
     assert!(proxy.wait_applied(rev, Duration::from_secs(5)).await);
     for t in slow {
@@ -408,11 +333,7 @@ async fn endpoint_added_is_used_by_the_next_request() {
     let proxy = start(&reg, config());
     let url = format!("http://{}/", proxy.http_addr().unwrap());
     let c = client();
-    assert_eq!(
-        c.get(&url).send().await.unwrap().status(),
-        503,
-        "no endpoint yet"
-    );
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 503, "no endpoint yet");
     let mut apply_us = Vec::new();
     let mut routed_us = Vec::new();
     for i in 0..200 {
@@ -424,11 +345,7 @@ async fn endpoint_added_is_used_by_the_next_request() {
         }
         apply_us.push(t0.elapsed().as_micros() as u64);
         let r = c.get(&url).send().await.unwrap();
-        assert_eq!(
-            r.status(),
-            200,
-            "iteration {i}: the next request uses the new endpoint"
-        );
+        assert_eq!(r.status(), 200, "iteration {i}: the next request uses the new endpoint");
         routed_us.push(t0.elapsed().as_micros() as u64);
         let rev = reg.delete(&endpoint_key("a")).unwrap();
         assert!(proxy.wait_applied(rev, Duration::from_secs(5)).await);
@@ -454,11 +371,7 @@ async fn static_file_is_served_and_reloaded() {
     let b = Backend::start("sb");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.yaml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let write = |backend: &Backend| {
         let text = format!(
             "proxy: {{httpListen: [\"127.0.0.1:{port}\"]}}\nservices:\n  - name: web\n    endpoints: [\"{}\"]\nroutes:\n  - {{namespace: default, name: all, rules: [{{path: {{prefix: /}}, backend: {{service: web}}}}]}}\n",

@@ -21,10 +21,7 @@ pub fn connect(opts: &ClientOpts) -> Result<Client> {
         .clone()
         .or_else(|| datadir::recorded_address(&dir))
         .unwrap_or_else(|| "http://127.0.0.1:7070".to_string());
-    let token = opts
-        .token
-        .clone()
-        .or_else(|| datadir::read_token(&dir.join(datadir::TOKEN_FILE)));
+    let token = opts.token.clone().or_else(|| datadir::read_token(&dir.join(datadir::TOKEN_FILE)));
     Ok(Client::new(&server, token)?)
 }
 
@@ -37,9 +34,7 @@ fn read_sources(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
     for path in paths {
         if path.as_os_str() == "-" {
             let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read manifests from stdin")?;
+            std::io::stdin().read_to_string(&mut text).context("cannot read manifests from stdin")?;
             out.push(("<stdin>".to_string(), text));
         } else if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
@@ -56,23 +51,13 @@ fn read_sources(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
         }
     }
     if out.is_empty() {
-        bail!(
-            "no manifests found in {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        bail!("no manifests found in {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     }
     Ok(out)
 }
 
 fn is_manifest(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
 fn read_file(p: &Path) -> Result<String> {
@@ -129,20 +114,9 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
         let applied = client
             .apply(&d.object, args.dry_run)
             .await
-            .with_context(|| {
-                format!(
-                    "{}: document {}: {}",
-                    d.source,
-                    d.index,
-                    resource_name(d.kind, &d.name)
-                )
-            })?;
+            .with_context(|| format!("{}: document {}: {}", d.source, d.index, resource_name(d.kind, &d.name)))?;
         let suffix = if args.dry_run { " (dry run)" } else { "" };
-        println!(
-            "{} {}{suffix}",
-            resource_name(d.kind, &d.name),
-            applied.result
-        );
+        println!("{} {}{suffix}", resource_name(d.kind, &d.name), applied.result);
     }
     Ok(())
 }
@@ -203,12 +177,7 @@ pub async fn get(args: GetArgs) -> Result<()> {
         }
         return Ok(());
     }
-    output::print_list(
-        kind,
-        &items,
-        format,
-        args.all_namespaces && kind.namespaced(),
-    )
+    output::print_list(kind, &items, format, args.all_namespaces && kind.namespaced())
 }
 
 fn parse_kind(s: &str) -> Result<Kind> {
@@ -216,10 +185,7 @@ fn parse_kind(s: &str) -> Result<Kind> {
 }
 
 fn unknown_kind(s: &str) -> anyhow::Error {
-    anyhow!(
-        "unknown kind {s:?} (one of: {})",
-        model::Resource::all_cli_names()
-    )
+    anyhow!("unknown kind {s:?} (one of: {})", model::Resource::all_cli_names())
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -264,10 +230,7 @@ pub struct DeleteArgs {
 pub async fn delete(args: DeleteArgs) -> Result<()> {
     let client = connect(&args.client)?;
     let targets: Vec<(Kind, String, String)> = if !args.files.is_empty() {
-        parse_all(&args.files)?
-            .into_iter()
-            .map(|d| (d.kind, d.namespace, d.name))
-            .collect()
+        parse_all(&args.files)?.into_iter().map(|d| (d.kind, d.namespace, d.name)).collect()
     } else {
         match (&args.kind, &args.name) {
             (Some(k), Some(n)) => vec![(parse_kind(k)?, args.namespace.clone(), n.clone())],
@@ -309,33 +272,19 @@ pub async fn diff(args: DiffArgs) -> Result<ExitCode> {
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e).with_context(|| name.clone()),
         };
-        let before = live
-            .as_ref()
-            .map(|l| to_yaml(&desired_view(l)))
-            .transpose()?
-            .unwrap_or_default();
+        let before = live.as_ref().map(|l| to_yaml(&desired_view(l))).transpose()?.unwrap_or_default();
         let after = to_yaml(&desired_view(&d.object))?;
         if before != after {
             differs = true;
-            let label = if d.kind.namespaced() {
-                format!("{}/{}", d.namespace, name)
-            } else {
-                name.clone()
-            };
+            let label = if d.kind.namespaced() { format!("{}/{}", d.namespace, name) } else { name.clone() };
             let text = similar::TextDiff::from_lines(&before, &after);
             print!(
                 "{}",
-                text.unified_diff()
-                    .context_radius(3)
-                    .header(&format!("live {label}"), &format!("manifest {label}"))
+                text.unified_diff().context_radius(3).header(&format!("live {label}"), &format!("manifest {label}"))
             );
         }
     }
-    Ok(if differs {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if differs { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 pub fn to_yaml(v: &Value) -> Result<String> {

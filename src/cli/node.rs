@@ -45,35 +45,20 @@ pub struct DrainArgs {
 
 pub async fn cordon(args: CordonArgs) -> Result<()> {
     let client = connect(&args.client)?;
-    report(
-        &args.node,
-        true,
-        set_unschedulable(&client, &args.node, true).await?,
-    );
+    report(&args.node, true, set_unschedulable(&client, &args.node, true).await?);
     Ok(())
 }
 
 pub async fn uncordon(args: UncordonArgs) -> Result<()> {
     let client = connect(&args.client)?;
-    report(
-        &args.node,
-        false,
-        set_unschedulable(&client, &args.node, false).await?,
-    );
+    report(&args.node, false, set_unschedulable(&client, &args.node, false).await?);
     Ok(())
 }
 
 pub async fn drain(args: DrainArgs) -> Result<()> {
     let client = connect(&args.client)?;
-    report(
-        &args.node,
-        true,
-        set_unschedulable(&client, &args.node, true).await?,
-    );
-    let pods = client
-        .list(Kind::Pod, None, None)
-        .await
-        .context("listing pods")?;
+    report(&args.node, true, set_unschedulable(&client, &args.node, true).await?);
+    let pods = client.list(Kind::Pod, None, None).await.context("listing pods")?;
     let mut on_node: Vec<model::Pod> = Vec::new();
     for p in pods {
         let pod: model::Pod = serde_json::from_value(p).context("reading a pod from the API")?;
@@ -83,12 +68,7 @@ pub async fn drain(args: DrainArgs) -> Result<()> {
     }
     let unmanaged: Vec<String> = on_node
         .iter()
-        .filter(|p| {
-            !p.metadata
-                .owner_references
-                .iter()
-                .any(|o| o.controller == Some(true))
-        })
+        .filter(|p| !p.metadata.owner_references.iter().any(|o| o.controller == Some(true)))
         .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
         .collect();
     if !unmanaged.is_empty() && !args.force {
@@ -123,23 +103,15 @@ fn report(node: &str, cordon: bool, changed: bool) {
 /// Sets `spec.unschedulable`; returns whether it changed. Retries the read-modify-write on conflict.
 async fn set_unschedulable(client: &Client, node: &str, value: bool) -> Result<bool> {
     for _ in 0..CONFLICT_RETRIES {
-        let mut obj = client
-            .get(Kind::Node, "", node)
-            .await
-            .with_context(|| format!("reading node/{node}"))?;
-        let current = obj
-            .pointer("/spec/unschedulable")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let mut obj = client.get(Kind::Node, "", node).await.with_context(|| format!("reading node/{node}"))?;
+        let current = obj.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false);
         if current == value {
             return Ok(false);
         }
         let Some(map) = obj.as_object_mut() else {
             bail!("node/{node}: the API answered with a non-object");
         };
-        let spec = map
-            .entry("spec")
-            .or_insert_with(|| Value::Object(Default::default()));
+        let spec = map.entry("spec").or_insert_with(|| Value::Object(Default::default()));
         let Some(spec) = spec.as_object_mut() else {
             bail!("node/{node}: spec is not an object");
         };

@@ -40,11 +40,7 @@ pub fn print_one(kind: Kind, obj: &Value, format: Format) -> Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(obj)?),
         Format::Yaml => print!("{}", super::to_yaml(obj)?),
-        Format::Name => println!(
-            "{}/{}",
-            kind.kind_name().to_lowercase(),
-            s(obj, "/metadata/name")
-        ),
+        Format::Name => println!("{}/{}", kind.kind_name().to_lowercase(), s(obj, "/metadata/name")),
         Format::Table { .. } => print_list(kind, std::slice::from_ref(obj), format, false)?,
     }
     Ok(())
@@ -53,10 +49,7 @@ pub fn print_one(kind: Kind, obj: &Value, format: Format) -> Result<()> {
 pub fn print_list(kind: Kind, items: &[Value], format: Format, with_namespace: bool) -> Result<()> {
     let wide = match format {
         Format::Json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({ "items": items }))?
-            );
+            println!("{}", serde_json::to_string_pretty(&json!({ "items": items }))?);
             return Ok(());
         }
         Format::Yaml => {
@@ -65,11 +58,7 @@ pub fn print_list(kind: Kind, items: &[Value], format: Format, with_namespace: b
         }
         Format::Name => {
             for i in items {
-                println!(
-                    "{}/{}",
-                    kind.kind_name().to_lowercase(),
-                    s(i, "/metadata/name")
-                );
+                println!("{}/{}", kind.kind_name().to_lowercase(), s(i, "/metadata/name"));
             }
             return Ok(());
         }
@@ -125,37 +114,16 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 fn columns(kind: Kind) -> (Vec<&'static str>, Vec<&'static str>) {
     match kind {
-        Kind::Pod => (
-            vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
-            vec!["IP", "NODE"],
-        ),
-        Kind::Deployment => (
-            vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
-            vec!["CONTAINERS", "IMAGES", "SELECTOR"],
-        ),
-        Kind::Service => (
-            vec!["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"],
-            vec!["SELECTOR"],
-        ),
-        Kind::Node => (
-            vec!["NAME", "STATUS", "CPU", "MEMORY", "PODS", "AGE"],
-            vec!["LABELS"],
-        ),
+        Kind::Pod => (vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"], vec!["IP", "NODE"]),
+        Kind::Deployment => {
+            (vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], vec!["CONTAINERS", "IMAGES", "SELECTOR"])
+        }
+        Kind::Service => (vec!["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"], vec!["SELECTOR"]),
+        Kind::Node => (vec!["NAME", "STATUS", "CPU", "MEMORY", "PODS", "AGE"], vec!["LABELS"]),
         Kind::Route => (vec!["NAME", "HOSTS", "BACKENDS", "AGE"], vec![]),
         Kind::ConfigMap => (vec!["NAME", "DATA", "AGE"], vec![]),
         Kind::Secret => (vec!["NAME", "TYPE", "DATA", "AGE"], vec![]),
-        Kind::Autoscaler => (
-            vec![
-                "NAME",
-                "REFERENCE",
-                "TARGETS",
-                "MINPODS",
-                "MAXPODS",
-                "REPLICAS",
-                "AGE",
-            ],
-            vec![],
-        ),
+        Kind::Autoscaler => (vec!["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"], vec![]),
     }
 }
 
@@ -164,54 +132,28 @@ fn row(kind: Kind, v: &Value) -> (Vec<String>, Vec<String>) {
     let age = age(s(v, "/metadata/creationTimestamp"));
     match kind {
         Kind::Pod => {
-            let containers = v
-                .pointer("/spec/containers")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len);
-            let statuses = v
-                .pointer("/status/containerStatuses")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let ready = statuses
-                .iter()
-                .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
-                .count();
+            let containers = v.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+            let statuses =
+                v.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+            let ready = statuses.iter().filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true)).count();
             let restarts: i64 = statuses.iter().map(|c| n(c, "/restartCount")).sum();
             let reason = statuses
                 .iter()
-                .find_map(|c| {
-                    c.pointer("/state/waiting/reason")
-                        .or_else(|| c.pointer("/state/terminated/reason"))
-                })
+                .find_map(|c| c.pointer("/state/waiting/reason").or_else(|| c.pointer("/state/terminated/reason")))
                 .and_then(Value::as_str);
             let status = if !s(v, "/metadata/deletionTimestamp").is_empty() {
                 "Terminating".to_string()
             } else {
-                reason
-                    .map(str::to_string)
-                    .unwrap_or_else(|| or(s(v, "/status/phase"), "Pending"))
+                reason.map(str::to_string).unwrap_or_else(|| or(s(v, "/status/phase"), "Pending"))
             };
             (
-                vec![
-                    name,
-                    format!("{ready}/{containers}"),
-                    status,
-                    restarts.to_string(),
-                    age,
-                ],
-                vec![
-                    or(s(v, "/status/podIP"), "<none>"),
-                    or(s(v, "/spec/nodeName"), "<none>"),
-                ],
+                vec![name, format!("{ready}/{containers}"), status, restarts.to_string(), age],
+                vec![or(s(v, "/status/podIP"), "<none>"), or(s(v, "/spec/nodeName"), "<none>")],
             )
         }
         Kind::Deployment => {
-            let containers = v
-                .pointer("/spec/template/spec/containers")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let containers =
+                v.pointer("/spec/template/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
             let names: Vec<&str> = containers.iter().map(|c| s(c, "/name")).collect();
             let images: Vec<String> = containers
                 .iter()
@@ -221,24 +163,13 @@ fn row(kind: Kind, v: &Value) -> (Vec<String>, Vec<String>) {
                     } else {
                         c.get("command")
                             .and_then(Value::as_array)
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(Value::as_str)
-                                    .collect::<Vec<_>>()
-                                    .join(" ")
-                            })
+                            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
                             .unwrap_or_default()
                     }
                 })
                 .collect();
-            let selector = v
-                .pointer("/spec/selector/matchLabels")
-                .map(labels_string)
-                .unwrap_or_default();
-            let replicas = v
-                .pointer("/spec/replicas")
-                .and_then(Value::as_i64)
-                .unwrap_or(1);
+            let selector = v.pointer("/spec/selector/matchLabels").map(labels_string).unwrap_or_default();
+            let replicas = v.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
             (
                 vec![
                     name,
@@ -261,10 +192,7 @@ fn row(kind: Kind, v: &Value) -> (Vec<String>, Vec<String>) {
                         .join(",")
                 })
                 .unwrap_or_default();
-            let selector = v
-                .pointer("/spec/selector")
-                .map(labels_string)
-                .unwrap_or_default();
+            let selector = v.pointer("/spec/selector").map(labels_string).unwrap_or_default();
             (
                 vec![
                     name,
@@ -281,54 +209,28 @@ fn row(kind: Kind, v: &Value) -> (Vec<String>, Vec<String>) {
                 .pointer("/status/conditions")
                 .and_then(Value::as_array)
                 .and_then(|cs| cs.iter().find(|c| s(c, "/type") == "Ready"))
-                .map(|c| {
-                    if s(c, "/status") == "True" {
-                        "Ready"
-                    } else {
-                        "NotReady"
-                    }
-                })
+                .map(|c| if s(c, "/status") == "True" { "Ready" } else { "NotReady" })
                 .unwrap_or("Unknown");
-            let status = if v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true)
-            {
+            let status = if v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
                 format!("{ready},SchedulingDisabled")
             } else {
                 ready.to_string()
             };
             let alloc = |k: &str| {
                 v.pointer(&format!("/status/allocatable/{k}"))
-                    .map(|x| {
-                        x.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| x.to_string())
-                    })
+                    .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
                     .unwrap_or_else(|| "-".into())
             };
             (
-                vec![
-                    name,
-                    status,
-                    alloc("cpu"),
-                    alloc("memory"),
-                    alloc("pods"),
-                    age,
-                ],
-                vec![v
-                    .pointer("/metadata/labels")
-                    .map(labels_string)
-                    .unwrap_or_default()],
+                vec![name, status, alloc("cpu"), alloc("memory"), alloc("pods"), age],
+                vec![v.pointer("/metadata/labels").map(labels_string).unwrap_or_default()],
             )
         }
         Kind::Route => {
             let hosts = v
                 .pointer("/spec/hosts")
                 .and_then(Value::as_array)
-                .map(|h| {
-                    h.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
+                .map(|h| h.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
                 .unwrap_or_default();
             let mut backends: Vec<String> = v
                 .pointer("/spec/rules")
@@ -347,15 +249,7 @@ fn row(kind: Kind, v: &Value) -> (Vec<String>, Vec<String>) {
                 })
                 .unwrap_or_default();
             backends.dedup();
-            (
-                vec![
-                    name,
-                    or(&hosts, "*"),
-                    or(&backends.join(","), "<none>"),
-                    age,
-                ],
-                vec![],
-            )
+            (vec![name, or(&hosts, "*"), or(&backends.join(","), "<none>"), age], vec![])
         }
         Kind::ConfigMap => {
             let count = ["data", "binaryData"]
@@ -365,21 +259,11 @@ fn row(kind: Kind, v: &Value) -> (Vec<String>, Vec<String>) {
             (vec![name, count.to_string(), age], vec![])
         }
         Kind::Secret => {
-            let count = v
-                .get("data")
-                .and_then(Value::as_object)
-                .map_or(0, |m| m.len());
-            (
-                vec![name, or(s(v, "/type"), "Opaque"), count.to_string(), age],
-                vec![],
-            )
+            let count = v.get("data").and_then(Value::as_object).map_or(0, |m| m.len());
+            (vec![name, or(s(v, "/type"), "Opaque"), count.to_string(), age], vec![])
         }
         Kind::Autoscaler => {
-            let target = format!(
-                "{}/{}",
-                s(v, "/spec/scaleTargetRef/kind"),
-                s(v, "/spec/scaleTargetRef/name")
-            );
+            let target = format!("{}/{}", s(v, "/spec/scaleTargetRef/kind"), s(v, "/spec/scaleTargetRef/name"));
             let targets = v
                 .pointer("/status/currentMetrics")
                 .and_then(Value::as_array)
@@ -422,12 +306,7 @@ fn or(s: &str, default: &str) -> String {
 
 fn labels_string(v: &Value) -> String {
     v.as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+        .map(|m| m.iter().map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
         .unwrap_or_default()
 }
 
@@ -436,10 +315,7 @@ pub fn age(created: &str) -> String {
     let Ok(t) = humantime::parse_rfc3339_weak(created) else {
         return "<unknown>".into();
     };
-    let d = SystemTime::now()
-        .duration_since(t)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
+    let d = SystemTime::now().duration_since(t).unwrap_or(Duration::ZERO).as_secs();
     match d {
         0..120 => format!("{d}s"),
         120..600 => format!("{}m{}s", d / 60, d % 60),
@@ -463,40 +339,15 @@ pub fn describe(kind: Kind, v: &Value) -> String {
     if kind.namespaced() {
         field("Namespace", s(v, "/metadata/namespace").to_string());
     }
-    field(
-        "Kind",
-        format!("{} ({})", s(v, "/kind"), s(v, "/apiVersion")),
-    );
-    field(
-        "Labels",
-        or(
-            &v.pointer("/metadata/labels")
-                .map(labels_string)
-                .unwrap_or_default(),
-            "<none>",
-        ),
-    );
-    field(
-        "Annotations",
-        or(
-            &v.pointer("/metadata/annotations")
-                .map(labels_string)
-                .unwrap_or_default(),
-            "<none>",
-        ),
-    );
+    field("Kind", format!("{} ({})", s(v, "/kind"), s(v, "/apiVersion")));
+    field("Labels", or(&v.pointer("/metadata/labels").map(labels_string).unwrap_or_default(), "<none>"));
+    field("Annotations", or(&v.pointer("/metadata/annotations").map(labels_string).unwrap_or_default(), "<none>"));
     let created = s(v, "/metadata/creationTimestamp");
     field("Created", format!("{created} ({} ago)", age(created)));
-    field(
-        "ResourceVersion",
-        s(v, "/metadata/resourceVersion").to_string(),
-    );
+    field("ResourceVersion", s(v, "/metadata/resourceVersion").to_string());
     match kind {
         Kind::Deployment => {
-            let replicas = v
-                .pointer("/spec/replicas")
-                .and_then(Value::as_i64)
-                .unwrap_or(1);
+            let replicas = v.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
             field(
                 "Replicas",
                 format!(
@@ -526,9 +377,7 @@ pub fn describe(kind: Kind, v: &Value) -> String {
             for section in ["data", "stringData"] {
                 if let Some(Value::Object(data)) = m.get_mut(section) {
                     for (_, val) in data.iter_mut() {
-                        let len = val
-                            .as_str()
-                            .map_or(0, |x| decoded_len(x, section == "data"));
+                        let len = val.as_str().map_or(0, |x| decoded_len(x, section == "data"));
                         *val = Value::String(format!("<{len} bytes>"));
                     }
                 }
@@ -564,33 +413,21 @@ fn decoded_len(s: &str, base64: bool) -> usize {
 // endpoints
 
 /// `berth get endpoints`: each Service's ready endpoints from the discovery API.
-pub async fn endpoints(
-    client: &Client,
-    namespace: Option<&str>,
-    name: Option<&str>,
-    format: Format,
-) -> Result<()> {
+pub async fn endpoints(client: &Client, namespace: Option<&str>, name: Option<&str>, format: Format) -> Result<()> {
     let services = client.list(Kind::Service, namespace, None).await?;
     let mut rows = Vec::new();
     let mut objects = Vec::new();
-    for svc in services.iter().filter(|s| {
-        name.is_none_or(|n| s.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
-    }) {
+    for svc in
+        services.iter().filter(|s| name.is_none_or(|n| s.pointer("/metadata/name").and_then(Value::as_str) == Some(n)))
+    {
         let ns = s(svc, "/metadata/namespace");
-        let selector = svc
-            .pointer("/spec/selector")
-            .map(labels_string)
-            .unwrap_or_default();
+        let selector = svc.pointer("/spec/selector").map(labels_string).unwrap_or_default();
         let answer = if selector.is_empty() {
             json!({"items": []})
         } else {
             client.discovery_endpoints(&[selector], Some(ns)).await?
         };
-        let items = answer
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let items = answer.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
         let addrs: Vec<String> = items
             .iter()
             .flat_map(|e| {
@@ -608,21 +445,14 @@ pub async fn endpoints(
         } else {
             addrs.join(",")
         };
-        rows.push(vec![
-            s(svc, "/metadata/name").to_string(),
-            or(&shown, "<none>"),
-        ]);
-        objects
-            .push(json!({"namespace": ns, "name": s(svc, "/metadata/name"), "endpoints": items}));
+        rows.push(vec![s(svc, "/metadata/name").to_string(), or(&shown, "<none>")]);
+        objects.push(json!({"namespace": ns, "name": s(svc, "/metadata/name"), "endpoints": items}));
     }
     if name.is_some() && rows.is_empty() {
         bail!("service {:?} not found", name.unwrap_or_default());
     }
     match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "items": objects }))?
-        ),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&json!({ "items": objects }))?),
         Format::Yaml => print!("{}", super::to_yaml(&json!({ "items": objects }))?),
         _ => print!("{}", table(&["NAME", "ENDPOINTS"], &rows)),
     }

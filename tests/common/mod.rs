@@ -37,21 +37,12 @@ impl Server {
                 }
             }
         });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("server printed its address within 60 s");
-        Server {
-            child,
-            url,
-            dir: dir.to_path_buf(),
-        }
+        let url = rx.recv_timeout(Duration::from_secs(60)).expect("server printed its address within 60 s");
+        Server { child, url, dir: dir.to_path_buf() }
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.join("token"))
-            .expect("token file")
-            .trim()
-            .to_string()
+        std::fs::read_to_string(self.dir.join("token")).expect("token file").trim().to_string()
     }
 
     /// Run a client command against this server.
@@ -120,18 +111,11 @@ pub fn require_tool(tool: &str, test: &str) -> bool {
         return true;
     }
     let reason = format!("{test}: `{tool}` is not installed");
-    assert!(
-        std::env::var("BERTH_REQUIRE_ALL").as_deref() != Ok("1"),
-        "BERTH_REQUIRE_ALL=1 but {reason}"
-    );
+    assert!(std::env::var("BERTH_REQUIRE_ALL").as_deref() != Ok("1"), "BERTH_REQUIRE_ALL=1 but {reason}");
     eprintln!("SKIP {reason}");
     if let Ok(log) = std::env::var("BERTH_SKIP_LOG") {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
             let _ = writeln!(f, "{reason}");
         }
     }

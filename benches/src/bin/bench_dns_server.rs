@@ -7,8 +7,7 @@
 
 use discovery::dns::{bind_udp, DnsConfig, DnsServer};
 use discovery::{
-    Endpoint, EndpointPort, Labels, Object, Protocol, Registry, Selector, Service, ServicePort,
-    TargetPort,
+    Endpoint, EndpointPort, Labels, Object, Protocol, Registry, Selector, Service, ServicePort, TargetPort,
 };
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,9 +24,7 @@ fn address(s: u32, e: u32) -> Ipv4Addr {
 fn registry() -> Arc<Registry> {
     let r = Arc::new(Registry::new());
     for s in 0..SERVICES {
-        let labels: Labels = [("app".to_string(), format!("svc{s}"))]
-            .into_iter()
-            .collect();
+        let labels: Labels = [("app".to_string(), format!("svc{s}"))].into_iter().collect();
         r.put(Object::Service(Arc::new(Service {
             namespace: NAMESPACE.into(),
             name: format!("svc{s}"),
@@ -48,11 +45,7 @@ fn registry() -> Arc<Registry> {
                 namespace: NAMESPACE.into(),
                 name: format!("ep-{s}-{e}"),
                 address: IpAddr::V4(address(s, e)),
-                ports: vec![EndpointPort {
-                    name: Some("http".into()),
-                    port: 8080,
-                    protocol: Protocol::Tcp,
-                }],
+                ports: vec![EndpointPort { name: Some("http".into()), port: 8080, protocol: Protocol::Tcp }],
                 labels: labels.clone(),
                 ready: true,
                 serving: true,
@@ -76,10 +69,7 @@ fn zone_file() -> String {
         for e in 0..ENDPOINTS {
             let _ = writeln!(z, "{svc} IN A {}", address(s, e));
             let _ = writeln!(z, "ep-{s}-{e}.{svc} IN A {}", address(s, e));
-            let _ = writeln!(
-                z,
-                "_http._tcp.{svc} IN SRV 0 100 8080 ep-{s}-{e}.{svc}.cluster.local."
-            );
+            let _ = writeln!(z, "_http._tcp.{svc} IN SRV 0 100 8080 ep-{s}-{e}.{svc}.cluster.local.");
         }
     }
     z
@@ -116,14 +106,8 @@ fn main() {
             }
         }
         Some("serve") => {
-            let Some(port) = args.get(2).and_then(|p| p.parse::<u16>().ok()) else {
-                usage()
-            };
-            let threads = args
-                .get(3)
-                .and_then(|t| t.parse::<usize>().ok())
-                .unwrap_or(1)
-                .max(1);
+            let Some(port) = args.get(2).and_then(|p| p.parse::<u16>().ok()) else { usage() };
+            let threads = args.get(3).and_then(|t| t.parse::<usize>().ok()).unwrap_or(1).max(1);
             if let Err(e) = serve(port, threads) {
                 eprintln!("bench_dns_server: {e}");
                 std::process::exit(1);
@@ -149,11 +133,7 @@ fn micro() {
         .lines()
         .filter_map(|line| {
             let (name, rtype) = line.split_once(' ')?;
-            let rtype = if rtype == "SRV" {
-                RecordType::SRV
-            } else {
-                RecordType::A
-            };
+            let rtype = if rtype == "SRV" { RecordType::SRV } else { RecordType::A };
             let mut m = Message::new(7, MessageType::Query, OpCode::Query);
             m.add_query(Query::query(Name::from_ascii(name).ok()?, rtype));
             m.to_vec().ok()
@@ -169,16 +149,11 @@ fn micro() {
     }
     let n = rounds * packets.len();
     let ns = started.elapsed().as_nanos() as f64 / n as f64;
-    println!(
-        "{n} answers, {ns:.0} ns each (user space only), {} bytes on average",
-        bytes / n
-    );
+    println!("{n} answers, {ns:.0} ns each (user space only), {} bytes on average", bytes / n);
 }
 
 fn serve(port: u16, threads: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let udp = bind_udp(addr, threads)?;

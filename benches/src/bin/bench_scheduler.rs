@@ -8,8 +8,8 @@
 //! peers' published figures are printed for scale (not measured here).
 
 use orchestrator::scheduler::{
-    Allocatable, ClusterSnapshot, Cycle, NodeInfo, PodAffinityTerm, PodInfo, Requests,
-    SchedulingPolicy, SeededRng, TopologySpreadConstraint, WhenUnsatisfiable,
+    Allocatable, ClusterSnapshot, Cycle, NodeInfo, PodAffinityTerm, PodInfo, Requests, SchedulingPolicy, SeededRng,
+    TopologySpreadConstraint, WhenUnsatisfiable,
 };
 use std::time::Instant;
 
@@ -54,10 +54,7 @@ fn cluster(nodes: usize) -> ClusterSnapshot {
             let labels = [
                 (HOST, name.as_str()),
                 (ZONE, zones[i % zones.len()]),
-                (
-                    "node.kubernetes.io/instance-type",
-                    types[(i / 3) % types.len()],
-                ),
+                ("node.kubernetes.io/instance-type", types[(i / 3) % types.len()]),
                 ("rack", &format!("rack-{}", i / 40)),
             ]
             .into_iter()
@@ -66,20 +63,12 @@ fn cluster(nodes: usize) -> ClusterSnapshot {
             NodeInfo {
                 name,
                 labels,
-                allocatable: Allocatable {
-                    cpu_millis: 16_000,
-                    memory_bytes: 64 * GI,
-                    pods: 110,
-                },
+                allocatable: Allocatable { cpu_millis: 16_000, memory_bytes: 64 * GI, pods: 110 },
                 ..NodeInfo::default()
             }
         })
         .collect();
-    ClusterSnapshot {
-        nodes,
-        pods: vec![],
-        policy: SchedulingPolicy::default(),
-    }
+    ClusterSnapshot { nodes, pods: vec![], policy: SchedulingPolicy::default() }
 }
 
 fn pods(count: usize, mix: Mix, seed: u64) -> Vec<PodInfo> {
@@ -89,10 +78,7 @@ fn pods(count: usize, mix: Mix, seed: u64) -> Vec<PodInfo> {
             let mut p = PodInfo {
                 namespace: "default".into(),
                 name: format!("pod-{i}"),
-                requests: Requests {
-                    cpu_millis: 50 + 50 * rng.below(5),
-                    memory_bytes: (64 + 64 * rng.below(4)) * MI,
-                },
+                requests: Requests { cpu_millis: 50 + 50 * rng.below(5), memory_bytes: (64 + 64 * rng.below(4)) * MI },
                 ..PodInfo::default()
             };
             let app = match mix {
@@ -118,8 +104,7 @@ fn pods(count: usize, mix: Mix, seed: u64) -> Vec<PodInfo> {
                 _ => format!("svc-{}", i / 50),
             };
             p.labels.insert("app".into(), app);
-            p.labels
-                .insert("tier".into(), ["web", "api", "worker"][i % 3].into());
+            p.labels.insert("tier".into(), ["web", "api", "worker"][i % 3].into());
             p
         })
         .collect()
@@ -150,12 +135,9 @@ fn run(snapshot: &ClusterSnapshot, pods: &[PodInfo], mix: Mix, seed: u64) -> Run
         unschedulable += placed.is_err() as usize;
     }
     let total = start.elapsed().as_secs_f64();
-    let cpu = cpu_start
-        .zip(thread_cpu_ns())
-        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e9);
+    let cpu = cpu_start.zip(thread_cpu_ns()).map(|(a, b)| b.saturating_sub(a) as f64 / 1e9);
     lat_ns.sort_unstable();
-    let pct =
-        |q: f64| lat_ns[((lat_ns.len() as f64 * q) as usize).min(lat_ns.len() - 1)] as f64 / 1000.0;
+    let pct = |q: f64| lat_ns[((lat_ns.len() as f64 * q) as usize).min(lat_ns.len() - 1)] as f64 / 1000.0;
     Run {
         nodes: snapshot.nodes.len(),
         pods: pods.len(),
@@ -170,12 +152,7 @@ fn run(snapshot: &ClusterSnapshot, pods: &[PodInfo], mix: Mix, seed: u64) -> Run
 
 /// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`, first field).
 fn thread_cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    std::fs::read_to_string("/proc/thread-self/schedstat").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 fn vm_hwm_mib() -> Option<u64> {
@@ -187,15 +164,9 @@ fn vm_hwm_mib() -> Option<u64> {
 
 fn main() {
     let seed = 0x5eed;
-    let sizes = [
-        (1_000usize, 50_000usize),
-        (5_000, 100_000),
-        (10_000, 100_000),
-    ];
+    let sizes = [(1_000usize, 50_000usize), (5_000, 100_000), (10_000, 100_000)];
     let mixes = [Mix::Plain, Mix::Anti, Mix::Spread];
-    println!(
-        "Berth scheduler benchmark: single thread, one Cycle per (size, mix), every pod timed."
-    );
+    println!("Berth scheduler benchmark: single thread, one Cycle per (size, mix), every pod timed.");
     println!("1,000-node runs place 50,000 pods (100,000 would exceed the small cluster's cpu); others 100,000.");
     println!();
     println!("pods/s is wall clock (what RESULT reports); cpu pods/s divides by the CPU time this thread got.");
@@ -217,8 +188,7 @@ fn main() {
                 r.pods,
                 r.mix.name(),
                 r.pods_per_s,
-                r.cpu_pods_per_s
-                    .map_or("n/a".to_string(), |c| format!("{c:.0}")),
+                r.cpu_pods_per_s.map_or("n/a".to_string(), |c| format!("{c:.0}")),
                 r.p50_us,
                 r.p99_us,
                 r.unschedulable
@@ -239,10 +209,7 @@ fn main() {
     let exhaustive = run(&full, &few, Mix::Plain, seed);
     println!();
     println!("Ablation at 10,000 nodes, 5,000 plain pods (measured in this run):");
-    println!(
-        "  adaptive sample (500 nodes): {:>9.0} pods/s, p99 {:>7.1} us",
-        sampled.pods_per_s, sampled.p99_us
-    );
+    println!("  adaptive sample (500 nodes): {:>9.0} pods/s, p99 {:>7.1} us", sampled.pods_per_s, sampled.p99_us);
     println!(
         "  all feasible nodes scored:   {:>9.0} pods/s, p99 {:>7.1} us  ({:.1}x slower)",
         exhaustive.pods_per_s,
@@ -261,10 +228,7 @@ fn main() {
         plain5k / 400.0,
         plain5k / 100.0
     );
-    println!(
-        "  Nomad C1M, 5,000 hosts, 5 servers: ~3,750/s    -> Berth on one core: {:.1}x",
-        plain5k / 3_750.0
-    );
+    println!("  Nomad C1M, 5,000 hosts, 5 servers: ~3,750/s    -> Berth on one core: {:.1}x", plain5k / 3_750.0);
     let p99 = [Mix::Plain, Mix::Anti, Mix::Spread]
         .iter()
         .filter_map(|&m| at(10_000, m))

@@ -3,9 +3,7 @@
 //! (`berth-proxy-bench rss N`). mimalloc is the global allocator here (measured faster than glibc malloc for
 //! the proxy's short-lived per-request allocations).
 
-use discovery::{
-    Endpoint, EndpointPort, Object, Protocol, Registry, Selector, Service, ServicePort, TargetPort,
-};
+use discovery::{Endpoint, EndpointPort, Object, Protocol, Registry, Selector, Service, ServicePort, TargetPort};
 use proxy::static_config::StaticConfig;
 use proxy::{Proxy, ProxyConfig};
 use std::path::PathBuf;
@@ -32,11 +30,7 @@ fn serve(path: PathBuf) -> Result<(), String> {
     let objects = cfg.objects(&path).map_err(|e| e.to_string())?;
     proxy::static_config::apply(&registry, objects, &Default::default());
     let proxy = Proxy::start(registry, cfg.proxy.clone()).map_err(|e| e.to_string())?;
-    println!(
-        "listening http={:?} https={:?}",
-        proxy.addrs().http,
-        proxy.addrs().https
-    );
+    println!("listening http={:?} https={:?}", proxy.addrs().http, proxy.addrs().https);
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
@@ -52,9 +46,7 @@ fn rss(n: usize) -> Result<(), String> {
             namespace: "default".into(),
             name: name.clone(),
             labels: Default::default(),
-            selector: Selector::from_labels(
-                &[("app".to_string(), name.clone())].into_iter().collect(),
-            ),
+            selector: Selector::from_labels(&[("app".to_string(), name.clone())].into_iter().collect()),
             ports: vec![ServicePort {
                 name: None,
                 port: 80,
@@ -72,11 +64,7 @@ fn rss(n: usize) -> Result<(), String> {
             namespace: "default".into(),
             name: format!("ep-{i}"),
             address: std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
-            ports: vec![EndpointPort {
-                name: None,
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }],
+            ports: vec![EndpointPort { name: None, port: 8080, protocol: Protocol::Tcp }],
             labels: [("app".to_string(), svc)].into_iter().collect(),
             ready: true,
             serving: true,
@@ -87,10 +75,8 @@ fn rss(n: usize) -> Result<(), String> {
         })));
     }
     let with_registry = rss_kib();
-    let cfg = ProxyConfig {
-        http_listen: vec!["127.0.0.1:0".parse().map_err(|e| format!("{e}"))?],
-        ..Default::default()
-    };
+    let cfg =
+        ProxyConfig { http_listen: vec!["127.0.0.1:0".parse().map_err(|e| format!("{e}"))?], ..Default::default() };
     let t = Instant::now();
     let proxy = Proxy::start(registry.clone(), cfg).map_err(|e| e.to_string())?;
     let started = t.elapsed();
@@ -106,11 +92,7 @@ fn rss(n: usize) -> Result<(), String> {
 /// Registry write (an endpoint added) -> routing table applied, `n` times; the next request reads that table.
 fn propagation(n: usize) -> Result<(), String> {
     let registry = Arc::new(Registry::new());
-    let selector = Selector::from_labels(
-        &[("app".to_string(), "web".to_string())]
-            .into_iter()
-            .collect(),
-    );
+    let selector = Selector::from_labels(&[("app".to_string(), "web".to_string())].into_iter().collect());
     registry.put(Object::Service(Arc::new(Service {
         namespace: "default".into(),
         name: "web".into(),
@@ -126,10 +108,8 @@ fn propagation(n: usize) -> Result<(), String> {
         virtual_ip: None,
         health_check: None,
     })));
-    let cfg = ProxyConfig {
-        http_listen: vec!["127.0.0.1:0".parse().map_err(|e| format!("{e}"))?],
-        ..Default::default()
-    };
+    let cfg =
+        ProxyConfig { http_listen: vec!["127.0.0.1:0".parse().map_err(|e| format!("{e}"))?], ..Default::default() };
     let proxy = Proxy::start(registry.clone(), cfg).map_err(|e| e.to_string())?;
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
@@ -137,14 +117,8 @@ fn propagation(n: usize) -> Result<(), String> {
             namespace: "default".into(),
             name: format!("ep-{i}"),
             address: std::net::IpAddr::from([127, 0, 0, 1]),
-            ports: vec![EndpointPort {
-                name: None,
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }],
-            labels: [("app".to_string(), "web".to_string())]
-                .into_iter()
-                .collect(),
+            ports: vec![EndpointPort { name: None, port: 8080, protocol: Protocol::Tcp }],
+            labels: [("app".to_string(), "web".to_string())].into_iter().collect(),
             ready: true,
             serving: true,
             terminating: false,
@@ -165,12 +139,7 @@ fn propagation(n: usize) -> Result<(), String> {
     }
     samples.sort_unstable();
     let q = |f: f64| samples[((samples.len() as f64 * f) as usize).min(samples.len() - 1)];
-    println!(
-        "PROPAGATION samples={n} p50_us={} p99_us={} max_us={}",
-        q(0.5),
-        q(0.99),
-        q(1.0)
-    );
+    println!("PROPAGATION samples={n} p50_us={} p99_us={} max_us={}", q(0.5), q(0.99), q(1.0));
     proxy.stop();
     Ok(())
 }
@@ -179,14 +148,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("serve") if args.len() == 3 => serve(PathBuf::from(&args[2])),
-        Some("rss") if args.len() == 3 => args[2]
-            .parse()
-            .map_err(|e| format!("bad count: {e}"))
-            .and_then(rss),
-        Some("propagation") if args.len() == 3 => args[2]
-            .parse()
-            .map_err(|e| format!("bad count: {e}"))
-            .and_then(propagation),
+        Some("rss") if args.len() == 3 => args[2].parse().map_err(|e| format!("bad count: {e}")).and_then(rss),
+        Some("propagation") if args.len() == 3 => {
+            args[2].parse().map_err(|e| format!("bad count: {e}")).and_then(propagation)
+        }
         _ => Err("usage: berth-proxy-bench serve FILE | rss N | propagation N".into()),
     };
     if let Err(e) = result {

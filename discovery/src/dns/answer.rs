@@ -13,9 +13,7 @@
 use super::key::NameKey;
 use super::metrics::Outcome;
 use super::table::{Lookup, Table};
-use hickory_proto::op::{
-    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
-};
+use hickory_proto::op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 
@@ -97,12 +95,7 @@ pub(crate) fn answer(
             continue;
         }
         // RFC 6891: more than one OPT is FORMERR; an OPT whose data is not OPT data is malformed too.
-        if edns.is_some()
-            || !matches!(
-                &record.data,
-                RData::OPT(_) | RData::Update0(_) | RData::NULL(_)
-            )
-        {
+        if edns.is_some() || !matches!(&record.data, RData::OPT(_) | RData::Update0(_) | RData::NULL(_)) {
             return error(&meta, q, false, ResponseCode::FormErr, out);
         }
         edns = Some(Edns::from(&record));
@@ -119,9 +112,7 @@ pub(crate) fn answer(
         return error(&meta, q, has_edns, ResponseCode::FormErr, out);
     };
     let limit = match transport {
-        Transport::Udp => edns
-            .as_ref()
-            .map_or(512, |e| usize::from(e.max_payload().max(512))),
+        Transport::Udp => edns.as_ref().map_or(512, |e| usize::from(e.max_payload().max(512))),
         Transport::Tcp => usize::from(u16::MAX),
     };
     // The client's own bytes for the question, usable when its name is uncompressed (it always is in
@@ -157,31 +148,12 @@ pub(crate) fn answer(
             (Verdict::Reply, ok)
         }
         Lookup::NoData => {
-            negative(
-                &meta,
-                &question,
-                raw_question,
-                table,
-                has_edns.then_some(opt),
-                ResponseCode::NoError,
-                out,
-            );
+            negative(&meta, &question, raw_question, table, has_edns.then_some(opt), ResponseCode::NoError, out);
             (Verdict::Reply, ok)
         }
         Lookup::NxDomain => {
-            negative(
-                &meta,
-                &question,
-                raw_question,
-                table,
-                has_edns.then_some(opt),
-                ResponseCode::NXDomain,
-                out,
-            );
-            (
-                Verdict::Reply,
-                Outcome::new(Some(qtype), ResponseCode::NXDomain),
-            )
+            negative(&meta, &question, raw_question, table, has_edns.then_some(opt), ResponseCode::NXDomain, out);
+            (Verdict::Reply, Outcome::new(Some(qtype), ResponseCode::NXDomain))
         }
         Lookup::OutOfZone if can_forward => (Verdict::Forward, ok),
         Lookup::OutOfZone => error(&meta, q, has_edns, ResponseCode::Refused, out),
@@ -196,17 +168,8 @@ fn response_metadata(request: &Metadata, rcode: ResponseCode, truncation: bool) 
     meta
 }
 
-fn write_header(
-    out: &mut Vec<u8>,
-    request: &Metadata,
-    rcode: ResponseCode,
-    truncation: bool,
-    counts: HeaderCounts,
-) {
-    let header = Header {
-        metadata: response_metadata(request, rcode, truncation),
-        counts,
-    };
+fn write_header(out: &mut Vec<u8>, request: &Metadata, rcode: ResponseCode, truncation: bool, counts: HeaderCounts) {
+    let header = Header { metadata: response_metadata(request, rcode, truncation), counts };
     let mut enc = BinEncoder::new(out);
     // Overwrites the first 12 bytes, which the caller has already reserved.
     let _ = header.emit(&mut enc);
@@ -234,12 +197,7 @@ fn negative(
 ) {
     out.resize(12, 0);
     push_question(out, question, raw);
-    let mut counts = HeaderCounts {
-        queries: 1,
-        answers: 0,
-        authorities: 0,
-        additionals: 0,
-    };
+    let mut counts = HeaderCounts { queries: 1, answers: 0, authorities: 0, additionals: 0 };
     if !table.soa_tail.is_empty() {
         out.extend_from_slice(&table.soa_tail);
         counts.authorities = 1;
@@ -251,22 +209,11 @@ fn negative(
     write_header(out, meta, rcode, false, counts);
 }
 
-fn truncated(
-    meta: &Metadata,
-    question: &Query,
-    raw: Option<&[u8]>,
-    opt: Option<&[u8]>,
-    out: &mut Vec<u8>,
-) {
+fn truncated(meta: &Metadata, question: &Query, raw: Option<&[u8]>, opt: Option<&[u8]>, out: &mut Vec<u8>) {
     out.clear();
     out.resize(12, 0);
     push_question(out, question, raw);
-    let mut counts = HeaderCounts {
-        queries: 1,
-        answers: 0,
-        authorities: 0,
-        additionals: 0,
-    };
+    let mut counts = HeaderCounts { queries: 1, answers: 0, authorities: 0, additionals: 0 };
     if let Some(opt) = opt {
         out.extend_from_slice(opt);
         counts.additionals = 1;
@@ -296,32 +243,16 @@ pub(crate) fn error(
     out.clear();
     let mut enc = BinEncoder::new(out);
     if msg.emit(&mut enc).is_err() {
-        return (
-            Verdict::Drop,
-            Outcome::dropped(question.map(Query::query_type)),
-        );
+        return (Verdict::Drop, Outcome::dropped(question.map(Query::query_type)));
     }
-    (
-        Verdict::Reply,
-        Outcome::new(question.map(Query::query_type), rcode),
-    )
+    (Verdict::Reply, Outcome::new(question.map(Query::query_type), rcode))
 }
 
 /// A SERVFAIL for a query that could not be forwarded.
 pub(crate) fn servfail(query: &[u8], out: &mut Vec<u8>) -> Option<Outcome> {
     let mut dec = BinDecoder::new(query);
     let header = Header::read(&mut dec).ok()?;
-    let question = if header.counts.queries == 1 {
-        Query::read(&mut dec).ok()
-    } else {
-        None
-    };
-    let (verdict, outcome) = error(
-        &header.metadata,
-        question.as_ref(),
-        false,
-        ResponseCode::ServFail,
-        out,
-    );
+    let question = if header.counts.queries == 1 { Query::read(&mut dec).ok() } else { None };
+    let (verdict, outcome) = error(&header.metadata, question.as_ref(), false, ResponseCode::ServFail, out);
     (verdict == Verdict::Reply).then_some(outcome)
 }

@@ -22,29 +22,21 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_IN_FLIGHT: usize = 256;
 
 fn id_of(packet: &[u8]) -> Option<u16> {
-    Header::read(&mut BinDecoder::new(packet))
-        .ok()
-        .map(|h| h.metadata.id)
+    Header::read(&mut BinDecoder::new(packet)).ok().map(|h| h.metadata.id)
 }
 
 /// Send `query` to `upstream` and wait for its answer.
 pub(crate) async fn exchange(upstream: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
     let id = id_of(query)?;
-    let local: SocketAddr = if upstream.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
+    let local: SocketAddr =
+        if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let socket = UdpSocket::bind(local).await.ok()?;
     socket.connect(upstream).await.ok()?;
     socket.send(query).await.ok()?;
     let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
     let mut buf = vec![0u8; usize::from(u16::MAX)];
     loop {
-        let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
+        let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await.ok()?.ok()?;
         if id_of(&buf[..n]) == Some(id) {
             buf.truncate(n);
             return Some(buf);
@@ -58,9 +50,7 @@ pub(crate) fn outcome_of(reply: &[u8]) -> Outcome {
     match Header::read(&mut dec) {
         Ok(h) => {
             let qtype = if h.counts.queries >= 1 {
-                hickory_proto::op::Query::read(&mut dec)
-                    .ok()
-                    .map(|q| q.query_type())
+                hickory_proto::op::Query::read(&mut dec).ok().map(|q| q.query_type())
             } else {
                 None
             };

@@ -21,12 +21,7 @@ pub(crate) struct NameKey {
 impl NameKey {
     /// The key of `name`, or `None` if it is longer than a wire name may be (a decoded name never is).
     pub(crate) fn of(name: &Name) -> Option<Self> {
-        let mut key = Self {
-            buf: [0; MAX_KEY],
-            len: 0,
-            starts: [0; MAX_LABELS],
-            labels: 0,
-        };
+        let mut key = Self { buf: [0; MAX_KEY], len: 0, starts: [0; MAX_LABELS], labels: 0 };
         for label in name.iter() {
             if !key.push(label) {
                 return None;
@@ -37,12 +32,7 @@ impl NameKey {
 
     /// The key of a name given as raw labels (leftmost first).
     pub(crate) fn from_labels<'a>(labels: impl IntoIterator<Item = &'a [u8]>) -> Option<Self> {
-        let mut key = Self {
-            buf: [0; MAX_KEY],
-            len: 0,
-            starts: [0; MAX_LABELS],
-            labels: 0,
-        };
+        let mut key = Self { buf: [0; MAX_KEY], len: 0, starts: [0; MAX_LABELS], labels: 0 };
         for label in labels {
             if !key.push(label) {
                 return None;
@@ -53,20 +43,14 @@ impl NameKey {
 
     fn push(&mut self, label: &[u8]) -> bool {
         // One length byte, the label, and room for the root byte that the wire form adds.
-        if label.is_empty()
-            || label.len() > 63
-            || self.len + 1 + label.len() + 1 > MAX_KEY
-            || self.labels == MAX_LABELS
+        if label.is_empty() || label.len() > 63 || self.len + 1 + label.len() + 1 > MAX_KEY || self.labels == MAX_LABELS
         {
             return false;
         }
         self.starts[self.labels] = self.len as u8;
         self.labels += 1;
         self.buf[self.len] = label.len() as u8;
-        for (dst, src) in self.buf[self.len + 1..self.len + 1 + label.len()]
-            .iter_mut()
-            .zip(label)
-        {
+        for (dst, src) in self.buf[self.len + 1..self.len + 1 + label.len()].iter_mut().zip(label) {
             *dst = src.to_ascii_lowercase();
         }
         self.len += 1 + label.len();
@@ -103,9 +87,7 @@ impl NameKey {
 
     /// The hickory name for this key (lowercase). Only used when building tables.
     pub(crate) fn to_name(&self) -> Option<Name> {
-        let labels: Result<Vec<Label>, _> = (0..self.labels)
-            .map(|i| Label::from_raw_bytes(self.label(i)))
-            .collect();
+        let labels: Result<Vec<Label>, _> = (0..self.labels).map(|i| Label::from_raw_bytes(self.label(i))).collect();
         let mut name = Name::from_labels(labels.ok()?).ok()?;
         name.set_fqdn(true);
         Some(name)
@@ -135,10 +117,7 @@ mod tests {
     fn keys_are_lowercase_wire_form() {
         let name = Name::from_str("Web.Default.svc.Cluster.Local.").unwrap();
         let key = NameKey::of(&name).unwrap();
-        assert_eq!(
-            key.as_bytes(),
-            b"\x03web\x07default\x03svc\x07cluster\x05local"
-        );
+        assert_eq!(key.as_bytes(), b"\x03web\x07default\x03svc\x07cluster\x05local");
         assert_eq!(key.num_labels(), 5);
         assert_eq!(key.suffix(3), b"\x07cluster\x05local");
         assert_eq!(key.label(1), b"default");

@@ -11,13 +11,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const QTYPES: [&str; 10] = [
-    "A", "AAAA", "SRV", "SOA", "NS", "ANY", "PTR", "TXT", "OTHER", "NONE",
-];
-const RCODES: [&str; 9] = [
-    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
-    "DROPPED",
-];
+const QTYPES: [&str; 10] = ["A", "AAAA", "SRV", "SOA", "NS", "ANY", "PTR", "TXT", "OTHER", "NONE"];
+const RCODES: [&str; 9] =
+    ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER", "DROPPED"];
 
 /// Which counter a query lands in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,10 +50,7 @@ impl Outcome {
     }
 
     pub(crate) fn dropped(qtype: Option<RecordType>) -> Self {
-        Self {
-            rcode: 8,
-            ..Self::new(qtype, ResponseCode::NoError)
-        }
+        Self { rcode: 8, ..Self::new(qtype, ResponseCode::NoError) }
     }
 }
 
@@ -70,12 +63,8 @@ pub(crate) struct Stats {
 impl Stats {
     pub(crate) fn new() -> Self {
         // 1 µs .. 60 s at 3 significant digits; the bounds are constants, so creation cannot fail.
-        let hist = Histogram::new_with_bounds(1, 60_000_000, 3)
-            .expect("constant histogram bounds are valid");
-        Self {
-            counts: Default::default(),
-            latency: Mutex::new(hist),
-        }
+        let hist = Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid");
+        Self { counts: Default::default(), latency: Mutex::new(hist) }
     }
 
     pub(crate) fn count(&self, outcome: Outcome) {
@@ -88,11 +77,7 @@ impl Stats {
         self.latency.lock().saturating_record_n(micros, n);
     }
 
-    fn snapshot_into(
-        &self,
-        counts: &mut [[u64; RCODES.len()]; QTYPES.len()],
-        hist: &mut Histogram<u64>,
-    ) {
+    fn snapshot_into(&self, counts: &mut [[u64; RCODES.len()]; QTYPES.len()], hist: &mut Histogram<u64>) {
         for (q, row) in self.counts.iter().enumerate() {
             for (r, c) in row.iter().enumerate() {
                 counts[q][r] += c.load(Ordering::Relaxed);
@@ -110,29 +95,23 @@ pub(crate) fn render<'a>(stats: impl Iterator<Item = &'a Stats>) -> String {
         s.snapshot_into(&mut counts, &mut hist);
     }
     let mut out = String::with_capacity(4096);
-    out.push_str(
-        "# HELP berth_dns_queries_total DNS queries answered, by query type and response code.\n",
-    );
+    out.push_str("# HELP berth_dns_queries_total DNS queries answered, by query type and response code.\n");
     out.push_str("# TYPE berth_dns_queries_total counter\n");
     for (q, row) in counts.iter().enumerate() {
         for (r, c) in row.iter().enumerate() {
             if *c > 0 {
-                let _ = writeln!(
-                    out,
-                    "berth_dns_queries_total{{qtype=\"{}\",rcode=\"{}\"}} {}",
-                    QTYPES[q], RCODES[r], c
-                );
+                let _ =
+                    writeln!(out, "berth_dns_queries_total{{qtype=\"{}\",rcode=\"{}\"}} {}", QTYPES[q], RCODES[r], c);
             }
         }
     }
-    out.push_str("# HELP berth_dns_answer_latency_seconds Time from receiving a query to handing its answer to the kernel.\n");
+    out.push_str(
+        "# HELP berth_dns_answer_latency_seconds Time from receiving a query to handing its answer to the kernel.\n",
+    );
     out.push_str("# TYPE berth_dns_answer_latency_seconds summary\n");
     for q in [0.5, 0.9, 0.99, 0.999] {
         let v = hist.value_at_quantile(q) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "berth_dns_answer_latency_seconds{{quantile=\"{q}\"}} {v:.6}"
-        );
+        let _ = writeln!(out, "berth_dns_answer_latency_seconds{{quantile=\"{q}\"}} {v:.6}");
     }
     let sum = hist.mean() * hist.len() as f64 / 1e6;
     let _ = writeln!(out, "berth_dns_answer_latency_seconds_sum {sum:.6}");

@@ -151,30 +151,19 @@ pub struct DnsServer {
 
 impl std::fmt::Debug for DnsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DnsServer")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("DnsServer").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
 impl DnsServer {
     /// Validate the config and build the answer tables from the registry's current snapshot.
     pub fn new(config: DnsConfig, registry: Arc<Registry>) -> Result<Self, DnsError> {
-        let zone_err = |reason: String| DnsError::Zone {
-            zone: config.zone.clone(),
-            reason,
-        };
+        let zone_err = |reason: String| DnsError::Zone { zone: config.zone.clone(), reason };
         let mut name = Name::from_ascii(&config.zone).map_err(|e| zone_err(e.to_string()))?;
         name.set_fqdn(true);
-        let zone =
-            Zone::new(name).ok_or_else(|| zone_err("the root zone cannot be served".into()))?;
-        let ttl =
-            u32::try_from(config.ttl.as_secs()).map_err(|_| DnsError::Ttl { ttl: config.ttl })?;
-        let settings = BuildSettings {
-            zone,
-            ttl,
-            nameserver: config.nameserver,
-        };
+        let zone = Zone::new(name).ok_or_else(|| zone_err("the root zone cannot be served".into()))?;
+        let ttl = u32::try_from(config.ttl.as_secs()).map_err(|_| DnsError::Ttl { ttl: config.ttl })?;
+        let settings = BuildSettings { zone, ttl, nameserver: config.nameserver };
         let (follower, table) = Follower::start(registry.clone(), settings);
         let shared = Arc::new(Shared {
             registry,
@@ -184,10 +173,7 @@ impl DnsServer {
             upstream: config.upstream,
             stats: Mutex::new(Vec::new()),
         });
-        Ok(Self {
-            shared,
-            config: Arc::new(config),
-        })
+        Ok(Self { shared, config: Arc::new(config) })
     }
 
     /// Prometheus text: `berth_dns_queries_total{qtype,rcode}` and the
@@ -209,23 +195,16 @@ impl DnsServer {
     /// For embedding in another transport, and for fuzzing.
     pub fn handle_packet(&self, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
         self.shared.ensure_fresh();
-        let transport = if tcp {
-            answer::Transport::Tcp
-        } else {
-            answer::Transport::Udp
-        };
+        let transport = if tcp { answer::Transport::Tcp } else { answer::Transport::Udp };
         let mut out = Vec::new();
         let table = self.shared.table.read();
-        let (verdict, _) =
-            answer::answer(&table, &self.shared.opt, false, query, transport, &mut out);
+        let (verdict, _) = answer::answer(&table, &self.shared.opt, false, query, transport, &mut out);
         (verdict == answer::Verdict::Reply).then_some(out)
     }
 
     /// The 99th percentile of server-side answer latency so far.
     pub fn answer_latency_p99(&self) -> Duration {
-        Duration::from_micros(metrics::p99_micros(
-            self.shared.stats.lock().iter().map(|s| &**s),
-        ))
+        Duration::from_micros(metrics::p99_micros(self.shared.stats.lock().iter().map(|s| &**s)))
     }
 
     /// Serve until `shutdown` completes: UDP on each of `udp` (with [`DnsConfig::udp_workers`] threads
@@ -242,14 +221,9 @@ impl DnsServer {
 
         let (forward_tx, forward_task) = match (self.config.upstream, udp.first()) {
             (Some(upstream), Some(first)) => {
-                let reply = first
-                    .try_clone()
-                    .map_err(io_err("cloning the UDP socket"))?;
-                reply
-                    .set_nonblocking(true)
-                    .map_err(io_err("setting the UDP socket non-blocking"))?;
-                let reply = tokio::net::UdpSocket::from_std(reply)
-                    .map_err(io_err("registering the UDP socket"))?;
+                let reply = first.try_clone().map_err(io_err("cloning the UDP socket"))?;
+                reply.set_nonblocking(true).map_err(io_err("setting the UDP socket non-blocking"))?;
+                let reply = tokio::net::UdpSocket::from_std(reply).map_err(io_err("registering the UDP socket"))?;
                 let (tx, rx) = tokio::sync::mpsc::channel(1024);
                 let task = tokio::spawn(forward::run(upstream, rx, reply, shared.new_stats()));
                 (Some(tx), Some(task))
@@ -259,27 +233,21 @@ impl DnsServer {
 
         let mut threads = Vec::new();
         for (i, socket) in udp.into_iter().enumerate() {
-            socket
-                .set_nonblocking(true)
-                .map_err(io_err("setting the UDP socket non-blocking"))?;
+            socket.set_nonblocking(true).map_err(io_err("setting the UDP socket non-blocking"))?;
             // A thread that is descheduled for a few milliseconds under load must not lose queries to
             // a full receive queue; the kernel caps the request at net.core.rmem_max.
             let sock = socket2::SockRef::from(&socket);
             let _ = sock.set_recv_buffer_size(UDP_BUFFER);
             let _ = sock.set_send_buffer_size(UDP_BUFFER);
             for w in 0..self.config.udp_workers.max(1) {
-                let socket = socket
-                    .try_clone()
-                    .map_err(io_err("cloning the UDP socket"))?;
+                let socket = socket.try_clone().map_err(io_err("cloning the UDP socket"))?;
                 let worker = udp::Worker {
                     socket,
                     shared: shared.clone(),
                     stats: shared.new_stats(),
                     forward: forward_tx.clone(),
                     stop: stop.clone(),
-                    wake: wake_rx
-                        .try_clone()
-                        .map_err(io_err("cloning the wake pipe"))?,
+                    wake: wake_rx.try_clone().map_err(io_err("cloning the wake pipe"))?,
                 };
                 let handle = std::thread::Builder::new()
                     .name(format!("berth-dns-udp-{i}-{w}"))
@@ -331,9 +299,7 @@ pub async fn serve(
     tcp: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DnsError> {
-    DnsServer::new(config, registry)?
-        .serve(vec![udp], tcp, shutdown)
-        .await
+    DnsServer::new(config, registry)?.serve(vec![udp], tcp, shutdown).await
 }
 
 /// Bind `count` UDP sockets to `addr` with `SO_REUSEPORT` so the kernel spreads clients over them

@@ -66,11 +66,7 @@ impl Zone {
         if key.num_labels() == 0 {
             return None;
         }
-        Some(Self {
-            key: key.as_bytes().into(),
-            labels: key.num_labels(),
-            name: key.to_name()?,
-        })
+        Some(Self { key: key.as_bytes().into(), labels: key.num_labels(), name: key.to_name()? })
     }
 
     fn child(&self, labels: &[&[u8]]) -> Option<(Box<[u8]>, Name)> {
@@ -93,12 +89,7 @@ pub(crate) struct Table {
 
 impl Table {
     fn new(zone: Zone) -> Self {
-        Self {
-            revision: 0,
-            names: HashMap::default(),
-            soa_tail: Vec::new(),
-            zone,
-        }
+        Self { revision: 0, names: HashMap::default(), soa_tail: Vec::new(), zone }
     }
 
     pub(crate) fn lookup(&self, key: &NameKey, qtype: RecordType) -> Lookup<'_> {
@@ -112,11 +103,7 @@ impl Table {
         let found = if qtype == RecordType::ANY {
             entry.any.as_deref()
         } else {
-            entry
-                .rrsets
-                .iter()
-                .find(|(t, _)| *t == qtype)
-                .map(|(_, e)| &**e)
+            entry.rrsets.iter().find(|(t, _)| *t == qtype).map(|(_, e)| &**e)
         };
         found.map_or(Lookup::NoData, Lookup::Answer)
     }
@@ -149,8 +136,7 @@ impl Table {
         }
         let mut owned = Vec::with_capacity(new.len());
         for built in new {
-            let parents: Vec<Box<[u8]>> =
-                self.in_zone_ancestors(&built.key).map(Box::from).collect();
+            let parents: Vec<Box<[u8]>> = self.in_zone_ancestors(&built.key).map(Box::from).collect();
             for parent in parents {
                 self.names.entry(parent).or_default().children += 1;
             }
@@ -173,15 +159,8 @@ impl Table {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Source {
     Apex,
-    Service {
-        namespace: String,
-        name: String,
-    },
-    Label {
-        namespace: String,
-        key: String,
-        value: String,
-    },
+    Service { namespace: String, name: String },
+    Label { namespace: String, key: String, value: String },
 }
 
 struct BuiltName {
@@ -263,14 +242,8 @@ fn encode<'a>(
     msg.add_answers(answers.cloned());
     msg.add_additionals(glue.iter().cloned());
     let bytes = msg.to_vec().ok()?;
-    let header = Header::read(&mut hickory_proto::serialize::binary::BinDecoder::new(
-        &bytes,
-    ))
-    .ok()?;
-    Some(Encoded {
-        bytes: bytes.into_boxed_slice(),
-        counts: header.counts,
-    })
+    let header = Header::read(&mut hickory_proto::serialize::binary::BinDecoder::new(&bytes)).ok()?;
+    Some(Encoded { bytes: bytes.into_boxed_slice(), counts: header.counts })
 }
 
 fn address_record(name: &Name, ttl: u32, ip: IpAddr) -> Record {
@@ -365,28 +338,18 @@ impl Follower {
     fn reload(&mut self, affected: &mut BTreeSet<Source>) -> u64 {
         let snapshot = self.registry.snapshot();
         affected.extend(self.owned.keys().cloned());
-        self.services = snapshot
-            .services()
-            .map(|s| ((s.namespace.clone(), s.name.clone()), s.clone()))
-            .collect();
+        self.services = snapshot.services().map(|s| ((s.namespace.clone(), s.name.clone()), s.clone())).collect();
         self.endpoints = snapshot
             .endpoints(None, &Selector::everything())
             .into_iter()
             .map(|e| ((e.namespace.clone(), e.name.clone()), e))
             .collect();
         for s in self.services.values() {
-            affected.insert(Source::Service {
-                namespace: lc(&s.namespace),
-                name: lc(&s.name),
-            });
+            affected.insert(Source::Service { namespace: lc(&s.namespace), name: lc(&s.name) });
         }
         for e in self.endpoints.values() {
             for (k, v) in &e.labels {
-                affected.insert(Source::Label {
-                    namespace: lc(&e.namespace),
-                    key: lc(k),
-                    value: lc(v),
-                });
+                affected.insert(Source::Label { namespace: lc(&e.namespace), key: lc(k), value: lc(v) });
             }
         }
         snapshot.revision()
@@ -400,10 +363,7 @@ impl Follower {
                     Some(Object::Service(s)) => self.services.insert(id, s),
                     _ => self.services.remove(&id),
                 };
-                affected.insert(Source::Service {
-                    namespace: lc(&key.namespace),
-                    name: lc(&key.name),
-                });
+                affected.insert(Source::Service { namespace: lc(&key.namespace), name: lc(&key.name) });
             }
             ObjectKind::Endpoint => {
                 let old = match object {
@@ -425,35 +385,22 @@ impl Follower {
     fn endpoint_sources(&self, e: &Endpoint, affected: &mut BTreeSet<Source>) {
         for s in self.services_in(&e.namespace) {
             if s.selector.matches(&e.labels) {
-                affected.insert(Source::Service {
-                    namespace: lc(&s.namespace),
-                    name: lc(&s.name),
-                });
+                affected.insert(Source::Service { namespace: lc(&s.namespace), name: lc(&s.name) });
             }
         }
         for (k, v) in &e.labels {
-            affected.insert(Source::Label {
-                namespace: lc(&e.namespace),
-                key: lc(k),
-                value: lc(v),
-            });
+            affected.insert(Source::Label { namespace: lc(&e.namespace), key: lc(k), value: lc(v) });
         }
     }
 
-    fn services_in<'a>(
-        &'a self,
-        namespace: &'a str,
-    ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
+    fn services_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
         self.services
             .range((namespace.to_string(), String::new())..)
             .take_while(move |((ns, _), _)| ns == namespace)
             .map(|(_, s)| s)
     }
 
-    fn endpoints_in<'a>(
-        &'a self,
-        namespace: &'a str,
-    ) -> impl Iterator<Item = &'a Arc<Endpoint>> + 'a {
+    fn endpoints_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Arc<Endpoint>> + 'a {
         self.endpoints
             .range((namespace.to_string(), String::new())..)
             .take_while(move |((ns, _), _)| ns == namespace)
@@ -462,10 +409,7 @@ impl Follower {
 
     fn publish(&mut self, table: &RwLock<Table>, mut affected: BTreeSet<Source>, revision: u64) {
         affected.insert(Source::Apex);
-        let labels: BTreeSet<&Source> = affected
-            .iter()
-            .filter(|s| matches!(s, Source::Label { .. }))
-            .collect();
+        let labels: BTreeSet<&Source> = affected.iter().filter(|s| matches!(s, Source::Label { .. })).collect();
         let mut label_builds = self.build_labels(&labels);
         let built: Vec<(Source, Vec<BuiltName>)> = affected
             .iter()
@@ -473,10 +417,7 @@ impl Follower {
                 let names = match source {
                     Source::Apex => self.build_apex(revision),
                     Source::Service { namespace, name } => self.build_service(namespace, name),
-                    Source::Label { .. } => label_builds
-                        .remove(source)
-                        .map(Builder::finish)
-                        .unwrap_or_default(),
+                    Source::Label { .. } => label_builds.remove(source).map(Builder::finish).unwrap_or_default(),
                 };
                 (source.clone(), names)
             })
@@ -501,20 +442,8 @@ impl Follower {
         let (_, mname) = zone.child(&[b"ns", b"dns"])?;
         let (_, rname) = zone.child(&[b"hostmaster"])?;
         // The serial is the low 32 bits of the revision: serial arithmetic (RFC 1982) tolerates the wrap.
-        let soa = SOA::new(
-            mname,
-            rname,
-            revision as u32,
-            3600,
-            600,
-            86400,
-            self.settings.ttl,
-        );
-        Some(Record::from_rdata(
-            zone.name.clone(),
-            self.settings.ttl,
-            RData::SOA(soa),
-        ))
+        let soa = SOA::new(mname, rname, revision as u32, 3600, 600, 86400, self.settings.ttl);
+        Some(Record::from_rdata(zone.name.clone(), self.settings.ttl, RData::SOA(soa)))
     }
 
     fn soa_tail(&self, revision: u64) -> Option<Vec<u8>> {
@@ -536,11 +465,7 @@ impl Follower {
         if let Some(soa) = self.soa_record(revision) {
             b.add(&zone.key, &zone.name, soa);
         }
-        b.add(
-            &zone.key,
-            &zone.name,
-            Record::from_rdata(zone.name.clone(), ttl, RData::NS(NS(ns_name.clone()))),
-        );
+        b.add(&zone.key, &zone.name, Record::from_rdata(zone.name.clone(), ttl, RData::NS(NS(ns_name.clone()))));
         let glue = address_record(&ns_name, ttl, self.settings.nameserver);
         b.add(&ns_key, &ns_name, glue.clone());
         b.glue(&zone.key, glue);
@@ -550,15 +475,11 @@ impl Follower {
     fn build_service(&self, namespace: &str, name: &str) -> Vec<BuiltName> {
         let ttl = self.settings.ttl;
         let zone = &self.settings.zone;
-        let Some((base_key, base)) = zone.child(&[name.as_bytes(), namespace.as_bytes(), b"svc"])
-        else {
+        let Some((base_key, base)) = zone.child(&[name.as_bytes(), namespace.as_bytes(), b"svc"]) else {
             return Vec::new();
         };
         let mut b = Builder::default();
-        let services = self
-            .services
-            .values()
-            .filter(|s| lc(&s.namespace) == namespace && lc(&s.name) == name);
+        let services = self.services.values().filter(|s| lc(&s.namespace) == namespace && lc(&s.name) == name);
         for svc in services {
             let members: Vec<&Arc<Endpoint>> = self
                 .endpoints_in(&svc.namespace)
@@ -566,14 +487,7 @@ impl Follower {
                 .collect();
             let member_names: Vec<Option<(Box<[u8]>, Name)>> = members
                 .iter()
-                .map(|e| {
-                    zone.child(&[
-                        lc(&e.name).as_bytes(),
-                        name.as_bytes(),
-                        namespace.as_bytes(),
-                        b"svc",
-                    ])
-                })
+                .map(|e| zone.child(&[lc(&e.name).as_bytes(), name.as_bytes(), namespace.as_bytes(), b"svc"]))
                 .collect();
             match svc.virtual_ip {
                 Some(vip) => b.add(&base_key, &base, address_record(&base, ttl, vip)),
@@ -597,38 +511,24 @@ impl Follower {
                     Protocol::Udp => b"_udp",
                 };
                 let label = format!("_{}", lc(port_name));
-                let Some((srv_key, srv_name)) = zone.child(&[
-                    label.as_bytes(),
-                    proto,
-                    name.as_bytes(),
-                    namespace.as_bytes(),
-                    b"svc",
-                ]) else {
+                let Some((srv_key, srv_name)) =
+                    zone.child(&[label.as_bytes(), proto, name.as_bytes(), namespace.as_bytes(), b"svc"])
+                else {
                     continue;
                 };
                 let mut glue = Vec::new();
                 if let Some(vip) = svc.virtual_ip {
                     let srv = SRV::new(0, 100, port.port, base.clone());
-                    b.add(
-                        &srv_key,
-                        &srv_name,
-                        Record::from_rdata(srv_name.clone(), ttl, RData::SRV(srv)),
-                    );
+                    b.add(&srv_key, &srv_name, Record::from_rdata(srv_name.clone(), ttl, RData::SRV(srv)));
                     glue.push(address_record(&base, ttl, vip));
                 } else {
                     for (e, en) in members.iter().zip(&member_names) {
-                        let (Some(target_port), Some((_, target))) =
-                            (e.resolve_port(&port.target_port), en)
-                        else {
+                        let (Some(target_port), Some((_, target))) = (e.resolve_port(&port.target_port), en) else {
                             continue;
                         };
                         let weight = u16::try_from(e.weight).unwrap_or(u16::MAX);
                         let srv = SRV::new(0, weight, target_port, target.clone());
-                        b.add(
-                            &srv_key,
-                            &srv_name,
-                            Record::from_rdata(srv_name.clone(), ttl, RData::SRV(srv)),
-                        );
+                        b.add(&srv_key, &srv_name, Record::from_rdata(srv_name.clone(), ttl, RData::SRV(srv)));
                         glue.push(address_record(target, ttl, e.address));
                     }
                 }
@@ -650,28 +550,16 @@ impl Follower {
         for e in self.endpoints.values().filter(|e| e.accepts_new()) {
             let namespace = lc(&e.namespace);
             for (k, v) in &e.labels {
-                let source = Source::Label {
-                    namespace: namespace.clone(),
-                    key: lc(k),
-                    value: lc(v),
-                };
+                let source = Source::Label { namespace: namespace.clone(), key: lc(k), value: lc(v) };
                 if !sources.contains(&source) {
                     continue;
                 }
-                let Source::Label {
-                    namespace,
-                    key,
-                    value,
-                } = &source
-                else {
+                let Source::Label { namespace, key, value } = &source else {
                     continue;
                 };
-                let Some((nkey, name)) = self.settings.zone.child(&[
-                    value.as_bytes(),
-                    key.as_bytes(),
-                    namespace.as_bytes(),
-                    b"label",
-                ]) else {
+                let Some((nkey, name)) =
+                    self.settings.zone.child(&[value.as_bytes(), key.as_bytes(), namespace.as_bytes(), b"label"])
+                else {
                     continue;
                 };
                 let builder = out.entry(source.clone()).or_default();

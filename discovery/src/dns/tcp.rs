@@ -61,14 +61,7 @@ async fn connection(mut stream: TcpStream, shared: Arc<Shared>, stats: Arc<Stats
         let started = Instant::now();
         let (verdict, mut outcome) = {
             let table = shared.table.read();
-            answer(
-                &table,
-                &shared.opt,
-                shared.upstream.is_some(),
-                packet,
-                Transport::Tcp,
-                &mut out,
-            )
+            answer(&table, &shared.opt, shared.upstream.is_some(), packet, Transport::Tcp, &mut out)
         };
         match (verdict, shared.upstream) {
             (Verdict::Reply, _) => {}

@@ -49,21 +49,12 @@ impl Worker {
         let mut rbufs: Vec<[u8; RECV_SIZE]> = vec![[0u8; RECV_SIZE]; BATCH];
         let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1024)).collect();
         // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-        let mut names: Vec<libc::sockaddr_storage> =
-            (0..BATCH).map(|_| unsafe { zeroed() }).collect();
-        let mut riov: Vec<libc::iovec> = (0..BATCH)
-            .map(|_| libc::iovec {
-                iov_base: ptr::null_mut(),
-                iov_len: 0,
-            })
-            .collect();
+        let mut names: Vec<libc::sockaddr_storage> = (0..BATCH).map(|_| unsafe { zeroed() }).collect();
+        let mut riov: Vec<libc::iovec> =
+            (0..BATCH).map(|_| libc::iovec { iov_base: ptr::null_mut(), iov_len: 0 }).collect();
         let mut rmsgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| empty_msghdr()).collect();
-        let mut siov: Vec<libc::iovec> = (0..BATCH)
-            .map(|_| libc::iovec {
-                iov_base: ptr::null_mut(),
-                iov_len: 0,
-            })
-            .collect();
+        let mut siov: Vec<libc::iovec> =
+            (0..BATCH).map(|_| libc::iovec { iov_base: ptr::null_mut(), iov_len: 0 }).collect();
         let mut smsgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| empty_msghdr()).collect();
         let mut reply_of = [0usize; BATCH];
         let can_forward = self.forward.is_some();
@@ -79,10 +70,7 @@ impl Worker {
                 return;
             }
             for i in 0..BATCH {
-                riov[i] = libc::iovec {
-                    iov_base: rbufs[i].as_mut_ptr().cast(),
-                    iov_len: RECV_SIZE,
-                };
+                riov[i] = libc::iovec { iov_base: rbufs[i].as_mut_ptr().cast(), iov_len: RECV_SIZE };
                 let hdr = &mut rmsgs[i].msg_hdr;
                 hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
                 hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -95,13 +83,7 @@ impl Worker {
             }
             // SAFETY: every header points at buffers owned by this frame that outlive the call.
             let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    rmsgs.as_mut_ptr(),
-                    BATCH as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    ptr::null_mut(),
-                )
+                libc::recvmmsg(fd, rmsgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, ptr::null_mut())
             };
             if n < 0 {
                 let err = io::Error::last_os_error();
@@ -135,14 +117,8 @@ impl Worker {
                     }
                     let len = (rmsgs[i].msg_len as usize).min(RECV_SIZE);
                     let packet = &rbufs[i][..len];
-                    let (verdict, outcome) = answer(
-                        &table,
-                        &self.shared.opt,
-                        can_forward,
-                        packet,
-                        Transport::Udp,
-                        &mut outs[i],
-                    );
+                    let (verdict, outcome) =
+                        answer(&table, &self.shared.opt, can_forward, packet, Transport::Udp, &mut outs[i]);
                     match verdict {
                         Verdict::Reply => {
                             self.stats.count(outcome);
@@ -154,13 +130,7 @@ impl Worker {
                             if let (Some(tx), Some(client)) = (&self.forward, client) {
                                 // A full queue means the upstream is not keeping up; dropping is what
                                 // UDP would do anyway, and the client retries.
-                                if tx
-                                    .try_send(Forwarded {
-                                        packet: packet.to_vec(),
-                                        client,
-                                    })
-                                    .is_err()
-                                {
+                                if tx.try_send(Forwarded { packet: packet.to_vec(), client }).is_err() {
                                     self.stats.count(Outcome::dropped(None));
                                 }
                             }
@@ -170,10 +140,7 @@ impl Worker {
                 }
             }
             for (j, &i) in reply_of[..replies].iter().enumerate() {
-                siov[j] = libc::iovec {
-                    iov_base: outs[i].as_mut_ptr().cast(),
-                    iov_len: outs[i].len(),
-                };
+                siov[j] = libc::iovec { iov_base: outs[i].as_mut_ptr().cast(), iov_len: outs[i].len() };
                 let hdr = &mut smsgs[j].msg_hdr;
                 hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
                 hdr.msg_namelen = rmsgs[i].msg_hdr.msg_namelen;
@@ -225,18 +192,8 @@ enum Wake {
 
 /// Block until the socket is ready for `events` or the wake pipe is closed.
 fn wait(fd: i32, wake_fd: i32, events: libc::c_short) -> Wake {
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+    let mut fds =
+        [libc::pollfd { fd, events, revents: 0 }, libc::pollfd { fd: wake_fd, events: libc::POLLIN, revents: 0 }];
     // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
     let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
     if r > 0 && fds[1].revents != 0 {
@@ -249,18 +206,13 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Op
     match i32::from(storage.ss_family) {
         libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
             // SAFETY: the family says the storage holds a sockaddr_in, and it is large enough.
-            let sin: libc::sockaddr_in =
-                unsafe { ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            let sin: libc::sockaddr_in = unsafe { ptr::read((storage as *const libc::sockaddr_storage).cast()) };
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
         }
         libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
             // SAFETY: as above, for sockaddr_in6.
-            let sin6: libc::sockaddr_in6 =
-                unsafe { ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            let sin6: libc::sockaddr_in6 = unsafe { ptr::read((storage as *const libc::sockaddr_storage).cast()) };
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             Some(SocketAddr::V6(SocketAddrV6::new(
                 ip,

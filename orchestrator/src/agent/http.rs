@@ -31,36 +31,20 @@ fn err(what: &str, e: ClientError) -> ControlPlaneError {
 #[async_trait::async_trait]
 impl ControlPlane for HttpControlPlane {
     async fn register_node(&self, node: &Value) -> Result<(), ControlPlaneError> {
-        let name = node
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
         let what = format!("nodes/{name}");
         for _ in 0..5 {
             match self.client.get(Kind::Node, "", name).await {
-                Err(e) if e.is_not_found() => {
-                    match self.client.create(Kind::Node, "", node).await {
-                        Ok(_) => return Ok(()),
-                        Err(e)
-                            if e.is_conflict()
-                                || matches!(&e, ClientError::Api { code: 409, .. }) =>
-                        {
-                            continue
-                        }
-                        Err(e) => return Err(err(&what, e)),
-                    }
-                }
+                Err(e) if e.is_not_found() => match self.client.create(Kind::Node, "", node).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.is_conflict() || matches!(&e, ClientError::Api { code: 409, .. }) => continue,
+                    Err(e) => return Err(err(&what, e)),
+                },
                 Err(e) => return Err(err(&what, e)),
                 Ok(mut existing) => {
                     // Keep what others set (taints, spec); take our labels.
-                    let labels = node
-                        .pointer("/metadata/labels")
-                        .cloned()
-                        .unwrap_or_else(|| json!({}));
-                    let mut merged = existing
-                        .pointer("/metadata/labels")
-                        .cloned()
-                        .unwrap_or_else(|| json!({}));
+                    let labels = node.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({}));
+                    let mut merged = existing.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({}));
                     if let (Some(m), Some(l)) = (merged.as_object_mut(), labels.as_object()) {
                         for (k, v) in l {
                             m.insert(k.clone(), v.clone());
@@ -69,8 +53,7 @@ impl ControlPlane for HttpControlPlane {
                     if existing.pointer("/metadata/labels") == Some(&merged) {
                         return Ok(());
                     }
-                    if let Some(meta) = existing.get_mut("metadata").and_then(Value::as_object_mut)
-                    {
+                    if let Some(meta) = existing.get_mut("metadata").and_then(Value::as_object_mut) {
                         meta.insert("labels".into(), merged);
                     }
                     match self.client.update(Kind::Node, "", name, &existing).await {
@@ -84,11 +67,7 @@ impl ControlPlane for HttpControlPlane {
         Err(ControlPlaneError::Conflict(what))
     }
 
-    async fn update_node_status(
-        &self,
-        name: &str,
-        status: &Value,
-    ) -> Result<(), ControlPlaneError> {
+    async fn update_node_status(&self, name: &str, status: &Value) -> Result<(), ControlPlaneError> {
         self.client
             .update_status(Kind::Node, "", name, &json!({"status": status}))
             .await
@@ -97,18 +76,11 @@ impl ControlPlane for HttpControlPlane {
     }
 
     async fn list_pods(&self) -> Result<Vec<Value>, ControlPlaneError> {
-        self.client
-            .list(Kind::Pod, None, None)
-            .await
-            .map_err(|e| err("pods", e))
+        self.client.list(Kind::Pod, None, None).await.map_err(|e| err("pods", e))
     }
 
     async fn watch_pods(&self) -> Result<PodEvents, ControlPlaneError> {
-        let s = self
-            .client
-            .watch(Kind::Pod, None, None, None)
-            .await
-            .map_err(|e| err("watch pods", e))?;
+        let s = self.client.watch(Kind::Pod, None, None, None).await.map_err(|e| err("watch pods", e))?;
         Ok(Box::pin(s.map(|ev| match ev {
             Ok(ev) => match ev.kind.as_str() {
                 "ADDED" | "MODIFIED" => Ok(PodEvent::Upsert(ev.object)),
@@ -122,12 +94,7 @@ impl ControlPlane for HttpControlPlane {
         })))
     }
 
-    async fn update_pod_status(
-        &self,
-        namespace: &str,
-        name: &str,
-        status: &Value,
-    ) -> Result<(), ControlPlaneError> {
+    async fn update_pod_status(&self, namespace: &str, name: &str, status: &Value) -> Result<(), ControlPlaneError> {
         self.client
             .update_status(Kind::Pod, namespace, name, &json!({"status": status}))
             .await
@@ -135,24 +102,11 @@ impl ControlPlane for HttpControlPlane {
             .map_err(|e| err(&format!("pods/{namespace}/{name}/status"), e))
     }
 
-    async fn bind_pod(
-        &self,
-        namespace: &str,
-        name: &str,
-        node: &str,
-    ) -> Result<bool, ControlPlaneError> {
+    async fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> Result<bool, ControlPlaneError> {
         let what = format!("pods/{namespace}/{name}");
         for _ in 0..5 {
-            let mut pod = self
-                .client
-                .get(Kind::Pod, namespace, name)
-                .await
-                .map_err(|e| err(&what, e))?;
-            if pod
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .is_some_and(|n| !n.is_empty())
-            {
+            let mut pod = self.client.get(Kind::Pod, namespace, name).await.map_err(|e| err(&what, e))?;
+            if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
                 return Ok(false);
             }
             match pod.get_mut("spec").and_then(Value::as_object_mut) {

@@ -42,14 +42,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/logs/{ns}/{pod}", get(logs))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(LogsState {
-            table,
-            runtime,
-            token,
-        });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_state(LogsState { table, runtime, token });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 fn plain(code: StatusCode, msg: String) -> Response {
@@ -63,35 +57,19 @@ async fn logs(
     headers: HeaderMap,
 ) -> Response {
     if let Some(t) = &s.token {
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(t.as_str()) {
-            return plain(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token".into(),
-            );
+            return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into());
         }
     }
-    let id = match s.table.container_id(
-        &ns,
-        &pod,
-        q.container.as_deref(),
-        q.previous.unwrap_or(false),
-    ) {
+    let id = match s.table.container_id(&ns, &pod, q.container.as_deref(), q.previous.unwrap_or(false)) {
         Ok(id) => id,
         Err(m) => return plain(StatusCode::NOT_FOUND, m),
     };
-    let opts = LogOptions {
-        follow: q.follow.unwrap_or(false),
-        tail: q.tail,
-    };
+    let opts = LogOptions { follow: q.follow.unwrap_or(false), tail: q.tail };
     match s.runtime.logs(&id, opts).await {
         Ok(stream) => {
-            let body = Body::from_stream(
-                stream.map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))),
-            );
+            let body = Body::from_stream(stream.map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))));
             Response::builder()
                 .header("content-type", "text/plain; charset=utf-8")
                 .body(body)

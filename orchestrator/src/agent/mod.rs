@@ -102,19 +102,14 @@ impl AgentConfig {
 
 /// This host's name (the default node name).
 pub fn hostname() -> Option<String> {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty())
 }
 
 /// Parse `k=v,k2=v2` (capacity and label flags).
 pub fn parse_kv_list(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{part:?}: expected key=value"))?;
+        let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected key=value"))?;
         let (k, v) = (k.trim(), v.trim());
         if k.is_empty() {
             return Err(format!("{part:?}: empty key"));
@@ -148,13 +143,7 @@ pub struct PodTable {
 
 impl PodTable {
     /// The container id of `container` (first container when `None`) of a pod, or of its previous run.
-    pub fn container_id(
-        &self,
-        ns: &str,
-        pod: &str,
-        container: Option<&str>,
-        previous: bool,
-    ) -> Result<String, String> {
+    pub fn container_id(&self, ns: &str, pod: &str, container: Option<&str>, previous: bool) -> Result<String, String> {
         let w = self.workers.lock();
         let (_, worker) = w
             .get(&(ns.to_string(), pod.to_string()))
@@ -166,22 +155,12 @@ impl PodTable {
                 .iter()
                 .find(|c| c.name == name)
                 .ok_or_else(|| format!("container {name:?} is not in pod {pod}"))?,
-            None => st
-                .containers
-                .first()
-                .ok_or_else(|| format!("pod {pod} has no containers"))?,
+            None => st.containers.first().ok_or_else(|| format!("pod {pod} has no containers"))?,
         };
-        let id = if previous {
-            c.previous_id.clone()
-        } else {
-            c.container_id.clone()
-        };
+        let id = if previous { c.previous_id.clone() } else { c.container_id.clone() };
         id.ok_or_else(|| {
             if previous {
-                format!(
-                    "previous terminated container {:?} in pod {pod} not found",
-                    c.name
-                )
+                format!("previous terminated container {:?} in pod {pod} not found", c.name)
             } else {
                 format!("container {:?} in pod {pod} has not started", c.name)
             }
@@ -214,14 +193,9 @@ impl Agent {
         let table = Arc::new(PodTable::default());
         let listener = tokio::net::TcpListener::bind(&config.logs_listen)
             .await
-            .map_err(|e| AgentError::Listen {
-                addr: config.logs_listen.clone(),
-                source: e,
-            })?;
-        let logs_addr = listener.local_addr().map_err(|e| AgentError::Listen {
-            addr: config.logs_listen.clone(),
-            source: e,
-        })?;
+            .map_err(|e| AgentError::Listen { addr: config.logs_listen.clone(), source: e })?;
+        let logs_addr =
+            listener.local_addr().map_err(|e| AgentError::Listen { addr: config.logs_listen.clone(), source: e })?;
         let (logs_stop_tx, logs_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let logs_task = tokio::spawn(logs::serve(
             listener,
@@ -234,12 +208,9 @@ impl Agent {
         ));
 
         control.register_node(&node_object(&config)).await?;
-        let node_status = move |cfg: &AgentConfig, kind: &str| {
-            node_status(cfg, kind, logs_addr.port(), SystemTime::now())
-        };
-        control
-            .update_node_status(&config.node_name, &node_status(&config, runtime.kind()))
-            .await?;
+        let node_status =
+            move |cfg: &AgentConfig, kind: &str| node_status(cfg, kind, logs_addr.port(), SystemTime::now());
+        control.update_node_status(&config.node_name, &node_status(&config, runtime.kind())).await?;
         let hb_control = control.clone();
         let hb_config = config.clone();
         let hb_kind = runtime.kind();
@@ -248,9 +219,8 @@ impl Agent {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = hb_control
-                    .update_node_status(&hb_config.node_name, &node_status(&hb_config, hb_kind))
-                    .await
+                if let Err(e) =
+                    hb_control.update_node_status(&hb_config.node_name, &node_status(&hb_config, hb_kind)).await
                 {
                     tracing::warn!("heartbeat: {e}");
                 }
@@ -263,25 +233,13 @@ impl Agent {
             control: control.clone(),
             node: config.node_name.clone(),
             backoff: config.backoff,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
+            http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default(),
             dirty: dirty_tx.clone(),
         });
-        let status_task = tokio::spawn(status_writer(
-            dirty_rx,
-            table.clone(),
-            control.clone(),
-            runtime.kind(),
-            dirty_tx,
-        ));
-        let mut reconciler = Reconciler {
-            cfg: config.clone(),
-            ctx,
-            table: table.clone(),
-            adoptable: runtime.list().await?,
-        };
+        let status_task =
+            tokio::spawn(status_writer(dirty_rx, table.clone(), control.clone(), runtime.kind(), dirty_tx));
+        let mut reconciler =
+            Reconciler { cfg: config.clone(), ctx, table: table.clone(), adoptable: runtime.list().await? };
         on_ready(logs_addr);
         tokio::pin!(shutdown);
         let mut first = true;
@@ -319,18 +277,11 @@ impl Agent {
             }
         }
         heartbeat.abort();
-        let workers: Vec<(PodView, PodWorker)> =
-            table.workers.lock().drain().map(|(_, v)| v).collect();
+        let workers: Vec<(PodView, PodWorker)> = table.workers.lock().drain().map(|(_, v)| v).collect();
         for (view, w) in workers {
             if config.stop_pods_on_shutdown {
                 w.stop().await;
-                let _ = runtime
-                    .cleanup_pod(
-                        &view.metadata.namespace,
-                        &view.metadata.name,
-                        &view.metadata.uid,
-                    )
-                    .await;
+                let _ = runtime.cleanup_pod(&view.metadata.namespace, &view.metadata.name, &view.metadata.uid).await;
             } else {
                 w.detach();
             }
@@ -353,17 +304,13 @@ pub async fn build_runtime(config: &AgentConfig) -> Result<Arc<dyn Runtime>, Age
             pc.port_range = config.port_range.clone();
             runtime::process::ProcessRuntime::open(pc).await?
         }
-        RuntimeKind::Docker => {
-            Arc::new(runtime::docker::DockerRuntime::connect(&config.node_name).await?)
-        }
+        RuntimeKind::Docker => Arc::new(runtime::docker::DockerRuntime::connect(&config.node_name).await?),
     })
 }
 
 fn node_object(cfg: &AgentConfig) -> Value {
     let mut labels = cfg.labels.clone();
-    labels
-        .entry("kubernetes.io/hostname".into())
-        .or_insert_with(|| cfg.node_name.clone());
+    labels.entry("kubernetes.io/hostname".into()).or_insert_with(|| cfg.node_name.clone());
     json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -373,12 +320,7 @@ fn node_object(cfg: &AgentConfig) -> Value {
 }
 
 /// The node's status: capacity, addresses, the heartbeat condition and the agent's endpoint.
-pub fn node_status(
-    cfg: &AgentConfig,
-    runtime_kind: &str,
-    agent_port: u16,
-    now: SystemTime,
-) -> Value {
+pub fn node_status(cfg: &AgentConfig, runtime_kind: &str, agent_port: u16, now: SystemTime) -> Value {
     let t = humantime::format_rfc3339_seconds(now).to_string();
     json!({
         "capacity": cfg.capacity,
@@ -429,31 +371,16 @@ impl Reconciler {
             }
             self.upsert(p).await;
         }
-        let gone: Vec<PodKey> = self
-            .table
-            .workers
-            .lock()
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .cloned()
-            .collect();
+        let gone: Vec<PodKey> = self.table.workers.lock().keys().filter(|k| !seen.contains(*k)).cloned().collect();
         for k in gone {
             self.stop_pod(&k).await;
         }
         if first {
             for a in std::mem::take(&mut self.adoptable) {
                 tracing::info!(id = %a.started.id, pod = %format!("{}/{}", a.namespace, a.pod), "removing orphaned container");
-                let _ = self
-                    .ctx
-                    .runtime
-                    .stop(&a.started.id, Duration::from_secs(10))
-                    .await;
+                let _ = self.ctx.runtime.stop(&a.started.id, Duration::from_secs(10)).await;
                 let _ = self.ctx.runtime.remove(&a.started.id).await;
-                let _ = self
-                    .ctx
-                    .runtime
-                    .cleanup_pod(&a.namespace, &a.pod, &a.pod_uid)
-                    .await;
+                let _ = self.ctx.runtime.cleanup_pod(&a.namespace, &a.pod, &a.pod_uid).await;
             }
         }
     }
@@ -469,12 +396,7 @@ impl Reconciler {
         let key = (view.metadata.namespace.clone(), view.metadata.name.clone());
         let unbound = view.spec.node_name.as_deref().is_none_or(str::is_empty);
         if unbound && self.cfg.claim_unbound && view.metadata.deletion_timestamp.is_none() {
-            match self
-                .ctx
-                .control
-                .bind_pod(&key.0, &key.1, &self.cfg.node_name)
-                .await
-            {
+            match self.ctx.control.bind_pod(&key.0, &key.1, &self.cfg.node_name).await {
                 Ok(true) => {
                     tracing::info!(pod = %format!("{}/{}", key.0, key.1), "claimed unbound pod")
                 }
@@ -483,12 +405,7 @@ impl Reconciler {
             }
             return;
         }
-        let existing_uid = self
-            .table
-            .workers
-            .lock()
-            .get(&key)
-            .map(|(v, _)| v.metadata.uid.clone());
+        let existing_uid = self.table.workers.lock().get(&key).map(|(v, _)| v.metadata.uid.clone());
         if !self.mine(&view) || view.metadata.deletion_timestamp.is_some() {
             if existing_uid.is_some() {
                 self.stop_pod(&key).await;
@@ -502,9 +419,7 @@ impl Reconciler {
         }
         let (adopt, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.adoptable)
             .into_iter()
-            .partition(|a| {
-                a.pod_uid == view.metadata.uid && a.namespace == key.0 && a.pod == key.1
-            });
+            .partition(|a| a.pod_uid == view.metadata.uid && a.namespace == key.0 && a.pod == key.1);
         self.adoptable = rest;
         if !adopt.is_empty() {
             tracing::info!(pod = %format!("{}/{}", key.0, key.1), n = adopt.len(), "adopting running containers");
@@ -516,12 +431,7 @@ impl Reconciler {
     async fn deleted(&mut self, p: &Value) {
         if let Ok(view) = PodView::from_json(p) {
             let key = (view.metadata.namespace.clone(), view.metadata.name.clone());
-            let ours = self
-                .table
-                .workers
-                .lock()
-                .get(&key)
-                .is_some_and(|(v, _)| v.metadata.uid == view.metadata.uid);
+            let ours = self.table.workers.lock().get(&key).is_some_and(|(v, _)| v.metadata.uid == view.metadata.uid);
             if ours {
                 self.stop_pod(&key).await;
             }
@@ -538,19 +448,9 @@ impl Reconciler {
         // Stopping waits out grace periods: do it aside so the watch keeps flowing.
         tokio::spawn(async move {
             worker.stop().await;
-            if let Err(e) = runtime
-                .cleanup_pod(
-                    &view.metadata.namespace,
-                    &view.metadata.name,
-                    &view.metadata.uid,
-                )
-                .await
+            if let Err(e) = runtime.cleanup_pod(&view.metadata.namespace, &view.metadata.name, &view.metadata.uid).await
             {
-                tracing::warn!(
-                    "cleanup of {}/{}: {e}",
-                    view.metadata.namespace,
-                    view.metadata.name
-                );
+                tracing::warn!("cleanup of {}/{}: {e}", view.metadata.namespace, view.metadata.name);
             }
         });
     }
@@ -576,9 +476,7 @@ async fn status_writer(
             let status = {
                 let w = table.workers.lock();
                 match w.get(&key) {
-                    Some((view, worker)) => {
-                        worker::pod_status(view, &worker.state.lock(), runtime_kind)
-                    }
+                    Some((view, worker)) => worker::pod_status(view, &worker.state.lock(), runtime_kind),
                     None => {
                         last.remove(&key);
                         continue;

@@ -12,19 +12,9 @@ use std::time::Duration;
 /// What a probe does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeAction {
-    Http {
-        scheme: String,
-        host: String,
-        port: u16,
-        path: String,
-    },
-    Tcp {
-        host: String,
-        port: u16,
-    },
-    Exec {
-        command: Vec<String>,
-    },
+    Http { scheme: String, host: String, port: u16, path: String },
+    Tcp { host: String, port: u16 },
+    Exec { command: Vec<String> },
 }
 
 /// One probe, with Kubernetes defaults applied.
@@ -54,45 +44,28 @@ impl ProbeConfig {
         container: &ContainerView,
         host_port_of: impl Fn(u16) -> u16,
     ) -> Result<ProbeConfig, ProbeSpecError> {
-        let err = |m: String| ProbeSpecError {
-            probe: which,
-            message: m,
-        };
+        let err = |m: String| ProbeSpecError { probe: which, message: m };
         let port_of = |p: &serde_json::Value| {
-            container
-                .resolve_port(p)
-                .map(&host_port_of)
-                .ok_or_else(|| err(format!("cannot resolve port {p}")))
+            container.resolve_port(p).map(&host_port_of).ok_or_else(|| err(format!("cannot resolve port {p}")))
         };
         let action = if let Some(h) = &v.http_get {
             ProbeAction::Http {
-                scheme: h
-                    .scheme
-                    .clone()
-                    .unwrap_or_else(|| "HTTP".into())
-                    .to_ascii_lowercase(),
+                scheme: h.scheme.clone().unwrap_or_else(|| "HTTP".into()).to_ascii_lowercase(),
                 host: h.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 port: port_of(&h.port)?,
                 path: h.path.clone().unwrap_or_else(|| "/".into()),
             }
         } else if let Some(t) = &v.tcp_socket {
-            ProbeAction::Tcp {
-                host: t.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
-                port: port_of(&t.port)?,
-            }
+            ProbeAction::Tcp { host: t.host.clone().unwrap_or_else(|| "127.0.0.1".into()), port: port_of(&t.port)? }
         } else if let Some(e) = &v.exec {
             if e.command.is_empty() {
                 return Err(err("exec.command is empty".into()));
             }
-            ProbeAction::Exec {
-                command: e.command.clone(),
-            }
+            ProbeAction::Exec { command: e.command.clone() }
         } else {
             return Err(err("needs one of httpGet, tcpSocket, exec".into()));
         };
-        let secs = |v: Option<u32>, d: u32, min: u32| {
-            Duration::from_secs(u64::from(v.unwrap_or(d).max(min)))
-        };
+        let secs = |v: Option<u32>, d: u32, min: u32| Duration::from_secs(u64::from(v.unwrap_or(d).max(min)));
         Ok(ProbeConfig {
             action,
             initial_delay: secs(v.initial_delay_seconds, 0, 0),
@@ -172,30 +145,17 @@ pub async fn run_probe(
     http: &reqwest::Client,
 ) -> Result<(), String> {
     match action {
-        ProbeAction::Http {
-            scheme,
-            host,
-            port,
-            path,
-        } => {
+        ProbeAction::Http { scheme, host, port, path } => {
             let url = format!("{scheme}://{host}:{port}{path}");
             match tokio::time::timeout(timeout, http.get(&url).send()).await {
                 Err(_) => Err(format!("HTTP probe timed out after {timeout:?}")),
                 Ok(Err(e)) => Err(format!("HTTP probe failed: {e}")),
                 Ok(Ok(r)) if (200..400).contains(&r.status().as_u16()) => Ok(()),
-                Ok(Ok(r)) => Err(format!(
-                    "HTTP probe failed with statuscode: {}",
-                    r.status().as_u16()
-                )),
+                Ok(Ok(r)) => Err(format!("HTTP probe failed with statuscode: {}", r.status().as_u16())),
             }
         }
         ProbeAction::Tcp { host, port } => {
-            match tokio::time::timeout(
-                timeout,
-                tokio::net::TcpStream::connect((host.as_str(), *port)),
-            )
-            .await
-            {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), *port))).await {
                 Err(_) => Err(format!("TCP probe timed out after {timeout:?}")),
                 Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
                 Ok(Ok(_)) => Ok(()),
@@ -215,10 +175,7 @@ mod tests {
 
     fn cfg(f: u32, s: u32) -> ProbeConfig {
         ProbeConfig {
-            action: ProbeAction::Tcp {
-                host: "127.0.0.1".into(),
-                port: 1,
-            },
+            action: ProbeAction::Tcp { host: "127.0.0.1".into(), port: 1 },
             initial_delay: Duration::ZERO,
             period: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
@@ -234,35 +191,11 @@ mod tests {
         let bad = || Err("x".to_string());
         type Case = (u32, u32, bool, Vec<Result<(), String>>, Vec<Option<bool>>);
         let cases: Vec<Case> = vec![
-            (
-                3,
-                1,
-                true,
-                vec![bad(), bad(), bad()],
-                vec![None, None, Some(false)],
-            ),
-            (
-                3,
-                1,
-                true,
-                vec![bad(), bad(), ok(), bad(), bad()],
-                vec![None, None, None, None, None],
-            ),
+            (3, 1, true, vec![bad(), bad(), bad()], vec![None, None, Some(false)]),
+            (3, 1, true, vec![bad(), bad(), ok(), bad(), bad()], vec![None, None, None, None, None]),
             (1, 1, false, vec![ok()], vec![Some(true)]),
-            (
-                1,
-                2,
-                false,
-                vec![ok(), bad(), ok(), ok()],
-                vec![None, Some(false), None, Some(true)],
-            ),
-            (
-                2,
-                1,
-                false,
-                vec![bad(), bad(), bad()],
-                vec![None, Some(false), None],
-            ),
+            (1, 2, false, vec![ok(), bad(), ok(), ok()], vec![None, Some(false), None, Some(true)]),
+            (2, 1, false, vec![bad(), bad(), bad()], vec![None, Some(false), None]),
         ];
         for (i, (f, s, initial, results, want)) in cases.into_iter().enumerate() {
             let mut t = ProbeTracker::new(&cfg(f, s), initial);
@@ -277,26 +210,17 @@ mod tests {
             "name": "c", "ports": [{"containerPort": 8080, "name": "http"}]
         }))
         .unwrap();
-        let v: ProbeView = serde_json::from_value(
-            serde_json::json!({"httpGet": {"path": "/healthz", "port": "http"}}),
-        )
-        .unwrap();
-        let p = ProbeConfig::from_view("readiness", &v, &c, |p| if p == 8080 { 31000 } else { p })
-            .unwrap();
+        let v: ProbeView =
+            serde_json::from_value(serde_json::json!({"httpGet": {"path": "/healthz", "port": "http"}})).unwrap();
+        let p = ProbeConfig::from_view("readiness", &v, &c, |p| if p == 8080 { 31000 } else { p }).unwrap();
         assert_eq!(p.period, Duration::from_secs(10));
         assert_eq!(p.timeout, Duration::from_secs(1));
         assert_eq!(p.failure_threshold, 3);
         assert_eq!(
             p.action,
-            ProbeAction::Http {
-                scheme: "http".into(),
-                host: "127.0.0.1".into(),
-                port: 31000,
-                path: "/healthz".into()
-            }
+            ProbeAction::Http { scheme: "http".into(), host: "127.0.0.1".into(), port: 31000, path: "/healthz".into() }
         );
-        let bad: ProbeView =
-            serde_json::from_value(serde_json::json!({"tcpSocket": {"port": "nope"}})).unwrap();
+        let bad: ProbeView = serde_json::from_value(serde_json::json!({"tcpSocket": {"port": "nope"}})).unwrap();
         assert!(ProbeConfig::from_view("liveness", &bad, &c, |p| p).is_err());
         let none: ProbeView = serde_json::from_value(serde_json::json!({})).unwrap();
         assert!(ProbeConfig::from_view("liveness", &none, &c, |p| p).is_err());

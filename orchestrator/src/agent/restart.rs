@@ -15,11 +15,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_secs(10),
-            max: Duration::from_secs(300),
-            reset_after: Duration::from_secs(600),
-        }
+        Self { initial: Duration::from_secs(10), max: Duration::from_secs(300), reset_after: Duration::from_secs(600) }
     }
 }
 
@@ -27,9 +23,7 @@ impl Backoff {
     /// The delay before the restart that follows `previous` back-offs since the last reset.
     pub fn delay(&self, previous: u32) -> Duration {
         let factor = 1u32.checked_shl(previous.min(31)).unwrap_or(u32::MAX);
-        self.initial
-            .checked_mul(factor)
-            .map_or(self.max, |d| d.min(self.max))
+        self.initial.checked_mul(factor).map_or(self.max, |d| d.min(self.max))
     }
 }
 
@@ -49,13 +43,7 @@ mod tests {
     use std::time::SystemTime;
 
     fn exit(code: Option<i32>, signal: Option<i32>) -> ExitInfo {
-        ExitInfo {
-            code,
-            signal,
-            oom_killed: false,
-            finished_at: SystemTime::UNIX_EPOCH,
-            unknown: false,
-        }
+        ExitInfo { code, signal, oom_killed: false, finished_at: SystemTime::UNIX_EPOCH, unknown: false }
     }
 
     #[test]
@@ -64,11 +52,7 @@ mod tests {
         let got: Vec<u64> = (0..8).map(|n| b.delay(n).as_secs()).collect();
         assert_eq!(got, vec![10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(b.delay(1000), Duration::from_secs(300));
-        let fast = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(250),
-            ..b
-        };
+        let fast = Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(250), ..b };
         assert_eq!(fast.delay(0), Duration::from_millis(100));
         assert_eq!(fast.delay(2), Duration::from_millis(250));
     }
@@ -89,10 +73,7 @@ mod tests {
         for (i, (p, e, probe, want)) in cases.iter().enumerate() {
             assert_eq!(should_restart(*p, e, *probe), *want, "case {i}");
         }
-        let oom = ExitInfo {
-            oom_killed: true,
-            ..exit(Some(137), None)
-        };
+        let oom = ExitInfo { oom_killed: true, ..exit(Some(137), None) };
         assert_eq!(oom.reason(), "OOMKilled");
         assert_eq!(exit(None, Some(15)).exit_code(), 143);
     }

@@ -176,8 +176,7 @@ pub enum SpecError {
 
 impl PodView {
     pub fn from_json(v: &Value) -> Result<PodView, SpecError> {
-        let mut pod: PodView =
-            serde_json::from_value(v.clone()).map_err(|e| SpecError::Decode(e.to_string()))?;
+        let mut pod: PodView = serde_json::from_value(v.clone()).map_err(|e| SpecError::Decode(e.to_string()))?;
         if pod.metadata.namespace.is_empty() {
             pod.metadata.namespace = "default".to_string();
         }
@@ -190,11 +189,7 @@ impl PodView {
 
     /// `termination_grace_period_seconds` (default 30 s, as in Kubernetes).
     pub fn grace(&self) -> std::time::Duration {
-        let s = self
-            .spec
-            .termination_grace_period_seconds
-            .unwrap_or(30)
-            .max(0) as u64;
+        let s = self.spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64;
         std::time::Duration::from_secs(s)
     }
 
@@ -203,10 +198,7 @@ impl PodView {
         self.status
             .get("containerStatuses")
             .and_then(Value::as_array)
-            .and_then(|a| {
-                a.iter()
-                    .find(|c| c.get("name").and_then(Value::as_str) == Some(container))
-            })
+            .and_then(|a| a.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(container)))
             .and_then(|c| c.get("restartCount"))
             .and_then(Value::as_u64)
             .unwrap_or(0) as u32
@@ -242,18 +234,12 @@ impl ContainerView {
             })?),
             None => None,
         };
-        Ok(Limits {
-            memory_bytes,
-            cpu_millis,
-        })
+        Ok(Limits { memory_bytes, cpu_millis })
     }
 
     /// The first declared container port, if any.
     pub fn container_port(&self) -> Option<u16> {
-        self.ports
-            .first()
-            .map(|p| p.container_port)
-            .filter(|p| *p != 0)
+        self.ports.first().map(|p| p.container_port).filter(|p| *p != 0)
     }
 
     /// Resolve a probe port (number or named port) to a container port.
@@ -262,11 +248,7 @@ impl ContainerView {
             Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
             Value::String(s) => match s.parse::<u16>() {
                 Ok(n) => Some(n),
-                Err(_) => self
-                    .ports
-                    .iter()
-                    .find(|p| p.name.as_deref() == Some(s.as_str()))
-                    .map(|p| p.container_port),
+                Err(_) => self.ports.iter().find(|p| p.name.as_deref() == Some(s.as_str())).map(|p| p.container_port),
             },
             _ => None,
         }
@@ -298,11 +280,7 @@ pub fn parse_memory(s: &str) -> Option<u64> {
 /// Parse a CPU quantity (`500m`, `1`, `0.25`) into millicores.
 pub fn parse_cpu_millis(s: &str) -> Option<u64> {
     let s = s.trim();
-    let v = if let Some(m) = s.strip_suffix('m') {
-        m.parse::<f64>().ok()?
-    } else {
-        s.parse::<f64>().ok()? * 1000.0
-    };
+    let v = if let Some(m) = s.strip_suffix('m') { m.parse::<f64>().ok()? } else { s.parse::<f64>().ok()? * 1000.0 };
     (v.is_finite() && v >= 0.0).then_some(v.round() as u64)
 }
 
@@ -351,11 +329,7 @@ pub enum EnvError {
     #[error("secret {0:?} not found")]
     SecretNotFound(String),
     #[error("key {key:?} not found in {source_kind} {name:?}")]
-    KeyNotFound {
-        source_kind: &'static str,
-        name: String,
-        key: String,
-    },
+    KeyNotFound { source_kind: &'static str, name: String, key: String },
     #[error("env {0}: unsupported fieldRef {1:?}")]
     UnsupportedField(String, String),
 }
@@ -386,18 +360,14 @@ pub fn resolve_env(
         let prefix = ef.prefix.clone().unwrap_or_default();
         if let Some(r) = &ef.config_map_ref {
             match sources.config_maps.get(&r.name) {
-                Some(m) => m
-                    .iter()
-                    .for_each(|(k, v)| set(&mut out, format!("{prefix}{k}"), v.clone())),
+                Some(m) => m.iter().for_each(|(k, v)| set(&mut out, format!("{prefix}{k}"), v.clone())),
                 None if r.optional == Some(true) => {}
                 None => return Err(EnvError::ConfigMapNotFound(r.name.clone())),
             }
         }
         if let Some(r) = &ef.secret_ref {
             match sources.secrets.get(&r.name) {
-                Some(m) => m
-                    .iter()
-                    .for_each(|(k, v)| set(&mut out, format!("{prefix}{k}"), v.clone())),
+                Some(m) => m.iter().for_each(|(k, v)| set(&mut out, format!("{prefix}{k}"), v.clone())),
                 None if r.optional == Some(true) => {}
                 None => return Err(EnvError::SecretNotFound(r.name.clone())),
             }
@@ -418,12 +388,7 @@ pub fn resolve_env(
                     "metadata.uid" => pod.metadata.uid.clone(),
                     "spec.nodeName" => facts.node_name.clone(),
                     "status.podIP" | "status.hostIP" => facts.host_ip.clone(),
-                    other => {
-                        return Err(EnvError::UnsupportedField(
-                            e.name.clone(),
-                            other.to_string(),
-                        ))
-                    }
+                    other => return Err(EnvError::UnsupportedField(e.name.clone(), other.to_string())),
                 })
             } else {
                 Some(String::new())
@@ -451,11 +416,7 @@ fn lookup(
         Some(m) => match m.get(&r.key) {
             Some(v) => Ok(Some(v.clone())),
             None if optional => Ok(None),
-            None => Err(EnvError::KeyNotFound {
-                source_kind: kind,
-                name: r.name.clone(),
-                key: r.key.clone(),
-            }),
+            None => Err(EnvError::KeyNotFound { source_kind: kind, name: r.name.clone(), key: r.key.clone() }),
         },
     }
 }
@@ -515,13 +476,8 @@ mod tests {
         for (s, want) in cases {
             assert_eq!(parse_memory(s), *want, "{s}");
         }
-        let cpu: &[(&str, Option<u64>)] = &[
-            ("500m", Some(500)),
-            ("1", Some(1000)),
-            ("0.25", Some(250)),
-            ("2.5", Some(2500)),
-            ("x", None),
-        ];
+        let cpu: &[(&str, Option<u64>)] =
+            &[("500m", Some(500)), ("1", Some(1000)), ("0.25", Some(250)), ("2.5", Some(2500)), ("x", None)];
         for (s, want) in cpu {
             assert_eq!(parse_cpu_millis(s), *want, "{s}");
         }
@@ -546,22 +502,10 @@ mod tests {
         .unwrap();
         let c = &pod.spec.containers[0];
         let mut src = EnvSources::default();
-        src.config_maps.insert(
-            "cm".into(),
-            [("X".to_string(), "x".to_string()), ("Y".into(), "y".into())].into(),
-        );
-        let facts = PodFacts {
-            node_name: "n1".into(),
-            host_ip: "127.0.0.1".into(),
-        };
-        assert_eq!(
-            resolve_env(&pod, c, &src, &facts),
-            Err(EnvError::SecretNotFound("sec".into()))
-        );
-        src.secrets.insert(
-            "sec".into(),
-            [("pw".to_string(), "hunter2".to_string())].into(),
-        );
+        src.config_maps.insert("cm".into(), [("X".to_string(), "x".to_string()), ("Y".into(), "y".into())].into());
+        let facts = PodFacts { node_name: "n1".into(), host_ip: "127.0.0.1".into() };
+        assert_eq!(resolve_env(&pod, c, &src, &facts), Err(EnvError::SecretNotFound("sec".into())));
+        src.secrets.insert("sec".into(), [("pw".to_string(), "hunter2".to_string())].into());
         let env = resolve_env(&pod, c, &src, &facts).unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("CM_X"), Some("override"));

@@ -20,19 +20,9 @@ use tokio::time::Instant;
 /// The state of one container, as Kubernetes shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ContainerState {
-    Waiting {
-        reason: String,
-        message: String,
-    },
-    Running {
-        started_at: SystemTime,
-    },
-    Terminated {
-        exit: ExitInfo,
-        reason: String,
-        message: String,
-        started_at: Option<SystemTime>,
-    },
+    Waiting { reason: String, message: String },
+    Running { started_at: SystemTime },
+    Terminated { exit: ExitInfo, reason: String, message: String, started_at: Option<SystemTime> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,10 +81,7 @@ impl PodWorker {
                 ready: false,
                 started: false,
                 restart_count: pod.recorded_restart_count(&c.name),
-                state: ContainerState::Waiting {
-                    reason: "ContainerCreating".into(),
-                    message: String::new(),
-                },
+                state: ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() },
                 last_state: None,
                 container_id: None,
                 host_port: None,
@@ -102,19 +89,12 @@ impl PodWorker {
                 previous_id: None,
             })
             .collect();
-        let state = Arc::new(Mutex::new(PodRunState {
-            containers,
-            start_time: Some(SystemTime::now()),
-        }));
+        let state = Arc::new(Mutex::new(PodRunState { containers, start_time: Some(SystemTime::now()) }));
         let (stop, stop_rx) = watch::channel(false);
         let pod = Arc::new(pod);
         let mut tasks = Vec::new();
         for (idx, c) in pod.spec.containers.iter().enumerate() {
-            let mut mine: Vec<Adopted> = adopted
-                .iter()
-                .filter(|a| a.container == c.name)
-                .cloned()
-                .collect();
+            let mut mine: Vec<Adopted> = adopted.iter().filter(|a| a.container == c.name).cloned().collect();
             mine.sort_by_key(|a| a.attempt);
             let current = mine.pop();
             let previous = mine.pop();
@@ -134,15 +114,8 @@ impl PodWorker {
                 w.run(current, previous).await
             }));
         }
-        let _ = ctx
-            .dirty
-            .send((pod.metadata.namespace.clone(), pod.metadata.name.clone()));
-        PodWorker {
-            uid: pod.metadata.uid.clone(),
-            state,
-            stop,
-            tasks,
-        }
+        let _ = ctx.dirty.send((pod.metadata.namespace.clone(), pod.metadata.name.clone()));
+        PodWorker { uid: pod.metadata.uid.clone(), state, stop, tasks }
     }
 
     /// Stop every container with the pod's grace period and remove them; returns when done.
@@ -184,10 +157,7 @@ impl ContainerWorker {
                 f(c);
             }
         }
-        let _ = self.ctx.dirty.send((
-            self.pod.metadata.namespace.clone(),
-            self.pod.metadata.name.clone(),
-        ));
+        let _ = self.ctx.dirty.send((self.pod.metadata.namespace.clone(), self.pod.metadata.name.clone()));
     }
 
     fn stopping(&self) -> bool {
@@ -226,18 +196,11 @@ impl ContainerWorker {
                 Err(e) => return Err(format!("cannot read secret {name:?}: {e}")),
             }
         }
-        let facts = PodFacts {
-            node_name: self.ctx.node.clone(),
-            host_ip: "127.0.0.1".into(),
-        };
-        let user =
-            resolve_env(&self.pod, &self.view, &sources, &facts).map_err(|e| e.to_string())?;
+        let facts = PodFacts { node_name: self.ctx.node.clone(), host_ip: "127.0.0.1".into() };
+        let user = resolve_env(&self.pod, &self.view, &sources, &facts).map_err(|e| e.to_string())?;
         let mut env = vec![
             ("POD_NAME".to_string(), self.pod.metadata.name.clone()),
-            (
-                "POD_NAMESPACE".to_string(),
-                self.pod.metadata.namespace.clone(),
-            ),
+            ("POD_NAMESPACE".to_string(), self.pod.metadata.namespace.clone()),
             ("NODE_NAME".to_string(), self.ctx.node.clone()),
         ];
         for (k, v) in user {
@@ -251,14 +214,8 @@ impl ContainerWorker {
     }
 
     async fn start(&self, attempt: u32) -> Result<Started, (String, String)> {
-        let env = self
-            .environment()
-            .await
-            .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
-        let limits = self
-            .view
-            .limits()
-            .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+        let env = self.environment().await.map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+        let limits = self.view.limits().map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
         let spec = StartSpec {
             namespace: self.pod.metadata.namespace.clone(),
             pod: self.pod.metadata.name.clone(),
@@ -284,10 +241,7 @@ impl ContainerWorker {
         if let Some(p) = previous {
             self.update(|c| c.previous_id = Some(p.started.id.clone()));
         }
-        let mut attempt = adopted
-            .as_ref()
-            .map(|a| a.attempt)
-            .unwrap_or_else(|| self.pod.recorded_restart_count(&name));
+        let mut attempt = adopted.as_ref().map(|a| a.attempt).unwrap_or_else(|| self.pod.recorded_restart_count(&name));
         let mut backoffs = 0u32;
         let policy = self.pod.restart_policy();
         let grace = self.pod.grace();
@@ -312,12 +266,7 @@ impl ContainerWorker {
                         };
                         if !config_error && !should_restart(policy, &exit, false) {
                             self.update(|c| {
-                                c.state = ContainerState::Terminated {
-                                    exit,
-                                    reason,
-                                    message,
-                                    started_at: None,
-                                };
+                                c.state = ContainerState::Terminated { exit, reason, message, started_at: None };
                             });
                             let _ = self.stop.wait_for(|s| *s).await;
                             break;
@@ -353,9 +302,7 @@ impl ContainerWorker {
                         c.previous_id = Some(old);
                     }
                 }
-                c.state = ContainerState::Running {
-                    started_at: started.started_at,
-                };
+                c.state = ContainerState::Running { started_at: started.started_at };
                 c.host_port = Some(started.host_port);
                 c.warnings = started.warnings.clone();
                 c.started = !has_startup;
@@ -398,18 +345,10 @@ impl ContainerWorker {
             self.update(|c| {
                 c.last_state = Some(terminated);
                 c.restart_count += 1;
-                c.state = ContainerState::Waiting {
-                    reason: "CrashLoopBackOff".into(),
-                    message: waiting_msg,
-                };
+                c.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: waiting_msg };
             });
             // Keep one previous run (for `logs --previous`); drop the one before.
-            let older = self
-                .state
-                .lock()
-                .containers
-                .get(self.idx)
-                .and_then(|c| c.previous_id.clone());
+            let older = self.state.lock().containers.get(self.idx).and_then(|c| c.previous_id.clone());
             if let Some(older) = older.filter(|o| *o != id) {
                 let _ = self.ctx.runtime.remove(&older).await;
             }
@@ -423,10 +362,7 @@ impl ContainerWorker {
         let (current, previous) = {
             let s = self.state.lock();
             let c = s.containers.get(self.idx);
-            (
-                c.and_then(|c| c.container_id.clone()),
-                c.and_then(|c| c.previous_id.clone()),
-            )
+            (c.and_then(|c| c.container_id.clone()), c.and_then(|c| c.previous_id.clone()))
         };
         for id in [current, previous].into_iter().flatten() {
             let _ = self.ctx.runtime.stop(&id, grace).await;
@@ -436,11 +372,7 @@ impl ContainerWorker {
         }
     }
 
-    fn probe_cfg(
-        &self,
-        which: &'static str,
-        started: &Started,
-    ) -> Option<Result<ProbeConfig, String>> {
+    fn probe_cfg(&self, which: &'static str, started: &Started) -> Option<Result<ProbeConfig, String>> {
         let view = match which {
             "startup" => self.view.startup_probe.as_ref(),
             "liveness" => self.view.liveness_probe.as_ref(),
@@ -460,11 +392,7 @@ impl ContainerWorker {
         )
     }
 
-    async fn supervise(
-        &mut self,
-        started: &Started,
-        startup: Option<Result<ProbeConfig, String>>,
-    ) -> Outcome {
+    async fn supervise(&mut self, started: &Started, startup: Option<Result<ProbeConfig, String>>) -> Outcome {
         let id = started.id.clone();
         let runtime = self.ctx.runtime.clone();
         let wait_id = id.clone();
@@ -486,19 +414,13 @@ impl ContainerWorker {
         let readiness_cfg = self.probe_cfg("readiness", started);
         let liveness = take("liveness", liveness_cfg);
         let readiness = take("readiness", readiness_cfg);
-        let mut startup_t = startup
-            .as_ref()
-            .map(|c| (c.clone(), ProbeTracker::new(c, false), t0 + c.initial_delay));
+        let mut startup_t = startup.as_ref().map(|c| (c.clone(), ProbeTracker::new(c, false), t0 + c.initial_delay));
         let mut live_t: Option<(ProbeConfig, ProbeTracker, Instant)> = None;
         let mut ready_t: Option<(ProbeConfig, ProbeTracker, Instant)> = None;
         let arm = |live_t: &mut Option<(ProbeConfig, ProbeTracker, Instant)>,
                    ready_t: &mut Option<(ProbeConfig, ProbeTracker, Instant)>| {
-            *live_t = liveness
-                .as_ref()
-                .map(|c| (c.clone(), ProbeTracker::new(c, true), t0 + c.initial_delay));
-            *ready_t = readiness
-                .as_ref()
-                .map(|c| (c.clone(), ProbeTracker::new(c, false), t0 + c.initial_delay));
+            *live_t = liveness.as_ref().map(|c| (c.clone(), ProbeTracker::new(c, true), t0 + c.initial_delay));
+            *ready_t = readiness.as_ref().map(|c| (c.clone(), ProbeTracker::new(c, false), t0 + c.initial_delay));
         };
         if startup_t.is_none() {
             arm(&mut live_t, &mut ready_t);
@@ -507,14 +429,10 @@ impl ContainerWorker {
             self.update(|c| c.ready = true);
         }
         loop {
-            let next = [
-                startup_t.as_ref().map(|t| t.2),
-                live_t.as_ref().map(|t| t.2),
-                ready_t.as_ref().map(|t| t.2),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let next = [startup_t.as_ref().map(|t| t.2), live_t.as_ref().map(|t| t.2), ready_t.as_ref().map(|t| t.2)]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -534,8 +452,7 @@ impl ContainerWorker {
             let rt = self.ctx.runtime.clone();
             if let Some((cfg, tr, at)) = startup_t.as_mut() {
                 if *at <= now {
-                    let r =
-                        run_probe(&cfg.action, cfg.timeout, rt.as_ref(), &id, &self.ctx.http).await;
+                    let r = run_probe(&cfg.action, cfg.timeout, rt.as_ref(), &id, &self.ctx.http).await;
                     *at = Instant::now() + cfg.period;
                     match tr.record(&r) {
                         Some(true) => {
@@ -548,10 +465,8 @@ impl ContainerWorker {
                             });
                         }
                         Some(false) => {
-                            let message = format!(
-                                "Startup probe failed: {}",
-                                tr.last_failure.clone().unwrap_or_default()
-                            );
+                            let message =
+                                format!("Startup probe failed: {}", tr.last_failure.clone().unwrap_or_default());
                             return self.kill_for_probe(&id, message).await;
                         }
                         None => {}
@@ -561,8 +476,7 @@ impl ContainerWorker {
             }
             if let Some((cfg, tr, at)) = live_t.as_mut() {
                 if *at <= now {
-                    let r =
-                        run_probe(&cfg.action, cfg.timeout, rt.as_ref(), &id, &self.ctx.http).await;
+                    let r = run_probe(&cfg.action, cfg.timeout, rt.as_ref(), &id, &self.ctx.http).await;
                     *at = Instant::now() + cfg.period;
                     if tr.record(&r) == Some(false) {
                         let message = format!(
@@ -576,8 +490,7 @@ impl ContainerWorker {
             }
             if let Some((cfg, tr, at)) = ready_t.as_mut() {
                 if *at <= now {
-                    let r =
-                        run_probe(&cfg.action, cfg.timeout, rt.as_ref(), &id, &self.ctx.http).await;
+                    let r = run_probe(&cfg.action, cfg.timeout, rt.as_ref(), &id, &self.ctx.http).await;
                     *at = Instant::now() + cfg.period;
                     if let Some(ready) = tr.record(&r) {
                         let msg = tr.last_failure.clone();
@@ -621,12 +534,7 @@ fn state_json(s: &ContainerState) -> Value {
         ContainerState::Running { started_at } => {
             json!({"running": {"startedAt": ts(*started_at)}})
         }
-        ContainerState::Terminated {
-            exit,
-            reason,
-            message,
-            started_at,
-        } => {
+        ContainerState::Terminated { exit, reason, message, started_at } => {
             let mut t = json!({
                 "exitCode": exit.exit_code(),
                 "reason": reason,
@@ -651,20 +559,11 @@ fn state_json(s: &ContainerState) -> Value {
 /// endpoints are `status.hostIP:hostPort`.
 pub fn pod_status(pod: &PodView, state: &PodRunState, runtime_kind: &str) -> Value {
     let cs = &state.containers;
-    let all_terminated = !cs.is_empty()
-        && cs
-            .iter()
-            .all(|c| matches!(c.state, ContainerState::Terminated { .. }));
-    let any_running = cs
-        .iter()
-        .any(|c| matches!(c.state, ContainerState::Running { .. }));
-    let ever_ran = cs
-        .iter()
-        .any(|c| c.last_state.is_some() || c.restart_count > 0);
+    let all_terminated = !cs.is_empty() && cs.iter().all(|c| matches!(c.state, ContainerState::Terminated { .. }));
+    let any_running = cs.iter().any(|c| matches!(c.state, ContainerState::Running { .. }));
+    let ever_ran = cs.iter().any(|c| c.last_state.is_some() || c.restart_count > 0);
     let phase = if all_terminated {
-        let ok = cs.iter().all(
-            |c| matches!(&c.state, ContainerState::Terminated { exit, .. } if exit.succeeded()),
-        );
+        let ok = cs.iter().all(|c| matches!(&c.state, ContainerState::Terminated { exit, .. } if exit.succeeded()));
         if ok {
             "Succeeded"
         } else {
@@ -683,10 +582,8 @@ pub fn pod_status(pod: &PodView, state: &PodRunState, runtime_kind: &str) -> Val
         cond("ContainersReady", ready),
         cond("Ready", ready),
     ];
-    let warnings: Vec<String> = cs
-        .iter()
-        .flat_map(|c| c.warnings.iter().map(move |w| format!("{}: {w}", c.name)))
-        .collect();
+    let warnings: Vec<String> =
+        cs.iter().flat_map(|c| c.warnings.iter().map(move |w| format!("{}: {w}", c.name))).collect();
     if !warnings.is_empty() {
         conditions.push(json!({
             "type": "LimitsEnforced", "status": "False", "reason": "LimitsNotEnforced", "message": warnings.join("; "),
@@ -711,12 +608,7 @@ pub fn pod_status(pod: &PodView, state: &PodRunState, runtime_kind: &str) -> Val
                 v["containerID"] = json!(format!("{runtime_kind}://{id}"));
             }
             if let Some(p) = c.host_port {
-                let declared = pod
-                    .spec
-                    .containers
-                    .get(i)
-                    .and_then(|v| v.container_port())
-                    .unwrap_or(p);
+                let declared = pod.spec.containers.get(i).and_then(|v| v.container_port()).unwrap_or(p);
                 v["ports"] = json!([{"containerPort": declared, "hostPort": p, "protocol": "TCP"}]);
             }
             v

@@ -47,19 +47,8 @@ struct Metrics {
 
 impl ApiState {
     /// `token: None` disables authentication (tests and in-process use only).
-    pub fn new(
-        store: Arc<dyn Store>,
-        token: Option<String>,
-        registry: Option<Arc<Registry>>,
-    ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                store,
-                token,
-                registry,
-                metrics: Metrics::default(),
-            }),
-        }
+    pub fn new(store: Arc<dyn Store>, token: Option<String>, registry: Option<Arc<Registry>>) -> Self {
+        Self { inner: Arc::new(Inner { store, token, registry, metrics: Metrics::default() }) }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -71,27 +60,12 @@ impl ApiState {
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/v1/apply", post(apply))
-        .route(
-            "/api/v1/namespaces/{ns}/{plural}",
-            get(list_ns).post(create_ns),
-        )
-        .route(
-            "/api/v1/namespaces/{ns}/{plural}/{name}",
-            get(get_ns).put(update_ns).delete(delete_ns),
-        )
-        .route(
-            "/api/v1/namespaces/{ns}/{plural}/{name}/status",
-            axum::routing::put(status_ns),
-        )
+        .route("/api/v1/namespaces/{ns}/{plural}", get(list_ns).post(create_ns))
+        .route("/api/v1/namespaces/{ns}/{plural}/{name}", get(get_ns).put(update_ns).delete(delete_ns))
+        .route("/api/v1/namespaces/{ns}/{plural}/{name}/status", axum::routing::put(status_ns))
         .route("/api/v1/{plural}", get(list_all).post(create_cluster))
-        .route(
-            "/api/v1/{plural}/{name}",
-            get(get_cluster).put(update_cluster).delete(delete_cluster),
-        )
-        .route(
-            "/api/v1/{plural}/{name}/status",
-            axum::routing::put(status_cluster),
-        )
+        .route("/api/v1/{plural}/{name}", get(get_cluster).put(update_cluster).delete(delete_cluster))
+        .route("/api/v1/{plural}/{name}/status", axum::routing::put(status_cluster))
         .route("/discovery/v1/endpoints", get(discovery_endpoints))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -99,9 +73,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .merge(api)
         // Checks Content-Length up front, so an oversized upload is refused before it is read.
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
@@ -113,9 +85,7 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -131,11 +101,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason,
-            message: message.into(),
-        }
+        Self { code, reason, message: message.into() }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
@@ -166,24 +132,14 @@ fn status_body(code: StatusCode, reason: &str, message: &str) -> Value {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = status_body(self.code, self.reason, &self.message);
-        (
-            self.code,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()
+        (self.code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
-    )
-        .into_response()
+    (code, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -204,9 +160,7 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
                 "a valid bearer token is required (Authorization: Bearer TOKEN)",
             )
             .into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
     }
@@ -223,13 +177,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn count(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let method = request.method().as_str().to_string();
     let response = next.run(request).await;
-    *state
-        .inner
-        .metrics
-        .by_status
-        .lock()
-        .entry((method, response.status().as_u16()))
-        .or_default() += 1;
+    *state.inner.metrics.by_status.lock().entry((method, response.status().as_u16())).or_default() += 1;
     response
 }
 
@@ -239,17 +187,10 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     out.push_str("# HELP berth_api_requests_total API requests by method and status code.\n");
     out.push_str("# TYPE berth_api_requests_total counter\n");
     for ((method, code), n) in state.inner.metrics.by_status.lock().iter() {
-        let _ = writeln!(
-            out,
-            "berth_api_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}"
-        );
+        let _ = writeln!(out, "berth_api_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}");
     }
     out.push_str("# HELP berth_api_watches Open watch streams.\n# TYPE berth_api_watches gauge\n");
-    let _ = writeln!(
-        out,
-        "berth_api_watches {}",
-        state.inner.metrics.watches_open.load(Ordering::Relaxed)
-    );
+    let _ = writeln!(out, "berth_api_watches {}", state.inner.metrics.watches_open.load(Ordering::Relaxed));
     if let Ok(rev) = state.inner.store.revision().await {
         out.push_str("# HELP berth_store_revision Current store revision.\n# TYPE berth_store_revision gauge\n");
         let _ = writeln!(out, "berth_store_revision {rev}");
@@ -276,22 +217,15 @@ fn parse_query(raw: Option<String>) -> Result<Query, ApiError> {
     let Some(raw) = raw else { return Ok(q) };
     for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
         let parse_u64 = |name: &str| {
-            v.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!("query parameter {name}: {v:?} is not a revision"))
-            })
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("query parameter {name}: {v:?} is not a revision")))
         };
-        let parse_sel = |name: &str| {
-            Selector::parse(&v)
-                .map_err(|e| ApiError::bad_request(format!("query parameter {name}: {e}")))
-        };
+        let parse_sel =
+            |name: &str| Selector::parse(&v).map_err(|e| ApiError::bad_request(format!("query parameter {name}: {e}")));
         match k.as_ref() {
             "watch" => q.watch = matches!(v.as_ref(), "true" | "1" | ""),
-            "resourceVersion" if !v.is_empty() => {
-                q.resource_version = Some(parse_u64("resourceVersion")?)
-            }
-            "labelSelector" if !v.is_empty() => {
-                q.label_selector = Some(parse_sel("labelSelector")?)
-            }
+            "resourceVersion" if !v.is_empty() => q.resource_version = Some(parse_u64("resourceVersion")?),
+            "labelSelector" if !v.is_empty() => q.label_selector = Some(parse_sel("labelSelector")?),
             "selector" => q.selectors.push(parse_sel("selector")?),
             "namespace" if !v.is_empty() => q.namespace = Some(v.into_owned()),
             "revision" => q.revision = Some(parse_u64("revision")?),
@@ -308,9 +242,7 @@ fn parse_query(raw: Option<String>) -> Result<Query, ApiError> {
 fn kind_for(plural: &str) -> Result<Kind, ApiError> {
     Kind::from_cli_name(plural)
         .filter(|k| k.plural() == plural)
-        .ok_or_else(|| {
-            ApiError::not_found(format!("the server does not serve resource {plural:?}"))
-        })
+        .ok_or_else(|| ApiError::not_found(format!("the server does not serve resource {plural:?}")))
 }
 
 fn scope(plural: &str, namespace: Option<&str>) -> Result<(Kind, String), ApiError> {
@@ -318,39 +250,31 @@ fn scope(plural: &str, namespace: Option<&str>) -> Result<(Kind, String), ApiErr
     match (kind.namespaced(), namespace) {
         (true, Some(ns)) => Ok((kind, ns.to_string())),
         (false, None) => Ok((kind, String::new())),
-        (true, None) => Err(ApiError::bad_request(format!(
-            "{plural} are namespaced: use /api/v1/namespaces/NS/{plural}"
-        ))),
-        (false, Some(_)) => Err(ApiError::bad_request(format!(
-            "{plural} are cluster-scoped: use /api/v1/{plural}"
-        ))),
+        (true, None) => {
+            Err(ApiError::bad_request(format!("{plural} are namespaced: use /api/v1/namespaces/NS/{plural}")))
+        }
+        (false, Some(_)) => Err(ApiError::bad_request(format!("{plural} are cluster-scoped: use /api/v1/{plural}"))),
     }
 }
 
 /// Decode stored bytes and inject the revision as `metadata.resourceVersion`.
 fn present(v: &Versioned) -> Result<Value, ApiError> {
     let mut value: Value = serde_json::from_slice(&v.value).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            format!("stored {} is corrupt: {e}", v.key),
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("stored {} is corrupt: {e}", v.key))
     })?;
     object::set_resource_version(&mut value, v.revision);
     Ok(value)
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
 }
 
 /// Validate a body for `kind`, defaulting its namespace to the path's.
 fn validate(kind: Kind, namespace: &str, mut body: Value) -> Result<model::Document, ApiError> {
     if kind.namespaced() {
         if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.entry("namespace")
-                .or_insert_with(|| Value::String(namespace.to_string()));
+            meta.entry("namespace").or_insert_with(|| Value::String(namespace.to_string()));
         }
     }
     let doc = model::decode(Some(kind), body).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -372,33 +296,18 @@ async fn list_ns(
     list(s, kind, Some(ns), parse_query(q)?).await
 }
 
-async fn list_all(
-    State(s): State<ApiState>,
-    Path(plural): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
+async fn list_all(State(s): State<ApiState>, Path(plural): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
     let kind = kind_for(&plural)?;
-    let ns = if kind.namespaced() {
-        None
-    } else {
-        Some(String::new())
-    };
+    let ns = if kind.namespaced() { None } else { Some(String::new()) };
     list(s, kind, ns, parse_query(q)?).await
 }
 
 async fn list(s: ApiState, kind: Kind, namespace: Option<String>, q: Query) -> ApiResult {
-    let prefix = Prefix {
-        kind: kind.plural().to_string(),
-        namespace,
-    };
+    let prefix = Prefix { kind: kind.plural().to_string(), namespace };
     if q.watch {
         return watch(s, prefix, q).await;
     }
-    let (items, revision) = s
-        .inner
-        .store
-        .list(&prefix, q.label_selector.as_ref())
-        .await?;
+    let (items, revision) = s.inner.store.list(&prefix, q.label_selector.as_ref()).await?;
     let items = items.iter().map(present).collect::<Result<Vec<_>, _>>()?;
     Ok(json_response(
         StatusCode::OK,
@@ -407,18 +316,12 @@ async fn list(s: ApiState, kind: Kind, namespace: Option<String>, q: Query) -> A
     ))
 }
 
-async fn get_ns(
-    State(s): State<ApiState>,
-    Path((ns, plural, name)): Path<(String, String, String)>,
-) -> ApiResult {
+async fn get_ns(State(s): State<ApiState>, Path((ns, plural, name)): Path<(String, String, String)>) -> ApiResult {
     let (kind, ns) = scope(&plural, Some(&ns))?;
     get_one(s, Key::new(kind.plural(), ns, name)).await
 }
 
-async fn get_cluster(
-    State(s): State<ApiState>,
-    Path((plural, name)): Path<(String, String)>,
-) -> ApiResult {
+async fn get_cluster(State(s): State<ApiState>, Path((plural, name)): Path<(String, String)>) -> ApiResult {
     let (kind, ns) = scope(&plural, None)?;
     get_one(s, Key::new(kind.plural(), ns, name)).await
 }
@@ -466,13 +369,8 @@ async fn create(s: ApiState, kind: Kind, ns: String, q: Query, body: Bytes) -> A
 fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
     let mut object = object.clone();
     object::strip_for_storage(&mut object);
-    serde_json::to_vec(&object).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        )
-    })
+    serde_json::to_vec(&object)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
 }
 
 async fn update_ns(
@@ -507,10 +405,7 @@ async fn update(s: ApiState, kind: Kind, ns: String, name: String, body: Bytes) 
         )));
     }
     let key = Key::new(kind.plural(), ns, name);
-    write_with(&s, &key, expected, |stored| {
-        Ok(object::merge_update(stored, &doc.object, true))
-    })
-    .await
+    write_with(&s, &key, expected, |stored| Ok(object::merge_update(stored, &doc.object, true))).await
 }
 
 async fn status_ns(
@@ -538,10 +433,7 @@ async fn status(s: ApiState, key: Key, body: Bytes) -> ApiResult {
     if !body.get("status").is_none_or(Value::is_object) {
         return Err(ApiError::bad_request("status: expected an object"));
     }
-    write_with(&s, &key, expected, |stored| {
-        Ok(object::merge_status(stored, &body))
-    })
-    .await
+    write_with(&s, &key, expected, |stored| Ok(object::merge_status(stored, &body))).await
 }
 
 /// Read-modify-write with compare-and-swap. With `expected`, one attempt (409 when stale); without, retry on
@@ -553,35 +445,18 @@ async fn write_with(
     change: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> ApiResult {
     for _ in 0..16 {
-        let current = s
-            .inner
-            .store
-            .get(key)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let current = s.inner.store.get(key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
         if let Some(expected) = expected {
             if expected != current.revision {
-                return Err(StoreError::Conflict {
-                    key: key.clone(),
-                    expected,
-                    actual: current.revision,
-                }
-                .into());
+                return Err(StoreError::Conflict { key: key.clone(), expected, actual: current.revision }.into());
             }
         }
         let stored = present(&current)?;
         let mut next = change(&stored)?;
-        if object::desired_view(&next) == object::desired_view(&stored)
-            && next.get("status") == stored.get("status")
-        {
+        if object::desired_view(&next) == object::desired_view(&stored) && next.get("status") == stored.get("status") {
             return Ok(json_response(StatusCode::OK, &stored));
         }
-        match s
-            .inner
-            .store
-            .update(key, encode(&next)?, current.revision)
-            .await
-        {
+        match s.inner.store.update(key, encode(&next)?, current.revision).await {
             Ok(revision) => {
                 object::set_resource_version(&mut next, revision);
                 return Ok(json_response(StatusCode::OK, &next));
@@ -590,11 +465,7 @@ async fn write_with(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "Conflict",
-        format!("{key}: too many concurrent writers, try again"),
-    ))
+    Err(ApiError::new(StatusCode::CONFLICT, "Conflict", format!("{key}: too many concurrent writers, try again")))
 }
 
 async fn delete_ns(
@@ -616,12 +487,7 @@ async fn delete_cluster(
 }
 
 async fn delete(s: ApiState, key: Key, q: Query) -> ApiResult {
-    let current = s
-        .inner
-        .store
-        .get(&key)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+    let current = s.inner.store.get(&key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
     let expected = q.resource_version.unwrap_or(current.revision);
     let revision = s.inner.store.delete(&key, Some(expected)).await?;
     let mut object = present(&current)?;
@@ -662,12 +528,7 @@ async fn apply(State(s): State<ApiState>, RawQuery(q): RawQuery, body: Bytes) ->
                 if q.dry_run {
                     return Ok(applied("configured", &next, &doc.warnings));
                 }
-                match s
-                    .inner
-                    .store
-                    .update(&key, encode(&next)?, current.revision)
-                    .await
-                {
+                match s.inner.store.update(&key, encode(&next)?, current.revision).await {
                     Ok(rev) => {
                         object::set_resource_version(&mut next, rev);
                         return Ok(applied("configured", &next, &doc.warnings));
@@ -678,18 +539,11 @@ async fn apply(State(s): State<ApiState>, RawQuery(q): RawQuery, body: Bytes) ->
             }
         }
     }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "Conflict",
-        format!("{key}: too many concurrent writers, try again"),
-    ))
+    Err(ApiError::new(StatusCode::CONFLICT, "Conflict", format!("{key}: too many concurrent writers, try again")))
 }
 
 fn applied(result: &str, object: &Value, warnings: &[String]) -> Response {
-    json_response(
-        StatusCode::OK,
-        &json!({"result": result, "object": object, "warnings": warnings}),
-    )
+    json_response(StatusCode::OK, &json!({"result": result, "object": object, "warnings": warnings}))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -704,11 +558,7 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 struct WatchGuard(ApiState);
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        self.0
-            .inner
-            .metrics
-            .watches_open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.0.inner.metrics.watches_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -717,20 +567,14 @@ impl Drop for WatchGuard {
 async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
     let selector = q.label_selector.clone();
     let matches = move |v: &Value| {
-        let labels: discovery::Labels = v
-            .pointer("/metadata/labels")
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
-            .unwrap_or_default();
+        let labels: discovery::Labels =
+            v.pointer("/metadata/labels").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();
         selector.as_ref().is_none_or(|sel| sel.matches(&labels))
     };
     let (initial, from) = match q.resource_version {
         Some(rv) => (Vec::new(), rv),
         None => {
-            let (items, rev) = s
-                .inner
-                .store
-                .list(&prefix, q.label_selector.as_ref())
-                .await?;
+            let (items, rev) = s.inner.store.list(&prefix, q.label_selector.as_ref()).await?;
             (items, rev)
         }
     };
@@ -742,10 +586,7 @@ async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
     }
     let events = match s.inner.store.watch(&prefix, from).await {
         Ok(events) => events,
-        Err(StoreError::Compacted {
-            requested,
-            compacted,
-        }) => {
+        Err(StoreError::Compacted { requested, compacted }) => {
             let msg = format!("too old resource version: {requested} ({compacted})");
             let line = event_line("ERROR", &status_body(StatusCode::GONE, "Expired", &msg));
             return Ok(stream_response(Body::from(line)));
@@ -758,50 +599,28 @@ async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
     let stream = events.filter_map(move |event| {
         let _ = &guard;
         let line = match event {
-            Err(StoreError::Compacted {
-                requested,
-                compacted,
-            }) => {
+            Err(StoreError::Compacted { requested, compacted }) => {
                 let msg = format!("too old resource version: {requested} ({compacted})");
-                Some(event_line(
-                    "ERROR",
-                    &status_body(StatusCode::GONE, "Expired", &msg),
-                ))
+                Some(event_line("ERROR", &status_body(StatusCode::GONE, "Expired", &msg)))
             }
             Err(e) => Some(event_line(
                 "ERROR",
-                &status_body(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    &e.to_string(),
-                ),
+                &status_body(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e.to_string()),
             )),
             Ok(StoreEvent::Put { object, created }) => match present(&object) {
                 Err(_) => None,
                 Ok(value) if matches(&value) => {
                     let seen = !visible.insert(object.key.clone());
-                    let kind = if created || (filtered && !seen) {
-                        "ADDED"
-                    } else {
-                        "MODIFIED"
-                    };
+                    let kind = if created || (filtered && !seen) { "ADDED" } else { "MODIFIED" };
                     Some(event_line(kind, &value))
                 }
-                Ok(value) => visible
-                    .remove(&object.key)
-                    .then(|| event_line("DELETED", &value)),
+                Ok(value) => visible.remove(&object.key).then(|| event_line("DELETED", &value)),
             },
-            Ok(StoreEvent::Delete {
-                key,
-                revision,
-                prev,
-            }) => {
+            Ok(StoreEvent::Delete { key, revision, prev }) => {
                 let was_visible = visible.remove(&key) || !filtered;
                 let mut value = prev
                     .and_then(|p| serde_json::from_slice::<Value>(&p).ok())
-                    .unwrap_or_else(
-                        || json!({"metadata": {"name": key.name, "namespace": key.namespace}}),
-                    );
+                    .unwrap_or_else(|| json!({"metadata": {"name": key.name, "namespace": key.namespace}}));
                 object::set_resource_version(&mut value, revision);
                 (was_visible && matches(&value)).then(|| event_line("DELETED", &value))
             }
@@ -814,10 +633,7 @@ async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
 
 fn stream_response(body: Body) -> Response {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     (StatusCode::OK, headers, body).into_response()
 }
@@ -827,25 +643,16 @@ fn stream_response(body: Body) -> Response {
 
 /// `GET /discovery/v1/endpoints?selector=S[&selector=S2][&namespace=NS]`: ready endpoints matching any
 /// selector. `?watch=true&revision=N&selector=S`: the registry's change stream after revision N.
-async fn discovery_endpoints(
-    State(s): State<ApiState>,
-    method: Method,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
+async fn discovery_endpoints(State(s): State<ApiState>, method: Method, RawQuery(q): RawQuery) -> ApiResult {
     let _ = method;
     let q = parse_query(q)?;
-    let registry = s.inner.registry.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Unavailable",
-            "this server has no registry",
-        )
-    })?;
+    let registry =
+        s.inner.registry.clone().ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "this server has no registry")
+        })?;
     if q.watch {
         if q.selectors.len() > 1 {
-            return Err(ApiError::bad_request(
-                "query parameter selector: a watch takes at most one selector",
-            ));
+            return Err(ApiError::bad_request("query parameter selector: a watch takes at most one selector"));
         }
         let selector = q.selectors.into_iter().next().unwrap_or_default();
         let from = q.revision.unwrap_or_else(|| registry.revision());
@@ -859,11 +666,7 @@ async fn discovery_endpoints(
         return Ok(stream_response(Body::from_stream(stream)));
     }
     let snapshot = registry.snapshot();
-    let selectors = if q.selectors.is_empty() {
-        vec![Selector::everything()]
-    } else {
-        q.selectors
-    };
+    let selectors = if q.selectors.is_empty() { vec![Selector::everything()] } else { q.selectors };
     let mut seen = HashSet::new();
     let mut items = Vec::new();
     for sel in &selectors {
@@ -873,8 +676,5 @@ async fn discovery_endpoints(
             }
         }
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"revision": snapshot.revision(), "items": items}),
-    ))
+    Ok(json_response(StatusCode::OK, &json!({"revision": snapshot.revision(), "items": items})))
 }

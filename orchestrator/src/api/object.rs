@@ -52,9 +52,7 @@ fn metadata_mut(object: &mut Value) -> &mut Map<String, Value> {
     if !object.get("metadata").is_some_and(Value::is_object) {
         object["metadata"] = Value::Object(Map::new());
     }
-    object["metadata"]
-        .as_object_mut()
-        .expect("metadata was just made an object")
+    object["metadata"].as_object_mut().expect("metadata was just made an object")
 }
 
 /// `metadata.resourceVersion` as a number, if present and well-formed.
@@ -62,23 +60,18 @@ pub fn resource_version(object: &Value) -> Result<Option<u64>, String> {
     match metadata(object).and_then(|m| m.get("resourceVersion")) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("metadata.resourceVersion: {s:?} is not a revision")),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| "metadata.resourceVersion: not a revision".to_string()),
+        Some(Value::String(s)) => {
+            s.parse().map(Some).map_err(|_| format!("metadata.resourceVersion: {s:?} is not a revision"))
+        }
+        Some(Value::Number(n)) => {
+            n.as_u64().map(Some).ok_or_else(|| "metadata.resourceVersion: not a revision".to_string())
+        }
         Some(_) => Err("metadata.resourceVersion: expected a string".to_string()),
     }
 }
 
 pub fn set_resource_version(object: &mut Value, revision: u64) {
-    metadata_mut(object).insert(
-        "resourceVersion".into(),
-        Value::String(revision.to_string()),
-    );
+    metadata_mut(object).insert("resourceVersion".into(), Value::String(revision.to_string()));
 }
 
 /// Remove fields that the store derives (`resourceVersion`) before writing bytes.
@@ -93,10 +86,7 @@ pub fn now_rfc3339() -> String {
 /// Fill system metadata for a new object.
 pub fn prepare_create(object: &mut Value) {
     let meta = metadata_mut(object);
-    meta.insert(
-        "uid".into(),
-        Value::String(uuid::Uuid::new_v4().to_string()),
-    );
+    meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
     meta.insert("generation".into(), Value::from(1u64));
     meta.remove("resourceVersion");
@@ -110,12 +100,7 @@ pub fn merge_update(stored: &Value, desired: &Value, keep_status: bool) -> Value
     let old_meta = metadata(stored).cloned().unwrap_or_default();
     let spec_changed = generation_view(stored) != generation_view(desired);
     let meta = metadata_mut(&mut out);
-    for key in [
-        "uid",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "ownerReferences",
-    ] {
+    for key in ["uid", "creationTimestamp", "deletionTimestamp", "ownerReferences"] {
         match old_meta.get(key) {
             Some(v) if !meta.contains_key(key) => {
                 meta.insert(key.to_string(), v.clone());
@@ -123,18 +108,8 @@ pub fn merge_update(stored: &Value, desired: &Value, keep_status: bool) -> Value
             _ => {}
         }
     }
-    let generation = old_meta
-        .get("generation")
-        .and_then(Value::as_u64)
-        .unwrap_or(1);
-    meta.insert(
-        "generation".into(),
-        Value::from(if spec_changed {
-            generation + 1
-        } else {
-            generation
-        }),
-    );
+    let generation = old_meta.get("generation").and_then(Value::as_u64).unwrap_or(1);
+    meta.insert("generation".into(), Value::from(if spec_changed { generation + 1 } else { generation }));
     meta.remove("resourceVersion");
     if keep_status {
         match stored.get("status") {
@@ -182,28 +157,17 @@ mod tests {
     #[test]
     fn merge_update_keeps_status_and_bumps_generation_on_spec_change() {
         let stored = json!({"metadata":{"name":"web","uid":"u","generation":3},"spec":{"replicas":2},"status":{"x":1}});
-        let same = merge_update(
-            &stored,
-            &json!({"metadata":{"name":"web"},"spec":{"replicas":2}}),
-            true,
-        );
+        let same = merge_update(&stored, &json!({"metadata":{"name":"web"},"spec":{"replicas":2}}), true);
         assert_eq!(same["metadata"]["generation"], 3);
         assert_eq!(same["status"]["x"], 1);
         assert_eq!(same["metadata"]["uid"], "u");
-        let changed = merge_update(
-            &stored,
-            &json!({"metadata":{"name":"web"},"spec":{"replicas":5}}),
-            true,
-        );
+        let changed = merge_update(&stored, &json!({"metadata":{"name":"web"},"spec":{"replicas":5}}), true);
         assert_eq!(changed["metadata"]["generation"], 4);
     }
 
     #[test]
     fn resource_version_parses_strings_and_rejects_garbage() {
-        assert_eq!(
-            resource_version(&json!({"metadata":{"resourceVersion":"12"}})),
-            Ok(Some(12))
-        );
+        assert_eq!(resource_version(&json!({"metadata":{"resourceVersion":"12"}})), Ok(Some(12)));
         assert_eq!(resource_version(&json!({"metadata":{}})), Ok(None));
         assert!(resource_version(&json!({"metadata":{"resourceVersion":"abc"}})).is_err());
     }

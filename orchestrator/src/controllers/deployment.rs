@@ -19,8 +19,8 @@
 
 use crate::model::well_known::{POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
 use crate::model::{
-    find_condition, Condition, ConditionStatus, Deployment, DeploymentStatus, ObjectMeta,
-    OwnerReference, Pod, PodPhase, PodTemplateSpec, StrategyType, Time,
+    find_condition, Condition, ConditionStatus, Deployment, DeploymentStatus, ObjectMeta, OwnerReference, Pod,
+    PodPhase, PodTemplateSpec, StrategyType, Time,
 };
 use crate::scheduler::SeededRng;
 use serde::{Deserialize, Serialize};
@@ -109,9 +109,7 @@ pub struct DeploymentConfig {
 
 impl Default for DeploymentConfig {
     fn default() -> Self {
-        DeploymentConfig {
-            drain: Duration::from_secs(2),
-        }
+        DeploymentConfig { drain: Duration::from_secs(2) }
     }
 }
 
@@ -142,11 +140,7 @@ pub fn owns(deployment: &Deployment, pod: &Pod) -> bool {
 
 /// The controlling Deployment's name, if a Deployment owns this pod.
 pub fn owner_name(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .owner_references
-        .iter()
-        .find(|o| o.kind == "Deployment")
-        .map(|o| o.name.as_str())
+    pod.metadata.owner_references.iter().find(|o| o.kind == "Deployment").map(|o| o.name.as_str())
 }
 
 /// The template of revision `to` (or, with `None`, of the revision before the current one), for
@@ -158,20 +152,14 @@ pub fn rollback_template(
 ) -> Option<&PodTemplateSpec> {
     let target = match to {
         Some(n) => records.iter().find(|r| r.revision == n)?,
-        None => records
-            .iter()
-            .filter(|r| r.revision < current_revision)
-            .max_by_key(|r| r.revision)?,
+        None => records.iter().filter(|r| r.revision < current_revision).max_by_key(|r| r.revision)?,
     };
     Some(&target.template)
 }
 
 /// Pods of this revision.
 fn hash_of(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .labels
-        .get(POD_TEMPLATE_HASH_LABEL)
-        .map(String::as_str)
+    pod.metadata.labels.get(POD_TEMPLATE_HASH_LABEL).map(String::as_str)
 }
 
 fn ready_since(pod: &Pod) -> Option<SystemTime> {
@@ -180,11 +168,7 @@ fn ready_since(pod: &Pod) -> Option<SystemTime> {
     if c.status != ConditionStatus::True {
         return None;
     }
-    Some(
-        c.last_transition_time
-            .map(|t| t.0)
-            .unwrap_or(SystemTime::UNIX_EPOCH),
-    )
+    Some(c.last_transition_time.map(|t| t.0).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
 /// Ready for at least `min_ready`; `Err(remaining)` when ready but not yet long enough.
@@ -211,20 +195,15 @@ fn deletion_order(a: &&Pod, b: &&Pod) -> std::cmp::Ordering {
     let ra = a.is_ready();
     let rb = b.is_ready();
     ra.cmp(&rb)
-        .then_with(|| {
-            b.metadata
-                .creation_timestamp
-                .cmp(&a.metadata.creation_timestamp)
-        })
+        .then_with(|| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp))
         .then_with(|| b.metadata.name.cmp(&a.metadata.name))
 }
 
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn pod_name(deployment: &str, hash: &str, rng: &mut SeededRng) -> String {
-    let suffix: String = (0..5)
-        .map(|_| NAME_ALPHABET[rng.below(NAME_ALPHABET.len() as u64) as usize] as char)
-        .collect();
+    let suffix: String =
+        (0..5).map(|_| NAME_ALPHABET[rng.below(NAME_ALPHABET.len() as u64) as usize] as char).collect();
     format!("{deployment}-{hash}-{suffix}")
 }
 
@@ -289,76 +268,48 @@ pub fn reconcile(
             max_revision + 1
         }
         None => {
-            plan.actions
-                .push(Action::PutRevision(Box::new(RevisionRecord {
-                    namespace: d.metadata.namespace.clone(),
-                    deployment: d.metadata.name.clone(),
-                    revision: max_revision + 1,
-                    hash: hash.clone(),
-                    template: d.spec.template.clone(),
-                    created: Some(Time(now)),
-                })));
+            plan.actions.push(Action::PutRevision(Box::new(RevisionRecord {
+                namespace: d.metadata.namespace.clone(),
+                deployment: d.metadata.name.clone(),
+                revision: max_revision + 1,
+                hash: hash.clone(),
+                template: d.spec.template.clone(),
+                created: Some(Time(now)),
+            })));
             max_revision + 1
         }
     };
-    if d.metadata
-        .annotations
-        .get(REVISION_ANNOTATION)
-        .and_then(|v| v.parse::<u64>().ok())
-        != Some(revision)
-    {
+    if d.metadata.annotations.get(REVISION_ANNOTATION).and_then(|v| v.parse::<u64>().ok()) != Some(revision) {
         plan.actions.push(Action::SetRevisionAnnotation(revision));
     }
     // History: keep the current revision, revisions with live pods, and the newest `revisionHistoryLimit`
     // others.
-    let mut old: Vec<&RevisionRecord> = records
-        .iter()
-        .filter(|r| r.hash != hash && !pods.iter().any(|p| hash_of(p) == Some(&r.hash)))
-        .collect();
+    let mut old: Vec<&RevisionRecord> =
+        records.iter().filter(|r| r.hash != hash && !pods.iter().any(|p| hash_of(p) == Some(&r.hash))).collect();
     old.sort_by_key(|r| std::cmp::Reverse(r.revision));
-    for r in old
-        .iter()
-        .skip(d.spec.revision_history_limit.max(0) as usize)
-    {
+    for r in old.iter().skip(d.spec.revision_history_limit.max(0) as usize) {
         plan.actions.push(Action::DeleteRevision { name: r.name() });
     }
 
     // Terminating pods: remove after the drain period.
     for p in pods.iter().filter(|p| p.is_terminating()) {
-        let since = p
-            .metadata
-            .deletion_timestamp
-            .map(|t| t.0)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let since = p.metadata.deletion_timestamp.map(|t| t.0).unwrap_or(SystemTime::UNIX_EPOCH);
         let age = now.duration_since(since).unwrap_or_default();
         if age >= config.drain {
-            plan.actions.push(Action::RemovePod {
-                name: p.metadata.name.clone(),
-            });
+            plan.actions.push(Action::RemovePod { name: p.metadata.name.clone() });
         } else {
             plan.requeue_after = min_some(plan.requeue_after, config.drain - age);
         }
     }
     // Finished pods are replaced.
     let mut deleting: Vec<&Pod> = Vec::new();
-    for p in pods
-        .iter()
-        .filter(|p| !p.is_terminating() && is_finished(p))
-    {
-        plan.actions.push(Action::DeletePod {
-            name: p.metadata.name.clone(),
-            reason: DeleteReason::Failed,
-        });
+    for p in pods.iter().filter(|p| !p.is_terminating() && is_finished(p)) {
+        plan.actions.push(Action::DeletePod { name: p.metadata.name.clone(), reason: DeleteReason::Failed });
         plan.requeue_after = min_some(plan.requeue_after, config.drain);
         deleting.push(p);
     }
-    let active: Vec<&Pod> = pods
-        .iter()
-        .filter(|p| !p.is_terminating() && !is_finished(p))
-        .collect();
-    let (new, old): (Vec<&Pod>, Vec<&Pod>) = active
-        .iter()
-        .partition(|p| hash_of(p) == Some(hash.as_str()));
+    let active: Vec<&Pod> = pods.iter().filter(|p| !p.is_terminating() && !is_finished(p)).collect();
+    let (new, old): (Vec<&Pod>, Vec<&Pod>) = active.iter().partition(|p| hash_of(p) == Some(hash.as_str()));
     let mut available_count = 0i32;
     for p in &active {
         match availability(p, now, min_ready) {
@@ -378,23 +329,14 @@ pub fn reconcile(
                     for p in &old {
                         delete.push((p, DeleteReason::OldRevision));
                     }
-                } else if pods
-                    .iter()
-                    .any(|p| p.is_terminating() && hash_of(p) != Some(hash.as_str()))
-                {
+                } else if pods.iter().any(|p| p.is_terminating() && hash_of(p) != Some(hash.as_str())) {
                     // Wait until every old pod is gone before starting the new revision.
                 } else {
                     create = replicas - new.len() as i32;
                 }
             }
             StrategyType::RollingUpdate => {
-                let (surge, unavailable) = d
-                    .spec
-                    .strategy
-                    .rolling_update
-                    .clone()
-                    .unwrap_or_default()
-                    .resolve(replicas);
+                let (surge, unavailable) = d.spec.strategy.rolling_update.clone().unwrap_or_default().resolve(replicas);
                 let max_total = replicas + surge;
                 let min_available = replicas - unavailable;
                 if (new.len() as i32) < replicas {
@@ -429,35 +371,20 @@ pub fn reconcile(
         plan.requeue_after = min_some(plan.requeue_after, config.drain);
     }
     for (p, reason) in delete {
-        plan.actions.push(Action::DeletePod {
-            name: p.metadata.name.clone(),
-            reason,
-        });
+        plan.actions.push(Action::DeletePod { name: p.metadata.name.clone(), reason });
     }
     for _ in 0..create.max(0) {
-        plan.actions.push(Action::CreatePod(Box::new(new_pod(
-            d, &hash, revision, now, rng,
-        ))));
+        plan.actions.push(Action::CreatePod(Box::new(new_pod(d, &hash, revision, now, rng))));
     }
 
     // Status.
-    let complete = new.len() as i32 == replicas
-        && old.is_empty()
-        && new.iter().all(|p| is_available(p))
-        && deleting.is_empty();
+    let complete =
+        new.len() as i32 == replicas && old.is_empty() && new.iter().all(|p| is_available(p)) && deleting.is_empty();
     let ready_count = active.iter().filter(|p| p.is_ready()).count() as i32;
     let previous = d.status.clone().unwrap_or_default();
     let unavailable_allowed = match d.spec.strategy.type_ {
         StrategyType::Recreate => 0,
-        StrategyType::RollingUpdate => {
-            d.spec
-                .strategy
-                .rolling_update
-                .clone()
-                .unwrap_or_default()
-                .resolve(replicas)
-                .1
-        }
+        StrategyType::RollingUpdate => d.spec.strategy.rolling_update.clone().unwrap_or_default().resolve(replicas).1,
     };
     let mut status = DeploymentStatus {
         observed_generation: d.metadata.generation,
@@ -473,23 +400,13 @@ pub fn reconcile(
     status.conditions.push(condition(
         &previous.conditions,
         "Available",
-        if available_ok {
-            ConditionStatus::True
-        } else {
-            ConditionStatus::False
-        },
-        if available_ok {
-            "MinimumReplicasAvailable"
-        } else {
-            "MinimumReplicasUnavailable"
-        },
+        if available_ok { ConditionStatus::True } else { ConditionStatus::False },
+        if available_ok { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
         format!("{available_count} of {replicas} replicas available"),
         now,
         false,
     ));
-    status.conditions.push(progressing(
-        d, &previous, &status, complete, revision, now, &mut plan,
-    ));
+    status.conditions.push(progressing(d, &previous, &status, complete, revision, now, &mut plan));
     if d.status.as_ref() != Some(&status) {
         plan.actions.push(Action::UpdateStatus(status));
     }
@@ -513,9 +430,7 @@ fn condition(
         _ => Some(Time(now)),
     };
     let update = match prev {
-        Some(p) if p.status == status && p.reason.as_deref() == Some(reason) && !touch => {
-            p.last_update_time
-        }
+        Some(p) if p.status == status && p.reason.as_deref() == Some(reason) && !touch => p.last_update_time,
         _ => Some(Time(now)),
     };
     Condition {
@@ -579,14 +494,7 @@ fn progressing(
             false,
         );
     }
-    plan.requeue_after = min_some(
-        plan.requeue_after,
-        if progressed {
-            deadline
-        } else {
-            deadline - since
-        },
-    );
+    plan.requeue_after = min_some(plan.requeue_after, if progressed { deadline } else { deadline - since });
     condition(
         &previous.conditions,
         "Progressing",

@@ -20,11 +20,7 @@ use std::sync::Arc;
 pub fn selects(service: &Service, pod: &Pod) -> bool {
     service.metadata.namespace == pod.metadata.namespace
         && !service.spec.selector.is_empty()
-        && service
-            .spec
-            .selector
-            .iter()
-            .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+        && service.spec.selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
 }
 
 /// The endpoint of one pod, whether or not a Service selects it; `None` when it cannot receive traffic at
@@ -41,39 +37,26 @@ pub fn pod_endpoint(pod: &Pod, node: Option<&Node>) -> Option<Endpoint> {
         .or_else(|| node.and_then(Node::address).and_then(|a| a.parse().ok()))?;
     let mut ports = Vec::new();
     for c in &pod.spec.containers {
-        let reported =
-            status.and_then(|s| s.container_statuses.iter().find(|cs| cs.name == c.name));
+        let reported = status.and_then(|s| s.container_statuses.iter().find(|cs| cs.name == c.name));
         for p in &c.ports {
             let host = reported
                 .and_then(|r| {
-                    r.ports.iter().find(|rp| {
-                        rp.container_port == p.container_port && rp.protocol == p.protocol
-                    })
+                    r.ports.iter().find(|rp| rp.container_port == p.container_port && rp.protocol == p.protocol)
                 })
                 .map(|rp| rp.host_port)
                 .unwrap_or(p.container_port);
             if let Ok(port) = u16::try_from(host) {
-                ports.push(EndpointPort {
-                    name: p.name.clone(),
-                    port,
-                    protocol: p.protocol,
-                });
+                ports.push(EndpointPort { name: p.name.clone(), port, protocol: p.protocol });
             }
         }
         // Ports the runtime reports that the spec does not declare (e.g. the process runtime's `PORT`).
         if let Some(r) = reported {
             for rp in &r.ports {
-                let declared = c
-                    .ports
-                    .iter()
-                    .any(|p| p.container_port == rp.container_port && p.protocol == rp.protocol);
+                let declared =
+                    c.ports.iter().any(|p| p.container_port == rp.container_port && p.protocol == rp.protocol);
                 if !declared {
                     if let Ok(port) = u16::try_from(rp.host_port) {
-                        ports.push(EndpointPort {
-                            name: rp.name.clone(),
-                            port,
-                            protocol: rp.protocol,
-                        });
+                        ports.push(EndpointPort { name: rp.name.clone(), port, protocol: rp.protocol });
                     }
                 }
             }
@@ -99,18 +82,11 @@ pub fn pod_endpoint(pod: &Pod, node: Option<&Node>) -> Option<Endpoint> {
 
 /// Endpoints for every pod selected by at least one of `services`.
 pub fn endpoints_for(services: &[Service], pods: &[Pod], nodes: &[Node]) -> Vec<Endpoint> {
-    let nodes: HashMap<&str, &Node> = nodes
-        .iter()
-        .map(|n| (n.metadata.name.as_str(), n))
-        .collect();
+    let nodes: HashMap<&str, &Node> = nodes.iter().map(|n| (n.metadata.name.as_str(), n)).collect();
     pods.iter()
         .filter(|p| services.iter().any(|s| selects(s, p)))
         .filter_map(|p| {
-            let node = p
-                .spec
-                .node_name
-                .as_deref()
-                .and_then(|n| nodes.get(n).copied());
+            let node = p.spec.node_name.as_deref().and_then(|n| nodes.get(n).copied());
             pod_endpoint(p, node)
         })
         .collect()
@@ -121,11 +97,7 @@ pub fn service_objects(service: &Service) -> Vec<Object> {
 }
 
 pub fn route_objects(route: &Route) -> Vec<Object> {
-    route
-        .to_discovery()
-        .into_iter()
-        .map(|r| Object::Route(Arc::new(r)))
-        .collect()
+    route.to_discovery().into_iter().map(|r| Object::Route(Arc::new(r))).collect()
 }
 
 /// A `kubernetes.io/tls` Secret as a certificate (PEM `tls.crt` and `tls.key`); nothing for other Secrets or
@@ -162,11 +134,7 @@ pub fn desired_objects(
         .flat_map(service_objects)
         .chain(routes.iter().flat_map(route_objects))
         .chain(secrets.iter().flat_map(secret_objects))
-        .chain(
-            endpoints_for(services, pods, nodes)
-                .into_iter()
-                .map(|e| Object::Endpoint(Arc::new(e))),
-        );
+        .chain(endpoints_for(services, pods, nodes).into_iter().map(|e| Object::Endpoint(Arc::new(e))));
     for o in objects {
         out.insert(o.key(), o);
     }
@@ -181,11 +149,7 @@ pub fn diff(current: &Snapshot, desired: &BTreeMap<ObjectKey, Object>) -> Vec<Ch
         .services()
         .map(|s| Object::Service(s.clone()))
         .chain(current.routes().map(|r| Object::Route(r.clone())))
-        .chain(
-            current
-                .certificates()
-                .map(|c| Object::Certificate(c.clone())),
-        )
+        .chain(current.certificates().map(|c| Object::Certificate(c.clone())))
         .chain(current.all_endpoints().map(|e| Object::Endpoint(e.clone())));
     for o in existing {
         if !desired.contains_key(&o.key()) {

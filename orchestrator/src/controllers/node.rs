@@ -21,11 +21,7 @@ pub enum NodeAction {
     /// Set the node's `Ready` condition to `Unknown` with reason `NodeStatusUnknown`.
     MarkNotReady { node: String, silent_for: Duration },
     /// Delete the pod from the store: its node is lost.
-    EvictPod {
-        namespace: String,
-        name: String,
-        node: String,
-    },
+    EvictPod { namespace: String, name: String, node: String },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,20 +36,13 @@ pub fn reconcile_nodes(nodes: &[Node], pods: &[Pod], now: SystemTime, grace: Dur
     let mut plan = NodePlan::default();
     let mut lost: HashMap<&str, bool> = HashMap::with_capacity(nodes.len());
     for n in nodes {
-        let last = n
-            .heartbeat()
-            .map(|t| t.0)
-            .or(n.metadata.creation_timestamp.map(|t| t.0));
+        let last = n.heartbeat().map(|t| t.0).or(n.metadata.creation_timestamp.map(|t| t.0));
         let silent = last.map(|t| now.duration_since(t).unwrap_or_default());
         let stale = silent.is_none_or(|s| s >= grace);
         if stale {
-            let already_marked = n
-                .status
-                .as_ref()
-                .and_then(|s| find_condition(&s.conditions, "Ready"))
-                .is_some_and(|c| {
-                    c.status != ConditionStatus::True
-                        && c.reason.as_deref() == Some(NODE_STATUS_UNKNOWN)
+            let already_marked =
+                n.status.as_ref().and_then(|s| find_condition(&s.conditions, "Ready")).is_some_and(|c| {
+                    c.status != ConditionStatus::True && c.reason.as_deref() == Some(NODE_STATUS_UNKNOWN)
                 });
             if !already_marked {
                 plan.actions.push(NodeAction::MarkNotReady {

@@ -17,9 +17,7 @@ use super::deployment::{self, Action, DeploymentConfig, RevisionRecord, REVISION
 use super::endpoints;
 use super::node::{self, NodeAction, NODE_STATUS_UNKNOWN};
 use crate::clock::Clock;
-use crate::model::{
-    Condition, ConditionStatus, Deployment, Node, Pod, Route, Secret, Service, Time,
-};
+use crate::model::{Condition, ConditionStatus, Deployment, Node, Pod, Route, Secret, Service, Time};
 use crate::scheduler::SeededRng;
 use crate::store::{Key, Prefix, Store, StoreError, StoreEvent, Versioned};
 use discovery::{Change, Object, ObjectKey, Registry};
@@ -71,13 +69,7 @@ impl Controllers {
         clock: Arc<dyn Clock>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Controllers {
-        Self::start_with(
-            store,
-            registry,
-            clock,
-            ControllersConfig::default(),
-            shutdown,
-        )
+        Self::start_with(store, registry, clock, ControllersConfig::default(), shutdown)
     }
 
     pub fn start_with(
@@ -105,18 +97,8 @@ impl Controllers {
             seed,
             stop_rx.clone(),
         )));
-        tasks.push(tokio::spawn(run_nodes(
-            store.clone(),
-            clock.clone(),
-            config.node_grace,
-            stop_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(run_endpoints(
-            store,
-            registry,
-            config.resync,
-            stop_rx,
-        )));
+        tasks.push(tokio::spawn(run_nodes(store.clone(), clock.clone(), config.node_grace, stop_rx.clone())));
+        tasks.push(tokio::spawn(run_endpoints(store, registry, config.resync, stop_rx)));
         Controllers { tasks }
     }
 
@@ -154,10 +136,7 @@ fn spawn_feeds(
         let store = store.clone();
         let tx = tx.clone();
         let mut stop = stop.clone();
-        let prefix = Prefix {
-            kind: (*kind).to_string(),
-            namespace: None,
-        };
+        let prefix = Prefix { kind: (*kind).to_string(), namespace: None };
         tokio::spawn(async move {
             loop {
                 let fed = async {
@@ -167,13 +146,7 @@ fn spawn_feeds(
                     }
                     let mut events = store.watch(&prefix, revision).await?;
                     while let Some(event) = events.next().await {
-                        if tx
-                            .send(Feed::Event {
-                                kind: i,
-                                event: event?,
-                            })
-                            .is_err()
-                        {
+                        if tx.send(Feed::Event { kind: i, event: event? }).is_err() {
                             return Ok(());
                         }
                     }
@@ -210,10 +183,7 @@ struct Cache<T> {
 
 impl<T: DeserializeOwned> Cache<T> {
     fn new() -> Self {
-        Cache {
-            objects: HashMap::new(),
-            tombstones: HashMap::new(),
-        }
+        Cache { objects: HashMap::new(), tombstones: HashMap::new() }
     }
 
     fn decode(v: &Versioned) -> Option<T> {
@@ -251,8 +221,7 @@ impl<T: DeserializeOwned> Cache<T> {
                     return None;
                 }
                 let t = Self::decode(&object)?;
-                self.objects
-                    .insert(object.key.clone(), (object.revision, t));
+                self.objects.insert(object.key.clone(), (object.revision, t));
                 Some(object.key)
             }
             StoreEvent::Delete { key, revision, .. } => {
@@ -330,9 +299,7 @@ async fn update_with<T: Serialize + DeserializeOwned + Clone>(
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Backend(format!(
-        "{key}: too many concurrent writers"
-    )))
+    Err(StoreError::Backend(format!("{key}: too many concurrent writers")))
 }
 
 async fn wait_stop(stop: &mut watch::Receiver<bool>) {
@@ -461,8 +428,7 @@ fn event_owner(pods: &Cache<Pod>, event: &StoreEvent) -> Option<String> {
         StoreEvent::Put { object, .. } => &object.key,
         StoreEvent::Delete { key, .. } => key,
     };
-    pods.get(key)
-        .and_then(|(_, p)| deployment::owner_name(p).map(str::to_string))
+    pods.get(key).and_then(|(_, p)| deployment::owner_name(p).map(str::to_string))
 }
 
 fn all_deployment_keys(
@@ -470,19 +436,11 @@ fn all_deployment_keys(
     pods: &Cache<Pod>,
     records: &Cache<RevisionRecord>,
 ) -> Vec<DeployKey> {
-    let mut keys: Vec<DeployKey> = deployments
-        .objects
-        .keys()
-        .map(|k| (k.namespace.clone(), k.name.clone()))
-        .collect();
-    keys.extend(pods.values().filter_map(|p| {
-        deployment::owner_name(p).map(|o| (p.metadata.namespace.clone(), o.to_string()))
-    }));
+    let mut keys: Vec<DeployKey> = deployments.objects.keys().map(|k| (k.namespace.clone(), k.name.clone())).collect();
     keys.extend(
-        records
-            .values()
-            .map(|r| (r.namespace.clone(), r.deployment.clone())),
+        pods.values().filter_map(|p| deployment::owner_name(p).map(|o| (p.metadata.namespace.clone(), o.to_string()))),
     );
+    keys.extend(records.values().map(|r| (r.namespace.clone(), r.deployment.clone())));
     keys
 }
 
@@ -526,16 +484,9 @@ async fn reconcile_deployment(
         }
         return Ok(None);
     };
-    let owned: Vec<Pod> = pods
-        .values()
-        .filter(|p| deployment::owns(&d, p))
-        .cloned()
-        .collect();
-    let recs: Vec<RevisionRecord> = records
-        .values()
-        .filter(|r| r.namespace == *ns && r.deployment == *name)
-        .cloned()
-        .collect();
+    let owned: Vec<Pod> = pods.values().filter(|p| deployment::owns(&d, p)).cloned().collect();
+    let recs: Vec<RevisionRecord> =
+        records.values().filter(|r| r.namespace == *ns && r.deployment == *name).cloned().collect();
     let now = clock.now();
     let plan = deployment::reconcile(&d, &owned, &recs, now, config, rng);
     let mut requeue = plan.requeue_after;
@@ -608,9 +559,7 @@ async fn reconcile_deployment(
             Action::UpdateStatus(status) => {
                 update_with(store, deployments, &dkey, |d: &mut Deployment| {
                     // Only the status computed for this generation; a newer spec gets its own reconcile.
-                    if d.metadata.generation != status.observed_generation
-                        || d.status.as_ref() == Some(&status)
-                    {
+                    if d.metadata.generation != status.observed_generation || d.status.as_ref() == Some(&status) {
                         return false;
                     }
                     d.status = Some(status.clone());
@@ -631,11 +580,7 @@ async fn create_pod(
 ) -> Result<(), StoreError> {
     pod.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
     for _ in 0..4 {
-        let k = Key::new(
-            "pods",
-            pod.metadata.namespace.clone(),
-            pod.metadata.name.clone(),
-        );
+        let k = Key::new("pods", pod.metadata.namespace.clone(), pod.metadata.name.clone());
         match store.create(&k, encode(&pod)?).await {
             Ok(r) => {
                 pods.put(k, r, pod);
@@ -643,12 +588,7 @@ async fn create_pod(
             }
             Err(StoreError::AlreadyExists(_)) => {
                 // Name suffix collision: draw another.
-                let base = pod
-                    .metadata
-                    .name
-                    .rsplit_once('-')
-                    .map(|(b, _)| b.to_string())
-                    .unwrap_or_default();
+                let base = pod.metadata.name.rsplit_once('-').map(|(b, _)| b.to_string()).unwrap_or_default();
                 let n = rng.next_u64();
                 pod.metadata.name = format!("{base}-{:05x}", n & 0xf_ffff);
             }
@@ -658,12 +598,7 @@ async fn create_pod(
     Err(StoreError::Backend("could not find a free pod name".into()))
 }
 
-async fn delete_pod(
-    store: &dyn Store,
-    pods: &mut Cache<Pod>,
-    key: &Key,
-    revision: u64,
-) -> Result<(), StoreError> {
+async fn delete_pod(store: &dyn Store, pods: &mut Cache<Pod>, key: &Key, revision: u64) -> Result<(), StoreError> {
     match store.delete(key, Some(revision)).await {
         Ok(r) => {
             pods.forget(key, r);
@@ -689,12 +624,7 @@ async fn delete_pod(
 // ---------------------------------------------------------------------------------------------------------
 // Node lifecycle
 
-async fn run_nodes(
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    grace: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn run_nodes(store: Arc<dyn Store>, clock: Arc<dyn Clock>, grace: Duration, mut stop: watch::Receiver<bool>) {
     let mut feed = spawn_feeds(&store, &["nodes", "pods"], &stop);
     let mut nodes: Cache<Node> = Cache::new();
     let mut pods: Cache<Pod> = Cache::new();
@@ -729,10 +659,7 @@ async fn run_nodes(
         let pod_list: Vec<Pod> = if full {
             pods.values().cloned().collect()
         } else {
-            changed_pods
-                .iter()
-                .filter_map(|k| pods.get(k).map(|(_, p)| p.clone()))
-                .collect()
+            changed_pods.iter().filter_map(|k| pods.get(k).map(|(_, p)| p.clone())).collect()
         };
         let now = clock.now();
         let plan = node::reconcile_nodes(&node_list, &pod_list, now, grace);
@@ -744,16 +671,9 @@ async fn run_nodes(
                 NodeAction::MarkNotReady { node, silent_for } => {
                     tracing::warn!(%node, silent_ms = silent_for.as_millis() as u64, "node heartbeat lost; marking NotReady");
                     let k = Key::new("nodes", "", node);
-                    update_with(&*store, &mut nodes, &k, |n: &mut Node| {
-                        mark_not_ready(n, now, silent_for)
-                    })
-                    .await
+                    update_with(&*store, &mut nodes, &k, |n: &mut Node| mark_not_ready(n, now, silent_for)).await
                 }
-                NodeAction::EvictPod {
-                    namespace,
-                    name,
-                    node,
-                } => {
+                NodeAction::EvictPod { namespace, name, node } => {
                     tracing::info!(%namespace, pod = %name, %node, "evicting pod from lost node");
                     let k = Key::new("pods", namespace, name);
                     match pods.get(&k) {
@@ -775,17 +695,9 @@ async fn run_nodes(
 
 fn mark_not_ready(n: &mut Node, now: std::time::SystemTime, silent_for: Duration) -> bool {
     let status = n.status.get_or_insert_with(Default::default);
-    let message = format!(
-        "no heartbeat for {} s; the node agent stopped reporting",
-        silent_for.as_secs()
-    );
+    let message = format!("no heartbeat for {} s; the node agent stopped reporting", silent_for.as_secs());
     match status.conditions.iter_mut().find(|c| c.type_ == "Ready") {
-        Some(c)
-            if c.status != ConditionStatus::True
-                && c.reason.as_deref() == Some(NODE_STATUS_UNKNOWN) =>
-        {
-            false
-        }
+        Some(c) if c.status != ConditionStatus::True && c.reason.as_deref() == Some(NODE_STATUS_UNKNOWN) => false,
         Some(c) => {
             c.status = ConditionStatus::Unknown;
             c.reason = Some(NODE_STATUS_UNKNOWN.into());
@@ -832,11 +744,7 @@ async fn run_endpoints(
     resync: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut feed = spawn_feeds(
-        &store,
-        &["services", "routes", "secrets", "pods", "nodes"],
-        &stop,
-    );
+    let mut feed = spawn_feeds(&store, &["services", "routes", "secrets", "pods", "nodes"], &stop);
     let mut s = EndpointState {
         services: Cache::new(),
         routes: Cache::new(),
@@ -925,22 +833,10 @@ fn full_resync(s: &EndpointState, registry: &Registry) {
 fn published_by_source(s: &EndpointState) -> HashMap<Key, Vec<ObjectKey>> {
     let mut out = HashMap::new();
     for (k, _) in s.services.objects.iter() {
-        out.insert(
-            k.clone(),
-            objects_for(s, k).iter().map(Object::key).collect(),
-        );
+        out.insert(k.clone(), objects_for(s, k).iter().map(Object::key).collect());
     }
-    for k in s
-        .routes
-        .objects
-        .keys()
-        .chain(s.secrets.objects.keys())
-        .chain(s.pods.objects.keys())
-    {
-        out.insert(
-            k.clone(),
-            objects_for(s, k).iter().map(Object::key).collect(),
-        );
+    for k in s.routes.objects.keys().chain(s.secrets.objects.keys()).chain(s.pods.objects.keys()) {
+        out.insert(k.clone(), objects_for(s, k).iter().map(Object::key).collect());
     }
     out
 }
@@ -948,21 +844,9 @@ fn published_by_source(s: &EndpointState) -> HashMap<Key, Vec<ObjectKey>> {
 /// What one stored object should publish now.
 fn objects_for(s: &EndpointState, key: &Key) -> Vec<Object> {
     match key.kind.as_str() {
-        "services" => s
-            .services
-            .get(key)
-            .map(|(_, svc)| endpoints::service_objects(svc))
-            .unwrap_or_default(),
-        "routes" => s
-            .routes
-            .get(key)
-            .map(|(_, r)| endpoints::route_objects(r))
-            .unwrap_or_default(),
-        "secrets" => s
-            .secrets
-            .get(key)
-            .map(|(_, sec)| endpoints::secret_objects(sec))
-            .unwrap_or_default(),
+        "services" => s.services.get(key).map(|(_, svc)| endpoints::service_objects(svc)).unwrap_or_default(),
+        "routes" => s.routes.get(key).map(|(_, r)| endpoints::route_objects(r)).unwrap_or_default(),
+        "secrets" => s.secrets.get(key).map(|(_, sec)| endpoints::secret_objects(sec)).unwrap_or_default(),
         "pods" => {
             let Some((_, pod)) = s.pods.get(key) else {
                 return Vec::new();
@@ -976,9 +860,7 @@ fn objects_for(s: &EndpointState, key: &Key) -> Vec<Object> {
                 .as_ref()
                 .and_then(|n| s.nodes.get(&Key::new("nodes", "", n.clone())))
                 .map(|(_, n)| n);
-            endpoints::pod_endpoint(pod, node)
-                .map(|e| vec![Object::Endpoint(Arc::new(e))])
-                .unwrap_or_default()
+            endpoints::pod_endpoint(pod, node).map(|e| vec![Object::Endpoint(Arc::new(e))]).unwrap_or_default()
         }
         _ => Vec::new(),
     }
@@ -990,13 +872,7 @@ fn incremental(s: &mut EndpointState, registry: &Registry, dirty: HashSet<Key>) 
     for k in dirty {
         match k.kind.as_str() {
             // A Service's selector decides which pods of its namespace are published.
-            "services" => sources.extend(
-                s.pods
-                    .objects
-                    .keys()
-                    .filter(|p| p.namespace == k.namespace)
-                    .cloned(),
-            ),
+            "services" => sources.extend(s.pods.objects.keys().filter(|p| p.namespace == k.namespace).cloned()),
             "nodes" => sources.extend(
                 s.pods
                     .objects

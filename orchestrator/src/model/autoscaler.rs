@@ -70,11 +70,7 @@ pub struct AutoscalerMetric {
     /// In-flight requests per replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<PerReplicaTarget>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "latencyP99"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "latencyP99")]
     pub latency_p99: Option<LatencyCeiling>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuTarget>,
@@ -120,9 +116,7 @@ impl AutoscalerMetric {
         } else if let Some(t) = &self.latency_p99 {
             Some((MetricName::LatencyP99, t.ceiling_milliseconds))
         } else {
-            self.cpu
-                .as_ref()
-                .map(|t| (MetricName::Cpu, f64::from(t.target_utilization_percent)))
+            self.cpu.as_ref().map(|t| (MetricName::Cpu, f64::from(t.target_utilization_percent)))
         }
     }
 }
@@ -141,10 +135,7 @@ impl Default for Behavior {
     /// HPA's defaults: up with no stabilization, at most +100% or +4 pods per 15 s (the larger); down after a
     /// 300 s window, at most -100% per 15 s.
     fn default() -> Self {
-        Behavior {
-            scale_up: ScalingRules::default_up(),
-            scale_down: ScalingRules::default_down(),
-        }
+        Behavior { scale_up: ScalingRules::default_up(), scale_down: ScalingRules::default_down() }
     }
 }
 
@@ -171,16 +162,8 @@ impl ScalingRules {
             stabilization_window_seconds: 0,
             select_policy: SelectPolicy::Max,
             policies: vec![
-                ScalingPolicy {
-                    type_: ScalingPolicyType::Percent,
-                    value: 100,
-                    period_seconds: 15,
-                },
-                ScalingPolicy {
-                    type_: ScalingPolicyType::Pods,
-                    value: 4,
-                    period_seconds: 15,
-                },
+                ScalingPolicy { type_: ScalingPolicyType::Percent, value: 100, period_seconds: 15 },
+                ScalingPolicy { type_: ScalingPolicyType::Pods, value: 4, period_seconds: 15 },
             ],
             tolerance: default_tolerance(),
         }
@@ -190,21 +173,14 @@ impl ScalingRules {
         ScalingRules {
             stabilization_window_seconds: 300,
             select_policy: SelectPolicy::Max,
-            policies: vec![ScalingPolicy {
-                type_: ScalingPolicyType::Percent,
-                value: 100,
-                period_seconds: 15,
-            }],
+            policies: vec![ScalingPolicy { type_: ScalingPolicyType::Percent, value: 100, period_seconds: 15 }],
             tolerance: default_tolerance(),
         }
     }
 
     fn check(&self, p: &str) -> CheckResult {
         if !(0..=3600).contains(&self.stabilization_window_seconds) {
-            return Err(field_err(
-                join(p, "stabilizationWindowSeconds"),
-                "must be between 0 and 3600",
-            ));
+            return Err(field_err(join(p, "stabilizationWindowSeconds"), "must be between 0 and 3600"));
         }
         if !(0.0..1.0).contains(&self.tolerance) {
             return Err(field_err(join(p, "tolerance"), "must be >= 0 and < 1"));
@@ -218,16 +194,10 @@ impl ScalingRules {
         for (i, pol) in self.policies.iter().enumerate() {
             let pp = index(p, "policies", i);
             if pol.value < 1 {
-                return Err(field_err(
-                    join(&pp, "value"),
-                    format!("must be >= 1 (got {})", pol.value),
-                ));
+                return Err(field_err(join(&pp, "value"), format!("must be >= 1 (got {})", pol.value)));
             }
             if !(1..=1800).contains(&pol.period_seconds) {
-                return Err(field_err(
-                    join(&pp, "periodSeconds"),
-                    "must be between 1 and 1800",
-                ));
+                return Err(field_err(join(&pp, "periodSeconds"), "must be between 1 and 1800"));
             }
         }
         Ok(())
@@ -300,32 +270,20 @@ impl Autoscaler {
         if t.kind != "Deployment" || t.api_version != "apps/v1" {
             return Err(field_err(
                 "spec.scaleTargetRef",
-                format!(
-                    "only apps/v1 Deployment can be scaled (got {} {})",
-                    t.api_version, t.kind
-                ),
+                format!("only apps/v1 Deployment can be scaled (got {} {})", t.api_version, t.kind),
             ));
         }
         validate_dns_subdomain(&t.name).map_err(|m| field_err("spec.scaleTargetRef.name", m))?;
         if s.min_replicas < 0 {
-            return Err(field_err(
-                "spec.minReplicas",
-                format!("must be >= 0 (got {})", s.min_replicas),
-            ));
+            return Err(field_err("spec.minReplicas", format!("must be >= 0 (got {})", s.min_replicas)));
         }
         if s.max_replicas < 1 {
-            return Err(field_err(
-                "spec.maxReplicas",
-                format!("must be >= 1 (got {})", s.max_replicas),
-            ));
+            return Err(field_err("spec.maxReplicas", format!("must be >= 1 (got {})", s.max_replicas)));
         }
         if s.min_replicas > s.max_replicas {
             return Err(field_err(
                 "spec.minReplicas",
-                format!(
-                    "must not exceed maxReplicas ({} > {})",
-                    s.min_replicas, s.max_replicas
-                ),
+                format!("must not exceed maxReplicas ({} > {})", s.min_replicas, s.max_replicas),
             ));
         }
         if s.metrics.is_empty() {
@@ -351,29 +309,17 @@ impl Autoscaler {
                 }
             };
             if let Some(t) = &m.requests_per_second {
-                positive(
-                    join(&mp, "requestsPerSecond.targetPerReplica"),
-                    t.target_per_replica,
-                )?;
+                positive(join(&mp, "requestsPerSecond.targetPerReplica"), t.target_per_replica)?;
             }
             if let Some(t) = &m.concurrency {
-                positive(
-                    join(&mp, "concurrency.targetPerReplica"),
-                    t.target_per_replica,
-                )?;
+                positive(join(&mp, "concurrency.targetPerReplica"), t.target_per_replica)?;
             }
             if let Some(t) = &m.latency_p99 {
-                positive(
-                    join(&mp, "latencyP99.ceilingMilliseconds"),
-                    t.ceiling_milliseconds,
-                )?;
+                positive(join(&mp, "latencyP99.ceilingMilliseconds"), t.ceiling_milliseconds)?;
             }
             if let Some(t) = &m.cpu {
                 if t.target_utilization_percent < 1 {
-                    return Err(field_err(
-                        join(&mp, "cpu.targetUtilizationPercent"),
-                        "must be >= 1",
-                    ));
+                    return Err(field_err(join(&mp, "cpu.targetUtilizationPercent"), "must be >= 1"));
                 }
             }
         }
@@ -542,16 +488,8 @@ impl HpaScalingRules {
     }
 }
 
-const RPS_NAMES: &[&str] = &[
-    "requests_per_second",
-    "http_requests_per_second",
-    "http_requests",
-];
-const CONCURRENCY_NAMES: &[&str] = &[
-    "concurrency",
-    "requests_in_flight",
-    "http_requests_in_flight",
-];
+const RPS_NAMES: &[&str] = &["requests_per_second", "http_requests_per_second", "http_requests"];
+const CONCURRENCY_NAMES: &[&str] = &["concurrency", "requests_in_flight", "http_requests_in_flight"];
 const LATENCY_NAMES: &[&str] = &["latency_p99_ms", "http_request_duration_p99_ms"];
 
 impl HorizontalPodAutoscaler {
@@ -567,16 +505,11 @@ impl HorizontalPodAutoscaler {
         }
         if s.metrics.is_empty() {
             metrics.push(AutoscalerMetric {
-                cpu: Some(CpuTarget {
-                    target_utilization_percent: 80,
-                }),
+                cpu: Some(CpuTarget { target_utilization_percent: 80 }),
                 ..Default::default()
             });
         } else if metrics.is_empty() {
-            return Err(field_err(
-                "spec.metrics",
-                "none of the metrics is supported by Berth",
-            ));
+            return Err(field_err("spec.metrics", "none of the metrics is supported by Berth"));
         }
         let behavior = match &s.behavior {
             None => Behavior::default(),
@@ -584,15 +517,11 @@ impl HorizontalPodAutoscaler {
                 scale_up: b
                     .scale_up
                     .as_ref()
-                    .map_or_else(ScalingRules::default_up, |r| {
-                        r.merge_into(ScalingRules::default_up())
-                    }),
+                    .map_or_else(ScalingRules::default_up, |r| r.merge_into(ScalingRules::default_up())),
                 scale_down: b
                     .scale_down
                     .as_ref()
-                    .map_or_else(ScalingRules::default_down, |r| {
-                        r.merge_into(ScalingRules::default_down())
-                    }),
+                    .map_or_else(ScalingRules::default_down, |r| r.merge_into(ScalingRules::default_down())),
             },
         };
         Ok(Autoscaler {
@@ -611,43 +540,25 @@ impl HorizontalPodAutoscaler {
     }
 }
 
-fn convert_metric(
-    mp: &str,
-    m: &HpaMetricSpec,
-    cx: &mut Check,
-) -> Result<Option<AutoscalerMetric>, FieldError> {
-    let missing = |field: &str| {
-        field_err(
-            join(mp, field),
-            format!("required when type is {:?}", m.type_),
-        )
-    };
+fn convert_metric(mp: &str, m: &HpaMetricSpec, cx: &mut Check) -> Result<Option<AutoscalerMetric>, FieldError> {
+    let missing = |field: &str| field_err(join(mp, field), format!("required when type is {:?}", m.type_));
     match m.type_ {
         HpaMetricType::Resource => {
             let r = m.resource.as_ref().ok_or_else(|| missing("resource"))?;
             let rp = join(mp, "resource");
             if r.name != "cpu" {
-                cx.warn(
-                    &join(&rp, "name"),
-                    format!("resource metric {:?} is not supported; dropped", r.name),
-                );
+                cx.warn(&join(&rp, "name"), format!("resource metric {:?} is not supported; dropped", r.name));
                 return Ok(None);
             }
             match (r.target.type_, r.target.average_utilization) {
                 (HpaTargetType::Utilization, Some(pct)) if pct >= 1 => Ok(Some(AutoscalerMetric {
-                    cpu: Some(CpuTarget {
-                        target_utilization_percent: pct,
-                    }),
+                    cpu: Some(CpuTarget { target_utilization_percent: pct }),
                     ..Default::default()
                 })),
-                (HpaTargetType::Utilization, _) => Err(field_err(
-                    join(&rp, "target.averageUtilization"),
-                    "required (>= 1) for a Utilization target",
-                )),
-                _ => Err(field_err(
-                    join(&rp, "target.type"),
-                    "Berth scales on CPU only by Utilization",
-                )),
+                (HpaTargetType::Utilization, _) => {
+                    Err(field_err(join(&rp, "target.averageUtilization"), "required (>= 1) for a Utilization target"))
+                }
+                _ => Err(field_err(join(&rp, "target.type"), "Berth scales on CPU only by Utilization")),
             }
         }
         HpaMetricType::Pods | HpaMetricType::Object => {
@@ -674,44 +585,26 @@ fn convert_metric(
             if RPS_NAMES.contains(&n) {
                 let v = per_replica("a request-rate metric")?;
                 Ok(Some(AutoscalerMetric {
-                    requests_per_second: Some(PerReplicaTarget {
-                        target_per_replica: v,
-                    }),
+                    requests_per_second: Some(PerReplicaTarget { target_per_replica: v }),
                     ..Default::default()
                 }))
             } else if CONCURRENCY_NAMES.contains(&n) {
                 let v = per_replica("a concurrency metric")?;
                 Ok(Some(AutoscalerMetric {
-                    concurrency: Some(PerReplicaTarget {
-                        target_per_replica: v,
-                    }),
+                    concurrency: Some(PerReplicaTarget { target_per_replica: v }),
                     ..Default::default()
                 }))
             } else if LATENCY_NAMES.contains(&n) {
-                let v = target
-                    .value
-                    .as_ref()
-                    .or(target.average_value.as_ref())
-                    .filter(|v| !v.is_zero())
-                    .ok_or_else(|| {
-                        field_err(
-                            join(&tp, "target"),
-                            "a latency ceiling needs a Value or AverageValue greater than 0",
-                        )
-                    })?;
+                let v = target.value.as_ref().or(target.average_value.as_ref()).filter(|v| !v.is_zero()).ok_or_else(
+                    || field_err(join(&tp, "target"), "a latency ceiling needs a Value or AverageValue greater than 0"),
+                )?;
                 Ok(Some(AutoscalerMetric {
-                    latency_p99: Some(LatencyCeiling {
-                        ceiling_milliseconds: v.as_f64(),
-                    }),
+                    latency_p99: Some(LatencyCeiling { ceiling_milliseconds: v.as_f64() }),
                     ..Default::default()
                 }))
             } else {
-                let known: Vec<&str> = RPS_NAMES
-                    .iter()
-                    .chain(CONCURRENCY_NAMES)
-                    .chain(LATENCY_NAMES)
-                    .copied()
-                    .collect();
+                let known: Vec<&str> =
+                    RPS_NAMES.iter().chain(CONCURRENCY_NAMES).chain(LATENCY_NAMES).copied().collect();
                 Err(field_err(
                     join(&tp, "metric.name"),
                     format!("unknown metric {n:?} (Berth knows {})", known.join(", ")),
@@ -719,10 +612,7 @@ fn convert_metric(
             }
         }
         HpaMetricType::External | HpaMetricType::ContainerResource => {
-            cx.warn(
-                mp,
-                format!("{:?} metrics are not supported; dropped", m.type_),
-            );
+            cx.warn(mp, format!("{:?} metrics are not supported; dropped", m.type_));
             Ok(None)
         }
     }

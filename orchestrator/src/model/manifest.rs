@@ -8,9 +8,7 @@
 //! In a manifest, `status` is dropped without a look (users export objects with it); an API body read by
 //! [`decode`] keeps and checks it, because agents and controllers write status through the API.
 
-use super::meta::{
-    field_err, join, validate_dns1035_label, validate_dns_label, validate_dns_subdomain,
-};
+use super::meta::{field_err, join, validate_dns1035_label, validate_dns_label, validate_dns_subdomain};
 use super::meta::{Check, FieldError, ObjectMeta};
 use super::{autoscaler, service, workloads, Kind, Object};
 use serde::Deserialize;
@@ -37,11 +35,7 @@ pub struct Document {
 impl Document {
     /// The store key of this object.
     pub fn key(&self) -> crate::store::Key {
-        crate::store::Key::new(
-            self.kind.plural(),
-            self.namespace.clone(),
-            self.name.clone(),
-        )
+        crate::store::Key::new(self.kind.plural(), self.namespace.clone(), self.name.clone())
     }
 
     /// The object as its typed form (`Deployment`, `Pod`, ...).
@@ -115,11 +109,7 @@ struct Fail {
 
 impl From<FieldError> for Fail {
     fn from(e: FieldError) -> Self {
-        Fail {
-            kind: ManifestErrorKind::InvalidValue,
-            path: Some(e.path),
-            message: e.message,
-        }
+        Fail { kind: ManifestErrorKind::InvalidValue, path: Some(e.path), message: e.message }
     }
 }
 
@@ -162,11 +152,7 @@ pub fn parse(source_name: &str, text: &str) -> Result<Vec<Document>, ManifestErr
 
 /// [`parse`] with another default namespace (`berth apply -n NS`). A document naming its own namespace keeps
 /// it; the caller decides whether a mismatch is an error.
-pub fn parse_in(
-    source_name: &str,
-    text: &str,
-    default_namespace: &str,
-) -> Result<Vec<Document>, ManifestError> {
+pub fn parse_in(source_name: &str, text: &str, default_namespace: &str) -> Result<Vec<Document>, ManifestError> {
     let values = read_values(source_name, text)?;
     let mut out = Vec::new();
     for (index, value) in values {
@@ -190,29 +176,13 @@ pub fn parse_in(
                 let (kind, namespace, name, object, warnings) =
                     decode_value(item, None, default_namespace, Mode::Manifest)
                         .map_err(|f| doc_err(f.prefixed(&format!("items[{i}]"))))?;
-                out.push(Document {
-                    source: source_name.into(),
-                    index,
-                    kind,
-                    namespace,
-                    name,
-                    object,
-                    warnings,
-                });
+                out.push(Document { source: source_name.into(), index, kind, namespace, name, object, warnings });
             }
             continue;
         }
         let (kind, namespace, name, object, warnings) =
             decode_value(value, None, default_namespace, Mode::Manifest).map_err(doc_err)?;
-        out.push(Document {
-            source: source_name.into(),
-            index,
-            kind,
-            namespace,
-            name,
-            object,
-            warnings,
-        });
+        out.push(Document { source: source_name.into(), index, kind, namespace, name, object, warnings });
     }
     Ok(out)
 }
@@ -224,23 +194,11 @@ pub fn decode(kind: Option<Kind>, value: Value) -> Result<Document, ManifestErro
 }
 
 /// [`decode`] with the namespace of the API path as the default.
-pub fn decode_in(
-    kind: Option<Kind>,
-    value: Value,
-    default_namespace: &str,
-) -> Result<Document, ManifestError> {
+pub fn decode_in(kind: Option<Kind>, value: Value, default_namespace: &str) -> Result<Document, ManifestError> {
     const SOURCE: &str = "request body";
     let (kind, namespace, name, object, warnings) =
         decode_value(value, kind, default_namespace, Mode::Api).map_err(|f| f.at(SOURCE, None))?;
-    Ok(Document {
-        source: SOURCE.into(),
-        index: 1,
-        kind,
-        namespace,
-        name,
-        object,
-        warnings,
-    })
+    Ok(Document { source: SOURCE.into(), index: 1, kind, namespace, name, object, warnings })
 }
 
 fn is_list(v: &Value) -> bool {
@@ -253,28 +211,20 @@ fn is_list(v: &Value) -> bool {
 
 /// Split a source into JSON values with their 1-based document numbers.
 fn read_values(source: &str, text: &str) -> Result<Vec<(usize, Value)>, ManifestError> {
-    let syntax = |document: Option<usize>, location: Option<(usize, usize)>, message: String| {
-        ManifestError {
-            source_name: source.to_string(),
-            document,
-            path: None,
-            location,
-            kind: ManifestErrorKind::Syntax,
-            message,
-        }
+    let syntax = |document: Option<usize>, location: Option<(usize, usize)>, message: String| ManifestError {
+        source_name: source.to_string(),
+        document,
+        path: None,
+        location,
+        kind: ManifestErrorKind::Syntax,
+        message,
     };
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let mut out = Vec::new();
         let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
         for (i, v) in stream.enumerate() {
-            let v = v.map_err(|e| {
-                syntax(
-                    Some(i + 1),
-                    Some((e.line(), e.column())),
-                    strip_location(&e.to_string()),
-                )
-            })?;
+            let v = v.map_err(|e| syntax(Some(i + 1), Some((e.line(), e.column())), strip_location(&e.to_string())))?;
             match v {
                 Value::Array(items) if i == 0 && trimmed.starts_with('[') => {
                     out.extend(items.into_iter().enumerate().map(|(j, v)| (j + 1, v)));
@@ -293,8 +243,7 @@ fn read_values(source: &str, text: &str) -> Result<Vec<(usize, Value)>, Manifest
             syntax(Some(index), loc, strip_location(&e.to_string()))
         })?;
         let yaml = resolve_merge_keys(yaml);
-        let json =
-            serde_json::to_value(&yaml).map_err(|e| syntax(Some(index), None, e.to_string()))?;
+        let json = serde_json::to_value(&yaml).map_err(|e| syntax(Some(index), None, e.to_string()))?;
         out.push((index, json));
     }
     Ok(out)
@@ -320,11 +269,8 @@ type Decoded = (Kind, String, String, Value, Vec<String>);
 
 /// The stored kind an (apiVersion, kind) pair is read as, or why not.
 fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, Fail> {
-    let unknown = |path: &str, message: String| Fail {
-        kind: ManifestErrorKind::UnknownKind,
-        path: Some(path.into()),
-        message,
-    };
+    let unknown =
+        |path: &str, message: String| Fail { kind: ManifestErrorKind::UnknownKind, path: Some(path.into()), message };
     let expected = match kind {
         "Node" => ("v1", Kind::Node),
         "Deployment" => ("apps/v1", Kind::Deployment),
@@ -350,37 +296,24 @@ fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, Fail> {
     if !ok {
         return Err(unknown(
             "apiVersion",
-            format!(
-                "{kind} is served as apiVersion {:?}, not {api_version:?}",
-                expected.0
-            ),
+            format!("{kind} is served as apiVersion {:?}, not {api_version:?}", expected.0),
         ));
     }
     Ok(expected.1)
 }
 
-fn decode_value(
-    mut value: Value,
-    expected: Option<Kind>,
-    default_ns: &str,
-    mode: Mode,
-) -> Result<Decoded, Fail> {
+fn decode_value(mut value: Value, expected: Option<Kind>, default_ns: &str, mode: Mode) -> Result<Decoded, Fail> {
     let Value::Object(map) = &mut value else {
         return Err(Fail {
             kind: ManifestErrorKind::NotAnObject,
             path: None,
-            message: format!(
-                "expected an object with apiVersion and kind, found {}",
-                type_name(&value)
-            ),
+            message: format!("expected an object with apiVersion and kind, found {}", type_name(&value)),
         });
     };
     if let Some(k) = expected {
         // An API body may leave the type to the path.
-        map.entry("apiVersion")
-            .or_insert_with(|| Value::String(k.api_version().into()));
-        map.entry("kind")
-            .or_insert_with(|| Value::String(k.kind_name().into()));
+        map.entry("apiVersion").or_insert_with(|| Value::String(k.api_version().into()));
+        map.entry("kind").or_insert_with(|| Value::String(k.kind_name().into()));
     }
     let text_field = |name: &str| -> Result<String, Fail> {
         match map.get(name) {
@@ -390,11 +323,9 @@ fn decode_value(
                 path: Some(name.into()),
                 message: format!("must be a string, found {}", type_name(other)),
             }),
-            None => Err(Fail {
-                kind: ManifestErrorKind::MissingField,
-                path: Some(name.into()),
-                message: "required".into(),
-            }),
+            None => {
+                Err(Fail { kind: ManifestErrorKind::MissingField, path: Some(name.into()), message: "required".into() })
+            }
         }
     };
     let api_version = text_field("apiVersion")?;
@@ -415,13 +346,7 @@ fn decode_value(
     let mut cx = Check::default();
     let secret = kind == Kind::Secret;
     let object = match kind_text.as_str() {
-        "Node" => finish::<workloads::Node>(
-            typed(value, secret)?,
-            default_ns,
-            &mut cx,
-            |o, cx| o.check(cx),
-            |_| {},
-        )?,
+        "Node" => finish::<workloads::Node>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?,
         "Deployment" => finish::<workloads::Deployment>(
             typed(value, secret)?,
             default_ns,
@@ -436,20 +361,12 @@ fn decode_value(
             |o, cx| o.check(cx),
             workloads::normalize_pod,
         )?,
-        "Service" => finish::<service::Service>(
-            typed(value, secret)?,
-            default_ns,
-            &mut cx,
-            |o, cx| o.check(cx),
-            |_| {},
-        )?,
-        "ConfigMap" => finish::<workloads::ConfigMap>(
-            typed(value, secret)?,
-            default_ns,
-            &mut cx,
-            |o, cx| o.check(cx),
-            |_| {},
-        )?,
+        "Service" => {
+            finish::<service::Service>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?
+        }
+        "ConfigMap" => {
+            finish::<workloads::ConfigMap>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?
+        }
         "Secret" => finish::<workloads::Secret>(
             typed(value, secret)?,
             default_ns,
@@ -457,26 +374,16 @@ fn decode_value(
             |o, cx| o.check(cx),
             workloads::normalize_secret,
         )?,
-        "Route" => finish::<service::Route>(
-            typed(value, secret)?,
-            default_ns,
-            &mut cx,
-            |o, cx| o.check(cx),
-            |_| {},
-        )?,
+        "Route" => finish::<service::Route>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?,
         "Ingress" => {
             let ing: service::Ingress = typed(value, secret)?;
             check_meta(&ing.metadata, Kind::Route, &mut cx)?;
             let route = ing.into_route(&mut cx)?;
             finish::<service::Route>(route, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?
         }
-        "Autoscaler" => finish::<autoscaler::Autoscaler>(
-            typed(value, secret)?,
-            default_ns,
-            &mut cx,
-            |o, cx| o.check(cx),
-            |_| {},
-        )?,
+        "Autoscaler" => {
+            finish::<autoscaler::Autoscaler>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?
+        }
         "HorizontalPodAutoscaler" => {
             let hpa: autoscaler::HorizontalPodAutoscaler = typed(value, secret)?;
             check_meta(&hpa.metadata, Kind::Autoscaler, &mut cx)?;
@@ -521,11 +428,7 @@ fn classify(path: String, msg: &str, secret: bool) -> Fail {
     let backticked = |m: &str| m.split('`').nth(1).map(str::to_string);
     let some = |p: String| if p.is_empty() { None } else { Some(p) };
     if msg.starts_with("unknown field") {
-        return Fail {
-            kind: ManifestErrorKind::UnknownField,
-            path: some(path),
-            message: "unknown field".into(),
-        };
+        return Fail { kind: ManifestErrorKind::UnknownField, path: some(path), message: "unknown field".into() };
     }
     if msg.starts_with("missing field") {
         let field = backticked(msg).unwrap_or_default();
@@ -543,16 +446,9 @@ fn classify(path: String, msg: &str, secret: bool) -> Fail {
             message: "invalid value (not shown)".into(),
         };
     }
-    let kind = if msg.starts_with("invalid type") {
-        ManifestErrorKind::InvalidType
-    } else {
-        ManifestErrorKind::InvalidValue
-    };
-    Fail {
-        kind,
-        path: some(path),
-        message: msg.to_string(),
-    }
+    let kind =
+        if msg.starts_with("invalid type") { ManifestErrorKind::InvalidType } else { ManifestErrorKind::InvalidValue };
+    Fail { kind, path: some(path), message: msg.to_string() }
 }
 
 /// Name and namespace rules, shared by every kind (and by Ingress/HPA before conversion).
@@ -595,10 +491,7 @@ fn finish<T: Object>(
             meta.namespace = default_ns.to_string();
         }
     } else if !meta.namespace.is_empty() {
-        cx.warn(
-            "metadata.namespace",
-            format!("{kind} is cluster-scoped; namespace ignored"),
-        );
+        cx.warn("metadata.namespace", format!("{kind} is cluster-scoped; namespace ignored"));
         meta.namespace.clear();
     }
     let (namespace, name) = (meta.namespace.clone(), meta.name.clone());

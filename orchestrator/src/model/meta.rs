@@ -40,10 +40,7 @@ pub struct FieldError {
 pub(crate) type CheckResult = Result<(), FieldError>;
 
 pub(crate) fn field_err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError {
-        path: path.into(),
-        message: message.into(),
-    }
+    FieldError { path: path.into(), message: message.into() }
 }
 
 /// Collects warnings while a document is validated.
@@ -60,10 +57,7 @@ impl Check {
     /// Warn when a known-but-unimplemented Kubernetes field is present.
     pub fn ignored(&mut self, path: &str, field: &str, value: &Option<Ignored>) {
         if value.is_some() {
-            self.warnings.push(format!(
-                "{}: accepted but ignored (Berth does not implement it)",
-                join(path, field)
-            ));
+            self.warnings.push(format!("{}: accepted but ignored (Berth does not implement it)", join(path, field)));
         }
     }
 
@@ -119,10 +113,7 @@ pub fn validate_dns_subdomain(name: &str) -> Result<(), String> {
     if name.len() > 253 {
         return Err(format!("{name:?} is longer than 253 characters"));
     }
-    if name
-        .split('.')
-        .any(|part| validate_dns_label(part).is_err())
-    {
+    if name.split('.').any(|part| validate_dns_label(part).is_err()) {
         return Err(format!(
             "{name:?} must consist of lowercase alphanumerics, '-' or '.', and start and end with an alphanumeric \
              (DNS-1123 subdomain)"
@@ -135,9 +126,7 @@ pub fn validate_dns_subdomain(name: &str) -> Result<(), String> {
 pub fn validate_dns1035_label(name: &str) -> Result<(), String> {
     validate_dns_label(name)?;
     if !name.as_bytes()[0].is_ascii_lowercase() {
-        return Err(format!(
-            "{name:?} must start with a lowercase letter (DNS-1035 label)"
-        ));
+        return Err(format!("{name:?} must start with a lowercase letter (DNS-1035 label)"));
     }
     Ok(())
 }
@@ -147,8 +136,7 @@ pub fn validate_port_name(name: &str) -> Result<(), String> {
     let b = name.as_bytes();
     let valid = !b.is_empty()
         && b.len() <= 15
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b.iter().any(|c| c.is_ascii_lowercase())
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
@@ -196,11 +184,7 @@ impl From<SystemTime> for Time {
 
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nanos = self
-            .0
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos = self.0.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         if nanos == 0 {
             write!(f, "{}", humantime::format_rfc3339_seconds(self.0))
         } else if (nanos / 1_000_000) * 1_000_000 == nanos {
@@ -273,42 +257,29 @@ pub struct ObjectMeta {
 impl ObjectMeta {
     /// The store revision parsed from `resourceVersion`, if present and numeric.
     pub fn revision(&self) -> Option<u64> {
-        self.resource_version
-            .as_deref()
-            .and_then(|s| s.parse().ok())
+        self.resource_version.as_deref().and_then(|s| s.parse().ok())
     }
 
     pub(crate) fn check(&self, path: &str, cx: &mut Check) -> CheckResult {
         check_label_map(&join(path, "labels"), &self.labels)?;
         for k in self.annotations.keys() {
-            discovery::labels::validate_key(k)
-                .map_err(|e| field_err(join(path, "annotations"), e.to_string()))?;
+            discovery::labels::validate_key(k).map_err(|e| field_err(join(path, "annotations"), e.to_string()))?;
         }
         if let Some(rv) = &self.resource_version {
             if !rv.is_empty() && rv.parse::<u64>().is_err() {
-                return Err(field_err(
-                    join(path, "resourceVersion"),
-                    format!("{rv:?} is not a revision number"),
-                ));
+                return Err(field_err(join(path, "resourceVersion"), format!("{rv:?} is not a revision number")));
             }
         }
         for (i, o) in self.owner_references.iter().enumerate() {
             if o.name.is_empty() || o.kind.is_empty() {
-                return Err(field_err(
-                    index(path, "ownerReferences", i),
-                    "kind and name are required",
-                ));
+                return Err(field_err(index(path, "ownerReferences", i), "kind and name are required"));
             }
         }
         cx.ignored(path, "generateName", &self.generate_name);
         cx.ignored(path, "finalizers", &self.finalizers);
         cx.ignored(path, "managedFields", &self.managed_fields);
         cx.ignored(path, "selfLink", &self.self_link);
-        cx.ignored(
-            path,
-            "deletionGracePeriodSeconds",
-            &self.deletion_grace_period_seconds,
-        );
+        cx.ignored(path, "deletionGracePeriodSeconds", &self.deletion_grace_period_seconds);
         Ok(())
     }
 }
@@ -369,11 +340,7 @@ impl LabelSelector {
         let mut requirements: Vec<Requirement> = self
             .match_labels
             .iter()
-            .map(|(k, v)| Requirement {
-                key: k.clone(),
-                op: Operator::Equals,
-                values: vec![v.clone()],
-            })
+            .map(|(k, v)| Requirement { key: k.clone(), op: Operator::Equals, values: vec![v.clone()] })
             .collect();
         for e in &self.match_expressions {
             let mut values = e.values.clone();
@@ -388,11 +355,7 @@ impl LabelSelector {
             if matches!(op, Operator::Exists | Operator::DoesNotExist) {
                 values.clear();
             }
-            requirements.push(Requirement {
-                key: e.key.clone(),
-                op,
-                values,
-            });
+            requirements.push(Requirement { key: e.key.clone(), op, values });
         }
         discovery::Selector { requirements }
     }
@@ -405,8 +368,7 @@ impl LabelSelector {
         check_label_map(&join(path, "matchLabels"), &self.match_labels)?;
         for (i, e) in self.match_expressions.iter().enumerate() {
             let p = index(path, "matchExpressions", i);
-            discovery::labels::validate_key(&e.key)
-                .map_err(|err| field_err(join(&p, "key"), err.to_string()))?;
+            discovery::labels::validate_key(&e.key).map_err(|err| field_err(join(&p, "key"), err.to_string()))?;
             match e.operator {
                 SelectorOperator::In | SelectorOperator::NotIn if e.values.is_empty() => {
                     return Err(field_err(
@@ -414,9 +376,7 @@ impl LabelSelector {
                         format!("must be non-empty when operator is {:?}", e.operator),
                     ));
                 }
-                SelectorOperator::Exists | SelectorOperator::DoesNotExist
-                    if !e.values.is_empty() =>
-                {
+                SelectorOperator::Exists | SelectorOperator::DoesNotExist if !e.values.is_empty() => {
                     return Err(field_err(
                         join(&p, "values"),
                         format!("must be empty when operator is {:?}", e.operator),
@@ -493,14 +453,10 @@ impl<'de> Deserialize<'de> for IntOrString {
                 f.write_str("an integer or a string")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IntOrString, E> {
-                i32::try_from(v)
-                    .map(IntOrString::Int)
-                    .map_err(|_| E::custom(format!("{v} is out of range")))
+                i32::try_from(v).map(IntOrString::Int).map_err(|_| E::custom(format!("{v} is out of range")))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IntOrString, E> {
-                i32::try_from(v)
-                    .map(IntOrString::Int)
-                    .map_err(|_| E::custom(format!("{v} is out of range")))
+                i32::try_from(v).map(IntOrString::Int).map_err(|_| E::custom(format!("{v} is out of range")))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IntOrString, E> {
                 Ok(IntOrString::String(v.to_string()))
@@ -580,22 +536,14 @@ mod tests {
         assert_eq!(p.scaled_value(10, true), Ok(3));
         assert_eq!(p.scaled_value(10, false), Ok(2));
         assert_eq!(IntOrString::Int(2).scaled_value(10, true), Ok(2));
-        assert!(IntOrString::String("x".into())
-            .scaled_value(10, true)
-            .is_err());
+        assert!(IntOrString::String("x".into()).scaled_value(10, true).is_err());
     }
 
     #[test]
     fn time_round_trip() {
         let t: Time = serde_json::from_str("\"2026-01-02T03:04:05Z\"").unwrap();
-        assert_eq!(
-            serde_json::to_string(&t).unwrap(),
-            "\"2026-01-02T03:04:05Z\""
-        );
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"2026-01-02T03:04:05Z\"");
         let t: Time = serde_json::from_str("\"2026-01-02T03:04:05.123456789Z\"").unwrap();
-        assert_eq!(
-            serde_json::to_string(&t).unwrap(),
-            "\"2026-01-02T03:04:05.123456Z\""
-        );
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"2026-01-02T03:04:05.123456Z\"");
     }
 }

@@ -50,9 +50,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::fmt;
 
 /// Every kind Berth stores.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     Node,
     Deployment,
@@ -151,9 +149,7 @@ impl Kind {
     /// also the kind name itself (`Deployment`). Endpoints are not a stored kind: see [`Resource`].
     pub fn from_cli_name(s: &str) -> Option<Kind> {
         let s = s.to_ascii_lowercase();
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.singular() == s || k.plural() == s || k.short_names().contains(&s.as_str()))
+        Kind::ALL.into_iter().find(|k| k.singular() == s || k.plural() == s || k.short_names().contains(&s.as_str()))
     }
 
     /// The kind whose plural this is (`deployments` -> Deployment), for API paths and store keys.
@@ -266,18 +262,11 @@ mod tests {
         ];
         for (name, kind) in table {
             assert_eq!(Kind::from_cli_name(name), Some(kind), "{name}");
-            assert_eq!(
-                Resource::from_cli_name(name),
-                Some(Resource::Kind(kind)),
-                "{name}"
-            );
+            assert_eq!(Resource::from_cli_name(name), Some(Resource::Kind(kind)), "{name}");
         }
         assert_eq!(Kind::from_cli_name("ep"), None);
         assert_eq!(Resource::from_cli_name("ep"), Some(Resource::Endpoints));
-        assert_eq!(
-            Resource::from_cli_name("endpoints"),
-            Some(Resource::Endpoints)
-        );
+        assert_eq!(Resource::from_cli_name("endpoints"), Some(Resource::Endpoints));
         assert_eq!(Kind::from_cli_name("statefulset"), None);
         for k in Kind::ALL {
             assert_eq!(Kind::from_plural(k.plural()), Some(k));

@@ -25,10 +25,7 @@ impl Quantity {
     /// Parse the Kubernetes quantity syntax: a non-negative decimal number, then an optional suffix: binary
     /// (`Ki Mi Gi Ti Pi Ei`), decimal (`n u m k M G T P E`) or an exponent (`e3`, `E-2`).
     pub fn parse(text: &str) -> Result<Quantity, QuantityError> {
-        let err = |reason| QuantityError {
-            text: text.to_string(),
-            reason,
-        };
+        let err = |reason| QuantityError { text: text.to_string(), reason };
         let s = text.trim();
         if s.is_empty() {
             return Err(err("empty"));
@@ -40,9 +37,7 @@ impl Quantity {
         if s.starts_with('-') {
             return Err(err("must not be negative"));
         }
-        let num_end = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let num_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (number, suffix) = s.split_at(num_end);
         let (int_part, frac_part) = match number.split_once('.') {
             Some((i, f)) => (i, f),
@@ -56,137 +51,54 @@ impl Quantity {
         }
         // value = mantissa / 10^frac_digits * multiplier; everything kept as num/den to stay exact.
         let digits = format!("{int_part}{frac_part}");
-        let mantissa: u128 = if digits.is_empty() {
-            0
-        } else {
-            digits.parse().map_err(|_| err("number too large"))?
-        };
-        let mut num = mantissa
-            .checked_mul(1000)
-            .ok_or_else(|| err("number too large"))?;
-        let mut den: u128 = 10u128
-            .checked_pow(frac_part.len() as u32)
-            .ok_or_else(|| err("too many digits"))?;
-        let pow =
-            |base: u128, exp: u32| base.checked_pow(exp).ok_or_else(|| err("number too large"));
+        let mantissa: u128 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| err("number too large"))? };
+        let mut num = mantissa.checked_mul(1000).ok_or_else(|| err("number too large"))?;
+        let mut den: u128 = 10u128.checked_pow(frac_part.len() as u32).ok_or_else(|| err("too many digits"))?;
+        let pow = |base: u128, exp: u32| base.checked_pow(exp).ok_or_else(|| err("number too large"));
         match suffix {
             "" => {}
-            "Ki" => {
-                num = num
-                    .checked_mul(pow(2, 10)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "Mi" => {
-                num = num
-                    .checked_mul(pow(2, 20)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "Gi" => {
-                num = num
-                    .checked_mul(pow(2, 30)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "Ti" => {
-                num = num
-                    .checked_mul(pow(2, 40)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "Pi" => {
-                num = num
-                    .checked_mul(pow(2, 50)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "Ei" => {
-                num = num
-                    .checked_mul(pow(2, 60)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "n" => {
-                den = den
-                    .checked_mul(pow(10, 9)?)
-                    .ok_or_else(|| err("too many digits"))?
-            }
-            "u" => {
-                den = den
-                    .checked_mul(pow(10, 6)?)
-                    .ok_or_else(|| err("too many digits"))?
-            }
-            "m" => {
-                den = den
-                    .checked_mul(pow(10, 3)?)
-                    .ok_or_else(|| err("too many digits"))?
-            }
-            "k" => {
-                num = num
-                    .checked_mul(pow(10, 3)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "M" => {
-                num = num
-                    .checked_mul(pow(10, 6)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "G" => {
-                num = num
-                    .checked_mul(pow(10, 9)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "T" => {
-                num = num
-                    .checked_mul(pow(10, 12)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "P" => {
-                num = num
-                    .checked_mul(pow(10, 15)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
-            "E" => {
-                num = num
-                    .checked_mul(pow(10, 18)?)
-                    .ok_or_else(|| err("number too large"))?
-            }
+            "Ki" => num = num.checked_mul(pow(2, 10)?).ok_or_else(|| err("number too large"))?,
+            "Mi" => num = num.checked_mul(pow(2, 20)?).ok_or_else(|| err("number too large"))?,
+            "Gi" => num = num.checked_mul(pow(2, 30)?).ok_or_else(|| err("number too large"))?,
+            "Ti" => num = num.checked_mul(pow(2, 40)?).ok_or_else(|| err("number too large"))?,
+            "Pi" => num = num.checked_mul(pow(2, 50)?).ok_or_else(|| err("number too large"))?,
+            "Ei" => num = num.checked_mul(pow(2, 60)?).ok_or_else(|| err("number too large"))?,
+            "n" => den = den.checked_mul(pow(10, 9)?).ok_or_else(|| err("too many digits"))?,
+            "u" => den = den.checked_mul(pow(10, 6)?).ok_or_else(|| err("too many digits"))?,
+            "m" => den = den.checked_mul(pow(10, 3)?).ok_or_else(|| err("too many digits"))?,
+            "k" => num = num.checked_mul(pow(10, 3)?).ok_or_else(|| err("number too large"))?,
+            "M" => num = num.checked_mul(pow(10, 6)?).ok_or_else(|| err("number too large"))?,
+            "G" => num = num.checked_mul(pow(10, 9)?).ok_or_else(|| err("number too large"))?,
+            "T" => num = num.checked_mul(pow(10, 12)?).ok_or_else(|| err("number too large"))?,
+            "P" => num = num.checked_mul(pow(10, 15)?).ok_or_else(|| err("number too large"))?,
+            "E" => num = num.checked_mul(pow(10, 18)?).ok_or_else(|| err("number too large"))?,
             other => {
-                let exp = other
-                    .strip_prefix('e')
-                    .or_else(|| other.strip_prefix('E'))
-                    .ok_or_else(|| err("unknown suffix (use Ki, Mi, Gi, Ti, Pi, Ei, n, u, m, k, M, G, T, P, E or eN)"))?;
+                let exp = other.strip_prefix('e').or_else(|| other.strip_prefix('E')).ok_or_else(|| {
+                    err("unknown suffix (use Ki, Mi, Gi, Ti, Pi, Ei, n, u, m, k, M, G, T, P, E or eN)")
+                })?;
                 let exp: i32 = exp.parse().map_err(|_| err("invalid exponent"))?;
                 if exp.unsigned_abs() > 30 {
                     return Err(err("exponent out of range"));
                 }
                 if exp >= 0 {
-                    num = num
-                        .checked_mul(pow(10, exp as u32)?)
-                        .ok_or_else(|| err("number too large"))?;
+                    num = num.checked_mul(pow(10, exp as u32)?).ok_or_else(|| err("number too large"))?;
                 } else {
-                    den = den
-                        .checked_mul(pow(10, exp.unsigned_abs())?)
-                        .ok_or_else(|| err("too many digits"))?;
+                    den = den.checked_mul(pow(10, exp.unsigned_abs())?).ok_or_else(|| err("too many digits"))?;
                 }
             }
         }
         let milli = num.div_ceil(den);
-        Ok(Quantity {
-            text: text.to_string(),
-            milli,
-        })
+        Ok(Quantity { text: text.to_string(), milli })
     }
 
     /// A CPU quantity from millicores (written as `NNNm`).
     pub fn from_millis(millis: u64) -> Quantity {
-        Quantity {
-            text: format!("{millis}m"),
-            milli: u128::from(millis),
-        }
+        Quantity { text: format!("{millis}m"), milli: u128::from(millis) }
     }
 
     /// A quantity of whole units (bytes, pods), written as a plain integer.
     pub fn from_units(units: u64) -> Quantity {
-        Quantity {
-            text: units.to_string(),
-            milli: u128::from(units) * 1000,
-        }
+        Quantity { text: units.to_string(), milli: u128::from(units) * 1000 }
     }
 
     /// The text as written.

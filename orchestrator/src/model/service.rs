@@ -47,11 +47,7 @@ pub struct ServiceSpec {
     /// Berth extension: active health checks by the proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<ServiceHealthCheck>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "clusterIPs"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "clusterIPs")]
     pub cluster_ips: Option<Ignored>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<Ignored>,
@@ -67,11 +63,7 @@ pub struct ServiceSpec {
     pub ip_family_policy: Option<Ignored>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_not_ready_addresses: Option<Ignored>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "loadBalancerIP"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "loadBalancerIP")]
     pub load_balancer_ip: Option<Ignored>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer_source_ranges: Option<Ignored>,
@@ -79,11 +71,7 @@ pub struct ServiceSpec {
     pub load_balancer_class: Option<Ignored>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocate_load_balancer_node_ports: Option<Ignored>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "externalIPs"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "externalIPs")]
     pub external_ips: Option<Ignored>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_node_port: Option<Ignored>,
@@ -197,16 +185,8 @@ impl Service {
             const KEY: &str = "berth.dev/no-selector";
             Selector {
                 requirements: vec![
-                    Requirement {
-                        key: KEY.into(),
-                        op: Operator::Exists,
-                        values: vec![],
-                    },
-                    Requirement {
-                        key: KEY.into(),
-                        op: Operator::DoesNotExist,
-                        values: vec![],
-                    },
+                    Requirement { key: KEY.into(), op: Operator::Exists, values: vec![] },
+                    Requirement { key: KEY.into(), op: Operator::DoesNotExist, values: vec![] },
                 ],
             }
         } else {
@@ -245,22 +225,14 @@ impl Service {
                 }
             },
         };
-        let virtual_ip = self
-            .spec
-            .cluster_ip
-            .as_deref()
-            .and_then(|ip| ip.parse().ok());
-        let health_check = self
-            .spec
-            .health_check
-            .as_ref()
-            .map(|h| discovery::HealthCheck {
-                http_path: h.path.clone(),
-                interval_ms: h.interval_ms,
-                timeout_ms: h.timeout_ms,
-                healthy_threshold: h.healthy_threshold,
-                unhealthy_threshold: h.unhealthy_threshold,
-            });
+        let virtual_ip = self.spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok());
+        let health_check = self.spec.health_check.as_ref().map(|h| discovery::HealthCheck {
+            http_path: h.path.clone(),
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        });
         discovery::Service {
             namespace: self.metadata.namespace.clone(),
             name: self.metadata.name.clone(),
@@ -278,23 +250,14 @@ impl Service {
         let s = &self.spec;
         check_label_map(&join(p, "selector"), &s.selector)?;
         if s.selector.is_empty() {
-            cx.warn(
-                &join(p, "selector"),
-                "empty: Berth publishes no endpoints for a service without a selector",
-            );
+            cx.warn(&join(p, "selector"), "empty: Berth publishes no endpoints for a service without a selector");
         }
         match s.type_ {
             ServiceType::ClusterIP => {}
-            ServiceType::NodePort | ServiceType::LoadBalancer => cx.warn(
-                &join(p, "type"),
-                format!(
-                    "{:?} is served like ClusterIP (through the Berth proxy)",
-                    s.type_
-                ),
-            ),
-            ServiceType::ExternalName => {
-                return Err(field_err(join(p, "type"), "ExternalName is not supported"))
+            ServiceType::NodePort | ServiceType::LoadBalancer => {
+                cx.warn(&join(p, "type"), format!("{:?} is served like ClusterIP (through the Berth proxy)", s.type_))
             }
+            ServiceType::ExternalName => return Err(field_err(join(p, "type"), "ExternalName is not supported")),
         }
         if let Some(ip) = &s.cluster_ip {
             if !ip.is_empty() && ip != "None" && ip.parse::<std::net::IpAddr>().is_err() {
@@ -305,10 +268,7 @@ impl Service {
             }
         }
         if s.ports.is_empty() && !self.is_headless() {
-            return Err(field_err(
-                join(p, "ports"),
-                "at least one port is required (unless clusterIP is None)",
-            ));
+            return Err(field_err(join(p, "ports"), "at least one port is required (unless clusterIP is None)"));
         }
         let mut names = std::collections::BTreeSet::new();
         let mut numbers = std::collections::HashSet::new();
@@ -319,25 +279,16 @@ impl Service {
                 Some(n) => {
                     validate_dns_label(n).map_err(|m| field_err(join(&pp, "name"), m))?;
                     if !names.insert(n.as_str()) {
-                        return Err(field_err(
-                            join(&pp, "name"),
-                            format!("duplicate port name {n:?}"),
-                        ));
+                        return Err(field_err(join(&pp, "name"), format!("duplicate port name {n:?}")));
                     }
                 }
                 None if s.ports.len() > 1 => {
-                    return Err(field_err(
-                        join(&pp, "name"),
-                        "required when the service has several ports",
-                    ));
+                    return Err(field_err(join(&pp, "name"), "required when the service has several ports"));
                 }
                 None => {}
             }
             if !numbers.insert((port.port, port.protocol)) {
-                return Err(field_err(
-                    join(&pp, "port"),
-                    format!("duplicate port {}/{:?}", port.port, port.protocol),
-                ));
+                return Err(field_err(join(&pp, "port"), format!("duplicate port {}/{:?}", port.port, port.protocol)));
             }
             match &port.target_port {
                 Some(IntOrString::Int(n)) => check_port(&join(&pp, "targetPort"), *n)?,
@@ -353,35 +304,23 @@ impl Service {
             let lp = join(p, "loadBalancing");
             match (&lb.policy, &lb.hash_on) {
                 (BalancePolicyName::ConsistentHash, None) => {
-                    return Err(field_err(
-                        join(&lp, "hashOn"),
-                        "required when policy is consistentHash",
-                    ));
+                    return Err(field_err(join(&lp, "hashOn"), "required when policy is consistentHash"));
                 }
                 (BalancePolicyName::ConsistentHash, Some(h)) => {
                     let n = usize::from(h.header.is_some())
                         + usize::from(h.cookie.is_some())
                         + usize::from(h.client_ip == Some(true));
                     if n != 1 || h.client_ip == Some(false) {
-                        return Err(field_err(
-                            join(&lp, "hashOn"),
-                            "exactly one of header, cookie, clientIP: true",
-                        ));
+                        return Err(field_err(join(&lp, "hashOn"), "exactly one of header, cookie, clientIP: true"));
                     }
                     if let Some(hd) = &h.header {
                         if !is_http_token(hd) {
-                            return Err(field_err(
-                                join(&lp, "hashOn.header"),
-                                "invalid header name",
-                            ));
+                            return Err(field_err(join(&lp, "hashOn.header"), "invalid header name"));
                         }
                     }
                 }
                 (_, Some(_)) => {
-                    return Err(field_err(
-                        join(&lp, "hashOn"),
-                        "only valid when policy is consistentHash",
-                    ));
+                    return Err(field_err(join(&lp, "hashOn"), "only valid when policy is consistentHash"));
                 }
                 _ => {}
             }
@@ -410,10 +349,7 @@ impl Service {
             ("loadBalancerIP", &s.load_balancer_ip),
             ("loadBalancerSourceRanges", &s.load_balancer_source_ranges),
             ("loadBalancerClass", &s.load_balancer_class),
-            (
-                "allocateLoadBalancerNodePorts",
-                &s.allocate_load_balancer_node_ports,
-            ),
+            ("allocateLoadBalancerNodePorts", &s.allocate_load_balancer_node_ports),
             ("externalIPs", &s.external_ips),
             ("healthCheckNodePort", &s.health_check_node_port),
             ("externalName", &s.external_name),
@@ -579,9 +515,7 @@ impl RouteBackend {
         validate_dns1035_label(&self.service).map_err(|m| field_err(join(p, "service"), m))?;
         match &self.port {
             Some(IntOrString::Int(n)) => check_port(&join(p, "port"), *n),
-            Some(IntOrString::String(n)) => {
-                validate_dns_label(n).map_err(|m| field_err(join(p, "port"), m))
-            }
+            Some(IntOrString::String(n)) => validate_dns_label(n).map_err(|m| field_err(join(p, "port"), m)),
             None => Ok(()),
         }
     }
@@ -589,20 +523,13 @@ impl RouteBackend {
 
 fn check_host(path: &str, host: &str) -> CheckResult {
     let name = host.strip_prefix("*.").unwrap_or(host);
-    validate_dns_subdomain(name).map_err(|_| {
-        field_err(
-            path,
-            format!("{host:?} must be a lowercase DNS name, optionally starting with \"*.\""),
-        )
-    })
+    validate_dns_subdomain(name)
+        .map_err(|_| field_err(path, format!("{host:?} must be a lowercase DNS name, optionally starting with \"*.\"")))
 }
 
 fn check_path(path: &str, value: &str) -> CheckResult {
     if !value.starts_with('/') || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(field_err(
-            path,
-            format!("{value:?} must start with '/' and contain no whitespace"),
-        ));
+        return Err(field_err(path, format!("{value:?} must start with '/' and contain no whitespace")));
     }
     Ok(())
 }
@@ -614,11 +541,7 @@ impl Route {
     pub fn to_discovery(&self) -> Vec<discovery::Route> {
         let mut groups: Vec<(Vec<String>, Vec<discovery::RouteRule>)> = Vec::new();
         for r in &self.spec.rules {
-            let hosts = if r.hosts.is_empty() {
-                self.spec.hosts.clone()
-            } else {
-                r.hosts.clone()
-            };
+            let hosts = if r.hosts.is_empty() { self.spec.hosts.clone() } else { r.hosts.clone() };
             let rule = discovery::RouteRule {
                 path: r.path.as_ref().and_then(|p| match (&p.exact, &p.prefix) {
                     (Some(e), _) => Some(discovery::PathMatch::Exact(e.clone())),
@@ -629,28 +552,16 @@ impl Route {
                 headers: r
                     .headers
                     .iter()
-                    .map(|h| discovery::HeaderMatch {
-                        name: h.name.clone(),
-                        value: h.value.clone(),
-                    })
+                    .map(|h| discovery::HeaderMatch { name: h.name.clone(), value: h.value.clone() })
                     .collect(),
                 backend: r.backend.to_discovery(),
                 rewrite_prefix: r.rewrite.as_ref().map(|w| w.prefix.clone()),
                 add_request_headers: r
                     .request_headers
                     .as_ref()
-                    .map(|m| {
-                        m.add
-                            .iter()
-                            .map(|h| (h.name.clone(), h.value.clone()))
-                            .collect()
-                    })
+                    .map(|m| m.add.iter().map(|h| (h.name.clone(), h.value.clone())).collect())
                     .unwrap_or_default(),
-                remove_request_headers: r
-                    .request_headers
-                    .as_ref()
-                    .map(|m| m.remove.clone())
-                    .unwrap_or_default(),
+                remove_request_headers: r.request_headers.as_ref().map(|m| m.remove.clone()).unwrap_or_default(),
                 rate_limit_rps: r.rate_limit.as_ref().map(|l| l.requests_per_second),
             };
             match groups.iter_mut().find(|(h, _)| *h == hosts) {
@@ -671,26 +582,15 @@ impl Route {
                     .tls
                     .iter()
                     .filter(|t| hosts.is_empty() || t.hosts.iter().any(|h| hosts.contains(h)))
-                    .map(|t| discovery::RouteTls {
-                        hosts: t.hosts.clone(),
-                        secret_name: t.secret_name.clone(),
-                    })
+                    .map(|t| discovery::RouteTls { hosts: t.hosts.clone(), secret_name: t.secret_name.clone() })
                     .collect();
                 discovery::Route {
                     namespace: self.metadata.namespace.clone(),
-                    name: if several {
-                        format!("{}#{i}", self.metadata.name)
-                    } else {
-                        self.metadata.name.clone()
-                    },
+                    name: if several { format!("{}#{i}", self.metadata.name) } else { self.metadata.name.clone() },
                     labels: self.metadata.labels.clone(),
                     hosts,
                     rules,
-                    default_backend: self
-                        .spec
-                        .default_backend
-                        .as_ref()
-                        .map(RouteBackend::to_discovery),
+                    default_backend: self.spec.default_backend.as_ref().map(RouteBackend::to_discovery),
                     tls,
                 }
             })
@@ -703,10 +603,7 @@ impl Route {
             check_host(&index("spec", "hosts", i), h)?;
         }
         if s.rules.is_empty() && s.default_backend.is_none() {
-            return Err(field_err(
-                "spec",
-                "needs at least one rule or a defaultBackend",
-            ));
+            return Err(field_err("spec", "needs at least one rule or a defaultBackend"));
         }
         if let Some(b) = &s.default_backend {
             b.check("spec.defaultBackend")?;
@@ -726,54 +623,36 @@ impl Route {
             }
             for (j, m) in r.methods.iter().enumerate() {
                 if !is_http_token(m) || m.bytes().any(|b| b.is_ascii_lowercase()) {
-                    return Err(field_err(
-                        index(&rp, "methods", j),
-                        format!("{m:?} is not an upper-case HTTP method"),
-                    ));
+                    return Err(field_err(index(&rp, "methods", j), format!("{m:?} is not an upper-case HTTP method")));
                 }
             }
             for (j, h) in r.headers.iter().enumerate() {
                 if !is_http_token(&h.name) {
-                    return Err(field_err(
-                        join(&index(&rp, "headers", j), "name"),
-                        "invalid header name",
-                    ));
+                    return Err(field_err(join(&index(&rp, "headers", j), "name"), "invalid header name"));
                 }
             }
             r.backend.check(&join(&rp, "backend"))?;
             if let Some(w) = &r.rewrite {
                 if r.path.as_ref().is_none_or(|p| p.prefix.is_none()) {
-                    return Err(field_err(
-                        join(&rp, "rewrite"),
-                        "needs a path prefix match to rewrite",
-                    ));
+                    return Err(field_err(join(&rp, "rewrite"), "needs a path prefix match to rewrite"));
                 }
                 check_path(&join(&rp, "rewrite.prefix"), &w.prefix)?;
             }
             if let Some(m) = &r.request_headers {
                 for (j, h) in m.add.iter().enumerate() {
                     if !is_http_token(&h.name) || h.value.contains(['\r', '\n']) {
-                        return Err(field_err(
-                            index(&rp, "requestHeaders.add", j),
-                            "invalid header",
-                        ));
+                        return Err(field_err(index(&rp, "requestHeaders.add", j), "invalid header"));
                     }
                 }
                 for (j, h) in m.remove.iter().enumerate() {
                     if !is_http_token(h) {
-                        return Err(field_err(
-                            index(&rp, "requestHeaders.remove", j),
-                            "invalid header name",
-                        ));
+                        return Err(field_err(index(&rp, "requestHeaders.remove", j), "invalid header name"));
                     }
                 }
             }
             if let Some(l) = &r.rate_limit {
                 if l.requests_per_second == 0 {
-                    return Err(field_err(
-                        join(&rp, "rateLimit.requestsPerSecond"),
-                        "must be >= 1",
-                    ));
+                    return Err(field_err(join(&rp, "rateLimit.requestsPerSecond"), "must be >= 1"));
                 }
             }
         }
@@ -785,8 +664,7 @@ impl Route {
             for (j, h) in t.hosts.iter().enumerate() {
                 check_host(&index(&tp, "hosts", j), h)?;
             }
-            validate_dns_subdomain(&t.secret_name)
-                .map_err(|m| field_err(join(&tp, "secretName"), m))?;
+            validate_dns_subdomain(&t.secret_name).map_err(|m| field_err(join(&tp, "secretName"), m))?;
         }
         Ok(())
     }
@@ -890,10 +768,7 @@ pub enum PathType {
 impl IngressBackend {
     fn to_route_backend(&self, p: &str, cx: &mut Check) -> Result<RouteBackend, FieldError> {
         cx.unsupported(p, "resource", &self.resource)?;
-        let s = self
-            .service
-            .as_ref()
-            .ok_or_else(|| field_err(join(p, "service"), "required"))?;
+        let s = self.service.as_ref().ok_or_else(|| field_err(join(p, "service"), "required"))?;
         let sp = join(p, "service");
         validate_dns1035_label(&s.name).map_err(|m| field_err(join(&sp, "name"), m))?;
         let port = match (&s.port.number, &s.port.name) {
@@ -905,17 +780,9 @@ impl IngressBackend {
                 validate_dns_label(name).map_err(|m| field_err(join(&sp, "port.name"), m))?;
                 IntOrString::String(name.clone())
             }
-            _ => {
-                return Err(field_err(
-                    join(&sp, "port"),
-                    "exactly one of number, name must be set",
-                ))
-            }
+            _ => return Err(field_err(join(&sp, "port"), "exactly one of number, name must be set")),
         };
-        Ok(RouteBackend {
-            service: s.name.clone(),
-            port: Some(port),
-        })
+        Ok(RouteBackend { service: s.name.clone(), port: Some(port) })
     }
 }
 
@@ -948,23 +815,11 @@ impl Ingress {
                 let value = path.path.clone().unwrap_or_else(|| "/".into());
                 check_path(&join(&pp, "path"), &value)?;
                 let matcher = match path.path_type {
-                    PathType::Exact => PathMatchSpec {
-                        exact: Some(value),
-                        prefix: None,
-                    },
-                    PathType::Prefix => PathMatchSpec {
-                        exact: None,
-                        prefix: Some(value),
-                    },
+                    PathType::Exact => PathMatchSpec { exact: Some(value), prefix: None },
+                    PathType::Prefix => PathMatchSpec { exact: None, prefix: Some(value) },
                     PathType::ImplementationSpecific => {
-                        cx.warn(
-                            &join(&pp, "pathType"),
-                            "ImplementationSpecific is read as Prefix",
-                        );
-                        PathMatchSpec {
-                            exact: None,
-                            prefix: Some(value),
-                        }
+                        cx.warn(&join(&pp, "pathType"), "ImplementationSpecific is read as Prefix");
+                        PathMatchSpec { exact: None, prefix: Some(value) }
                     }
                 };
                 let backend = path.backend.to_route_backend(&join(&pp, "backend"), cx)?;
@@ -985,33 +840,19 @@ impl Ingress {
         for (i, t) in s.tls.iter().enumerate() {
             let tp = index("spec", "tls", i);
             match &t.secret_name {
-                Some(name) => tls.push(RouteTls {
-                    hosts: t.hosts.clone(),
-                    secret_name: name.clone(),
-                }),
-                None => cx.warn(
-                    &tp,
-                    "no secretName: Berth has no default certificate, TLS for these hosts is off",
-                ),
+                Some(name) => tls.push(RouteTls { hosts: t.hosts.clone(), secret_name: name.clone() }),
+                None => cx.warn(&tp, "no secretName: Berth has no default certificate, TLS for these hosts is off"),
             }
         }
         if rules.is_empty() && default_backend.is_none() {
-            return Err(field_err(
-                "spec",
-                "needs at least one rule with paths or a defaultBackend",
-            ));
+            return Err(field_err("spec", "needs at least one rule with paths or a defaultBackend"));
         }
         let metadata = self.metadata;
         Ok(Route {
             api_version: super::Kind::Route.api_version().into(),
             kind: super::Kind::Route.kind_name().into(),
             metadata,
-            spec: RouteSpec {
-                hosts: spec_hosts,
-                rules,
-                default_backend,
-                tls,
-            },
+            spec: RouteSpec { hosts: spec_hosts, rules, default_backend, tls },
             status: None,
         })
     }

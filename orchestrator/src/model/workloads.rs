@@ -45,11 +45,7 @@ pub struct NodeSpec {
     pub pod_cidr: Option<Ignored>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "podCIDRs")]
     pub pod_cidrs: Option<Ignored>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "providerID"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "providerID")]
     pub provider_id: Option<Ignored>,
 }
 
@@ -112,11 +108,7 @@ pub struct NodeAddress {
 pub struct NodeSystemInfo {
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "machineID")]
     pub machine_id: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "systemUUID"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "systemUUID")]
     pub system_uuid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "bootID")]
     pub boot_id: Option<String>,
@@ -139,16 +131,13 @@ pub struct NodeSystemInfo {
 impl Node {
     /// `Ready` condition is `True`.
     pub fn is_ready(&self) -> bool {
-        self.status
-            .as_ref()
-            .is_some_and(|s| condition_is_true(&s.conditions, "Ready"))
+        self.status.as_ref().is_some_and(|s| condition_is_true(&s.conditions, "Ready"))
     }
 
     /// The last heartbeat: `status.heartbeatTime`, else the `Ready` condition's `lastHeartbeatTime`.
     pub fn heartbeat(&self) -> Option<Time> {
         let s = self.status.as_ref()?;
-        s.heartbeat_time
-            .or_else(|| find_condition(&s.conditions, "Ready").and_then(|c| c.last_heartbeat_time))
+        s.heartbeat_time.or_else(|| find_condition(&s.conditions, "Ready").and_then(|c| c.last_heartbeat_time))
     }
 
     /// Allocatable resources (capacity where allocatable is not reported).
@@ -163,22 +152,16 @@ impl Node {
     /// The first `InternalIP` address, else the first address of any type.
     pub fn address(&self) -> Option<&str> {
         let s = self.status.as_ref()?;
-        s.addresses
-            .iter()
-            .find(|a| a.type_ == "InternalIP")
-            .or(s.addresses.first())
-            .map(|a| a.address.as_str())
+        s.addresses.iter().find(|a| a.type_ == "InternalIP").or(s.addresses.first()).map(|a| a.address.as_str())
     }
 
     pub(crate) fn check(&self, cx: &mut Check) -> CheckResult {
         let p = "spec";
         for (i, t) in self.spec.taints.iter().enumerate() {
             let tp = index(p, "taints", i);
-            discovery::labels::validate_key(&t.key)
-                .map_err(|e| field_err(join(&tp, "key"), e.to_string()))?;
+            discovery::labels::validate_key(&t.key).map_err(|e| field_err(join(&tp, "key"), e.to_string()))?;
             if let Some(v) = &t.value {
-                discovery::labels::validate_value(v)
-                    .map_err(|e| field_err(join(&tp, "value"), e.to_string()))?;
+                discovery::labels::validate_value(v).map_err(|e| field_err(join(&tp, "value"), e.to_string()))?;
             }
         }
         cx.ignored(p, "podCIDR", &self.spec.pod_cidr);
@@ -219,10 +202,7 @@ fn check_resource_list(path: &str, list: &ResourceList, cx: &mut Check) -> Check
                 if discovery::labels::validate_key(other).is_err() {
                     return Err(field_err(join(path, other), "invalid resource name"));
                 }
-                cx.warn(
-                    &join(path, other),
-                    "resource not managed by Berth (neither scheduled nor enforced)",
-                );
+                cx.warn(&join(path, other), "resource not managed by Berth (neither scheduled nor enforced)");
             }
         }
     }
@@ -285,10 +265,7 @@ pub struct DeploymentStrategy {
 
 impl Default for DeploymentStrategy {
     fn default() -> Self {
-        DeploymentStrategy {
-            type_: StrategyType::RollingUpdate,
-            rolling_update: None,
-        }
+        DeploymentStrategy { type_: StrategyType::RollingUpdate, rolling_update: None }
     }
 }
 
@@ -314,10 +291,7 @@ pub struct RollingUpdate {
 
 impl Default for RollingUpdate {
     fn default() -> Self {
-        RollingUpdate {
-            max_surge: default_quarter(),
-            max_unavailable: default_quarter(),
-        }
+        RollingUpdate { max_surge: default_quarter(), max_unavailable: default_quarter() }
     }
 }
 
@@ -325,16 +299,8 @@ impl RollingUpdate {
     /// `(maxSurge, maxUnavailable)` as pod counts for `replicas` (surge rounds up, unavailable down; if both
     /// come out 0, unavailable becomes 1, as Kubernetes does).
     pub fn resolve(&self, replicas: i32) -> (i32, i32) {
-        let surge = self
-            .max_surge
-            .scaled_value(replicas, true)
-            .unwrap_or(0)
-            .max(0);
-        let mut unavailable = self
-            .max_unavailable
-            .scaled_value(replicas, false)
-            .unwrap_or(0)
-            .max(0);
+        let surge = self.max_surge.scaled_value(replicas, true).unwrap_or(0).max(0);
+        let mut unavailable = self.max_unavailable.scaled_value(replicas, false).unwrap_or(0).max(0);
         if surge == 0 && unavailable == 0 {
             unavailable = 1;
         }
@@ -376,18 +342,12 @@ impl Deployment {
     pub(crate) fn check(&self, cx: &mut Check) -> CheckResult {
         let spec = &self.spec;
         if spec.replicas < 0 {
-            return Err(field_err(
-                "spec.replicas",
-                format!("must be >= 0 (got {})", spec.replicas),
-            ));
+            return Err(field_err("spec.replicas", format!("must be >= 0 (got {})", spec.replicas)));
         }
         non_negative("spec.minReadySeconds", spec.min_ready_seconds)?;
         non_negative("spec.revisionHistoryLimit", spec.revision_history_limit)?;
         if spec.progress_deadline_seconds <= spec.min_ready_seconds {
-            return Err(field_err(
-                "spec.progressDeadlineSeconds",
-                "must be greater than minReadySeconds".to_string(),
-            ));
+            return Err(field_err("spec.progressDeadlineSeconds", "must be greater than minReadySeconds".to_string()));
         }
         spec.selector.check("spec.selector")?;
         if spec.selector.is_empty() {
@@ -397,24 +357,17 @@ impl Deployment {
         if !spec.selector.matches(&spec.template.metadata.labels) {
             return Err(field_err(
                 "spec.template.metadata.labels",
-                format!(
-                    "do not match spec.selector ({})",
-                    spec.selector.to_selector()
-                ),
+                format!("do not match spec.selector ({})", spec.selector.to_selector()),
             ));
         }
         match (&spec.strategy.type_, &spec.strategy.rolling_update) {
             (StrategyType::Recreate, Some(_)) => {
-                return Err(field_err(
-                    "spec.strategy.rollingUpdate",
-                    "must not be set when strategy type is Recreate",
-                ));
+                return Err(field_err("spec.strategy.rollingUpdate", "must not be set when strategy type is Recreate"));
             }
             (StrategyType::RollingUpdate, Some(ru)) => {
                 let p = "spec.strategy.rollingUpdate";
                 let surge = check_count_or_percent(&join(p, "maxSurge"), &ru.max_surge, false)?;
-                let unavail =
-                    check_count_or_percent(&join(p, "maxUnavailable"), &ru.max_unavailable, true)?;
+                let unavail = check_count_or_percent(&join(p, "maxUnavailable"), &ru.max_unavailable, true)?;
                 if surge == 0 && unavail == 0 {
                     return Err(field_err(
                         join(p, "maxUnavailable"),
@@ -568,11 +521,7 @@ pub struct PodSpec {
     pub os: Option<Ignored>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overhead: Option<Ignored>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "setHostnameAsFQDN"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "setHostnameAsFQDN")]
     pub set_hostname_as_fqdn: Option<Ignored>,
 }
 
@@ -588,11 +537,7 @@ impl PodSpec {
     /// The pod's total resource requests: the sum over its containers (a container with only a limit requests
     /// its limit, as in Kubernetes), counting one pod.
     pub fn total_requests(&self) -> Resources {
-        let mut r = Resources {
-            cpu_millis: 0,
-            memory_bytes: 0,
-            pods: 1,
-        };
+        let mut r = Resources { cpu_millis: 0, memory_bytes: 0, pods: 1 };
         for c in &self.containers {
             let req = c.resources.effective_requests();
             r.cpu_millis = r.cpu_millis.saturating_add(req.cpu_millis);
@@ -618,10 +563,7 @@ impl PodSpec {
         let ignored: [(&str, &Option<Ignored>); 23] = [
             ("serviceAccountName", &self.service_account_name),
             ("serviceAccount", &self.service_account),
-            (
-                "automountServiceAccountToken",
-                &self.automount_service_account_token,
-            ),
+            ("automountServiceAccountToken", &self.automount_service_account_token),
             ("securityContext", &self.security_context),
             ("dnsPolicy", &self.dns_policy),
             ("dnsConfig", &self.dns_config),
@@ -650,16 +592,10 @@ impl PodSpec {
         cx.ignored(p, "setHostnameAsFQDN", &self.set_hostname_as_fqdn);
 
         if self.containers.is_empty() {
-            return Err(field_err(
-                join(p, "containers"),
-                "at least one container is required",
-            ));
+            return Err(field_err(join(p, "containers"), "at least one container is required"));
         }
         if self.termination_grace_period_seconds < 0 {
-            return Err(field_err(
-                join(p, "terminationGracePeriodSeconds"),
-                "must be >= 0",
-            ));
+            return Err(field_err(join(p, "terminationGracePeriodSeconds"), "must be >= 0"));
         }
         if let Some(n) = &self.node_name {
             validate_dns_subdomain(n).map_err(|m| field_err(join(p, "nodeName"), m))?;
@@ -671,10 +607,7 @@ impl PodSpec {
             let vp = index(p, "volumes", i);
             v.check(&vp)?;
             if !volume_names.insert(v.name.as_str()) {
-                return Err(field_err(
-                    join(&vp, "name"),
-                    format!("duplicate volume name {:?}", v.name),
-                ));
+                return Err(field_err(join(&vp, "name"), format!("duplicate volume name {:?}", v.name)));
             }
         }
 
@@ -684,19 +617,13 @@ impl PodSpec {
             let cp = index(p, "containers", i);
             c.check(&cp, &volume_names, cx)?;
             if !names.insert(c.name.as_str()) {
-                return Err(field_err(
-                    join(&cp, "name"),
-                    format!("duplicate container name {:?}", c.name),
-                ));
+                return Err(field_err(join(&cp, "name"), format!("duplicate container name {:?}", c.name)));
             }
             for (j, port) in c.ports.iter().enumerate() {
                 if !host_ports.insert((port.container_port, port.protocol)) {
                     return Err(field_err(
                         join(&index(&cp, "ports", j), "containerPort"),
-                        format!(
-                            "duplicate port {}/{:?} in the pod",
-                            port.container_port, port.protocol
-                        ),
+                        format!("duplicate port {}/{:?} in the pod", port.container_port, port.protocol),
                     ));
                 }
             }
@@ -781,10 +708,7 @@ impl Container {
         }
         if let Some(img) = &self.image {
             if img.trim().is_empty() || img.chars().any(char::is_whitespace) {
-                return Err(field_err(
-                    join(p, "image"),
-                    format!("invalid image reference {img:?}"),
-                ));
+                return Err(field_err(join(p, "image"), format!("invalid image reference {img:?}")));
             }
         }
         for (name, v) in [
@@ -806,10 +730,7 @@ impl Container {
             let ep = index(p, "env", i);
             e.check(&ep, cx)?;
             if !env_names.insert(e.name.as_str()) {
-                cx.warn(
-                    &join(&ep, "name"),
-                    format!("duplicate variable {:?}: the last one wins", e.name),
-                );
+                cx.warn(&join(&ep, "name"), format!("duplicate variable {:?}: the last one wins", e.name));
             }
         }
         for (i, e) in self.env_from.iter().enumerate() {
@@ -822,10 +743,7 @@ impl Container {
             if let Some(n) = &port.name {
                 validate_port_name(n).map_err(|m| field_err(join(&pp, "name"), m))?;
                 if !port_names.insert(n.as_str()) {
-                    return Err(field_err(
-                        join(&pp, "name"),
-                        format!("duplicate port name {n:?}"),
-                    ));
+                    return Err(field_err(join(&pp, "name"), format!("duplicate port name {n:?}")));
                 }
             }
             cx.ignored(&pp, "hostPort", &port.host_port);
@@ -841,10 +759,7 @@ impl Container {
                 let pp = join(p, name);
                 pr.check(&pp, self, cx)?;
                 if name != "readinessProbe" && pr.success_threshold != 1 {
-                    return Err(field_err(
-                        join(&pp, "successThreshold"),
-                        "must be 1 for liveness and startup probes",
-                    ));
+                    return Err(field_err(join(&pp, "successThreshold"), "must be 1 for liveness and startup probes"));
                 }
             }
         }
@@ -852,29 +767,17 @@ impl Container {
         for (i, m) in self.volume_mounts.iter().enumerate() {
             let mp = index(p, "volumeMounts", i);
             if !volumes.contains(m.name.as_str()) {
-                return Err(field_err(
-                    join(&mp, "name"),
-                    format!("no volume named {:?} in the pod", m.name),
-                ));
+                return Err(field_err(join(&mp, "name"), format!("no volume named {:?} in the pod", m.name)));
             }
             if !m.mount_path.starts_with('/') {
-                return Err(field_err(
-                    join(&mp, "mountPath"),
-                    "must be an absolute path",
-                ));
+                return Err(field_err(join(&mp, "mountPath"), "must be an absolute path"));
             }
             if !mount_paths.insert(m.mount_path.as_str()) {
-                return Err(field_err(
-                    join(&mp, "mountPath"),
-                    format!("duplicate mount path {:?}", m.mount_path),
-                ));
+                return Err(field_err(join(&mp, "mountPath"), format!("duplicate mount path {:?}", m.mount_path)));
             }
             if let Some(sp) = &m.sub_path {
                 if sp.starts_with('/') || sp.split('/').any(|s| s == "..") {
-                    return Err(field_err(
-                        join(&mp, "subPath"),
-                        "must be a relative path without '..'",
-                    ));
+                    return Err(field_err(join(&mp, "subPath"), "must be a relative path without '..'"));
                 }
             }
             cx.ignored(&mp, "mountPropagation", &m.mount_propagation);
@@ -885,10 +788,7 @@ impl Container {
 
 pub(crate) fn check_port(path: &str, port: i32) -> CheckResult {
     if !(1..=65535).contains(&port) {
-        return Err(field_err(
-            path,
-            format!("must be between 1 and 65535 (got {port})"),
-        ));
+        return Err(field_err(path, format!("must be between 1 and 65535 (got {port})")));
     }
     Ok(())
 }
@@ -907,10 +807,7 @@ impl EnvVar {
     fn check(&self, p: &str, cx: &mut Check) -> CheckResult {
         let n = &self.name;
         if n.is_empty() || n.contains('=') || n.contains('\0') {
-            return Err(field_err(
-                join(p, "name"),
-                format!("invalid environment variable name {n:?}"),
-            ));
+            return Err(field_err(join(p, "name"), format!("invalid environment variable name {n:?}")));
         }
         match (&self.value, &self.value_from) {
             (Some(_), Some(_)) => Err(field_err(p, "value and valueFrom are mutually exclusive")),
@@ -937,20 +834,13 @@ pub struct EnvVarSource {
 
 impl EnvVarSource {
     fn check(&self, p: &str, cx: &mut Check) -> CheckResult {
-        let n = [
-            self.config_map_key_ref.is_some(),
-            self.secret_key_ref.is_some(),
-            self.field_ref.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count()
+        let n = [self.config_map_key_ref.is_some(), self.secret_key_ref.is_some(), self.field_ref.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count()
             + usize::from(self.resource_field_ref.is_some());
         if n != 1 {
-            return Err(field_err(
-                p,
-                "exactly one of configMapKeyRef, secretKeyRef, fieldRef must be set",
-            ));
+            return Err(field_err(p, "exactly one of configMapKeyRef, secretKeyRef, fieldRef must be set"));
         }
         cx.ignored(p, "resourceFieldRef", &self.resource_field_ref);
         if let Some(k) = &self.config_map_key_ref {
@@ -972,8 +862,7 @@ impl EnvVarSource {
                     | "status.podIPs"
                     | "status.hostIP"
                     | "status.hostIPs"
-            ) || ((fp.starts_with("metadata.labels['")
-                || fp.starts_with("metadata.annotations['"))
+            ) || ((fp.starts_with("metadata.labels['") || fp.starts_with("metadata.annotations['"))
                 && fp.ends_with("']"));
             if !ok {
                 return Err(field_err(
@@ -1028,15 +917,9 @@ pub struct EnvFromSource {
 impl EnvFromSource {
     fn check(&self, p: &str) -> CheckResult {
         match (&self.config_map_ref, &self.secret_ref) {
-            (Some(r), None) => validate_dns_subdomain(&r.name)
-                .map_err(|m| field_err(join(p, "configMapRef.name"), m)),
-            (None, Some(r)) => {
-                validate_dns_subdomain(&r.name).map_err(|m| field_err(join(p, "secretRef.name"), m))
-            }
-            _ => Err(field_err(
-                p,
-                "exactly one of configMapRef, secretRef must be set",
-            )),
+            (Some(r), None) => validate_dns_subdomain(&r.name).map_err(|m| field_err(join(p, "configMapRef.name"), m)),
+            (None, Some(r)) => validate_dns_subdomain(&r.name).map_err(|m| field_err(join(p, "secretRef.name"), m)),
+            _ => Err(field_err(p, "exactly one of configMapRef, secretRef must be set")),
         }
     }
 }
@@ -1109,10 +992,7 @@ impl ResourceRequirements {
                         if discovery::labels::validate_key(other).is_err() {
                             return Err(field_err(rp, "invalid resource name"));
                         }
-                        cx.warn(
-                            &rp,
-                            "resource not managed by Berth (neither scheduled nor enforced)",
-                        );
+                        cx.warn(&rp, "resource not managed by Berth (neither scheduled nor enforced)");
                     }
                 }
             }
@@ -1190,21 +1070,14 @@ impl Probe {
             + usize::from(self.tcp_socket.is_some())
             + usize::from(self.exec.is_some());
         if n != 1 {
-            return Err(field_err(
-                p,
-                "exactly one of httpGet, tcpSocket, exec must be set",
-            ));
+            return Err(field_err(p, "exactly one of httpGet, tcpSocket, exec must be set"));
         }
         non_negative(&join(p, "initialDelaySeconds"), self.initial_delay_seconds)?;
         at_least_one(&join(p, "periodSeconds"), self.period_seconds)?;
         at_least_one(&join(p, "timeoutSeconds"), self.timeout_seconds)?;
         at_least_one(&join(p, "successThreshold"), self.success_threshold)?;
         at_least_one(&join(p, "failureThreshold"), self.failure_threshold)?;
-        cx.ignored(
-            p,
-            "terminationGracePeriodSeconds",
-            &self.termination_grace_period_seconds,
-        );
+        cx.ignored(p, "terminationGracePeriodSeconds", &self.termination_grace_period_seconds);
         let check_target = |path: String, port: &IntOrString| -> CheckResult {
             match port {
                 IntOrString::Int(n) => check_port(&path, *n),
@@ -1225,10 +1098,7 @@ impl Probe {
             }
             for (i, hd) in h.http_headers.iter().enumerate() {
                 if !is_http_token(&hd.name) {
-                    return Err(field_err(
-                        join(&index(&hp, "httpHeaders", i), "name"),
-                        "invalid header name",
-                    ));
+                    return Err(field_err(join(&index(&hp, "httpHeaders", i), "name"), "invalid header name"));
                 }
             }
         }
@@ -1237,10 +1107,7 @@ impl Probe {
         }
         if let Some(e) = &self.exec {
             if e.command.is_empty() {
-                return Err(field_err(
-                    join(&join(p, "exec"), "command"),
-                    "must not be empty",
-                ));
+                return Err(field_err(join(&join(p, "exec"), "command"), "must not be empty"));
             }
         }
         Ok(())
@@ -1248,9 +1115,7 @@ impl Probe {
 }
 
 pub(crate) fn is_http_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn default_root() -> String {
@@ -1325,23 +1190,14 @@ impl Volume {
             + usize::from(self.secret.is_some())
             + usize::from(self.empty_dir.is_some());
         if n != 1 {
-            return Err(field_err(
-                p,
-                "exactly one of configMap, secret, emptyDir must be set",
-            ));
+            return Err(field_err(p, "exactly one of configMap, secret, emptyDir must be set"));
         }
         let items = |path: String, items: &[KeyToPath]| -> CheckResult {
             for (i, it) in items.iter().enumerate() {
                 let ip = index(&path, "items", i);
                 check_data_key(&join(&ip, "key"), &it.key)?;
-                if it.path.is_empty()
-                    || it.path.starts_with('/')
-                    || it.path.split('/').any(|s| s == "..")
-                {
-                    return Err(field_err(
-                        join(&ip, "path"),
-                        "must be a relative path without '..'",
-                    ));
+                if it.path.is_empty() || it.path.starts_with('/') || it.path.split('/').any(|s| s == "..") {
+                    return Err(field_err(join(&ip, "path"), "must be a relative path without '..'"));
                 }
             }
             Ok(())
@@ -1353,8 +1209,7 @@ impl Volume {
         }
         if let Some(s) = &self.secret {
             let sp = join(p, "secret");
-            validate_dns_subdomain(&s.secret_name)
-                .map_err(|m| field_err(join(&sp, "secretName"), m))?;
+            validate_dns_subdomain(&s.secret_name).map_err(|m| field_err(join(&sp, "secretName"), m))?;
             items(sp, &s.items)?;
         }
         Ok(())
@@ -1437,47 +1292,25 @@ impl Affinity {
             if let Some(r) = &n.required_during_scheduling_ignored_during_execution {
                 let rp = join(&np, "requiredDuringSchedulingIgnoredDuringExecution");
                 if r.node_selector_terms.is_empty() {
-                    return Err(field_err(
-                        join(&rp, "nodeSelectorTerms"),
-                        "must not be empty",
-                    ));
+                    return Err(field_err(join(&rp, "nodeSelectorTerms"), "must not be empty"));
                 }
                 for (i, t) in r.node_selector_terms.iter().enumerate() {
                     t.check(&index(&rp, "nodeSelectorTerms", i))?;
                 }
             }
-            for (i, t) in n
-                .preferred_during_scheduling_ignored_during_execution
-                .iter()
-                .enumerate()
-            {
+            for (i, t) in n.preferred_during_scheduling_ignored_during_execution.iter().enumerate() {
                 let tp = index(&np, "preferredDuringSchedulingIgnoredDuringExecution", i);
                 check_weight(&join(&tp, "weight"), t.weight)?;
                 t.preference.check(&join(&tp, "preference"))?;
             }
         }
-        for (name, a) in [
-            ("podAffinity", &self.pod_affinity),
-            ("podAntiAffinity", &self.pod_anti_affinity),
-        ] {
+        for (name, a) in [("podAffinity", &self.pod_affinity), ("podAntiAffinity", &self.pod_anti_affinity)] {
             if let Some(a) = a {
                 let ap = join(p, name);
-                for (i, t) in a
-                    .required_during_scheduling_ignored_during_execution
-                    .iter()
-                    .enumerate()
-                {
-                    t.check(&index(
-                        &ap,
-                        "requiredDuringSchedulingIgnoredDuringExecution",
-                        i,
-                    ))?;
+                for (i, t) in a.required_during_scheduling_ignored_during_execution.iter().enumerate() {
+                    t.check(&index(&ap, "requiredDuringSchedulingIgnoredDuringExecution", i))?;
                 }
-                for (i, t) in a
-                    .preferred_during_scheduling_ignored_during_execution
-                    .iter()
-                    .enumerate()
-                {
+                for (i, t) in a.preferred_during_scheduling_ignored_during_execution.iter().enumerate() {
                     let tp = index(&ap, "preferredDuringSchedulingIgnoredDuringExecution", i);
                     check_weight(&join(&tp, "weight"), t.weight)?;
                     t.pod_affinity_term.check(&join(&tp, "podAffinityTerm"))?;
@@ -1490,10 +1323,7 @@ impl Affinity {
 
 fn check_weight(path: &str, w: i32) -> CheckResult {
     if !(1..=100).contains(&w) {
-        return Err(field_err(
-            path,
-            format!("must be between 1 and 100 (got {w})"),
-        ));
+        return Err(field_err(path, format!("must be between 1 and 100 (got {w})")));
     }
     Ok(())
 }
@@ -1531,26 +1361,20 @@ impl NodeSelectorTerm {
         if self.match_expressions.is_empty() && self.match_fields.is_empty() {
             return false;
         }
-        self.match_expressions
-            .iter()
-            .all(|r| r.matches(labels.get(&r.key).map(String::as_str)))
+        self.match_expressions.iter().all(|r| r.matches(labels.get(&r.key).map(String::as_str)))
             && self.match_fields.iter().all(|r| r.matches(Some(node_name)))
     }
 
     fn check(&self, p: &str) -> CheckResult {
         for (i, r) in self.match_expressions.iter().enumerate() {
             let rp = index(p, "matchExpressions", i);
-            discovery::labels::validate_key(&r.key)
-                .map_err(|e| field_err(join(&rp, "key"), e.to_string()))?;
+            discovery::labels::validate_key(&r.key).map_err(|e| field_err(join(&rp, "key"), e.to_string()))?;
             r.check(&rp)?;
         }
         for (i, r) in self.match_fields.iter().enumerate() {
             let rp = index(p, "matchFields", i);
             if r.key != "metadata.name" {
-                return Err(field_err(
-                    join(&rp, "key"),
-                    "only metadata.name is supported",
-                ));
+                return Err(field_err(join(&rp, "key"), "only metadata.name is supported"));
             }
             r.check(&rp)?;
         }
@@ -1603,22 +1427,14 @@ impl NodeSelectorRequirement {
         use NodeSelectorOperator::*;
         let vp = join(p, "values");
         match self.operator {
-            In | NotIn if self.values.is_empty() => Err(field_err(
-                vp,
-                format!("must be non-empty when operator is {:?}", self.operator),
-            )),
-            Exists | DoesNotExist if !self.values.is_empty() => Err(field_err(
-                vp,
-                format!("must be empty when operator is {:?}", self.operator),
-            )),
+            In | NotIn if self.values.is_empty() => {
+                Err(field_err(vp, format!("must be non-empty when operator is {:?}", self.operator)))
+            }
+            Exists | DoesNotExist if !self.values.is_empty() => {
+                Err(field_err(vp, format!("must be empty when operator is {:?}", self.operator)))
+            }
             Gt | Lt if self.values.len() != 1 || self.values[0].parse::<i64>().is_err() => {
-                Err(field_err(
-                    vp,
-                    format!(
-                        "must hold exactly one integer when operator is {:?}",
-                        self.operator
-                    ),
-                ))
+                Err(field_err(vp, format!("must hold exactly one integer when operator is {:?}", self.operator)))
             }
             _ => Ok(()),
         }
@@ -1723,30 +1539,18 @@ impl Toleration {
     fn check(&self, p: &str) -> CheckResult {
         match self.key.as_deref() {
             None | Some("") if self.operator != TolerationOperator::Exists => {
-                return Err(field_err(
-                    join(p, "operator"),
-                    "must be Exists when key is empty",
-                ));
+                return Err(field_err(join(p, "operator"), "must be Exists when key is empty"));
             }
             Some(k) if !k.is_empty() => {
-                discovery::labels::validate_key(k)
-                    .map_err(|e| field_err(join(p, "key"), e.to_string()))?;
+                discovery::labels::validate_key(k).map_err(|e| field_err(join(p, "key"), e.to_string()))?;
             }
             _ => {}
         }
-        if self.operator == TolerationOperator::Exists
-            && self.value.as_deref().is_some_and(|v| !v.is_empty())
-        {
-            return Err(field_err(
-                join(p, "value"),
-                "must be empty when operator is Exists",
-            ));
+        if self.operator == TolerationOperator::Exists && self.value.as_deref().is_some_and(|v| !v.is_empty()) {
+            return Err(field_err(join(p, "value"), "must be empty when operator is Exists"));
         }
         if self.toleration_seconds.is_some() && self.effect != Some(TaintEffect::NoExecute) {
-            return Err(field_err(
-                join(p, "tolerationSeconds"),
-                "only valid with effect NoExecute",
-            ));
+            return Err(field_err(join(p, "tolerationSeconds"), "only valid with effect NoExecute"));
         }
         Ok(())
     }
@@ -1790,10 +1594,7 @@ impl TopologySpreadConstraint {
         if let Some(m) = self.min_domains {
             at_least_one(&join(p, "minDomains"), m)?;
             if self.when_unsatisfiable != WhenUnsatisfiable::DoNotSchedule {
-                return Err(field_err(
-                    join(p, "minDomains"),
-                    "only valid with whenUnsatisfiable DoNotSchedule",
-                ));
+                return Err(field_err(join(p, "minDomains"), "only valid with whenUnsatisfiable DoNotSchedule"));
             }
         }
         cx.ignored(p, "matchLabelKeys", &self.match_label_keys);
@@ -1860,11 +1661,7 @@ pub struct ContainerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "imageID")]
     pub image_id: Option<String>,
     /// `process://PID` or `docker://ID`.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "containerID"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "containerID")]
     pub container_id: Option<String>,
     /// Berth extension: where each container port is reachable on the node (the process runtime allocates a
     /// port and passes it in `PORT`; docker publishes it on 127.0.0.1). Endpoints use `hostPort`.
@@ -1927,20 +1724,14 @@ pub struct ContainerStateTerminated {
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "containerID"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "containerID")]
     pub container_id: Option<String>,
 }
 
 impl Pod {
     /// `Ready` condition is `True`.
     pub fn is_ready(&self) -> bool {
-        self.status
-            .as_ref()
-            .is_some_and(|s| condition_is_true(&s.conditions, "Ready"))
+        self.status.as_ref().is_some_and(|s| condition_is_true(&s.conditions, "Ready"))
     }
 
     pub fn phase(&self) -> PodPhase {
@@ -1986,16 +1777,11 @@ pub(crate) fn check_data_key(path: &str, key: &str) -> CheckResult {
         && key != "."
         && key != ".."
         && !key.starts_with("..")
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
     } else {
-        Err(field_err(
-            path,
-            format!("invalid key {key:?} (use alphanumerics, '-', '_' or '.')"),
-        ))
+        Err(field_err(path, format!("invalid key {key:?} (use alphanumerics, '-', '_' or '.')")))
     }
 }
 
@@ -2059,14 +1845,7 @@ impl std::fmt::Debug for Secret {
         f.debug_struct("Secret")
             .field("metadata", &self.metadata)
             .field("type", &self.type_)
-            .field(
-                "keys",
-                &self
-                    .data
-                    .keys()
-                    .chain(self.string_data.keys())
-                    .collect::<Vec<_>>(),
-            )
+            .field("keys", &self.data.keys().chain(self.string_data.keys()).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -2078,18 +1857,13 @@ impl Secret {
         if let Some(v) = self.string_data.get(key) {
             return Some(v.as_bytes().to_vec());
         }
-        base64::engine::general_purpose::STANDARD
-            .decode(strip_whitespace(self.data.get(key)?))
-            .ok()
+        base64::engine::general_purpose::STANDARD.decode(strip_whitespace(self.data.get(key)?)).ok()
     }
 
     fn normalize(&mut self) {
         use base64::Engine;
         for (k, v) in std::mem::take(&mut self.string_data) {
-            self.data.insert(
-                k,
-                base64::engine::general_purpose::STANDARD.encode(v.as_bytes()),
-            );
+            self.data.insert(k, base64::engine::general_purpose::STANDARD.encode(v.as_bytes()));
         }
     }
 
@@ -2108,10 +1882,7 @@ impl Secret {
         if self.type_ == "kubernetes.io/tls" {
             for key in ["tls.crt", "tls.key"] {
                 if !self.data.contains_key(key) && !self.string_data.contains_key(key) {
-                    return Err(field_err(
-                        format!("data.{key}"),
-                        "required for type kubernetes.io/tls",
-                    ));
+                    return Err(field_err(format!("data.{key}"), "required for type kubernetes.io/tls"));
                 }
             }
         }

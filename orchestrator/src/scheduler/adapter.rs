@@ -67,26 +67,11 @@ pub fn pod_info(pod: &model::Pod) -> PodInfo {
         namespace: pod.metadata.namespace.clone(),
         name: pod.metadata.name.clone(),
         labels: pod.metadata.labels.clone(),
-        requests: s::Requests {
-            cpu_millis: req.cpu_millis,
-            memory_bytes: req.memory_bytes,
-        },
+        requests: s::Requests { cpu_millis: req.cpu_millis, memory_bytes: req.memory_bytes },
         node_selector: spec.node_selector.clone(),
-        node_affinity: affinity
-            .node_affinity
-            .as_ref()
-            .map(node_affinity)
-            .unwrap_or_default(),
-        pod_affinity: affinity
-            .pod_affinity
-            .as_ref()
-            .map(pod_affinity)
-            .unwrap_or_default(),
-        pod_anti_affinity: affinity
-            .pod_anti_affinity
-            .as_ref()
-            .map(pod_affinity)
-            .unwrap_or_default(),
+        node_affinity: affinity.node_affinity.as_ref().map(node_affinity).unwrap_or_default(),
+        pod_affinity: affinity.pod_affinity.as_ref().map(pod_affinity).unwrap_or_default(),
+        pod_anti_affinity: affinity.pod_anti_affinity.as_ref().map(pod_affinity).unwrap_or_default(),
         tolerations: spec.tolerations.iter().map(toleration).collect(),
         topology_spread_constraints: spec
             .topology_spread_constraints
@@ -96,9 +81,7 @@ pub fn pod_info(pod: &model::Pod) -> PodInfo {
                 topology_key: c.topology_key.clone(),
                 when_unsatisfiable: match c.when_unsatisfiable {
                     model::WhenUnsatisfiable::DoNotSchedule => s::WhenUnsatisfiable::DoNotSchedule,
-                    model::WhenUnsatisfiable::ScheduleAnyway => {
-                        s::WhenUnsatisfiable::ScheduleAnyway
-                    }
+                    model::WhenUnsatisfiable::ScheduleAnyway => s::WhenUnsatisfiable::ScheduleAnyway,
                 },
                 label_selector: c.label_selector.as_ref().map(|l| l.to_selector()),
             })
@@ -131,16 +114,11 @@ fn node_affinity(a: &model::NodeAffinity) -> s::NodeAffinity {
         required: a
             .required_during_scheduling_ignored_during_execution
             .as_ref()
-            .map(|r| s::NodeSelector {
-                node_selector_terms: r.node_selector_terms.iter().map(term).collect(),
-            }),
+            .map(|r| s::NodeSelector { node_selector_terms: r.node_selector_terms.iter().map(term).collect() }),
         preferred: a
             .preferred_during_scheduling_ignored_during_execution
             .iter()
-            .map(|p| s::PreferredSchedulingTerm {
-                weight: p.weight,
-                preference: term(&p.preference),
-            })
+            .map(|p| s::PreferredSchedulingTerm { weight: p.weight, preference: term(&p.preference) })
             .collect(),
     }
 }
@@ -158,9 +136,7 @@ fn term(t: &model::NodeSelectorTerm) -> s::NodeSelectorTerm {
                     model::NodeSelectorOperator::In => s::NodeSelectorOperator::In,
                     model::NodeSelectorOperator::NotIn => s::NodeSelectorOperator::NotIn,
                     model::NodeSelectorOperator::Exists => s::NodeSelectorOperator::Exists,
-                    model::NodeSelectorOperator::DoesNotExist => {
-                        s::NodeSelectorOperator::DoesNotExist
-                    }
+                    model::NodeSelectorOperator::DoesNotExist => s::NodeSelectorOperator::DoesNotExist,
                     model::NodeSelectorOperator::Gt => s::NodeSelectorOperator::Gt,
                     model::NodeSelectorOperator::Lt => s::NodeSelectorOperator::Lt,
                 },
@@ -172,18 +148,11 @@ fn term(t: &model::NodeSelectorTerm) -> s::NodeSelectorTerm {
 
 fn pod_affinity(a: &model::PodAffinity) -> s::PodAffinity {
     s::PodAffinity {
-        required: a
-            .required_during_scheduling_ignored_during_execution
-            .iter()
-            .map(affinity_term)
-            .collect(),
+        required: a.required_during_scheduling_ignored_during_execution.iter().map(affinity_term).collect(),
         preferred: a
             .preferred_during_scheduling_ignored_during_execution
             .iter()
-            .map(|w| s::WeightedPodAffinityTerm {
-                weight: w.weight,
-                term: affinity_term(&w.pod_affinity_term),
-            })
+            .map(|w| s::WeightedPodAffinityTerm { weight: w.weight, term: affinity_term(&w.pod_affinity_term) })
             .collect(),
     }
 }
@@ -225,26 +194,12 @@ status:
     fn node_reads_allocatable_labels_and_taints() {
         let n = node_info(&node(READY_NODE));
         assert_eq!(n.name, "n1");
-        assert_eq!(
-            n.allocatable,
-            s::Allocatable {
-                cpu_millis: 3500,
-                memory_bytes: 4 << 30,
-                pods: 110
-            }
-        );
+        assert_eq!(n.allocatable, s::Allocatable { cpu_millis: 3500, memory_bytes: 4 << 30, pods: 110 });
         assert_eq!(n.labels.get("zone").map(String::as_str), Some("a"));
-        assert_eq!(
-            n.labels.get(NODE_NAME_LABEL).map(String::as_str),
-            Some("n1")
-        );
+        assert_eq!(n.labels.get(NODE_NAME_LABEL).map(String::as_str), Some("n1"));
         assert_eq!(
             n.taints,
-            vec![s::Taint {
-                key: "gpu".into(),
-                value: "yes".into(),
-                effect: s::TaintEffect::NoSchedule
-            }]
+            vec![s::Taint { key: "gpu".into(), value: "yes".into(), effect: s::TaintEffect::NoSchedule }]
         );
         assert!(!n.unschedulable);
     }
@@ -253,16 +208,8 @@ status:
     fn node_readiness_and_cordon_table() {
         // (status block, unschedulable, expect not-ready taint)
         let cases = [
-            (
-                "conditions: [{type: Ready, status: \"True\"}]",
-                false,
-                false,
-            ),
-            (
-                "conditions: [{type: Ready, status: \"False\"}]",
-                false,
-                true,
-            ),
+            ("conditions: [{type: Ready, status: \"True\"}]", false, false),
+            ("conditions: [{type: Ready, status: \"False\"}]", false, true),
             ("conditions: [{type: Ready, status: Unknown}]", false, true),
             ("conditions: []", false, true),
             ("conditions: [{type: Ready, status: \"True\"}]", true, false),
@@ -273,18 +220,12 @@ status:
             );
             let n = node_info(&node(&text));
             assert_eq!(n.unschedulable, cordoned, "{cond}");
-            assert_eq!(
-                n.taints.iter().any(|t| t.key == NOT_READY_TAINT_KEY),
-                not_ready,
-                "{cond}"
-            );
+            assert_eq!(n.taints.iter().any(|t| t.key == NOT_READY_TAINT_KEY), not_ready, "{cond}");
             // Allocatable falls back to capacity.
             assert_eq!(n.allocatable.cpu_millis, 1000, "{cond}");
         }
         // A node without status offers nothing and is not ready.
-        let n = node_info(&node(
-            "apiVersion: v1\nkind: Node\nmetadata: {name: bare}\n",
-        ));
+        let n = node_info(&node("apiVersion: v1\nkind: Node\nmetadata: {name: bare}\n"));
         assert_eq!(n.allocatable, s::Allocatable::default());
         assert!(n.taints.iter().any(|t| t.key == NOT_READY_TAINT_KEY));
     }
@@ -325,13 +266,7 @@ spec:
 "#);
         let i = pod_info(&p);
         assert_eq!(i.key().to_string(), "shop/web-1");
-        assert_eq!(
-            i.requests,
-            s::Requests {
-                cpu_millis: 1250,
-                memory_bytes: (64 << 20) + (1 << 30)
-            }
-        );
+        assert_eq!(i.requests, s::Requests { cpu_millis: 1250, memory_bytes: (64 << 20) + (1 << 30) });
         assert_eq!(i.node_selector.get("disk").map(String::as_str), Some("ssd"));
         assert_eq!(i.tolerations.len(), 2);
         assert_eq!(i.tolerations[1].operator, s::TolerationOperator::Exists);
@@ -342,10 +277,7 @@ spec:
         assert_eq!(exprs[0].operator, s::NodeSelectorOperator::Gt);
         assert_eq!(exprs[1].key, NODE_NAME_LABEL);
         assert_eq!(i.node_affinity.preferred[0].weight, 5);
-        assert_eq!(
-            i.pod_anti_affinity.required[0].topology_key,
-            "kubernetes.io/hostname"
-        );
+        assert_eq!(i.pod_anti_affinity.required[0].topology_key, "kubernetes.io/hostname");
         assert_eq!(i.pod_affinity.preferred[0].weight, 7);
         assert_eq!(i.pod_affinity.preferred[0].term.namespaces, vec!["data"]);
         let c = &i.topology_spread_constraints[0];
@@ -363,10 +295,7 @@ spec:
         if let Some(st) = other.status.as_mut() {
             st.conditions.clear();
         }
-        let snapshot = ClusterSnapshot {
-            nodes: vec![ready, node_info(&other)],
-            ..ClusterSnapshot::default()
-        };
+        let snapshot = ClusterSnapshot { nodes: vec![ready, node_info(&other)], ..ClusterSnapshot::default() };
         // Tolerates gpu but not not-ready: only n1.
         let p = pod(r#"
 apiVersion: v1

@@ -23,30 +23,18 @@
 //! The runner refreshes and retries conflicted pods a bounded number of rounds. Waking it when nodes or pods
 //! change (instead of polling) is the caller's wiring: call [`Runner::run_once`] on each store watch event.
 
-use super::{
-    schedule_batch, ClusterSnapshot, NodeName, PodInfo, PodKey, RejectReason, Unschedulable,
-};
+use super::{schedule_batch, ClusterSnapshot, NodeName, PodInfo, PodKey, RejectReason, Unschedulable};
 use std::collections::BTreeSet;
 
 /// Why a bind did not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error(
-        "pod {pod} changed since it was scheduled (expected revision {expected}, now {actual})"
-    )]
-    PodChanged {
-        pod: PodKey,
-        expected: u64,
-        actual: u64,
-    },
+    #[error("pod {pod} changed since it was scheduled (expected revision {expected}, now {actual})")]
+    PodChanged { pod: PodKey, expected: u64, actual: u64 },
     #[error("pod {pod} is already bound to {node}")]
     AlreadyBound { pod: PodKey, node: String },
     #[error("pod {pod} no longer fits node {node} at bind time: {reason}")]
-    NodeFull {
-        pod: PodKey,
-        node: String,
-        reason: RejectReason,
-    },
+    NodeFull { pod: PodKey, node: String, reason: RejectReason },
     #[error("pod {pod} no longer exists")]
     PodGone { pod: PodKey },
     #[error("node {node} no longer exists (binding {pod})")]
@@ -63,22 +51,14 @@ pub enum BindError {
 impl BindError {
     /// Whether a fresh snapshot and another placement may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            BindError::PodChanged { .. } | BindError::NodeFull { .. } | BindError::NodeGone { .. }
-        )
+        matches!(self, BindError::PodChanged { .. } | BindError::NodeFull { .. } | BindError::NodeGone { .. })
     }
 }
 
 /// Commits a placement. See the module docs for the atomicity it must provide.
 #[async_trait::async_trait]
 pub trait Binder: Send + Sync {
-    async fn bind(
-        &self,
-        pod: &PodKey,
-        node: &str,
-        expected_pod_revision: u64,
-    ) -> Result<(), BindError>;
+    async fn bind(&self, pod: &PodKey, node: &str, expected_pod_revision: u64) -> Result<(), BindError>;
 }
 
 /// A pending pod with the revision it was read at.
@@ -141,11 +121,7 @@ pub struct Runner<O, B> {
 
 impl<O: Observe, B: Binder> Runner<O, B> {
     pub fn new(observe: O, binder: B) -> Self {
-        Self {
-            observe,
-            binder,
-            max_rounds: 8,
-        }
+        Self { observe, binder, max_rounds: 8 }
     }
 
     /// Schedules every pending pod once; a pod whose bind conflicts is placed again on a fresh snapshot, up to
@@ -157,11 +133,7 @@ impl<O: Observe, B: Binder> Runner<O, B> {
             let observed = self.observe.observe().await?;
             let pending: Vec<PendingPod> = match &retry {
                 None => observed.pending,
-                Some(keys) => observed
-                    .pending
-                    .into_iter()
-                    .filter(|p| keys.contains(&p.pod.key()))
-                    .collect(),
+                Some(keys) => observed.pending.into_iter().filter(|p| keys.contains(&p.pod.key())).collect(),
             };
             if pending.is_empty() {
                 return Ok(report);
@@ -185,9 +157,7 @@ impl<O: Observe, B: Binder> Runner<O, B> {
                         report.conflicts += 1;
                         next.insert(key);
                     }
-                    Err(BindError::AlreadyBound { .. } | BindError::PodGone { .. }) => {
-                        report.skipped.push(key)
-                    }
+                    Err(BindError::AlreadyBound { .. } | BindError::PodGone { .. }) => report.skipped.push(key),
                     Err(e) => return Err(RunError::Bind(e)),
                 }
             }
@@ -203,24 +173,14 @@ impl<O: Observe, B: Binder> Runner<O, B> {
 
 #[async_trait::async_trait]
 impl<T: Binder + ?Sized> Binder for &T {
-    async fn bind(
-        &self,
-        pod: &PodKey,
-        node: &str,
-        expected_pod_revision: u64,
-    ) -> Result<(), BindError> {
+    async fn bind(&self, pod: &PodKey, node: &str, expected_pod_revision: u64) -> Result<(), BindError> {
         (**self).bind(pod, node, expected_pod_revision).await
     }
 }
 
 #[async_trait::async_trait]
 impl<T: Binder + ?Sized> Binder for std::sync::Arc<T> {
-    async fn bind(
-        &self,
-        pod: &PodKey,
-        node: &str,
-        expected_pod_revision: u64,
-    ) -> Result<(), BindError> {
+    async fn bind(&self, pod: &PodKey, node: &str, expected_pod_revision: u64) -> Result<(), BindError> {
         (**self).bind(pod, node, expected_pod_revision).await
     }
 }

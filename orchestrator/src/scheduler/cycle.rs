@@ -11,8 +11,7 @@
 //! `matchLabelKeys`. Known simplifications are listed in the module docs of `scheduler`.
 
 use super::intern::{
-    all_match, compile_node_requirements, compile_selector, FastMap, ILabels, IOp, IReq, Interner,
-    Sym,
+    all_match, compile_node_requirements, compile_selector, FastMap, ILabels, IOp, IReq, Interner, Sym,
 };
 use super::rng::SeededRng;
 use super::types::*;
@@ -50,9 +49,7 @@ pub fn fits(alloc: &Allocatable, used: &Usage, req: &Requests) -> Result<(), Rej
     if req.cpu_millis > 0 && used.cpu_millis.saturating_add(req.cpu_millis) > alloc.cpu_millis {
         return Err(RejectReason::InsufficientCpu);
     }
-    if req.memory_bytes > 0
-        && used.memory_bytes.saturating_add(req.memory_bytes) > alloc.memory_bytes
-    {
+    if req.memory_bytes > 0 && used.memory_bytes.saturating_add(req.memory_bytes) > alloc.memory_bytes {
         return Err(RejectReason::InsufficientMemory);
     }
     Ok(())
@@ -266,12 +263,8 @@ impl Cycle {
                 NodeRec {
                     name: Arc::from(n.name.as_str()),
                     labels: interner.labels(&n.labels),
-                    has_hard_taints: taints
-                        .iter()
-                        .any(|t| t.effect != TaintEffect::PreferNoSchedule),
-                    has_soft_taints: taints
-                        .iter()
-                        .any(|t| t.effect == TaintEffect::PreferNoSchedule),
+                    has_hard_taints: taints.iter().any(|t| t.effect != TaintEffect::PreferNoSchedule),
+                    has_soft_taints: taints.iter().any(|t| t.effect == TaintEffect::PreferNoSchedule),
                     taints,
                     unschedulable: n.unschedulable,
                     alloc: n.allocatable,
@@ -287,11 +280,7 @@ impl Cycle {
             effect: TaintEffect::NoSchedule,
         };
         let mut rng = SeededRng::new(seed);
-        let next_start = if nodes.is_empty() {
-            0
-        } else {
-            rng.below(nodes.len() as u64) as usize
-        };
+        let next_start = if nodes.is_empty() { 0 } else { rng.below(nodes.len() as u64) as usize };
         let mut cycle = Cycle {
             interner,
             policy: snapshot.policy,
@@ -341,10 +330,7 @@ impl Cycle {
                 let id = cycle.affinity_term(t, ns);
                 cycle.add_weighted_carrier(id, n, HARD_POD_AFFINITY_WEIGHT);
             }
-            for (sign, list) in [
-                (1i64, &p.pod_affinity.preferred),
-                (-1, &p.pod_anti_affinity.preferred),
-            ] {
+            for (sign, list) in [(1i64, &p.pod_affinity.preferred), (-1, &p.pod_anti_affinity.preferred)] {
                 for w in list {
                     let id = cycle.affinity_term(&w.term, ns);
                     cycle.add_weighted_carrier(id, n, sign * w.weight as i64);
@@ -403,10 +389,7 @@ impl Cycle {
             // Nothing changed since the scan, so every node fails again; this pass records why.
             let per_node = (0..n)
                 .map(|i| {
-                    let reason = self
-                        .filter(&ctx, i)
-                        .err()
-                        .unwrap_or(RejectReason::NodeUnschedulable);
+                    let reason = self.filter(&ctx, i).err().unwrap_or(RejectReason::NodeUnschedulable);
                     (self.nodes[i].name.clone(), reason)
                 })
                 .collect();
@@ -422,9 +405,7 @@ impl Cycle {
     /// (what `berth describe pod` shows per node).
     pub fn explain(&mut self, pod: &PodInfo) -> Vec<(Arc<str>, Result<(), RejectReason>)> {
         let ctx = self.prepare(pod);
-        (0..self.nodes.len())
-            .map(|i| (self.nodes[i].name.clone(), self.filter(&ctx, i)))
-            .collect()
+        (0..self.nodes.len()).map(|i| (self.nodes[i].name.clone(), self.filter(&ctx, i))).collect()
     }
 
     // ---- per-cycle bookkeeping -------------------------------------------------------------------------
@@ -446,22 +427,14 @@ impl Cycle {
             })
             .collect();
         let id = self.topologies.len();
-        self.topologies.push(Topology {
-            node_domain,
-            domains: domain_of.len() as u32,
-        });
+        self.topologies.push(Topology { node_domain, domains: domain_of.len() as u32 });
         self.topo_of.insert(key, id);
         id
     }
 
     /// Pods matching `key` per domain of topology `topo`, only on `eligible` nodes when given. Goes through
     /// the label index when the selector has an `In` requirement.
-    fn count_matching(
-        &self,
-        key: &TermKey,
-        topo: usize,
-        eligible: Option<&[bool]>,
-    ) -> (Vec<u32>, u64) {
+    fn count_matching(&self, key: &TermKey, topo: usize, eligible: Option<&[bool]>) -> (Vec<u32>, u64) {
         let nd = &self.topologies[topo].node_domain;
         let mut matching = vec![0u32; self.topologies[topo].domains as usize];
         let mut total = 0;
@@ -481,12 +454,7 @@ impl Cycle {
             match anchors(sel) {
                 Some(pairs) => {
                     for kv in pairs {
-                        for &p in self
-                            .pods_by_label
-                            .get(&kv)
-                            .map(Vec::as_slice)
-                            .unwrap_or(&[])
-                        {
+                        for &p in self.pods_by_label.get(&kv).map(Vec::as_slice).unwrap_or(&[]) {
                             count(&self.pods[p as usize]);
                         }
                     }
@@ -500,16 +468,12 @@ impl Cycle {
     /// For each of `terms`, the pods matching *every* one of them per domain; and whether any such pod was
     /// counted at all.
     fn count_matching_all(&self, terms: &[u32]) -> (Vec<Vec<u32>>, bool) {
-        let mut counts: Vec<Vec<u32>> = terms
-            .iter()
-            .map(|&t| vec![0; self.topologies[self.terms[t as usize].topo].domains as usize])
-            .collect();
+        let mut counts: Vec<Vec<u32>> =
+            terms.iter().map(|&t| vec![0; self.topologies[self.terms[t as usize].topo].domains as usize]).collect();
         let mut any = false;
         let first = &self.terms[terms[0] as usize].key;
         let mut visit = |p: &PodRec| {
-            if !terms.iter().all(|&t| {
-                term_matches(&self.terms[t as usize].key, p.ns, &p.labels, &self.interner)
-            }) {
+            if !terms.iter().all(|&t| term_matches(&self.terms[t as usize].key, p.ns, &p.labels, &self.interner)) {
                 return;
             }
             for (i, &t) in terms.iter().enumerate() {
@@ -524,12 +488,7 @@ impl Cycle {
             match anchors(sel) {
                 Some(pairs) => {
                     for kv in pairs {
-                        for &p in self
-                            .pods_by_label
-                            .get(&kv)
-                            .map(Vec::as_slice)
-                            .unwrap_or(&[])
-                        {
+                        for &p in self.pods_by_label.get(&kv).map(Vec::as_slice).unwrap_or(&[]) {
                             visit(&self.pods[p as usize]);
                         }
                     }
@@ -562,26 +521,16 @@ impl Cycle {
     }
 
     fn affinity_term(&mut self, t: &PodAffinityTerm, owner_ns: Sym) -> u32 {
-        let sel = t
-            .label_selector
-            .as_ref()
-            .map(|s| compile_selector(&mut self.interner, s));
+        let sel = t.label_selector.as_ref().map(|s| compile_selector(&mut self.interner, s));
         let mut ns: Vec<Sym> = if t.namespaces.is_empty() {
             vec![owner_ns]
         } else {
-            t.namespaces
-                .iter()
-                .map(|n| self.interner.intern(n))
-                .collect()
+            t.namespaces.iter().map(|n| self.interner.intern(n)).collect()
         };
         ns.sort_unstable();
         ns.dedup();
         let topo_key = self.interner.intern(&t.topology_key);
-        self.term(TermKey {
-            sel,
-            ns: ns.into_boxed_slice(),
-            topo_key,
-        })
+        self.term(TermKey { sel, ns: ns.into_boxed_slice(), topo_key })
     }
 
     fn add_weighted_carrier(&mut self, term: u32, node: u32, weight: i64) {
@@ -652,11 +601,8 @@ impl Cycle {
         let ns = self.interner.intern(&pod.namespace);
         let labels = self.interner.labels(&pod.labels);
         let (score_cpu, score_mem) = score_requests(&pod.requests);
-        let node_selector: Box<[(Sym, Sym)]> = pod
-            .node_selector
-            .iter()
-            .map(|(k, v)| (self.interner.intern(k), self.interner.intern(v)))
-            .collect();
+        let node_selector: Box<[(Sym, Sym)]> =
+            pod.node_selector.iter().map(|(k, v)| (self.interner.intern(k), self.interner.intern(v))).collect();
         let required_node = pod.node_affinity.required.as_ref().map(|r| {
             r.node_selector_terms
                 .iter()
@@ -668,12 +614,7 @@ impl Cycle {
             .preferred
             .iter()
             .filter(|p| !p.preference.match_expressions.is_empty() && p.weight != 0)
-            .map(|p| {
-                (
-                    p.weight as i64,
-                    compile_node_requirements(&mut self.interner, &p.preference.match_expressions),
-                )
-            })
+            .map(|p| (p.weight as i64, compile_node_requirements(&mut self.interner, &p.preference.match_expressions)))
             .collect();
         let has_node_affinity = !node_selector.is_empty() || required_node.is_some();
         let tolerations: Box<[ITol]> = pod
@@ -686,43 +627,23 @@ impl Cycle {
                 effect: t.effect,
             })
             .collect();
-        let tolerates_unschedulable = tolerations
-            .iter()
-            .any(|t: &ITol| t.tolerates(&self.unschedulable_taint));
+        let tolerates_unschedulable = tolerations.iter().any(|t: &ITol| t.tolerates(&self.unschedulable_taint));
 
-        let anti: Vec<u32> = pod
-            .pod_anti_affinity
-            .required
-            .iter()
-            .map(|t| self.affinity_term(t, ns))
-            .collect();
-        let affinity: Vec<u32> = pod
-            .pod_affinity
-            .required
-            .iter()
-            .map(|t| self.affinity_term(t, ns))
-            .collect();
+        let anti: Vec<u32> = pod.pod_anti_affinity.required.iter().map(|t| self.affinity_term(t, ns)).collect();
+        let affinity: Vec<u32> = pod.pod_affinity.required.iter().map(|t| self.affinity_term(t, ns)).collect();
         // Kubernetes wants, per term, a pod in the node's domain that matches *all* the terms; with one term
         // the cycle's counts are exactly that, with several they are counted here for this pod.
         let (affinity_counts, any_affine) = if affinity.len() > 1 {
             let (counts, any) = self.count_matching_all(&affinity);
             (Some(counts), any)
         } else {
-            (
-                None,
-                affinity.iter().any(|&t| self.terms[t as usize].total > 0),
-            )
+            (None, affinity.iter().any(|&t| self.terms[t as usize].total > 0))
         };
         let affinity_bypass = !affinity.is_empty()
             && !any_affine
-            && affinity
-                .iter()
-                .all(|&t| term_matches(&self.terms[t as usize].key, ns, &labels, &self.interner));
+            && affinity.iter().all(|&t| term_matches(&self.terms[t as usize].key, ns, &labels, &self.interner));
         let mut preferred_pod = Vec::new();
-        for (sign, list) in [
-            (1i64, &pod.pod_affinity.preferred),
-            (-1, &pod.pod_anti_affinity.preferred),
-        ] {
+        for (sign, list) in [(1i64, &pod.pod_affinity.preferred), (-1, &pod.pod_anti_affinity.preferred)] {
             for w in list {
                 let t = self.affinity_term(&w.term, ns);
                 preferred_pod.push((t, sign * w.weight as i64));
@@ -774,26 +695,16 @@ impl Cycle {
         }
         let mut hard = Vec::new();
         for c in &pod.topology_spread_constraints {
-            let sel = c
-                .label_selector
-                .as_ref()
-                .map(|s| compile_selector(&mut self.interner, s));
+            let sel = c.label_selector.as_ref().map(|s| compile_selector(&mut self.interner, s));
             let topo_key = self.interner.intern(&c.topology_key);
-            let term = self.term(TermKey {
-                sel,
-                ns: Box::new([ctx.ns]),
-                topo_key,
-            });
+            let term = self.term(TermKey { sel, ns: Box::new([ctx.ns]), topo_key });
             let t = &self.terms[term as usize];
             let self_match = term_matches(&t.key, ctx.ns, &ctx.labels, &self.interner) as u32;
             match c.when_unsatisfiable {
                 WhenUnsatisfiable::DoNotSchedule => hard.push((term, c.max_skew, self_match)),
                 WhenUnsatisfiable::ScheduleAnyway => {
                     let domains = self.topologies[t.topo].domains as f64;
-                    ctx.spread_soft.push(SoftSpread {
-                        term,
-                        weight: (domains + 2.0).ln(),
-                    });
+                    ctx.spread_soft.push(SoftSpread { term, weight: (domains + 2.0).ln() });
                 }
             }
         }
@@ -802,16 +713,12 @@ impl Cycle {
         }
         // The minimum is taken over the domains of nodes the pod could use: nodes matching its node
         // selector/affinity and carrying every hard constraint's topology key.
-        let keys: Vec<usize> = hard
-            .iter()
-            .map(|&(t, ..)| self.terms[t as usize].topo)
-            .collect();
+        let keys: Vec<usize> = hard.iter().map(|&(t, ..)| self.terms[t as usize].topo).collect();
         let simple = !ctx.has_node_affinity && keys.iter().all(|&k| k == keys[0]);
         let eligible: Option<Vec<bool>> = (!simple).then(|| {
             (0..self.nodes.len())
                 .map(|n| {
-                    keys.iter()
-                        .all(|&k| self.topologies[k].node_domain[n] != NONE)
+                    keys.iter().all(|&k| self.topologies[k].node_domain[n] != NONE)
                         && self.node_affinity_ok(ctx, &self.nodes[n])
                 })
                 .collect()
@@ -824,39 +731,24 @@ impl Cycle {
                     // Kubernetes counts only pods on nodes the incoming pod could use.
                     let (counts, _) = self.count_matching(&t.key, t.topo, Some(ok));
                     let nd = &self.topologies[t.topo].node_domain;
-                    let min = (0..self.nodes.len())
-                        .filter(|&n| ok[n])
-                        .map(|n| counts[nd[n] as usize])
-                        .min()
-                        .unwrap_or(0);
+                    let min =
+                        (0..self.nodes.len()).filter(|&n| ok[n]).map(|n| counts[nd[n] as usize]).min().unwrap_or(0);
                     (min, Some(counts))
                 }
             };
-            ctx.spread_hard.push(HardSpread {
-                term,
-                max_skew,
-                self_match,
-                min,
-                counts,
-            });
+            ctx.spread_hard.push(HardSpread { term, max_skew, self_match, min, counts });
         }
     }
 
     // ---- Filter --------------------------------------------------------------------------------------------
 
     fn node_affinity_ok(&self, ctx: &PodCtx, node: &NodeRec) -> bool {
-        if !ctx
-            .node_selector
-            .iter()
-            .all(|&(k, v)| node.labels.get(k) == Some(v))
-        {
+        if !ctx.node_selector.iter().all(|&(k, v)| node.labels.get(k) == Some(v)) {
             return false;
         }
         match &ctx.required_node {
             None => true,
-            Some(terms) => terms
-                .iter()
-                .any(|t| !t.is_empty() && all_match(t, &node.labels, &self.interner)),
+            Some(terms) => terms.iter().any(|t| !t.is_empty() && all_match(t, &node.labels, &self.interner)),
         }
     }
 
@@ -892,10 +784,7 @@ impl Cycle {
                 if d == NONE {
                     return Err(RejectReason::PodAffinity);
                 }
-                let here = ctx
-                    .affinity_counts
-                    .as_ref()
-                    .map_or(t.matching[d as usize], |c| c[i][d as usize]);
+                let here = ctx.affinity_counts.as_ref().map_or(t.matching[d as usize], |c| c[i][d as usize]);
                 all_present &= here > 0;
             }
             if !all_present && !ctx.affinity_bypass {
@@ -922,10 +811,7 @@ impl Cycle {
             if d == NONE {
                 return Err(RejectReason::TopologySpreadMissingLabel);
             }
-            let here = s
-                .counts
-                .as_ref()
-                .map_or(t.matching[d as usize], |c| c[d as usize]);
+            let here = s.counts.as_ref().map_or(t.matching[d as usize], |c| c[d as usize]);
             if (here + s.self_match).saturating_sub(s.min) > s.max_skew {
                 return Err(RejectReason::TopologySpreadSkew);
             }
@@ -963,11 +849,7 @@ impl Cycle {
         let mut totals = std::mem::take(&mut self.totals);
         let mut raw = std::mem::take(&mut self.raw);
         totals.clear();
-        totals.extend(
-            feasible
-                .iter()
-                .map(|&n| w.resources * self.resource_score(ctx, &self.nodes[n as usize])),
-        );
+        totals.extend(feasible.iter().map(|&n| w.resources * self.resource_score(ctx, &self.nodes[n as usize])));
 
         if !ctx.preferred_node.is_empty() {
             raw.clear();
@@ -979,18 +861,9 @@ impl Cycle {
                     .map(|(w, _)| *w)
                     .sum::<i64>() as f64
             }));
-            add_normalized(
-                &mut totals,
-                &raw,
-                w.node_affinity,
-                Direction::HigherIsBetter,
-                false,
-            );
+            add_normalized(&mut totals, &raw, w.node_affinity, Direction::HigherIsBetter, false);
         }
-        if feasible
-            .iter()
-            .any(|&n| self.nodes[n as usize].has_soft_taints)
-        {
+        if feasible.iter().any(|&n| self.nodes[n as usize].has_soft_taints) {
             raw.clear();
             raw.extend(feasible.iter().map(|&n| {
                 self.nodes[n as usize]
@@ -1000,13 +873,7 @@ impl Cycle {
                     .filter(|t| !ctx.tolerations.iter().any(|tol| tol.tolerates(t)))
                     .count() as f64
             }));
-            add_normalized(
-                &mut totals,
-                &raw,
-                w.taint_toleration,
-                Direction::LowerIsBetter,
-                false,
-            );
+            add_normalized(&mut totals, &raw, w.taint_toleration, Direction::LowerIsBetter, false);
         }
         if !ctx.preferred_pod.is_empty() || !ctx.existing_weighted.is_empty() {
             raw.clear();
@@ -1039,13 +906,7 @@ impl Cycle {
                     .sum();
                 (own + theirs) as f64
             }));
-            add_normalized(
-                &mut totals,
-                &raw,
-                w.pod_affinity,
-                Direction::HigherIsBetter,
-                true,
-            );
+            add_normalized(&mut totals, &raw, w.pod_affinity, Direction::HigherIsBetter, true);
         }
         if !ctx.spread_soft.is_empty() {
             raw.clear();
@@ -1062,13 +923,7 @@ impl Cycle {
                 }
                 s
             }));
-            add_normalized(
-                &mut totals,
-                &raw,
-                w.topology_spread,
-                Direction::LowerIsBetter,
-                false,
-            );
+            add_normalized(&mut totals, &raw, w.topology_spread, Direction::LowerIsBetter, false);
         }
 
         // Highest total wins; ties are broken uniformly by reservoir sampling from the seeded RNG.
@@ -1113,11 +968,7 @@ fn add_normalized(totals: &mut [i64], raw: &[f64], weight: i64, dir: Direction, 
     if !lo.is_finite() {
         return;
     }
-    let floor = if min_max || dir == Direction::LowerIsBetter {
-        lo
-    } else {
-        0.0f64.min(lo)
-    };
+    let floor = if min_max || dir == Direction::LowerIsBetter { lo } else { 0.0f64.min(lo) };
     let span = hi - floor;
     for (t, &v) in totals.iter_mut().zip(raw) {
         let score = if !v.is_finite() {
@@ -1160,15 +1011,7 @@ fn most((requested, alloc): (u64, u64)) -> i64 {
 
 fn score_requests(r: &Requests) -> (u64, u64) {
     (
-        if r.cpu_millis == 0 {
-            DEFAULT_SCORE_CPU_MILLIS
-        } else {
-            r.cpu_millis
-        },
-        if r.memory_bytes == 0 {
-            DEFAULT_SCORE_MEMORY_BYTES
-        } else {
-            r.memory_bytes
-        },
+        if r.cpu_millis == 0 { DEFAULT_SCORE_CPU_MILLIS } else { r.cpu_millis },
+        if r.memory_bytes == 0 { DEFAULT_SCORE_MEMORY_BYTES } else { r.memory_bytes },
     )
 }

@@ -37,10 +37,7 @@ impl Interner {
 
     pub(crate) fn labels(&mut self, labels: &Labels) -> ILabels {
         // BTreeMap iteration is key-ordered, but interned ids are not: sort by id for binary search.
-        let mut v: Vec<(Sym, Sym)> = labels
-            .iter()
-            .map(|(k, v)| (self.intern(k), self.intern(v)))
-            .collect();
+        let mut v: Vec<(Sym, Sym)> = labels.iter().map(|(k, v)| (self.intern(k), self.intern(v))).collect();
         v.sort_unstable();
         ILabels(v.into_boxed_slice())
     }
@@ -56,10 +53,7 @@ impl ILabels {
         if self.0.len() <= 8 {
             return self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
         }
-        self.0
-            .binary_search_by_key(&key, |(k, _)| *k)
-            .ok()
-            .map(|i| self.0[i].1)
+        self.0.binary_search_by_key(&key, |(k, _)| *k).ok().map(|i| self.0[i].1)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (Sym, Sym)> + '_ {
@@ -130,18 +124,10 @@ pub(crate) fn compile_selector(interner: &mut Interner, sel: &Selector) -> Box<[
                 IOp::In | IOp::NotIn => values(interner, &r.values),
                 _ => Box::default(),
             };
-            IReq {
-                key: interner.intern(&r.key),
-                op,
-                values,
-            }
+            IReq { key: interner.intern(&r.key), op, values }
         })
         .collect();
-    reqs.sort_by(|a, b| {
-        (a.key, &a.values)
-            .cmp(&(b.key, &b.values))
-            .then_with(|| op_rank(a.op).cmp(&op_rank(b.op)))
-    });
+    reqs.sort_by(|a, b| (a.key, &a.values).cmp(&(b.key, &b.values)).then_with(|| op_rank(a.op).cmp(&op_rank(b.op))));
     reqs.dedup();
     reqs.into_boxed_slice()
 }
@@ -158,10 +144,7 @@ fn op_rank(op: IOp) -> (u8, i64) {
     }
 }
 
-pub(crate) fn compile_node_requirements(
-    interner: &mut Interner,
-    reqs: &[NodeSelectorRequirement],
-) -> Box<[IReq]> {
+pub(crate) fn compile_node_requirements(interner: &mut Interner, reqs: &[NodeSelectorRequirement]) -> Box<[IReq]> {
     reqs.iter()
         .map(|r| {
             let key = interner.intern(&r.key);
@@ -177,11 +160,7 @@ pub(crate) fn compile_node_requirements(
                 NodeSelectorOperator::Gt => (int_arg().map_or(IOp::Never, IOp::Gt), Box::default()),
                 NodeSelectorOperator::Lt => (int_arg().map_or(IOp::Never, IOp::Lt), Box::default()),
             };
-            IReq {
-                key,
-                op,
-                values: vals,
-            }
+            IReq { key, op, values: vals }
         })
         .collect()
 }

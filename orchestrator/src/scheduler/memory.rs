@@ -32,13 +32,7 @@ pub struct MemoryCluster {
 
 impl MemoryCluster {
     pub fn new(nodes: Vec<NodeInfo>, policy: SchedulingPolicy) -> Self {
-        Self {
-            state: Mutex::new(State {
-                nodes,
-                ..State::default()
-            }),
-            policy,
-        }
+        Self { state: Mutex::new(State { nodes, ..State::default() }), policy }
     }
 
     /// Adds a pending pod (or replaces one), giving it a new revision.
@@ -46,14 +40,7 @@ impl MemoryCluster {
         let mut s = self.state.lock();
         s.revision += 1;
         let revision = s.revision;
-        s.pods.insert(
-            pod.key(),
-            StoredPod {
-                pod,
-                revision,
-                node: None,
-            },
-        );
+        s.pods.insert(pod.key(), StoredPod { pod, revision, node: None });
     }
 
     /// Makes the next `n` binds fail with a revision conflict.
@@ -63,21 +50,13 @@ impl MemoryCluster {
 
     /// Where each pod is bound.
     pub fn bindings(&self) -> BTreeMap<PodKey, Option<String>> {
-        self.state
-            .lock()
-            .pods
-            .iter()
-            .map(|(k, p)| (k.clone(), p.node.clone()))
-            .collect()
+        self.state.lock().pods.iter().map(|(k, p)| (k.clone(), p.node.clone())).collect()
     }
 
     /// Requested resources per node, from the bound pods.
     pub fn usage(&self) -> BTreeMap<String, Usage> {
         let s = self.state.lock();
-        s.nodes
-            .iter()
-            .map(|n| (n.name.clone(), usage_of(&s, &n.name)))
-            .collect()
+        s.nodes.iter().map(|n| (n.name.clone(), usage_of(&s, &n.name))).collect()
     }
 
     pub fn nodes(&self) -> Vec<NodeInfo> {
@@ -103,35 +82,17 @@ impl Observe for MemoryCluster {
         let mut pending = Vec::new();
         for p in s.pods.values() {
             match &p.node {
-                Some(node) => pods.push(BoundPod {
-                    pod: p.pod.clone(),
-                    node: node.clone(),
-                }),
-                None => pending.push(PendingPod {
-                    pod: p.pod.clone(),
-                    revision: p.revision,
-                }),
+                Some(node) => pods.push(BoundPod { pod: p.pod.clone(), node: node.clone() }),
+                None => pending.push(PendingPod { pod: p.pod.clone(), revision: p.revision }),
             }
         }
-        Ok(Observed {
-            snapshot: ClusterSnapshot {
-                nodes: s.nodes.clone(),
-                pods,
-                policy: self.policy,
-            },
-            pending,
-        })
+        Ok(Observed { snapshot: ClusterSnapshot { nodes: s.nodes.clone(), pods, policy: self.policy }, pending })
     }
 }
 
 #[async_trait::async_trait]
 impl Binder for MemoryCluster {
-    async fn bind(
-        &self,
-        pod: &PodKey,
-        node: &str,
-        expected_pod_revision: u64,
-    ) -> Result<(), BindError> {
+    async fn bind(&self, pod: &PodKey, node: &str, expected_pod_revision: u64) -> Result<(), BindError> {
         let mut s = self.state.lock();
         if s.inject_pod_conflicts > 0 {
             s.inject_pod_conflicts -= 1;
@@ -152,24 +113,16 @@ impl Binder for MemoryCluster {
             });
         }
         if let Some(bound) = &stored.node {
-            return Err(BindError::AlreadyBound {
-                pod: pod.clone(),
-                node: bound.clone(),
-            });
+            return Err(BindError::AlreadyBound { pod: pod.clone(), node: bound.clone() });
         }
         let requests = stored.pod.requests;
         let Some(info) = s.nodes.iter().find(|n| n.name == node) else {
-            return Err(BindError::NodeGone {
-                pod: pod.clone(),
-                node: node.to_string(),
-            });
+            return Err(BindError::NodeGone { pod: pod.clone(), node: node.to_string() });
         };
-        fits(&info.allocatable, &usage_of(&s, node), &requests).map_err(|reason| {
-            BindError::NodeFull {
-                pod: pod.clone(),
-                node: node.to_string(),
-                reason,
-            }
+        fits(&info.allocatable, &usage_of(&s, node), &requests).map_err(|reason| BindError::NodeFull {
+            pod: pod.clone(),
+            node: node.to_string(),
+            reason,
         })?;
         s.revision += 1;
         let revision = s.revision;

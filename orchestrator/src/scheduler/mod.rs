@@ -50,10 +50,7 @@ mod verdict;
 #[cfg(test)]
 mod tests;
 
-pub use cycle::{
-    fits, Cycle, Usage, DEFAULT_SCORE_CPU_MILLIS, DEFAULT_SCORE_MEMORY_BYTES,
-    UNSCHEDULABLE_TAINT_KEY,
-};
+pub use cycle::{fits, Cycle, Usage, DEFAULT_SCORE_CPU_MILLIS, DEFAULT_SCORE_MEMORY_BYTES, UNSCHEDULABLE_TAINT_KEY};
 pub use rng::SeededRng;
 pub use service::Scheduler;
 pub use store::StoreCluster;

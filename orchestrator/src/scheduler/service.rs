@@ -53,11 +53,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(store: Arc<dyn Store>, policy: SchedulingPolicy) -> Self {
-        Self {
-            cluster: Arc::new(StoreCluster::new(store, policy)),
-            resync: DEFAULT_RESYNC,
-            seed: AtomicU64::new(0),
-        }
+        Self { cluster: Arc::new(StoreCluster::new(store, policy)), resync: DEFAULT_RESYNC, seed: AtomicU64::new(0) }
     }
 
     /// The safety-net period between rounds when no change wakes the service.
@@ -100,10 +96,7 @@ impl Scheduler {
         for (pod, node) in &run.bound {
             tracing::debug!(pod = %pod, node = %node, "bound");
         }
-        Ok(RoundReport {
-            run,
-            marked_unschedulable: marked,
-        })
+        Ok(RoundReport { run, marked_unschedulable: marked })
     }
 
     /// Rounds until `shutdown` completes (see the module docs). Fails only when the watches cannot be opened
@@ -155,10 +148,7 @@ struct Watches {
 impl Watches {
     async fn open(store: &Arc<dyn Store>) -> Result<Self, StoreError> {
         let from = store.revision().await?;
-        let prefix = |kind: model::Kind| Prefix {
-            kind: kind.plural().into(),
-            namespace: None,
-        };
+        let prefix = |kind: model::Kind| Prefix { kind: kind.plural().into(), namespace: None };
         Ok(Self {
             pods: store.watch(&prefix(model::Kind::Pod), from).await?,
             nodes: store.watch(&prefix(model::Kind::Node), from).await?,

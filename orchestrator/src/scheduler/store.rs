@@ -39,9 +39,7 @@
 
 use super::adapter::{node_info, pod_info};
 use super::bind::{BindError, Binder, Observe, ObserveError, Observed, PendingPod};
-use super::{
-    fits, BoundPod, ClusterSnapshot, PodKey, Requests, SchedulingPolicy, Unschedulable, Usage,
-};
+use super::{fits, BoundPod, ClusterSnapshot, PodKey, Requests, SchedulingPolicy, Unschedulable, Usage};
 use crate::model::{self, Condition, ConditionStatus, PodPhase};
 use crate::store::{Key, Prefix, Store, StoreError, Versioned};
 use parking_lot::Mutex;
@@ -122,10 +120,7 @@ pub fn allocation_key(node: &str) -> Key {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(v: &Versioned) -> Result<T, StoreError> {
@@ -138,10 +133,7 @@ fn encode<T: Serialize>(key: &Key, value: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 fn is_terminal(pod: &model::Pod) -> bool {
-    matches!(
-        pod.status.as_ref().map(|s| s.phase),
-        Some(PodPhase::Succeeded | PodPhase::Failed)
-    )
+    matches!(pod.status.as_ref().map(|s| s.phase), Some(PodPhase::Succeeded | PodPhase::Failed))
 }
 
 /// Sets (or replaces) the condition of `cond.type_`, keeping `lastTransitionTime` when the status is unchanged.
@@ -174,11 +166,7 @@ pub struct StoreCluster {
 
 impl StoreCluster {
     pub fn new(store: Arc<dyn Store>, policy: SchedulingPolicy) -> Self {
-        Self {
-            store,
-            policy,
-            observed_bound: Mutex::new(HashMap::new()),
-        }
+        Self { store, policy, observed_bound: Mutex::new(HashMap::new()) }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -188,11 +176,7 @@ impl StoreCluster {
     /// Records that `pod` fits nowhere: `PodScheduled=False`, reason `Unschedulable`, message the verdict.
     /// Writes only when the condition changes; returns whether it wrote. A pod that is bound, gone or
     /// concurrently changed is left alone (the next round sees it again).
-    pub async fn mark_unschedulable(
-        &self,
-        pod: &PodKey,
-        why: &Unschedulable,
-    ) -> Result<bool, StoreError> {
+    pub async fn mark_unschedulable(&self, pod: &PodKey, why: &Unschedulable) -> Result<bool, StoreError> {
         let key = pod_key(pod);
         let Some(v) = self.store.get(&key).await? else {
             return Ok(false);
@@ -225,11 +209,7 @@ impl StoreCluster {
             },
         );
         obj.metadata.resource_version = None;
-        match self
-            .store
-            .update(&key, encode(&key, &obj)?, v.revision)
-            .await
-        {
+        match self.store.update(&key, encode(&key, &obj)?, v.revision).await {
             Ok(_) => Ok(true),
             Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
@@ -277,11 +257,8 @@ impl StoreCluster {
         node: &str,
         allocatable: &super::Allocatable,
     ) -> Result<(), BindError> {
-        let backend = |e: StoreError| BindError::Backend {
-            pod: pod.clone(),
-            node: node.to_string(),
-            source: Box::new(e),
-        };
+        let backend =
+            |e: StoreError| BindError::Backend { pod: pod.clone(), node: node.to_string(), source: Box::new(e) };
         let akey = allocation_key(node);
         let me = pod.to_string();
         for _ in 0..RECORD_ATTEMPTS {
@@ -293,11 +270,7 @@ impl StoreCluster {
             let mut usage = self.usage_with_unclaimed(node, &record);
             let mut changed = false;
             if fits(allocatable, &usage, &requests).is_err() {
-                let claims: Vec<(String, Claim)> = record
-                    .claims
-                    .iter()
-                    .map(|(k, c)| (k.clone(), c.clone()))
-                    .collect();
+                let claims: Vec<(String, Claim)> = record.claims.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
                 for (k, c) in claims {
                     if self.claim_is_dead(node, &c).await.map_err(backend)? {
                         record.claims.remove(&k);
@@ -311,11 +284,7 @@ impl StoreCluster {
                     // Keep the collection even though this pod does not fit.
                     let _ = self.write_record(&akey, &record, revision).await;
                 }
-                return Err(BindError::NodeFull {
-                    pod: pod.clone(),
-                    node: node.to_string(),
-                    reason,
-                });
+                return Err(BindError::NodeFull { pod: pod.clone(), node: node.to_string(), reason });
             }
             record.claims.insert(
                 attempt.to_string(),
@@ -329,30 +298,18 @@ impl StoreCluster {
             );
             match self.write_record(&akey, &record, revision).await {
                 Ok(()) => return Ok(()),
-                Err(
-                    StoreError::Conflict { .. }
-                    | StoreError::AlreadyExists(_)
-                    | StoreError::NotFound(_),
-                ) => continue,
+                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_) | StoreError::NotFound(_)) => continue,
                 Err(e) => return Err(backend(e)),
             }
         }
         Err(BindError::Backend {
             pod: pod.clone(),
             node: node.to_string(),
-            source: format!(
-                "allocation record of {node} kept changing ({RECORD_ATTEMPTS} attempts)"
-            )
-            .into(),
+            source: format!("allocation record of {node} kept changing ({RECORD_ATTEMPTS} attempts)").into(),
         })
     }
 
-    async fn write_record(
-        &self,
-        key: &Key,
-        record: &Allocation,
-        revision: Option<u64>,
-    ) -> Result<(), StoreError> {
+    async fn write_record(&self, key: &Key, record: &Allocation, revision: Option<u64>) -> Result<(), StoreError> {
         let bytes = encode(key, record)?;
         match revision {
             Some(r) => self.store.update(key, bytes, r).await.map(|_| ()),
@@ -402,24 +359,13 @@ impl StoreCluster {
 #[async_trait::async_trait]
 impl Observe for StoreCluster {
     async fn observe(&self) -> Result<Observed, ObserveError> {
-        let err = |e: StoreError| ObserveError {
-            source: Box::new(e),
-        };
-        let nodes_prefix = Prefix {
-            kind: model::Kind::Node.plural().into(),
-            namespace: None,
-        };
-        let pods_prefix = Prefix {
-            kind: model::Kind::Pod.plural().into(),
-            namespace: None,
-        };
+        let err = |e: StoreError| ObserveError { source: Box::new(e) };
+        let nodes_prefix = Prefix { kind: model::Kind::Node.plural().into(), namespace: None };
+        let pods_prefix = Prefix { kind: model::Kind::Pod.plural().into(), namespace: None };
         let (nodes, _) = self.store.list(&nodes_prefix, None).await.map_err(err)?;
         let (pods, _) = self.store.list(&pods_prefix, None).await.map_err(err)?;
-        let mut snapshot = ClusterSnapshot {
-            nodes: Vec::with_capacity(nodes.len()),
-            pods: Vec::new(),
-            policy: self.policy,
-        };
+        let mut snapshot =
+            ClusterSnapshot { nodes: Vec::with_capacity(nodes.len()), pods: Vec::new(), policy: self.policy };
         for v in &nodes {
             match decode::<model::Node>(v) {
                 Ok(n) => snapshot.nodes.push(node_info(&n)),
@@ -442,16 +388,15 @@ impl Observe for StoreCluster {
             let info = pod_info(&pod);
             match pod.spec.node_name {
                 Some(node) => {
-                    bound.entry(node.clone()).or_default().push(Counted {
-                        key: info.key().to_string(),
-                        requests: info.requests,
-                    });
+                    bound
+                        .entry(node.clone())
+                        .or_default()
+                        .push(Counted { key: info.key().to_string(), requests: info.requests });
                     snapshot.pods.push(BoundPod { pod: info, node });
                 }
-                None if pod.metadata.deletion_timestamp.is_none() => pending.push(PendingPod {
-                    pod: info,
-                    revision: v.revision,
-                }),
+                None if pod.metadata.deletion_timestamp.is_none() => {
+                    pending.push(PendingPod { pod: info, revision: v.revision })
+                }
                 None => {}
             }
         }
@@ -462,17 +407,9 @@ impl Observe for StoreCluster {
 
 #[async_trait::async_trait]
 impl Binder for StoreCluster {
-    async fn bind(
-        &self,
-        pod: &PodKey,
-        node: &str,
-        expected_pod_revision: u64,
-    ) -> Result<(), BindError> {
-        let backend = |e: StoreError| BindError::Backend {
-            pod: pod.clone(),
-            node: node.to_string(),
-            source: Box::new(e),
-        };
+    async fn bind(&self, pod: &PodKey, node: &str, expected_pod_revision: u64) -> Result<(), BindError> {
+        let backend =
+            |e: StoreError| BindError::Backend { pod: pod.clone(), node: node.to_string(), source: Box::new(e) };
         let pkey = pod_key(pod);
         let Some(v) = self.store.get(&pkey).await.map_err(backend)? else {
             return Err(BindError::PodGone { pod: pod.clone() });
@@ -486,30 +423,16 @@ impl Binder for StoreCluster {
         }
         let mut obj: model::Pod = decode(&v).map_err(backend)?;
         if let Some(bound) = &obj.spec.node_name {
-            return Err(BindError::AlreadyBound {
-                pod: pod.clone(),
-                node: bound.clone(),
-            });
+            return Err(BindError::AlreadyBound { pod: pod.clone(), node: bound.clone() });
         }
         let Some(nv) = self.store.get(&node_key(node)).await.map_err(backend)? else {
-            return Err(BindError::NodeGone {
-                pod: pod.clone(),
-                node: node.to_string(),
-            });
+            return Err(BindError::NodeGone { pod: pod.clone(), node: node.to_string() });
         };
         let n: model::Node = decode(&nv).map_err(backend)?;
         let allocatable = node_info(&n).allocatable;
         let requests = pod_info(&obj).requests;
         let attempt = uuid::Uuid::new_v4().to_string();
-        self.claim(
-            &attempt,
-            pod,
-            obj.metadata.uid.clone(),
-            requests,
-            node,
-            &allocatable,
-        )
-        .await?;
+        self.claim(&attempt, pod, obj.metadata.uid.clone(), requests, node, &allocatable).await?;
 
         obj.spec.node_name = Some(node.to_string());
         obj.metadata.resource_version = None;
@@ -537,11 +460,9 @@ impl Binder for StoreCluster {
             Err(e) => {
                 self.unclaim(&attempt, pod, node).await;
                 Err(match e {
-                    StoreError::Conflict { actual, .. } => BindError::PodChanged {
-                        pod: pod.clone(),
-                        expected: expected_pod_revision,
-                        actual,
-                    },
+                    StoreError::Conflict { actual, .. } => {
+                        BindError::PodChanged { pod: pod.clone(), expected: expected_pod_revision, actual }
+                    }
                     StoreError::NotFound(_) => BindError::PodGone { pod: pod.clone() },
                     e => backend(e),
                 })

@@ -13,20 +13,14 @@ const HOST: &str = "kubernetes.io/hostname";
 const ZONE: &str = "topology.kubernetes.io/zone";
 
 fn labels(kv: &[(&str, &str)]) -> Labels {
-    kv.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn node(name: &str, zone: &str) -> NodeInfo {
     NodeInfo {
         name: name.into(),
         labels: labels(&[(HOST, name), (ZONE, zone)]),
-        allocatable: Allocatable {
-            cpu_millis: 4000,
-            memory_bytes: 8 * GI,
-            pods: 110,
-        },
+        allocatable: Allocatable { cpu_millis: 4000, memory_bytes: 8 * GI, pods: 110 },
         ..NodeInfo::default()
     }
 }
@@ -36,53 +30,28 @@ fn pod(name: &str, app: &str) -> PodInfo {
         namespace: "default".into(),
         name: name.into(),
         labels: labels(&[("app", app)]),
-        requests: Requests {
-            cpu_millis: 100,
-            memory_bytes: 128 * MI,
-        },
+        requests: Requests { cpu_millis: 100, memory_bytes: 128 * MI },
         ..PodInfo::default()
     }
 }
 
 fn eq(key: &str, value: &str) -> Selector {
-    Selector {
-        requirements: vec![Requirement {
-            key: key.into(),
-            op: Operator::Equals,
-            values: vec![value.into()],
-        }],
-    }
+    Selector { requirements: vec![Requirement { key: key.into(), op: Operator::Equals, values: vec![value.into()] }] }
 }
 
 fn term(app: &str, topology_key: &str) -> PodAffinityTerm {
-    PodAffinityTerm {
-        label_selector: Some(eq("app", app)),
-        namespaces: vec![],
-        topology_key: topology_key.into(),
-    }
+    PodAffinityTerm { label_selector: Some(eq("app", app)), namespaces: vec![], topology_key: topology_key.into() }
 }
 
 fn bound(p: PodInfo, node: &str) -> BoundPod {
-    BoundPod {
-        pod: p,
-        node: node.into(),
-    }
+    BoundPod { pod: p, node: node.into() }
 }
 
 fn nreq(key: &str, op: NodeSelectorOperator, values: &[&str]) -> NodeSelectorRequirement {
-    NodeSelectorRequirement {
-        key: key.into(),
-        operator: op,
-        values: values.iter().map(|v| v.to_string()).collect(),
-    }
+    NodeSelectorRequirement { key: key.into(), operator: op, values: values.iter().map(|v| v.to_string()).collect() }
 }
 
-fn spread(
-    key: &str,
-    app: &str,
-    max_skew: u32,
-    when: WhenUnsatisfiable,
-) -> TopologySpreadConstraint {
+fn spread(key: &str, app: &str, max_skew: u32, when: WhenUnsatisfiable) -> TopologySpreadConstraint {
     TopologySpreadConstraint {
         max_skew,
         topology_key: key.into(),
@@ -106,35 +75,19 @@ struct FilterCase {
 
 fn run_filter_cases(cases: Vec<FilterCase>) {
     for c in cases {
-        let snapshot = ClusterSnapshot {
-            nodes: c.nodes,
-            pods: c.pods,
-            policy: SchedulingPolicy::default(),
-        };
+        let snapshot = ClusterSnapshot { nodes: c.nodes, pods: c.pods, policy: SchedulingPolicy::default() };
         let mut cycle = Cycle::new(&snapshot, 1);
         let got: Vec<_> = cycle.explain(&c.pod).into_iter().map(|(_, v)| v).collect();
         assert_eq!(got, c.expect, "case {}", c.name);
         // The placement agrees with the verdicts.
-        let placed = schedule_batch(&snapshot, std::slice::from_ref(&c.pod), 7)
-            .remove(0)
-            .1;
+        let placed = schedule_batch(&snapshot, std::slice::from_ref(&c.pod), 7).remove(0).1;
         match placed {
             Ok(n) => {
                 let i = snapshot.nodes.iter().position(|x| *x.name == *n).unwrap();
-                assert_eq!(
-                    c.expect[i],
-                    Ok(()),
-                    "case {}: placed on a rejected node",
-                    c.name
-                );
+                assert_eq!(c.expect[i], Ok(()), "case {}: placed on a rejected node", c.name);
             }
             Err(u) => {
-                assert!(
-                    c.expect.iter().all(|v| v.is_err()),
-                    "case {}: unschedulable but {:?}",
-                    c.name,
-                    c.expect
-                );
+                assert!(c.expect.iter().all(|v| v.is_err()), "case {}: unschedulable but {:?}", c.name, c.expect);
                 assert_eq!(u.total_nodes, snapshot.nodes.len());
             }
         }
@@ -147,11 +100,7 @@ const OK: Result<(), RejectReason> = Ok(());
 #[test]
 fn resource_filters() {
     let mut small = node("n2", "a");
-    small.allocatable = Allocatable {
-        cpu_millis: 150,
-        memory_bytes: 8 * GI,
-        pods: 110,
-    };
+    small.allocatable = Allocatable { cpu_millis: 150, memory_bytes: 8 * GI, pods: 110 };
     let mut tiny_mem = node("n3", "a");
     tiny_mem.allocatable.memory_bytes = 100 * MI;
     let mut one_pod = node("n4", "a");
@@ -161,20 +110,10 @@ fn resource_filters() {
     run_filter_cases(vec![
         FilterCase {
             name: "cpu, memory, pod count",
-            nodes: vec![
-                node("n1", "a"),
-                small.clone(),
-                tiny_mem.clone(),
-                one_pod.clone(),
-            ],
+            nodes: vec![node("n1", "a"), small.clone(), tiny_mem.clone(), one_pod.clone()],
             pods: vec![bound(pod("old", "y"), "n2"), bound(pod("old2", "y"), "n4")],
             pod: pod("p", "x"),
-            expect: vec![
-                OK,
-                Err(InsufficientCpu),
-                Err(InsufficientMemory),
-                Err(TooManyPods),
-            ],
+            expect: vec![OK, Err(InsufficientCpu), Err(InsufficientMemory), Err(TooManyPods)],
         },
         FilterCase {
             name: "a zero request never fails on that resource, the pod count still counts",
@@ -197,12 +136,7 @@ fn node_selector_and_affinity_filters() {
     let with_required = |terms: Vec<Vec<NodeSelectorRequirement>>| {
         let mut p = pod("p", "x");
         p.node_affinity.required = Some(NodeSelector {
-            node_selector_terms: terms
-                .into_iter()
-                .map(|m| NodeSelectorTerm {
-                    match_expressions: m,
-                })
-                .collect(),
+            node_selector_terms: terms.into_iter().map(|m| NodeSelectorTerm { match_expressions: m }).collect(),
         });
         p
     };
@@ -288,11 +222,7 @@ fn node_selector_and_affinity_filters() {
 
 #[test]
 fn taint_and_unschedulable_filters() {
-    let taint = |key: &str, value: &str, effect| Taint {
-        key: key.into(),
-        value: value.into(),
-        effect,
-    };
+    let taint = |key: &str, value: &str, effect| Taint { key: key.into(), value: value.into(), effect };
     let mut ns = node("n1", "a");
     ns.taints = vec![taint("dedicated", "db", TaintEffect::NoSchedule)];
     let mut ne = node("n2", "a");
@@ -319,12 +249,7 @@ fn taint_and_unschedulable_filters() {
             nodes: nodes.clone(),
             pods: vec![],
             pod: pod("p", "x"),
-            expect: vec![
-                Err(UntoleratedTaint),
-                Err(UntoleratedTaint),
-                OK,
-                Err(NodeUnschedulable),
-            ],
+            expect: vec![Err(UntoleratedTaint), Err(UntoleratedTaint), OK, Err(NodeUnschedulable)],
         },
         FilterCase {
             name: "Equal with any effect",
@@ -344,25 +269,14 @@ fn taint_and_unschedulable_filters() {
             name: "wrong value",
             nodes: nodes.clone(),
             pods: vec![],
-            pod: tolerating(vec![Toleration {
-                value: "web".into(),
-                ..equal_db(None)
-            }]),
-            expect: vec![
-                Err(UntoleratedTaint),
-                Err(UntoleratedTaint),
-                OK,
-                Err(NodeUnschedulable),
-            ],
+            pod: tolerating(vec![Toleration { value: "web".into(), ..equal_db(None) }]),
+            expect: vec![Err(UntoleratedTaint), Err(UntoleratedTaint), OK, Err(NodeUnschedulable)],
         },
         FilterCase {
             name: "Exists without a key tolerates everything, including the cordon",
             nodes: nodes.clone(),
             pods: vec![],
-            pod: tolerating(vec![Toleration {
-                operator: TolerationOperator::Exists,
-                ..Toleration::default()
-            }]),
+            pod: tolerating(vec![Toleration { operator: TolerationOperator::Exists, ..Toleration::default() }]),
             expect: vec![OK, OK, OK, OK],
         },
         FilterCase {
@@ -402,11 +316,7 @@ fn inter_pod_affinity_filters() {
     let mut two_terms = pod("p", "web");
     two_terms.pod_affinity.required = vec![
         term("db", ZONE),
-        PodAffinityTerm {
-            label_selector: Some(eq("tier", "cache")),
-            namespaces: vec![],
-            topology_key: HOST.into(),
-        },
+        PodAffinityTerm { label_selector: Some(eq("tier", "cache")), namespaces: vec![], topology_key: HOST.into() },
     ];
     let mut both = pod("both", "db");
     both.labels.insert("tier".into(), "cache".into());
@@ -462,24 +372,14 @@ fn inter_pod_affinity_filters() {
             nodes: nodes.clone(),
             pods: vec![],
             pod: affine(HOST, "web"),
-            expect: vec![
-                Err(PodAffinity),
-                Err(PodAffinity),
-                Err(PodAffinity),
-                Err(PodAffinity),
-            ],
+            expect: vec![Err(PodAffinity), Err(PodAffinity), Err(PodAffinity), Err(PodAffinity)],
         },
         FilterCase {
             name: "several terms need one pod matching all of them, not one pod per term",
             nodes: nodes.clone(),
             pods: vec![bound(pod("db0", "db"), "n1"), bound(c0, "n2")],
             pod: two_terms.clone(),
-            expect: vec![
-                Err(PodAffinity),
-                Err(PodAffinity),
-                Err(PodAffinity),
-                Err(PodAffinity),
-            ],
+            expect: vec![Err(PodAffinity), Err(PodAffinity), Err(PodAffinity), Err(PodAffinity)],
         },
         FilterCase {
             name: "several terms, each in its own topology",
@@ -505,15 +405,10 @@ fn topology_spread_filters() {
     let nodes = vec![node("n1", "a"), node("n2", "b"), node("n3", "c"), nokey];
     let spreading = |app: &str, skew| {
         let mut p = pod("p", app);
-        p.topology_spread_constraints =
-            vec![spread(ZONE, "web", skew, WhenUnsatisfiable::DoNotSchedule)];
+        p.topology_spread_constraints = vec![spread(ZONE, "web", skew, WhenUnsatisfiable::DoNotSchedule)];
         p
     };
-    let existing = vec![
-        bound(pod("w1", "web"), "n1"),
-        bound(pod("w2", "web"), "n1"),
-        bound(pod("w3", "web"), "n2"),
-    ];
+    let existing = vec![bound(pod("w1", "web"), "n1"), bound(pod("w2", "web"), "n1"), bound(pod("w3", "web"), "n2")];
     let mut zone_ab = spreading("web", 1);
     zone_ab.node_selector = labels(&[(ZONE, "a")]);
     let ssd = |mut n: NodeInfo| {
@@ -524,44 +419,28 @@ fn topology_spread_filters() {
     let mut ssd_pod = spreading("web", 1);
     ssd_pod.node_selector = labels(&[("disk", "ssd")]);
     let mut soft = pod("p", "web");
-    soft.topology_spread_constraints =
-        vec![spread(ZONE, "web", 1, WhenUnsatisfiable::ScheduleAnyway)];
+    soft.topology_spread_constraints = vec![spread(ZONE, "web", 1, WhenUnsatisfiable::ScheduleAnyway)];
     run_filter_cases(vec![
         FilterCase {
             name: "maxSkew 1: counts a=2 b=1 c=0",
             nodes: nodes.clone(),
             pods: existing.clone(),
             pod: spreading("web", 1),
-            expect: vec![
-                Err(TopologySpreadSkew),
-                Err(TopologySpreadSkew),
-                OK,
-                Err(TopologySpreadMissingLabel),
-            ],
+            expect: vec![Err(TopologySpreadSkew), Err(TopologySpreadSkew), OK, Err(TopologySpreadMissingLabel)],
         },
         FilterCase {
             name: "maxSkew 2",
             nodes: nodes.clone(),
             pods: existing.clone(),
             pod: spreading("web", 2),
-            expect: vec![
-                Err(TopologySpreadSkew),
-                OK,
-                OK,
-                Err(TopologySpreadMissingLabel),
-            ],
+            expect: vec![Err(TopologySpreadSkew), OK, OK, Err(TopologySpreadMissingLabel)],
         },
         FilterCase {
             name: "a pod not matching its own selector does not add itself",
             nodes: nodes.clone(),
             pods: existing.clone(),
             pod: spreading("api", 1),
-            expect: vec![
-                Err(TopologySpreadSkew),
-                OK,
-                OK,
-                Err(TopologySpreadMissingLabel),
-            ],
+            expect: vec![Err(TopologySpreadSkew), OK, OK, Err(TopologySpreadMissingLabel)],
         },
         FilterCase {
             name: "the minimum is over the domains the pod may use",
@@ -607,39 +486,20 @@ fn scores() {
     let mut preferred = pod("p", "x");
     preferred.node_affinity.preferred = vec![PreferredSchedulingTerm {
         weight: 50,
-        preference: NodeSelectorTerm {
-            match_expressions: vec![nreq(ZONE, NodeSelectorOperator::In, &["b"])],
-        },
+        preference: NodeSelectorTerm { match_expressions: vec![nreq(ZONE, NodeSelectorOperator::In, &["b"])] },
     }];
     let mut likes_db = pod("p", "web");
-    likes_db.pod_affinity.preferred = vec![WeightedPodAffinityTerm {
-        weight: 100,
-        term: term("db", HOST),
-    }];
+    likes_db.pod_affinity.preferred = vec![WeightedPodAffinityTerm { weight: 100, term: term("db", HOST) }];
     let mut avoids_db = pod("p", "web");
-    avoids_db.pod_anti_affinity.preferred = vec![WeightedPodAffinityTerm {
-        weight: 100,
-        term: term("db", ZONE),
-    }];
+    avoids_db.pod_anti_affinity.preferred = vec![WeightedPodAffinityTerm { weight: 100, term: term("db", ZONE) }];
     let mut attracts_web = pod("db", "db");
-    attracts_web.pod_affinity.preferred = vec![WeightedPodAffinityTerm {
-        weight: 100,
-        term: term("web", ZONE),
-    }];
+    attracts_web.pod_affinity.preferred = vec![WeightedPodAffinityTerm { weight: 100, term: term("web", ZONE) }];
     let mut repels_web = pod("db", "db");
-    repels_web.pod_anti_affinity.preferred = vec![WeightedPodAffinityTerm {
-        weight: 100,
-        term: term("web", ZONE),
-    }];
+    repels_web.pod_anti_affinity.preferred = vec![WeightedPodAffinityTerm { weight: 100, term: term("web", ZONE) }];
     let mut soft_spread = pod("p", "web");
-    soft_spread.topology_spread_constraints =
-        vec![spread(ZONE, "web", 1, WhenUnsatisfiable::ScheduleAnyway)];
+    soft_spread.topology_spread_constraints = vec![spread(ZONE, "web", 1, WhenUnsatisfiable::ScheduleAnyway)];
     let mut tainted = node("n1", "a");
-    tainted.taints = vec![Taint {
-        key: "k".into(),
-        value: "v".into(),
-        effect: TaintEffect::PreferNoSchedule,
-    }];
+    tainted.taints = vec![Taint { key: "k".into(), value: "v".into(), effect: TaintEffect::PreferNoSchedule }];
     let cases = vec![
         ScoreCase {
             name: "LeastAllocated prefers the emptiest node",
@@ -662,13 +522,7 @@ fn scores() {
             strategy: ScoringStrategy::Balanced,
             nodes: vec![cpu_heavy, node("n1", "a")],
             pods: vec![],
-            pod: PodInfo {
-                requests: Requests {
-                    cpu_millis: 2000,
-                    memory_bytes: 4 * GI,
-                },
-                ..pod("p", "x")
-            },
+            pod: PodInfo { requests: Requests { cpu_millis: 2000, memory_bytes: 4 * GI }, ..pod("p", "x") },
             expect: "n1",
         },
         ScoreCase {
@@ -691,10 +545,7 @@ fn scores() {
             name: "preferred pod anti-affinity",
             strategy: ScoringStrategy::MostAllocated,
             nodes: vec![node("n1", "a"), node("n2", "a"), node("n3", "b")],
-            pods: vec![
-                bound(pod("db", "db"), "n1"),
-                bound(pod("filler", "x"), "n2"),
-            ],
+            pods: vec![bound(pod("db", "db"), "n1"), bound(pod("filler", "x"), "n2")],
             pod: avoids_db,
             expect: "n3",
         },
@@ -718,11 +569,7 @@ fn scores() {
             name: "ScheduleAnyway spread prefers the emptiest domain",
             strategy: ScoringStrategy::MostAllocated,
             nodes: three_zones(),
-            pods: vec![
-                bound(pod("w1", "web"), "n1"),
-                bound(pod("w2", "web"), "n2"),
-                bound(pod("f", "x"), "n1"),
-            ],
+            pods: vec![bound(pod("w1", "web"), "n1"), bound(pod("w2", "web"), "n2"), bound(pod("f", "x"), "n1")],
             pod: soft_spread,
             expect: "n3",
         },
@@ -736,25 +583,11 @@ fn scores() {
         },
     ];
     for c in cases {
-        let policy = SchedulingPolicy {
-            strategy: c.strategy,
-            ..SchedulingPolicy::default()
-        };
-        let snapshot = ClusterSnapshot {
-            nodes: c.nodes,
-            pods: c.pods,
-            policy,
-        };
+        let policy = SchedulingPolicy { strategy: c.strategy, ..SchedulingPolicy::default() };
+        let snapshot = ClusterSnapshot { nodes: c.nodes, pods: c.pods, policy };
         for seed in 0..8 {
-            let got = schedule_batch(&snapshot, std::slice::from_ref(&c.pod), seed)
-                .remove(0)
-                .1;
-            assert_eq!(
-                got.as_deref().ok(),
-                Some(c.expect),
-                "case {} seed {seed}",
-                c.name
-            );
+            let got = schedule_batch(&snapshot, std::slice::from_ref(&c.pod), seed).remove(0).1;
+            assert_eq!(got.as_deref().ok(), Some(c.expect), "case {} seed {seed}", c.name);
         }
     }
 }
@@ -774,39 +607,25 @@ fn unschedulable_summary_is_typed_and_readable() {
     }
     let mut p = pod("p", "web");
     p.pod_anti_affinity.required = vec![term("db", HOST)];
-    let snapshot = ClusterSnapshot {
-        nodes,
-        pods,
-        policy: SchedulingPolicy::default(),
-    };
+    let snapshot = ClusterSnapshot { nodes, pods, policy: SchedulingPolicy::default() };
     let err = schedule_batch(&snapshot, &[p], 3).remove(0).1.unwrap_err();
     assert_eq!(err.count(InsufficientMemory), 3);
     assert_eq!(err.count(PodAntiAffinity), 2);
-    assert_eq!(
-        err.to_string(),
-        "0/5 nodes available: 3 insufficient memory, 2 node(s) didn't match pod anti-affinity"
-    );
+    assert_eq!(err.to_string(), "0/5 nodes available: 3 insufficient memory, 2 node(s) didn't match pod anti-affinity");
     assert_eq!(err.per_node.len(), 5);
     let empty = ClusterSnapshot::default();
-    let err = schedule_batch(&empty, &[pod("p", "x")], 3)
-        .remove(0)
-        .1
-        .unwrap_err();
+    let err = schedule_batch(&empty, &[pod("p", "x")], 3).remove(0).1.unwrap_err();
     assert_eq!(err.to_string(), "0/0 nodes available");
 }
 
 #[test]
 fn six_replicas_spread_two_per_zone_and_fourth_anti_affine_replica_stays_pending() {
-    let snapshot = ClusterSnapshot {
-        nodes: three_zones(),
-        ..ClusterSnapshot::default()
-    };
+    let snapshot = ClusterSnapshot { nodes: three_zones(), ..ClusterSnapshot::default() };
     for seed in 0..20 {
         let replicas: Vec<PodInfo> = (0..6)
             .map(|i| {
                 let mut p = pod(&format!("web-{i}"), "web");
-                p.topology_spread_constraints =
-                    vec![spread(ZONE, "web", 1, WhenUnsatisfiable::DoNotSchedule)];
+                p.topology_spread_constraints = vec![spread(ZONE, "web", 1, WhenUnsatisfiable::DoNotSchedule)];
                 p
             })
             .collect();
@@ -815,11 +634,7 @@ fn six_replicas_spread_two_per_zone_and_fourth_anti_affine_replica_stays_pending
         for (_, r) in placed {
             *per_node.entry(r.unwrap().to_string()).or_insert(0) += 1;
         }
-        assert_eq!(
-            per_node.values().copied().collect::<Vec<_>>(),
-            vec![2, 2, 2],
-            "seed {seed}"
-        );
+        assert_eq!(per_node.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "seed {seed}");
 
         let replicas: Vec<PodInfo> = (0..4)
             .map(|i| {
@@ -829,63 +644,38 @@ fn six_replicas_spread_two_per_zone_and_fourth_anti_affine_replica_stays_pending
             })
             .collect();
         let placed = schedule_batch(&snapshot, &replicas, seed);
-        let nodes: std::collections::BTreeSet<_> = placed[..3]
-            .iter()
-            .map(|(_, r)| r.as_ref().unwrap().to_string())
-            .collect();
+        let nodes: std::collections::BTreeSet<_> =
+            placed[..3].iter().map(|(_, r)| r.as_ref().unwrap().to_string()).collect();
         assert_eq!(nodes.len(), 3);
         let err = placed[3].1.as_ref().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "0/3 nodes available: 3 node(s) didn't match pod anti-affinity"
-        );
+        assert_eq!(err.to_string(), "0/3 nodes available: 3 node(s) didn't match pod anti-affinity");
     }
 }
 
 #[test]
 fn bounded_sample_still_finds_the_only_feasible_node() {
-    let nodes: Vec<NodeInfo> = (0..1000)
-        .map(|i| node(&format!("n{i}"), ["a", "b", "c"][i % 3]))
-        .collect();
-    let snapshot = ClusterSnapshot {
-        nodes,
-        ..ClusterSnapshot::default()
-    };
+    let nodes: Vec<NodeInfo> = (0..1000).map(|i| node(&format!("n{i}"), ["a", "b", "c"][i % 3])).collect();
+    let snapshot = ClusterSnapshot { nodes, ..ClusterSnapshot::default() };
     let cycle = Cycle::new(&snapshot, 0);
     assert_eq!(cycle.num_feasible_nodes_to_find(), 420);
     let mut p = pod("p", "x");
     p.node_selector = labels(&[(HOST, "n777")]);
     for seed in 0..5 {
-        let placed = schedule_batch(&snapshot, std::slice::from_ref(&p), seed)
-            .remove(0)
-            .1;
+        let placed = schedule_batch(&snapshot, std::slice::from_ref(&p), seed).remove(0).1;
         assert_eq!(placed.as_deref().ok(), Some("n777"));
     }
-    let small = ClusterSnapshot {
-        nodes: three_zones(),
-        ..ClusterSnapshot::default()
-    };
+    let small = ClusterSnapshot { nodes: three_zones(), ..ClusterSnapshot::default() };
     assert_eq!(Cycle::new(&small, 0).num_feasible_nodes_to_find(), 3);
     let big: Vec<NodeInfo> = (0..10_000).map(|i| node(&format!("n{i}"), "a")).collect();
-    let big = ClusterSnapshot {
-        nodes: big,
-        ..ClusterSnapshot::default()
-    };
+    let big = ClusterSnapshot { nodes: big, ..ClusterSnapshot::default() };
     assert_eq!(Cycle::new(&big, 0).num_feasible_nodes_to_find(), 500);
 }
 
 #[test]
 fn the_rotating_start_spreads_equal_pods() {
     let nodes: Vec<NodeInfo> = (0..300).map(|i| node(&format!("n{i}"), "a")).collect();
-    let policy = SchedulingPolicy {
-        strategy: ScoringStrategy::MostAllocated,
-        ..SchedulingPolicy::default()
-    };
-    let snapshot = ClusterSnapshot {
-        nodes,
-        pods: vec![],
-        policy,
-    };
+    let policy = SchedulingPolicy { strategy: ScoringStrategy::MostAllocated, ..SchedulingPolicy::default() };
+    let snapshot = ClusterSnapshot { nodes, pods: vec![], policy };
     let mut cycle = Cycle::new(&snapshot, 9);
     // Bin-packing with no scoring differences would pile onto one node; capacity 110 pods bounds it.
     for i in 0..200 {
@@ -904,15 +694,8 @@ struct Scenario {
 }
 
 fn arb_node(i: usize) -> impl Strategy<Value = NodeInfo> {
-    (
-        0..4u8,
-        500..4000u64,
-        1..8u64,
-        1..6u32,
-        prop::bool::weighted(0.1),
-        prop::option::weighted(0.15, 0..3u8),
-    )
-        .prop_map(move |(zone, cpu, mem_gi, pods, cordoned, taint)| {
+    (0..4u8, 500..4000u64, 1..8u64, 1..6u32, prop::bool::weighted(0.1), prop::option::weighted(0.15, 0..3u8)).prop_map(
+        move |(zone, cpu, mem_gi, pods, cordoned, taint)| {
             let name = format!("n{i}");
             let mut labels = labels(&[(HOST, &name)]);
             if zone < 3 {
@@ -920,30 +703,20 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeInfo> {
             }
             let taints = taint
                 .map(|e| {
-                    let effect = [
-                        TaintEffect::NoSchedule,
-                        TaintEffect::NoExecute,
-                        TaintEffect::PreferNoSchedule,
-                    ][e as usize];
-                    vec![Taint {
-                        key: "dedicated".into(),
-                        value: "x".into(),
-                        effect,
-                    }]
+                    let effect =
+                        [TaintEffect::NoSchedule, TaintEffect::NoExecute, TaintEffect::PreferNoSchedule][e as usize];
+                    vec![Taint { key: "dedicated".into(), value: "x".into(), effect }]
                 })
                 .unwrap_or_default();
             NodeInfo {
                 name,
                 labels,
-                allocatable: Allocatable {
-                    cpu_millis: cpu,
-                    memory_bytes: mem_gi * GI,
-                    pods,
-                },
+                allocatable: Allocatable { cpu_millis: cpu, memory_bytes: mem_gi * GI, pods },
                 taints,
                 unschedulable: cordoned,
             }
-        })
+        },
+    )
 }
 
 fn arb_pod(prefix: &'static str, i: usize) -> impl Strategy<Value = PodInfo> {
@@ -957,44 +730,36 @@ fn arb_pod(prefix: &'static str, i: usize) -> impl Strategy<Value = PodInfo> {
         prop::bool::weighted(0.3),
         prop::bool::weighted(0.2),
     )
-        .prop_map(
-            move |(app, cpu, mem_gi, anti, spr, zone_sel, tolerate, other_ns)| {
-                let apps = ["a", "b", "c"];
-                let mut p = pod(&format!("{prefix}{i}"), apps[app as usize]);
-                if other_ns {
-                    p.namespace = "other".into();
-                }
-                p.requests = Requests {
-                    cpu_millis: cpu,
-                    memory_bytes: mem_gi * GI / 2,
-                };
-                if let Some((target, by_zone)) = anti {
-                    p.pod_anti_affinity.required = vec![term(
-                        apps[target as usize],
-                        if by_zone { ZONE } else { HOST },
-                    )];
-                }
-                if let Some((target, by_zone, skew)) = spr {
-                    p.topology_spread_constraints = vec![spread(
-                        if by_zone { ZONE } else { HOST },
-                        apps[target as usize],
-                        skew,
-                        WhenUnsatisfiable::DoNotSchedule,
-                    )];
-                }
-                if let Some(z) = zone_sel {
-                    p.node_selector = labels(&[(ZONE, ["a", "b", "c"][z as usize])]);
-                }
-                if tolerate {
-                    p.tolerations = vec![Toleration {
-                        key: "dedicated".into(),
-                        operator: TolerationOperator::Exists,
-                        ..Toleration::default()
-                    }];
-                }
-                p
-            },
-        )
+        .prop_map(move |(app, cpu, mem_gi, anti, spr, zone_sel, tolerate, other_ns)| {
+            let apps = ["a", "b", "c"];
+            let mut p = pod(&format!("{prefix}{i}"), apps[app as usize]);
+            if other_ns {
+                p.namespace = "other".into();
+            }
+            p.requests = Requests { cpu_millis: cpu, memory_bytes: mem_gi * GI / 2 };
+            if let Some((target, by_zone)) = anti {
+                p.pod_anti_affinity.required = vec![term(apps[target as usize], if by_zone { ZONE } else { HOST })];
+            }
+            if let Some((target, by_zone, skew)) = spr {
+                p.topology_spread_constraints = vec![spread(
+                    if by_zone { ZONE } else { HOST },
+                    apps[target as usize],
+                    skew,
+                    WhenUnsatisfiable::DoNotSchedule,
+                )];
+            }
+            if let Some(z) = zone_sel {
+                p.node_selector = labels(&[(ZONE, ["a", "b", "c"][z as usize])]);
+            }
+            if tolerate {
+                p.tolerations = vec![Toleration {
+                    key: "dedicated".into(),
+                    operator: TolerationOperator::Exists,
+                    ..Toleration::default()
+                }];
+            }
+            p
+        })
 }
 
 fn arb_scenario() -> impl Strategy<Value = Scenario> {
@@ -1002,49 +767,25 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
         let nodes: Vec<_> = (0..n).map(arb_node).collect();
         let first: Vec<_> = (0..f).map(|i| arb_pod("f", i)).collect();
         let second: Vec<_> = (0..s).map(|i| arb_pod("s", i)).collect();
-        let strategy = [
-            ScoringStrategy::LeastAllocated,
-            ScoringStrategy::MostAllocated,
-            ScoringStrategy::Balanced,
-        ][strat as usize];
-        (nodes, first, second).prop_map(move |(nodes, first, second)| Scenario {
-            nodes,
-            first,
-            second,
-            strategy,
-        })
+        let strategy = [ScoringStrategy::LeastAllocated, ScoringStrategy::MostAllocated, ScoringStrategy::Balanced]
+            [strat as usize];
+        (nodes, first, second).prop_map(move |(nodes, first, second)| Scenario { nodes, first, second, strategy })
     })
 }
 
 fn term_matches_naive(t: &PodAffinityTerm, owner_ns: &str, p: &PodInfo) -> bool {
-    let in_ns = if t.namespaces.is_empty() {
-        p.namespace == owner_ns
-    } else {
-        t.namespaces.contains(&p.namespace)
-    };
-    in_ns
-        && t.label_selector
-            .as_ref()
-            .is_some_and(|s| s.matches(&p.labels))
+    let in_ns = if t.namespaces.is_empty() { p.namespace == owner_ns } else { t.namespaces.contains(&p.namespace) };
+    in_ns && t.label_selector.as_ref().is_some_and(|s| s.matches(&p.labels))
 }
 
 /// A deliberately simple, string-based reimplementation of the filters the generators exercise.
 fn naive_feasible(nodes: &[NodeInfo], placed: &[(PodInfo, usize)], p: &PodInfo, n: usize) -> bool {
     let node = &nodes[n];
     let domain = |i: usize, key: &str| nodes[i].labels.get(key).cloned();
-    if node.unschedulable
-        && !p
-            .tolerations
-            .iter()
-            .any(|t| t.key.is_empty() || t.key == UNSCHEDULABLE_TAINT_KEY)
-    {
+    if node.unschedulable && !p.tolerations.iter().any(|t| t.key.is_empty() || t.key == UNSCHEDULABLE_TAINT_KEY) {
         return false;
     }
-    if !p
-        .node_selector
-        .iter()
-        .all(|(k, v)| node.labels.get(k) == Some(v))
-    {
+    if !p.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
         return false;
     }
     if node
@@ -1055,17 +796,12 @@ fn naive_feasible(nodes: &[NodeInfo], placed: &[(PodInfo, usize)], p: &PodInfo, 
     {
         return false;
     }
-    let on: Vec<&PodInfo> = placed
-        .iter()
-        .filter(|(_, m)| *m == n)
-        .map(|(q, _)| q)
-        .collect();
+    let on: Vec<&PodInfo> = placed.iter().filter(|(_, m)| *m == n).map(|(q, _)| q).collect();
     let cpu: u64 = on.iter().map(|q| q.requests.cpu_millis).sum();
     let mem: u64 = on.iter().map(|q| q.requests.memory_bytes).sum();
     if on.len() as u32 + 1 > node.allocatable.pods
         || (p.requests.cpu_millis > 0 && cpu + p.requests.cpu_millis > node.allocatable.cpu_millis)
-        || (p.requests.memory_bytes > 0
-            && mem + p.requests.memory_bytes > node.allocatable.memory_bytes)
+        || (p.requests.memory_bytes > 0 && mem + p.requests.memory_bytes > node.allocatable.memory_bytes)
     {
         return false;
     }
@@ -1091,17 +827,10 @@ fn naive_feasible(nodes: &[NodeInfo], placed: &[(PodInfo, usize)], p: &PodInfo, 
         let Some(d) = domain(n, &c.topology_key) else {
             return false;
         };
-        let sel = c
-            .label_selector
-            .as_ref()
-            .expect("generated with a selector");
+        let sel = c.label_selector.as_ref().expect("generated with a selector");
         let eligible_node = |i: usize| {
-            p.node_selector
-                .iter()
-                .all(|(k, v)| nodes[i].labels.get(k) == Some(v))
-                && p.topology_spread_constraints
-                    .iter()
-                    .all(|c| domain(i, &c.topology_key).is_some())
+            p.node_selector.iter().all(|(k, v)| nodes[i].labels.get(k) == Some(v))
+                && p.topology_spread_constraints.iter().all(|c| domain(i, &c.topology_key).is_some())
         };
         let count = |dom: &str| {
             placed
@@ -1115,18 +844,10 @@ fn naive_feasible(nodes: &[NodeInfo], placed: &[(PodInfo, usize)], p: &PodInfo, 
                 .count() as i64
         };
         let eligible = (0..nodes.len()).filter(|&i| {
-            p.node_selector
-                .iter()
-                .all(|(k, v)| nodes[i].labels.get(k) == Some(v))
-                && p.topology_spread_constraints
-                    .iter()
-                    .all(|c| domain(i, &c.topology_key).is_some())
+            p.node_selector.iter().all(|(k, v)| nodes[i].labels.get(k) == Some(v))
+                && p.topology_spread_constraints.iter().all(|c| domain(i, &c.topology_key).is_some())
         });
-        let min = eligible
-            .filter_map(|i| domain(i, &c.topology_key))
-            .map(|d| count(&d))
-            .min()
-            .unwrap_or(0);
+        let min = eligible.filter_map(|i| domain(i, &c.topology_key)).map(|d| count(&d)).min().unwrap_or(0);
         let self_match = sel.matches(&p.labels) as i64;
         if count(&d) + self_match - min > c.max_skew as i64 {
             return false;
@@ -1145,22 +866,13 @@ fn check_batch(
         assert_eq!(key, &p.key());
         match r {
             Ok(name) => {
-                let n = nodes
-                    .iter()
-                    .position(|x| *x.name == **name)
-                    .expect("placed on a known node");
-                assert!(
-                    naive_feasible(nodes, placed, p, n),
-                    "{key} placed on infeasible {name}"
-                );
+                let n = nodes.iter().position(|x| *x.name == **name).expect("placed on a known node");
+                assert!(naive_feasible(nodes, placed, p, n), "{key} placed on infeasible {name}");
                 placed.push((p.clone(), n));
             }
             Err(u) => {
                 let any = (0..nodes.len()).find(|&n| naive_feasible(nodes, placed, p, n));
-                assert_eq!(
-                    any, None,
-                    "{key} declared unschedulable ({u}) but node {any:?} fits"
-                );
+                assert_eq!(any, None, "{key} declared unschedulable ({u}) but node {any:?} fits");
                 assert_eq!(u.total_nodes, nodes.len());
             }
         }
@@ -1239,11 +951,7 @@ fn assert_not_overcommitted(c: &MemoryCluster) {
     let usage = c.usage();
     for n in c.nodes() {
         let u = usage[&n.name];
-        assert!(
-            u.pods <= n.allocatable.pods && u.cpu_millis <= n.allocatable.cpu_millis,
-            "{}: {u:?}",
-            n.name
-        );
+        assert!(u.pods <= n.allocatable.pods && u.cpu_millis <= n.allocatable.cpu_millis, "{}: {u:?}", n.name);
         assert!(u.memory_bytes <= n.allocatable.memory_bytes);
     }
 }
@@ -1288,14 +996,7 @@ async fn concurrent_schedulers_never_overcommit() {
         cluster.submit(p.clone());
     }
     let observed = cluster.observe().await.unwrap();
-    let revision = |k: &PodKey| {
-        observed
-            .pending
-            .iter()
-            .find(|p| p.pod.key() == *k)
-            .unwrap()
-            .revision
-    };
+    let revision = |k: &PodKey| observed.pending.iter().find(|p| p.pod.key() == *k).unwrap().revision;
     let mut snapshot = observed.snapshot.clone();
     snapshot.policy.strategy = ScoringStrategy::MostAllocated;
     let a = schedule_batch(&snapshot, &pods[..3], 1);
@@ -1320,10 +1021,7 @@ async fn concurrent_schedulers_never_overcommit() {
     assert!(cluster.bindings().values().all(Option::is_some));
     // A bind with a stale revision, or of an already bound pod, is refused.
     let key = pods[0].key();
-    assert!(matches!(
-        cluster.bind(&key, "n1", 0).await,
-        Err(BindError::PodChanged { .. })
-    ));
+    assert!(matches!(cluster.bind(&key, "n1", 0).await, Err(BindError::PodChanged { .. })));
 }
 
 #[tokio::test]
@@ -1335,13 +1033,7 @@ async fn a_pod_that_fits_nowhere_stays_pending_with_its_reason() {
     let report = Runner::new(&cluster, &cluster).run_once(3).await.unwrap();
     assert_eq!(report.bound.len(), 3);
     assert_eq!(report.unschedulable.len(), 1);
-    assert_eq!(
-        report.unschedulable[0].1.to_string(),
-        "0/3 nodes available: 3 too many pods"
-    );
-    assert_eq!(
-        cluster.bindings().values().filter(|n| n.is_none()).count(),
-        1
-    );
+    assert_eq!(report.unschedulable[0].1.to_string(), "0/3 nodes available: 3 too many pods");
+    assert_eq!(cluster.bindings().values().filter(|n| n.is_none()).count(), 1);
     assert_not_overcommitted(&cluster);
 }

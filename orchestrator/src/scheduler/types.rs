@@ -187,10 +187,7 @@ pub struct PodInfo {
 
 impl PodInfo {
     pub fn key(&self) -> PodKey {
-        PodKey {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-        }
+        PodKey { namespace: self.namespace.clone(), name: self.name.clone() }
     }
 }
 
@@ -239,13 +236,7 @@ pub struct ScoreWeights {
 
 impl Default for ScoreWeights {
     fn default() -> Self {
-        Self {
-            resources: 1,
-            node_affinity: 2,
-            pod_affinity: 2,
-            topology_spread: 2,
-            taint_toleration: 3,
-        }
+        Self { resources: 1, node_affinity: 2, pod_affinity: 2, topology_spread: 2, taint_toleration: 3 }
     }
 }
 

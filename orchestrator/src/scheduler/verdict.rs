@@ -43,12 +43,7 @@ impl RejectReason {
 
     /// The resource filters: a node that failed only these might fit after another pod leaves.
     pub fn is_resource(self) -> bool {
-        matches!(
-            self,
-            RejectReason::TooManyPods
-                | RejectReason::InsufficientCpu
-                | RejectReason::InsufficientMemory
-        )
+        matches!(self, RejectReason::TooManyPods | RejectReason::InsufficientCpu | RejectReason::InsufficientMemory)
     }
 }
 
@@ -61,17 +56,13 @@ impl fmt::Display for RejectReason {
             RejectReason::TooManyPods => "too many pods",
             RejectReason::InsufficientCpu => "insufficient cpu",
             RejectReason::InsufficientMemory => "insufficient memory",
-            RejectReason::ExistingPodsAntiAffinity => {
-                "node(s) didn't satisfy existing pods anti-affinity"
-            }
+            RejectReason::ExistingPodsAntiAffinity => "node(s) didn't satisfy existing pods anti-affinity",
             RejectReason::PodAntiAffinity => "node(s) didn't match pod anti-affinity",
             RejectReason::PodAffinity => "node(s) didn't match pod affinity",
             RejectReason::TopologySpreadMissingLabel => {
                 "node(s) didn't match pod topology spread constraints (missing required label)"
             }
-            RejectReason::TopologySpreadSkew => {
-                "node(s) didn't match pod topology spread constraints"
-            }
+            RejectReason::TopologySpreadSkew => "node(s) didn't match pod topology spread constraints",
         })
     }
 }
@@ -92,25 +83,15 @@ impl Unschedulable {
         for (_, r) in &per_node {
             counts[r.index()] += 1;
         }
-        let mut reasons: Vec<(RejectReason, u32)> = RejectReason::ALL
-            .iter()
-            .map(|&r| (r, counts[r.index()]))
-            .filter(|&(_, n)| n > 0)
-            .collect();
+        let mut reasons: Vec<(RejectReason, u32)> =
+            RejectReason::ALL.iter().map(|&r| (r, counts[r.index()])).filter(|&(_, n)| n > 0).collect();
         reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        Self {
-            total_nodes: per_node.len(),
-            reasons,
-            per_node,
-        }
+        Self { total_nodes: per_node.len(), reasons, per_node }
     }
 
     /// The number of nodes that rejected the pod for `reason`.
     pub fn count(&self, reason: RejectReason) -> u32 {
-        self.reasons
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, n)| *n)
+        self.reasons.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
     }
 }
 

@@ -10,12 +10,10 @@
 //!
 //! Not here: leader election and leases (the server's HA layer uses etcd-client directly).
 
-use super::{
-    selected, Key, Prefix, Store, StoreError, StoreEvent, StoreResult, Versioned, WatchStream,
-};
+use super::{selected, Key, Prefix, Store, StoreError, StoreEvent, StoreResult, Versioned, WatchStream};
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType,
-    GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -38,22 +36,12 @@ fn etcd_err(context: &str, e: etcd_client::Error) -> StoreError {
 /// The etcd key of a store key: `/berth/{kind}/{namespace}/{name}`.
 pub fn etcd_key(key: &Key) -> StoreResult<String> {
     if key.kind.is_empty() || key.name.is_empty() {
-        return Err(StoreError::Backend(format!(
-            "invalid key {key:?}: empty kind or name"
-        )));
+        return Err(StoreError::Backend(format!("invalid key {key:?}: empty kind or name")));
     }
-    if [&key.kind, &key.namespace, &key.name]
-        .iter()
-        .any(|p| p.contains('/'))
-    {
-        return Err(StoreError::Backend(format!(
-            "invalid key {key:?}: '/' in a key part"
-        )));
+    if [&key.kind, &key.namespace, &key.name].iter().any(|p| p.contains('/')) {
+        return Err(StoreError::Backend(format!("invalid key {key:?}: '/' in a key part")));
     }
-    Ok(format!(
-        "{KEY_PREFIX}{}/{}/{}",
-        key.kind, key.namespace, key.name
-    ))
+    Ok(format!("{KEY_PREFIX}{}/{}/{}", key.kind, key.namespace, key.name))
 }
 
 fn etcd_prefix(prefix: &Prefix) -> String {
@@ -73,12 +61,7 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 fn parse_key(raw: &[u8]) -> StoreResult<Key> {
-    let bad = || {
-        StoreError::Backend(format!(
-            "etcd key {:?} is not a Berth key",
-            String::from_utf8_lossy(raw)
-        ))
-    };
+    let bad = || StoreError::Backend(format!("etcd key {:?} is not a Berth key", String::from_utf8_lossy(raw)));
     let s = std::str::from_utf8(raw).map_err(|_| bad())?;
     let rest = s.strip_prefix(KEY_PREFIX).ok_or_else(bad)?;
     let mut parts = rest.splitn(3, '/');
@@ -96,11 +79,7 @@ fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> StoreResult<u64>
 }
 
 fn versioned(kv: &KeyValue) -> StoreResult<Versioned> {
-    Ok(Versioned {
-        key: parse_key(kv.key())?,
-        value: kv.value().to_vec(),
-        revision: kv.mod_revision() as u64,
-    })
+    Ok(Versioned { key: parse_key(kv.key())?, value: kv.value().to_vec(), revision: kv.mod_revision() as u64 })
 }
 
 /// etcd revisions are `i64`; ours are `u64`. Revisions above `i64::MAX` cannot exist in etcd.
@@ -122,53 +101,27 @@ impl EtcdStore {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|e| etcd_err("connect", e))?;
+        let client = Client::connect(endpoints, Some(options)).await.map_err(|e| etcd_err("connect", e))?;
         Ok(Self { client })
     }
 
     /// Run a compare-and-swap transaction that updates or deletes `key` only at `expected` (when given)
     /// and only when it exists; turn a failed compare into `NotFound` or `Conflict`.
-    async fn guarded(
-        &self,
-        key: &Key,
-        k: String,
-        expected: Option<u64>,
-        op: TxnOp,
-    ) -> StoreResult<u64> {
+    async fn guarded(&self, key: &Key, k: String, expected: Option<u64>, op: TxnOp) -> StoreResult<u64> {
         let mut when = vec![Compare::create_revision(k.clone(), CompareOp::NotEqual, 0)];
         if let Some(expected) = expected {
-            when.push(Compare::mod_revision(
-                k.clone(),
-                CompareOp::Equal,
-                to_etcd(expected),
-            ));
+            when.push(Compare::mod_revision(k.clone(), CompareOp::Equal, to_etcd(expected)));
         }
-        let txn = Txn::new()
-            .when(when)
-            .and_then(vec![op])
-            .or_else(vec![TxnOp::get(k, None)]);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| etcd_err("txn", e))?;
+        let txn = Txn::new().when(when).and_then(vec![op]).or_else(vec![TxnOp::get(k, None)]);
+        let resp = self.client.kv_client().txn(txn).await.map_err(|e| etcd_err("txn", e))?;
         if resp.succeeded() {
             return revision_of(resp.header());
         }
         match (current_revision(&resp), expected) {
             (None, _) => Err(StoreError::NotFound(key.clone())),
-            (Some(actual), Some(expected)) => Err(StoreError::Conflict {
-                key: key.clone(),
-                expected,
-                actual,
-            }),
+            (Some(actual), Some(expected)) => Err(StoreError::Conflict { key: key.clone(), expected, actual }),
             // Exists and no revision was expected: the compare cannot fail.
-            (Some(_), None) => Err(StoreError::Backend(format!(
-                "etcd txn on {key} failed without a reason"
-            ))),
+            (Some(_), None) => Err(StoreError::Backend(format!("etcd txn on {key} failed without a reason"))),
         }
     }
 }
@@ -176,12 +129,7 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &Key) -> StoreResult<Option<Versioned>> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(etcd_key(key)?, None)
-            .await
-            .map_err(|e| etcd_err("get", e))?;
+        let resp = self.client.kv_client().get(etcd_key(key)?, None).await.map_err(|e| etcd_err("get", e))?;
         resp.kvs().first().map(versioned).transpose()
     }
 
@@ -197,16 +145,11 @@ impl Store for EtcdStore {
         let mut from = start.into_bytes();
         let mut at: Option<u64> = None;
         loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LIST_PAGE);
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
             if let Some(rev) = at {
                 options = options.with_revision(to_etcd(rev));
             }
-            let resp = kv
-                .get(from.clone(), Some(options))
-                .await
-                .map_err(|e| etcd_err("list", e))?;
+            let resp = kv.get(from.clone(), Some(options)).await.map_err(|e| etcd_err("list", e))?;
             let rev = match at {
                 Some(rev) => rev,
                 None => revision_of(resp.header())?,
@@ -235,18 +178,9 @@ impl Store for EtcdStore {
     async fn create(&self, key: &Key, value: Vec<u8>) -> StoreResult<u64> {
         let k = etcd_key(key)?;
         let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                k.clone(),
-                CompareOp::Equal,
-                0,
-            )])
+            .when(vec![Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
             .and_then(vec![TxnOp::put(k, value, None)]);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| etcd_err("create", e))?;
+        let resp = self.client.kv_client().txn(txn).await.map_err(|e| etcd_err("create", e))?;
         if resp.succeeded() {
             revision_of(resp.header())
         } else {
@@ -256,24 +190,12 @@ impl Store for EtcdStore {
 
     async fn update(&self, key: &Key, value: Vec<u8>, expected_revision: u64) -> StoreResult<u64> {
         let k = etcd_key(key)?;
-        self.guarded(
-            key,
-            k.clone(),
-            Some(expected_revision),
-            TxnOp::put(k, value, None),
-        )
-        .await
+        self.guarded(key, k.clone(), Some(expected_revision), TxnOp::put(k, value, None)).await
     }
 
     async fn delete(&self, key: &Key, expected_revision: Option<u64>) -> StoreResult<u64> {
         let k = etcd_key(key)?;
-        self.guarded(
-            key,
-            k.clone(),
-            expected_revision,
-            TxnOp::delete(k, Some(DeleteOptions::new())),
-        )
-        .await
+        self.guarded(key, k.clone(), expected_revision, TxnOp::delete(k, Some(DeleteOptions::new()))).await
     }
 
     async fn watch(&self, prefix: &Prefix, from_revision: u64) -> StoreResult<WatchStream> {
@@ -287,12 +209,7 @@ impl Store for EtcdStore {
             .watch(etcd_prefix(prefix), Some(options))
             .await
             .map_err(|e| etcd_err("watch", e))?;
-        let state = WatchState {
-            stream,
-            buffered: VecDeque::new(),
-            from: from_revision,
-            done: false,
-        };
+        let state = WatchState { stream, buffered: VecDeque::new(), from: from_revision, done: false };
         Ok(Box::pin(futures::stream::unfold(state, next_event)))
     }
 
@@ -315,24 +232,10 @@ impl Store for EtcdStore {
         }
         // etcd keeps the revision it compacts at; our contract forgets it too, so compact one further when
         // there is a later revision to keep.
-        let target = if revision < current {
-            revision + 1
-        } else {
-            revision
-        };
-        match self
-            .client
-            .kv_client()
-            .compact(
-                to_etcd(target),
-                Some(CompactionOptions::new().with_physical()),
-            )
-            .await
-        {
+        let target = if revision < current { revision + 1 } else { revision };
+        match self.client.kv_client().compact(to_etcd(target), Some(CompactionOptions::new().with_physical())).await {
             Ok(_) => Ok(()),
-            Err(etcd_client::Error::GRpcStatus(s))
-                if s.message().contains("required revision has been compacted") =>
-            {
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("required revision has been compacted") => {
                 Ok(())
             }
             Err(e) => Err(etcd_err("compact", e)),
@@ -386,14 +289,11 @@ async fn next_event(mut st: WatchState) -> Option<(StoreResult<StoreEvent>, Watc
 }
 
 fn convert(ev: &etcd_client::Event) -> StoreResult<StoreEvent> {
-    let kv = ev
-        .kv()
-        .ok_or_else(|| StoreError::Backend("etcd watch event without a key".into()))?;
+    let kv = ev.kv().ok_or_else(|| StoreError::Backend("etcd watch event without a key".into()))?;
     Ok(match ev.event_type() {
-        EventType::Put => StoreEvent::Put {
-            object: versioned(kv)?,
-            created: kv.create_revision() == kv.mod_revision(),
-        },
+        EventType::Put => {
+            StoreEvent::Put { object: versioned(kv)?, created: kv.create_revision() == kv.mod_revision() }
+        }
         EventType::Delete => StoreEvent::Delete {
             key: parse_key(kv.key())?,
             revision: kv.mod_revision() as u64,
@@ -409,21 +309,14 @@ mod tests {
     #[test]
     fn keys_map_to_berth_paths_and_back() {
         let cases = [
-            (
-                Key::new("pods", "default", "web-1"),
-                "/berth/pods/default/web-1",
-            ),
+            (Key::new("pods", "default", "web-1"), "/berth/pods/default/web-1"),
             (Key::new("nodes", "", "n1"), "/berth/nodes//n1"),
         ];
         for (key, path) in cases {
             assert_eq!(etcd_key(&key).ok().as_deref(), Some(path));
             assert_eq!(parse_key(path.as_bytes()).ok(), Some(key));
         }
-        for bad in [
-            Key::new("pods", "a/b", "c"),
-            Key::new("", "a", "b"),
-            Key::new("pods", "a", ""),
-        ] {
+        for bad in [Key::new("pods", "a/b", "c"), Key::new("", "a", "b"), Key::new("pods", "a", "")] {
             assert!(etcd_key(&bad).is_err(), "{bad:?}");
         }
         assert!(parse_key(b"/other/pods/a/b").is_err());

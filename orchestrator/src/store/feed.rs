@@ -34,11 +34,7 @@ impl Feed {
     /// A feed whose ring starts empty at `revision` (nothing older is in memory).
     pub(crate) fn new(revision: u64, cap: usize) -> Self {
         Self {
-            ring: RwLock::new(Ring {
-                events: VecDeque::new(),
-                floor: revision,
-                cap: cap.max(1),
-            }),
+            ring: RwLock::new(Ring { events: VecDeque::new(), floor: revision, cap: cap.max(1) }),
             latest: watch::Sender::new(revision),
         }
     }
@@ -67,11 +63,7 @@ impl Feed {
     /// Drop events at and below `revision` from the ring.
     pub(crate) fn trim(&self, revision: u64) {
         let mut ring = self.ring.write();
-        while ring
-            .events
-            .front()
-            .is_some_and(|e| e.revision() <= revision)
-        {
+        while ring.events.front().is_some_and(|e| e.revision() <= revision) {
             ring.events.pop_front();
         }
         ring.floor = ring.floor.max(revision);
@@ -84,12 +76,7 @@ impl Feed {
 
     /// Matching events with revision > `after` (at most `limit`) and the revision scanned up to, or
     /// `None` when the ring no longer covers `after`.
-    pub(crate) fn read(
-        &self,
-        prefix: &Prefix,
-        after: u64,
-        limit: usize,
-    ) -> Option<(Vec<StoreEvent>, u64)> {
+    pub(crate) fn read(&self, prefix: &Prefix, after: u64, limit: usize) -> Option<(Vec<StoreEvent>, u64)> {
         let ring = self.ring.read();
         if after < ring.floor {
             return None;
@@ -124,11 +111,7 @@ pub(crate) trait History: Send + Sync + 'static {
     fn feed(&self) -> &Feed;
     /// Matching events with revision > `after`, in order, at most [`READ_BATCH`] scanned, and the revision
     /// scanned up to; [`StoreError::Compacted`] when `after` is older than retained history.
-    async fn changes_after(
-        &self,
-        prefix: &Prefix,
-        after: u64,
-    ) -> StoreResult<(Vec<StoreEvent>, u64)>;
+    async fn changes_after(&self, prefix: &Prefix, after: u64) -> StoreResult<(Vec<StoreEvent>, u64)>;
 }
 
 struct WatchState<H> {
@@ -144,14 +127,7 @@ struct WatchState<H> {
 /// too-old `from` fails the `watch` call itself; later compaction surfaces as a stream item.
 pub(crate) fn watch_stream<H: History>(history: Arc<H>, prefix: Prefix, from: u64) -> WatchStream {
     let latest = history.feed().subscribe();
-    let state = WatchState {
-        history,
-        prefix,
-        cursor: from,
-        buffered: VecDeque::new(),
-        latest,
-        failed: false,
-    };
+    let state = WatchState { history, prefix, cursor: from, buffered: VecDeque::new(), latest, failed: false };
     Box::pin(futures::stream::unfold(state, |mut st| async move {
         loop {
             if st.failed {
@@ -186,8 +162,5 @@ pub(crate) fn watch_stream<H: History>(history: Arc<H>, prefix: Prefix, from: u6
 
 /// The error for a watch from `requested` when history at and below `compacted` is gone.
 pub(crate) fn compacted(requested: u64, compacted: u64) -> StoreError {
-    StoreError::Compacted {
-        requested,
-        compacted,
-    }
+    StoreError::Compacted { requested, compacted }
 }

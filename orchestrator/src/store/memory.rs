@@ -45,10 +45,7 @@ impl MemoryStore {
         let cap = usize::try_from(retention).unwrap_or(usize::MAX);
         Self {
             inner: Arc::new(Inner {
-                objects: RwLock::new(State {
-                    objects: BTreeMap::new(),
-                    revision: 0,
-                }),
+                objects: RwLock::new(State { objects: BTreeMap::new(), revision: 0 }),
                 feed: Feed::new(0, cap),
             }),
         }
@@ -56,10 +53,7 @@ impl MemoryStore {
 
     /// Apply one change under the write lock and publish it before releasing the lock, so that the feed
     /// sees revisions in order.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&mut State, u64) -> StoreResult<(StoreEvent, T)>,
-    ) -> StoreResult<T> {
+    fn write<T>(&self, f: impl FnOnce(&mut State, u64) -> StoreResult<(StoreEvent, T)>) -> StoreResult<T> {
         let mut st = self.inner.objects.write();
         let next = st.revision + 1;
         let (event, out) = f(&mut st, next)?;
@@ -70,11 +64,7 @@ impl MemoryStore {
 }
 
 fn range_start(prefix: &Prefix) -> Key {
-    Key::new(
-        prefix.kind.clone(),
-        prefix.namespace.clone().unwrap_or_default(),
-        "",
-    )
+    Key::new(prefix.kind.clone(), prefix.namespace.clone().unwrap_or_default(), "")
 }
 
 #[async_trait::async_trait]
@@ -83,14 +73,8 @@ impl History for Inner {
         &self.feed
     }
 
-    async fn changes_after(
-        &self,
-        prefix: &Prefix,
-        after: u64,
-    ) -> StoreResult<(Vec<StoreEvent>, u64)> {
-        self.feed
-            .read(prefix, after, READ_BATCH)
-            .ok_or_else(|| feed::compacted(after, self.feed.floor()))
+    async fn changes_after(&self, prefix: &Prefix, after: u64) -> StoreResult<(Vec<StoreEvent>, u64)> {
+        self.feed.read(prefix, after, READ_BATCH).ok_or_else(|| feed::compacted(after, self.feed.floor()))
     }
 }
 
@@ -121,28 +105,15 @@ impl Store for MemoryStore {
             if st.objects.contains_key(key) {
                 return Err(StoreError::AlreadyExists(key.clone()));
             }
-            let object = Versioned {
-                key: key.clone(),
-                value,
-                revision: rev,
-            };
+            let object = Versioned { key: key.clone(), value, revision: rev };
             st.objects.insert(key.clone(), object.clone());
-            Ok((
-                StoreEvent::Put {
-                    object,
-                    created: true,
-                },
-                rev,
-            ))
+            Ok((StoreEvent::Put { object, created: true }, rev))
         })
     }
 
     async fn update(&self, key: &Key, value: Vec<u8>, expected_revision: u64) -> StoreResult<u64> {
         self.write(|st, rev| {
-            let current = st
-                .objects
-                .get_mut(key)
-                .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            let current = st.objects.get_mut(key).ok_or_else(|| StoreError::NotFound(key.clone()))?;
             if current.revision != expected_revision {
                 return Err(StoreError::Conflict {
                     key: key.clone(),
@@ -152,40 +123,20 @@ impl Store for MemoryStore {
             }
             current.value = value;
             current.revision = rev;
-            Ok((
-                StoreEvent::Put {
-                    object: current.clone(),
-                    created: false,
-                },
-                rev,
-            ))
+            Ok((StoreEvent::Put { object: current.clone(), created: false }, rev))
         })
     }
 
     async fn delete(&self, key: &Key, expected_revision: Option<u64>) -> StoreResult<u64> {
         self.write(|st, rev| {
-            let current = st
-                .objects
-                .get(key)
-                .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            let current = st.objects.get(key).ok_or_else(|| StoreError::NotFound(key.clone()))?;
             if let Some(expected) = expected_revision {
                 if current.revision != expected {
-                    return Err(StoreError::Conflict {
-                        key: key.clone(),
-                        expected,
-                        actual: current.revision,
-                    });
+                    return Err(StoreError::Conflict { key: key.clone(), expected, actual: current.revision });
                 }
             }
             let prev = st.objects.remove(key).map(|v| v.value);
-            Ok((
-                StoreEvent::Delete {
-                    key: key.clone(),
-                    revision: rev,
-                    prev,
-                },
-                rev,
-            ))
+            Ok((StoreEvent::Delete { key: key.clone(), revision: rev, prev }, rev))
         })
     }
 
@@ -194,11 +145,7 @@ impl Store for MemoryStore {
         if from_revision < floor {
             return Err(feed::compacted(from_revision, floor));
         }
-        Ok(feed::watch_stream(
-            self.inner.clone(),
-            prefix.clone(),
-            from_revision,
-        ))
+        Ok(feed::watch_stream(self.inner.clone(), prefix.clone(), from_revision))
     }
 
     async fn revision(&self) -> StoreResult<u64> {

@@ -40,16 +40,8 @@ pub struct Key {
 }
 
 impl Key {
-    pub fn new(
-        kind: impl Into<String>,
-        namespace: impl Into<String>,
-        name: impl Into<String>,
-    ) -> Self {
-        Self {
-            kind: kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+    pub fn new(kind: impl Into<String>, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { kind: kind.into(), namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -73,11 +65,7 @@ pub struct Prefix {
 
 impl Prefix {
     pub fn contains(&self, key: &Key) -> bool {
-        key.kind == self.kind
-            && self
-                .namespace
-                .as_ref()
-                .is_none_or(|ns| *ns == key.namespace)
+        key.kind == self.kind && self.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
     }
 }
 
@@ -95,11 +83,7 @@ pub enum StoreEvent {
     /// Created (`created == true`) or updated.
     Put { object: Versioned, created: bool },
     /// Deleted at `revision`; `prev` is the last value.
-    Delete {
-        key: Key,
-        revision: u64,
-        prev: Option<Vec<u8>>,
-    },
+    Delete { key: Key, revision: u64, prev: Option<Vec<u8>> },
 }
 
 impl StoreEvent {
@@ -118,11 +102,7 @@ pub enum StoreError {
     #[error("{0} already exists")]
     AlreadyExists(Key),
     #[error("{key}: resourceVersion {expected} is stale (current {actual})")]
-    Conflict {
-        key: Key,
-        expected: u64,
-        actual: u64,
-    },
+    Conflict { key: Key, expected: u64, actual: u64 },
     #[error("revision {requested} has been compacted (oldest available {compacted})")]
     Compacted { requested: u64, compacted: u64 },
     #[error("store backend: {0}")]
@@ -139,11 +119,8 @@ pub trait Store: Send + Sync + 'static {
     /// Objects under `prefix` (matching `selector` on `metadata.labels` when given) and the revision the
     /// list was read at, from which a watch continues without gaps.
     /// Items are ordered by `(namespace, name)` on every backend.
-    async fn list(
-        &self,
-        prefix: &Prefix,
-        selector: Option<&discovery::Selector>,
-    ) -> StoreResult<(Vec<Versioned>, u64)>;
+    async fn list(&self, prefix: &Prefix, selector: Option<&discovery::Selector>)
+        -> StoreResult<(Vec<Versioned>, u64)>;
     /// Fails with `AlreadyExists` when the key exists. Returns the new revision.
     async fn create(&self, key: &Key, value: Vec<u8>) -> StoreResult<u64>;
     /// Compare-and-swap on the object's revision. Returns the new revision.
@@ -170,9 +147,7 @@ pub async fn open_store(url: &str) -> StoreResult<Arc<dyn Store>> {
     }
     if let Some(path) = url.strip_prefix("redb:") {
         if path.is_empty() {
-            return Err(StoreError::Backend(format!(
-                "store URL {url:?}: missing file path after redb:"
-            )));
+            return Err(StoreError::Backend(format!("store URL {url:?}: missing file path after redb:")));
         }
         let path = std::path::PathBuf::from(path);
         let store = tokio::task::spawn_blocking(move || RedbStore::open(&path))
@@ -190,16 +165,10 @@ pub async fn open_store(url: &str) -> StoreResult<Arc<dyn Store>> {
 
 #[cfg(feature = "etcd")]
 async fn open_etcd(url: &str, hosts: &str) -> StoreResult<Arc<dyn Store>> {
-    let endpoints: Vec<String> = hosts
-        .split(',')
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .map(|h| format!("http://{h}"))
-        .collect();
+    let endpoints: Vec<String> =
+        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("http://{h}")).collect();
     if endpoints.is_empty() {
-        return Err(StoreError::Backend(format!(
-            "store URL {url:?}: no etcd endpoints"
-        )));
+        return Err(StoreError::Backend(format!("store URL {url:?}: no etcd endpoints")));
     }
     Ok(Arc::new(etcd::EtcdStore::connect(&endpoints).await?))
 }
@@ -223,11 +192,7 @@ pub fn object_labels(value: &[u8]) -> discovery::Labels {
         #[serde(default)]
         metadata: Option<Meta>,
     }
-    serde_json::from_slice::<Obj>(value)
-        .ok()
-        .and_then(|o| o.metadata)
-        .and_then(|m| m.labels)
-        .unwrap_or_default()
+    serde_json::from_slice::<Obj>(value).ok().and_then(|o| o.metadata).and_then(|m| m.labels).unwrap_or_default()
 }
 
 /// Whether a stored value passes an optional selector.

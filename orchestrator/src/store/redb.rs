@@ -44,9 +44,7 @@ pub struct RedbOptions {
 
 impl Default for RedbOptions {
     fn default() -> Self {
-        Self {
-            history_retention: DEFAULT_HISTORY_RETENTION,
-        }
+        Self { history_retention: DEFAULT_HISTORY_RETENTION }
     }
 }
 
@@ -73,22 +71,10 @@ struct Shared {
 }
 
 enum Op {
-    Create {
-        key: Key,
-        value: Vec<u8>,
-    },
-    Update {
-        key: Key,
-        value: Vec<u8>,
-        expected: u64,
-    },
-    Delete {
-        key: Key,
-        expected: Option<u64>,
-    },
-    Compact {
-        revision: u64,
-    },
+    Create { key: Key, value: Vec<u8> },
+    Update { key: Key, value: Vec<u8>, expected: u64 },
+    Delete { key: Key, expected: Option<u64> },
+    Compact { revision: u64 },
 }
 
 struct Request {
@@ -109,9 +95,7 @@ impl RedbStore {
     pub fn open_with(path: &Path, options: RedbOptions) -> StoreResult<Self> {
         let db = Database::create(path).map_err(|e| backend("open", path, e))?;
         // Create the tables up front so that readers never see a missing table.
-        let txn = db
-            .begin_write()
-            .map_err(|e| backend("begin init", path, e))?;
+        let txn = db.begin_write().map_err(|e| backend("begin init", path, e))?;
         let (revision, compacted) = {
             let init = || -> Result<(u64, u64), ::redb::Error> {
                 txn.open_table(OBJECTS)?;
@@ -143,30 +127,14 @@ impl RedbStore {
             .spawn(move || writer.run(rx))
             .map_err(|e| backend("spawn writer thread", path, e))?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                db,
-                shared,
-                requests: Some(tx),
-                writer: Some(handle),
-            }),
+            inner: Arc::new(Inner { path: path.to_path_buf(), db, shared, requests: Some(tx), writer: Some(handle) }),
         })
     }
 
     async fn submit(&self, op: Op) -> StoreResult<u64> {
         let (reply, rx) = oneshot::channel();
-        let stopped = || {
-            StoreError::Backend(format!(
-                "redb {}: writer thread stopped",
-                self.inner.path.display()
-            ))
-        };
-        self.inner
-            .requests
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(Request { op, reply })
-            .map_err(|_| stopped())?;
+        let stopped = || StoreError::Backend(format!("redb {}: writer thread stopped", self.inner.path.display()));
+        self.inner.requests.as_ref().ok_or_else(stopped)?.send(Request { op, reply }).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -198,9 +166,7 @@ async fn read_blocking<T: Send + 'static>(
 ) -> StoreResult<T> {
     let p = path.clone();
     tokio::task::spawn_blocking(move || {
-        let txn = db
-            .begin_read()
-            .map_err(|e| backend("begin read", &path, e))?;
+        let txn = db.begin_read().map_err(|e| backend("begin read", &path, e))?;
         f(&txn).map_err(|e| match e {
             ReadError::Storage(e) => backend("read", &path, e),
             ReadError::Store(e) => e,
@@ -228,9 +194,7 @@ impl Drop for Inner {
 fn encode_key(key: &Key) -> StoreResult<Vec<u8>> {
     for part in [&key.kind, &key.namespace, &key.name] {
         if part.as_bytes().contains(&0) {
-            return Err(StoreError::Backend(format!(
-                "invalid key {key:?}: NUL byte"
-            )));
+            return Err(StoreError::Backend(format!("invalid key {key:?}: NUL byte")));
         }
     }
     let mut out = Vec::with_capacity(key.kind.len() + key.namespace.len() + key.name.len() + 2);
@@ -249,11 +213,7 @@ fn decode_key(raw: &[u8]) -> Result<Key, ReadError> {
         let p = parts.next().ok_or_else(corrupt)?;
         String::from_utf8(p.to_vec()).map_err(|_| corrupt())
     };
-    Ok(Key {
-        kind: next()?,
-        namespace: next()?,
-        name: next()?,
-    })
+    Ok(Key { kind: next()?, namespace: next()?, name: next()? })
 }
 
 /// The `[start, end)` byte range of encoded keys under a prefix.
@@ -280,9 +240,7 @@ fn encode_object(revision: u64, value: &[u8]) -> Vec<u8> {
 
 fn decode_object(raw: &[u8]) -> Result<(u64, &[u8]), ReadError> {
     if raw.len() < 8 {
-        return Err(ReadError::Store(StoreError::Backend(
-            "corrupt object record in redb".into(),
-        )));
+        return Err(ReadError::Store(StoreError::Backend("corrupt object record in redb".into())));
     }
     let (rev, value) = raw.split_at(8);
     let mut b = [0u8; 8];
@@ -305,20 +263,12 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// The revision is the table key.
 fn encode_event(ev: &StoreEvent) -> Vec<u8> {
     let (tag, key, value) = match ev {
-        StoreEvent::Put { object, created } => (
-            if *created { EV_CREATED } else { EV_UPDATED },
-            &object.key,
-            Some(object.value.as_slice()),
-        ),
-        StoreEvent::Delete { key, prev, .. } => (
-            if prev.is_some() {
-                EV_DELETED
-            } else {
-                EV_DELETED_NO_PREV
-            },
-            key,
-            prev.as_deref(),
-        ),
+        StoreEvent::Put { object, created } => {
+            (if *created { EV_CREATED } else { EV_UPDATED }, &object.key, Some(object.value.as_slice()))
+        }
+        StoreEvent::Delete { key, prev, .. } => {
+            (if prev.is_some() { EV_DELETED } else { EV_DELETED_NO_PREV }, key, prev.as_deref())
+        }
     };
     let mut out = Vec::with_capacity(1 + 16 + key.name.len() + value.map_or(0, <[u8]>::len));
     out.push(tag);
@@ -332,11 +282,7 @@ fn encode_event(ev: &StoreEvent) -> Vec<u8> {
 }
 
 fn decode_event(revision: u64, raw: &[u8]) -> Result<StoreEvent, ReadError> {
-    let corrupt = || {
-        ReadError::Store(StoreError::Backend(format!(
-            "corrupt history record {revision} in redb"
-        )))
-    };
+    let corrupt = || ReadError::Store(StoreError::Backend(format!("corrupt history record {revision} in redb")));
     let (&tag, mut rest) = raw.split_first().ok_or_else(corrupt)?;
     let mut take = || -> Result<&[u8], ReadError> {
         if rest.len() < 4 {
@@ -355,30 +301,13 @@ fn decode_event(revision: u64, raw: &[u8]) -> Result<StoreEvent, ReadError> {
     let kind = string(take()?)?;
     let namespace = string(take()?)?;
     let name = string(take()?)?;
-    let key = Key {
-        kind,
-        namespace,
-        name,
-    };
+    let key = Key { kind, namespace, name };
     Ok(match tag {
-        EV_CREATED | EV_UPDATED => StoreEvent::Put {
-            object: Versioned {
-                key,
-                value: take()?.to_vec(),
-                revision,
-            },
-            created: tag == EV_CREATED,
-        },
-        EV_DELETED => StoreEvent::Delete {
-            key,
-            revision,
-            prev: Some(take()?.to_vec()),
-        },
-        EV_DELETED_NO_PREV => StoreEvent::Delete {
-            key,
-            revision,
-            prev: None,
-        },
+        EV_CREATED | EV_UPDATED => {
+            StoreEvent::Put { object: Versioned { key, value: take()?.to_vec(), revision }, created: tag == EV_CREATED }
+        }
+        EV_DELETED => StoreEvent::Delete { key, revision, prev: Some(take()?.to_vec()) },
+        EV_DELETED_NO_PREV => StoreEvent::Delete { key, revision, prev: None },
         _ => return Err(corrupt()),
     })
 }
@@ -409,17 +338,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let (ops, replies): (Vec<Op>, Vec<_>) =
-                batch.into_iter().map(|r| (r.op, r.reply)).unzip();
+            let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
             match self.commit(ops) {
                 Ok((committed, results)) => {
-                    self.shared
-                        .revision
-                        .store(committed.revision, Ordering::Release);
+                    self.shared.revision.store(committed.revision, Ordering::Release);
                     if committed.compacted > self.shared.compacted.load(Ordering::Acquire) {
-                        self.shared
-                            .compacted
-                            .store(committed.compacted, Ordering::Release);
+                        self.shared.compacted.store(committed.compacted, Ordering::Release);
                         self.shared.feed.trim(committed.compacted);
                     }
                     self.shared.feed.publish(committed.events);
@@ -494,14 +418,7 @@ impl Writer {
         };
         // With Durability::Immediate, commit returns after fsync.
         txn.commit()?;
-        Ok((
-            Committed {
-                revision,
-                compacted,
-                events,
-            },
-            results,
-        ))
+        Ok((Committed { revision, compacted, events }, results))
     }
 }
 
@@ -513,11 +430,7 @@ fn apply(
 ) -> Result<StoreResult<StoreEvent>, ::redb::Error> {
     let key = match &op {
         Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key.clone(),
-        Op::Compact { .. } => {
-            return Ok(Err(StoreError::Backend(
-                "compaction is not an object write".into(),
-            )))
-        }
+        Op::Compact { .. } => return Ok(Err(StoreError::Backend("compaction is not an object write".into()))),
     };
     let raw_key = match encode_key(&key) {
         Ok(k) => k,
@@ -526,11 +439,7 @@ fn apply(
     let current: Option<(u64, Vec<u8>)> = match objects.get(raw_key.as_slice())? {
         Some(guard) => match decode_object(guard.value()) {
             Ok((rev, v)) => Some((rev, v.to_vec())),
-            Err(_) => {
-                return Ok(Err(StoreError::Backend(format!(
-                    "{key}: corrupt object record"
-                ))))
-            }
+            Err(_) => return Ok(Err(StoreError::Backend(format!("{key}: corrupt object record")))),
         },
         None => None,
     };
@@ -538,58 +447,25 @@ fn apply(
         (Op::Create { .. }, Some(_)) => Err(StoreError::AlreadyExists(key)),
         (Op::Create { value, .. }, None) => {
             objects.insert(raw_key.as_slice(), encode_object(next, &value).as_slice())?;
-            Ok(StoreEvent::Put {
-                object: Versioned {
-                    key,
-                    value,
-                    revision: next,
-                },
-                created: true,
-            })
+            Ok(StoreEvent::Put { object: Versioned { key, value, revision: next }, created: true })
         }
         (Op::Update { .. } | Op::Delete { .. }, None) => Err(StoreError::NotFound(key)),
-        (
-            Op::Update {
-                value, expected, ..
-            },
-            Some((actual, _)),
-        ) => {
+        (Op::Update { value, expected, .. }, Some((actual, _))) => {
             if actual != expected {
-                Err(StoreError::Conflict {
-                    key,
-                    expected,
-                    actual,
-                })
+                Err(StoreError::Conflict { key, expected, actual })
             } else {
                 objects.insert(raw_key.as_slice(), encode_object(next, &value).as_slice())?;
-                Ok(StoreEvent::Put {
-                    object: Versioned {
-                        key,
-                        value,
-                        revision: next,
-                    },
-                    created: false,
-                })
+                Ok(StoreEvent::Put { object: Versioned { key, value, revision: next }, created: false })
             }
         }
         (Op::Delete { expected, .. }, Some((actual, prev))) => match expected {
-            Some(expected) if expected != actual => Err(StoreError::Conflict {
-                key,
-                expected,
-                actual,
-            }),
+            Some(expected) if expected != actual => Err(StoreError::Conflict { key, expected, actual }),
             _ => {
                 objects.remove(raw_key.as_slice())?;
-                Ok(StoreEvent::Delete {
-                    key,
-                    revision: next,
-                    prev: Some(prev),
-                })
+                Ok(StoreEvent::Delete { key, revision: next, prev: Some(prev) })
             }
         },
-        (Op::Compact { .. }, _) => Err(StoreError::Backend(
-            "compaction is not an object write".into(),
-        )),
+        (Op::Compact { .. }, _) => Err(StoreError::Backend("compaction is not an object write".into())),
     })
 }
 
@@ -601,11 +477,7 @@ impl History for Inner {
         &self.shared.feed
     }
 
-    async fn changes_after(
-        &self,
-        prefix: &Prefix,
-        after: u64,
-    ) -> StoreResult<(Vec<StoreEvent>, u64)> {
+    async fn changes_after(&self, prefix: &Prefix, after: u64) -> StoreResult<(Vec<StoreEvent>, u64)> {
         let compacted = self.shared.compacted.load(Ordering::Acquire);
         if after < compacted {
             return Err(feed::compacted(after, compacted));
@@ -647,11 +519,7 @@ impl Store for RedbStore {
             let found = match objects.get(raw_key.as_slice())? {
                 Some(guard) => {
                     let (revision, value) = decode_object(guard.value())?;
-                    Some(Versioned {
-                        key,
-                        value: value.to_vec(),
-                        revision,
-                    })
+                    Some(Versioned { key, value: value.to_vec(), revision })
                 }
                 None => None,
             };
@@ -676,11 +544,7 @@ impl Store for RedbStore {
                 let (k, v) = entry?;
                 let (rev, value) = decode_object(v.value())?;
                 if selected(selector.as_ref(), value) {
-                    items.push(Versioned {
-                        key: decode_key(k.value())?,
-                        value: value.to_vec(),
-                        revision: rev,
-                    });
+                    items.push(Versioned { key: decode_key(k.value())?, value: value.to_vec(), revision: rev });
                 }
             }
             Ok((items, revision))
@@ -690,30 +554,17 @@ impl Store for RedbStore {
 
     async fn create(&self, key: &Key, value: Vec<u8>) -> StoreResult<u64> {
         encode_key(key)?;
-        self.submit(Op::Create {
-            key: key.clone(),
-            value,
-        })
-        .await
+        self.submit(Op::Create { key: key.clone(), value }).await
     }
 
     async fn update(&self, key: &Key, value: Vec<u8>, expected_revision: u64) -> StoreResult<u64> {
         encode_key(key)?;
-        self.submit(Op::Update {
-            key: key.clone(),
-            value,
-            expected: expected_revision,
-        })
-        .await
+        self.submit(Op::Update { key: key.clone(), value, expected: expected_revision }).await
     }
 
     async fn delete(&self, key: &Key, expected_revision: Option<u64>) -> StoreResult<u64> {
         encode_key(key)?;
-        self.submit(Op::Delete {
-            key: key.clone(),
-            expected: expected_revision,
-        })
-        .await
+        self.submit(Op::Delete { key: key.clone(), expected: expected_revision }).await
     }
 
     async fn watch(&self, prefix: &Prefix, from_revision: u64) -> StoreResult<WatchStream> {
@@ -721,11 +572,7 @@ impl Store for RedbStore {
         if from_revision < compacted {
             return Err(feed::compacted(from_revision, compacted));
         }
-        Ok(feed::watch_stream(
-            self.inner.clone(),
-            prefix.clone(),
-            from_revision,
-        ))
+        Ok(feed::watch_stream(self.inner.clone(), prefix.clone(), from_revision))
     }
 
     async fn revision(&self) -> StoreResult<u64> {
@@ -746,31 +593,12 @@ mod tests {
         let key = Key::new("pods", "default", "web-1");
         let cases = [
             StoreEvent::Put {
-                object: Versioned {
-                    key: key.clone(),
-                    value: b"{}".to_vec(),
-                    revision: 7,
-                },
+                object: Versioned { key: key.clone(), value: b"{}".to_vec(), revision: 7 },
                 created: true,
             },
-            StoreEvent::Put {
-                object: Versioned {
-                    key: key.clone(),
-                    value: vec![],
-                    revision: 7,
-                },
-                created: false,
-            },
-            StoreEvent::Delete {
-                key: key.clone(),
-                revision: 7,
-                prev: Some(b"x".to_vec()),
-            },
-            StoreEvent::Delete {
-                key: Key::new("nodes", "", "n1"),
-                revision: 7,
-                prev: None,
-            },
+            StoreEvent::Put { object: Versioned { key: key.clone(), value: vec![], revision: 7 }, created: false },
+            StoreEvent::Delete { key: key.clone(), revision: 7, prev: Some(b"x".to_vec()) },
+            StoreEvent::Delete { key: Key::new("nodes", "", "n1"), revision: 7, prev: None },
         ];
         for ev in cases {
             let decoded = decode_event(7, &encode_event(&ev)).ok();
@@ -781,19 +609,12 @@ mod tests {
     #[test]
     fn truncated_history_records_are_errors_not_panics() {
         let ev = StoreEvent::Put {
-            object: Versioned {
-                key: Key::new("pods", "ns", "a"),
-                value: b"hello".to_vec(),
-                revision: 1,
-            },
+            object: Versioned { key: Key::new("pods", "ns", "a"), value: b"hello".to_vec(), revision: 1 },
             created: true,
         };
         let raw = encode_event(&ev);
         for len in 0..raw.len() {
-            assert!(
-                decode_event(1, &raw[..len]).is_err(),
-                "prefix of length {len} decoded"
-            );
+            assert!(decode_event(1, &raw[..len]).is_err(), "prefix of length {len} decoded");
         }
     }
 
@@ -801,28 +622,16 @@ mod tests {
     fn keys_round_trip_and_prefix_ranges_bound_them() {
         let key = Key::new("pods", "default", "web-1");
         let raw = encode_key(&key).ok();
-        assert_eq!(
-            raw.as_deref().map(|r| decode_key(r).ok()),
-            Some(Some(key.clone()))
-        );
+        assert_eq!(raw.as_deref().map(|r| decode_key(r).ok()), Some(Some(key.clone())));
         let raw = raw.unwrap_or_default();
         for prefix in [
-            Prefix {
-                kind: "pods".into(),
-                namespace: None,
-            },
-            Prefix {
-                kind: "pods".into(),
-                namespace: Some("default".into()),
-            },
+            Prefix { kind: "pods".into(), namespace: None },
+            Prefix { kind: "pods".into(), namespace: Some("default".into()) },
         ] {
             let (start, end) = prefix_range(&prefix);
             assert!(start.as_slice() <= raw.as_slice() && raw.as_slice() < end.as_slice());
         }
-        let other = Prefix {
-            kind: "pods".into(),
-            namespace: Some("def".into()),
-        };
+        let other = Prefix { kind: "pods".into(), namespace: Some("def".into()) };
         let (start, end) = prefix_range(&other);
         assert!(!(start.as_slice() <= raw.as_slice() && raw.as_slice() < end.as_slice()));
         assert!(encode_key(&Key::new("pods", "a\0b", "c")).is_err());

@@ -6,8 +6,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Request, State};
 use axum::routing::get;
 use discovery::{
-    BackendRef, Endpoint, EndpointPort, Object, ObjectKey, ObjectKind, PathMatch, Protocol,
-    Registry, Route, RouteRule, Selector, Service, ServicePort, TargetPort,
+    BackendRef, Endpoint, EndpointPort, Object, ObjectKey, ObjectKind, PathMatch, Protocol, Registry, Route, RouteRule,
+    Selector, Service, ServicePort, TargetPort,
 };
 use proxy::{Proxy, ProxyConfig};
 use std::net::SocketAddr;
@@ -41,21 +41,10 @@ pub struct Backend {
 }
 
 async fn answer(State(id): State<Arc<str>>, req: Request) -> String {
-    if let Some(ms) = req
-        .uri()
-        .query()
-        .and_then(|q| q.strip_prefix("sleep_ms="))
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(ms) = req.uri().query().and_then(|q| q.strip_prefix("sleep_ms=")).and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let h = |n: &str| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string()
-    };
+    let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
     format!(
         "id={id} path={} xff={} xfp={} xfh={} rid={} via={} drop={}",
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
@@ -72,11 +61,7 @@ async fn ws(up: WebSocketUpgrade) -> axum::response::Response {
     up.on_upgrade(|mut socket: WebSocket| async move {
         while let Some(Ok(msg)) = socket.recv().await {
             if let Message::Text(t) = msg {
-                if socket
-                    .send(Message::Text(format!("echo:{}", t.as_str()).into()))
-                    .await
-                    .is_err()
-                {
+                if socket.send(Message::Text(format!("echo:{}", t.as_str()).into())).await.is_err() {
                     break;
                 }
             }
@@ -86,28 +71,17 @@ async fn ws(up: WebSocketUpgrade) -> axum::response::Response {
 
 impl Backend {
     pub fn start(id: &str) -> Backend {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let state: Arc<str> = id.into();
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            let app = axum::Router::new()
-                .route("/ws", get(ws))
-                .fallback(answer)
-                .with_state(state);
+            let app = axum::Router::new().route("/ws", get(ws)).fallback(answer).with_state(state);
             let _ = axum::serve(listener, app).await;
         });
-        Backend {
-            id: id.to_string(),
-            addr,
-            rt: Some(rt),
-        }
+        Backend { id: id.to_string(), addr, rt: Some(rt) }
     }
 
     /// Kill abruptly: listener and every open connection close at once.
@@ -129,11 +103,7 @@ pub fn service(name: &str) -> Object {
         namespace: NS.into(),
         name: name.into(),
         labels: Default::default(),
-        selector: Selector::from_labels(
-            &[("app".to_string(), name.to_string())]
-                .into_iter()
-                .collect(),
-        ),
+        selector: Selector::from_labels(&[("app".to_string(), name.to_string())].into_iter().collect()),
         ports: vec![ServicePort {
             name: Some("http".into()),
             port: 80,
@@ -151,14 +121,8 @@ pub fn endpoint(service: &str, name: &str, addr: SocketAddr) -> Endpoint {
         namespace: NS.into(),
         name: name.into(),
         address: addr.ip(),
-        ports: vec![EndpointPort {
-            name: Some("http".into()),
-            port: addr.port(),
-            protocol: Protocol::Tcp,
-        }],
-        labels: [("app".to_string(), service.to_string())]
-            .into_iter()
-            .collect(),
+        ports: vec![EndpointPort { name: Some("http".into()), port: addr.port(), protocol: Protocol::Tcp }],
+        labels: [("app".to_string(), service.to_string())].into_iter().collect(),
         ready: true,
         serving: true,
         terminating: false,
@@ -169,11 +133,7 @@ pub fn endpoint(service: &str, name: &str, addr: SocketAddr) -> Endpoint {
 }
 
 pub fn endpoint_key(name: &str) -> ObjectKey {
-    ObjectKey {
-        kind: ObjectKind::Endpoint,
-        namespace: NS.into(),
-        name: name.into(),
-    }
+    ObjectKey { kind: ObjectKind::Endpoint, namespace: NS.into(), name: name.into() }
 }
 
 pub fn rule(prefix: &str, service: &str) -> RouteRule {
@@ -181,10 +141,7 @@ pub fn rule(prefix: &str, service: &str) -> RouteRule {
         path: Some(PathMatch::Prefix(prefix.into())),
         methods: vec![],
         headers: vec![],
-        backend: BackendRef {
-            service: service.into(),
-            port: None,
-        },
+        backend: BackendRef { service: service.into(), port: None },
         rewrite_prefix: None,
         add_request_headers: vec![],
         remove_request_headers: vec![],
@@ -216,11 +173,7 @@ pub fn registry_with(backends: &[&Backend]) -> Arc<Registry> {
 }
 
 pub fn config() -> ProxyConfig {
-    ProxyConfig {
-        http_listen: vec!["127.0.0.1:0".parse().unwrap()],
-        shutdown_grace_ms: 500,
-        ..ProxyConfig::default()
-    }
+    ProxyConfig { http_listen: vec!["127.0.0.1:0".parse().unwrap()], shutdown_grace_ms: 500, ..ProxyConfig::default() }
 }
 
 pub fn start(reg: &Arc<Registry>, cfg: ProxyConfig) -> Proxy {
@@ -228,10 +181,7 @@ pub fn start(reg: &Arc<Registry>, cfg: ProxyConfig) -> Proxy {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
 }
 
 /// Poll `cond` until true or the deadline passes.
@@ -244,8 +194,5 @@ pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() ->
 }
 
 pub fn id_of(body: &str) -> &str {
-    body.split_whitespace()
-        .next()
-        .and_then(|s| s.strip_prefix("id="))
-        .unwrap_or("")
+    body.split_whitespace().next().and_then(|s| s.strip_prefix("id=")).unwrap_or("")
 }

@@ -10,9 +10,8 @@
 use super::{Adopted, ExitInfo, LogOptions, LogStream, Runtime, RuntimeError, StartSpec, Started};
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -40,13 +39,7 @@ fn derr(e: bollard::errors::Error) -> RuntimeError {
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
 impl DockerRuntime {
@@ -55,30 +48,21 @@ impl DockerRuntime {
         let docker = Docker::connect_with_local_defaults().map_err(derr)?;
         let docker = docker.negotiate_version().await.map_err(derr)?;
         docker.ping().await.map_err(derr)?;
-        Ok(Self {
-            docker,
-            node: node.to_string(),
-        })
+        Ok(Self { docker, node: node.to_string() })
     }
 
     pub fn client(&self) -> &Docker {
         &self.docker
     }
 
-    async fn inspect(
-        &self,
-        id: &str,
-    ) -> Result<bollard::models::ContainerInspectResponse, RuntimeError> {
-        self.docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-            .map_err(|e| {
-                if is_not_found(&e) {
-                    RuntimeError::NotFound(id.to_string())
-                } else {
-                    derr(e)
-                }
-            })
+    async fn inspect(&self, id: &str) -> Result<bollard::models::ContainerInspectResponse, RuntimeError> {
+        self.docker.inspect_container(id, None::<InspectContainerOptions>).await.map_err(|e| {
+            if is_not_found(&e) {
+                RuntimeError::NotFound(id.to_string())
+            } else {
+                derr(e)
+            }
+        })
     }
 
     async fn exit_info(&self, id: &str) -> Result<Option<ExitInfo>, RuntimeError> {
@@ -123,9 +107,7 @@ impl Runtime for DockerRuntime {
             Err(e) if is_not_found(&e) => {
                 return Err(RuntimeError::CannotRun {
                     reason: "ErrImageNeverPull",
-                    message: format!(
-                        "image {image:?} is not present on this node and Berth never pulls images"
-                    ),
+                    message: format!("image {image:?} is not present on this node and Berth never pulls images"),
                 })
             }
             Err(e) => return Err(derr(e)),
@@ -150,10 +132,7 @@ impl Runtime for DockerRuntime {
             nano_cpus: spec.limits.cpu_millis.map(|c| (c as i64) * 1_000_000),
             port_bindings: Some(HashMap::from([(
                 port_key.clone(),
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(String::new()),
-                }]),
+                Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
             )])),
             ..Default::default()
         };
@@ -175,50 +154,23 @@ impl Runtime for DockerRuntime {
             spec.attempt
         );
         // A leftover of the same name (an earlier agent died between create and record) would block us.
-        let _ = self
-            .docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-            )
-            .await;
+        let _ =
+            self.docker.remove_container(&name, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await;
         let created = self
             .docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-                body,
-            )
+            .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
             .await
-            .map_err(|e| RuntimeError::CannotRun {
-                reason: "CreateContainerError",
-                message: e.to_string(),
-            })?;
+            .map_err(|e| RuntimeError::CannotRun { reason: "CreateContainerError", message: e.to_string() })?;
         let id = created.id;
         if let Err(e) = self.docker.start_container(&id, None).await {
-            let _ = self
-                .docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-                )
-                .await;
-            return Err(RuntimeError::CannotRun {
-                reason: "ContainerCannotRun",
-                message: e.to_string(),
-            });
+            let _ =
+                self.docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await;
+            return Err(RuntimeError::CannotRun { reason: "ContainerCannotRun", message: e.to_string() });
         }
         let info = self.inspect(&id).await?;
-        let host_port = published_port(&info, &port_key).ok_or_else(|| {
-            RuntimeError::Docker(format!(
-                "container {id} has no published host port for {port_key}"
-            ))
-        })?;
-        Ok(Started {
-            id,
-            host_port,
-            started_at: SystemTime::now(),
-            warnings: Vec::new(),
-        })
+        let host_port = published_port(&info, &port_key)
+            .ok_or_else(|| RuntimeError::Docker(format!("container {id} has no published host port for {port_key}")))?;
+        Ok(Started { id, host_port, started_at: SystemTime::now(), warnings: Vec::new() })
     }
 
     async fn wait(&self, id: &str) -> Result<ExitInfo, RuntimeError> {
@@ -235,30 +187,17 @@ impl Runtime for DockerRuntime {
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         let t = grace.as_secs().min(i32::MAX as u64) as i32;
-        match self
-            .docker
-            .stop_container(id, Some(StopContainerOptionsBuilder::new().t(t).build()))
-            .await
-        {
+        match self.docker.stop_container(id, Some(StopContainerOptionsBuilder::new().t(t).build())).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             // 304: already stopped.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
             Err(e) => Err(derr(e)),
         }
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        match self
-            .docker
-            .remove_container(
-                id,
-                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-            )
-            .await
-        {
+        match self.docker.remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(derr(e)),
@@ -269,12 +208,7 @@ impl Runtime for DockerRuntime {
         let filters = HashMap::from([("label", vec![format!("{LABEL_NODE}={}", self.node)])]);
         let list = self
             .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
+            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
             .await
             .map_err(derr)?;
         let mut out = Vec::new();
@@ -303,10 +237,7 @@ impl Runtime for DockerRuntime {
                 pod: pod.to_string(),
                 pod_uid: labels.get(LABEL_POD_UID).cloned().unwrap_or_default(),
                 container: labels.get(LABEL_CONTAINER).cloned().unwrap_or_default(),
-                attempt: labels
-                    .get(LABEL_ATTEMPT)
-                    .and_then(|a| a.parse().ok())
-                    .unwrap_or(0),
+                attempt: labels.get(LABEL_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0),
                 started: Started {
                     id: id.clone(),
                     host_port: published_port(&info, &port_key).unwrap_or(0),
@@ -319,12 +250,7 @@ impl Runtime for DockerRuntime {
         Ok(out)
     }
 
-    async fn exec(
-        &self,
-        id: &str,
-        command: &[String],
-        timeout: Duration,
-    ) -> Result<i32, RuntimeError> {
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<i32, RuntimeError> {
         let run = async {
             let exec = self
                 .docker
@@ -354,39 +280,20 @@ impl Runtime for DockerRuntime {
         tokio::time::timeout(timeout, run).await.map_err(|_| {
             RuntimeError::io(
                 format!("exec in {id}"),
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("timed out after {timeout:?}"),
-                ),
+                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out after {timeout:?}")),
             )
         })?
     }
 
     async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
         self.inspect(id).await?;
-        let tail = opts
-            .tail
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "all".to_string());
-        let options = LogsOptionsBuilder::new()
-            .follow(opts.follow)
-            .stdout(true)
-            .stderr(true)
-            .tail(&tail)
-            .build();
-        let stream = self
-            .docker
-            .logs(id, Some(options))
-            .map(|r| r.map(|o| o.into_bytes()).map_err(derr));
+        let tail = opts.tail.map(|n| n.to_string()).unwrap_or_else(|| "all".to_string());
+        let options = LogsOptionsBuilder::new().follow(opts.follow).stdout(true).stderr(true).tail(&tail).build();
+        let stream = self.docker.logs(id, Some(options)).map(|r| r.map(|o| o.into_bytes()).map_err(derr));
         Ok(Box::pin(stream))
     }
 
-    async fn cleanup_pod(
-        &self,
-        _namespace: &str,
-        _pod: &str,
-        _pod_uid: &str,
-    ) -> Result<(), RuntimeError> {
+    async fn cleanup_pod(&self, _namespace: &str, _pod: &str, _pod_uid: &str) -> Result<(), RuntimeError> {
         Ok(())
     }
 }
@@ -405,14 +312,8 @@ fn published_port(info: &bollard::models::ContainerInspectResponse, port_key: &s
 /// Build an image `tag` that is `FROM scratch` plus `binary` at `/usr/local/bin/berth` (so a manifest can
 /// say `command: ["berth", "echo"]`), listening on all interfaces inside the container. The build context
 /// is an in-memory tar; nothing is pulled.
-pub async fn build_image_from_binary(
-    docker: &Docker,
-    binary: &Path,
-    tag: &str,
-) -> Result<(), RuntimeError> {
-    let bin = tokio::fs::read(binary)
-        .await
-        .map_err(|e| RuntimeError::io(format!("read {}", binary.display()), e))?;
+pub async fn build_image_from_binary(docker: &Docker, binary: &Path, tag: &str) -> Result<(), RuntimeError> {
+    let bin = tokio::fs::read(binary).await.map_err(|e| RuntimeError::io(format!("read {}", binary.display()), e))?;
     let dockerfile = "FROM scratch\nCOPY berth /usr/local/bin/berth\nENV HOST=0.0.0.0 PATH=/usr/local/bin\nENTRYPOINT [\"/usr/local/bin/berth\"]\nCMD [\"echo\"]\n";
     let tar = {
         let mut b = tar::Builder::new(Vec::new());
@@ -423,17 +324,11 @@ pub async fn build_image_from_binary(
             h.set_cksum();
             b.append_data(&mut h, name, data)
         };
-        add("Dockerfile", dockerfile.as_bytes(), 0o644)
-            .map_err(|e| RuntimeError::io("build context", e))?;
+        add("Dockerfile", dockerfile.as_bytes(), 0o644).map_err(|e| RuntimeError::io("build context", e))?;
         add("berth", &bin, 0o755).map_err(|e| RuntimeError::io("build context", e))?;
-        b.into_inner()
-            .map_err(|e| RuntimeError::io("build context", e))?
+        b.into_inner().map_err(|e| RuntimeError::io("build context", e))?
     };
-    let options = BuildImageOptionsBuilder::new()
-        .dockerfile("Dockerfile")
-        .t(tag)
-        .rm(true)
-        .build();
+    let options = BuildImageOptionsBuilder::new().dockerfile("Dockerfile").t(tag).rm(true).build();
     let mut s = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
     while let Some(item) = s.next().await {
         let info = item.map_err(derr)?;

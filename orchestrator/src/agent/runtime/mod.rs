@@ -116,10 +116,7 @@ pub enum RuntimeError {
     /// The container cannot start; `reason` is what the pod status shows (`ContainerCannotRun`,
     /// `ErrImageNeverPull`, ...).
     #[error("{reason}: {message}")]
-    CannotRun {
-        reason: &'static str,
-        message: String,
-    },
+    CannotRun { reason: &'static str, message: String },
     #[error("unknown container {0}")]
     NotFound(String),
     #[error("{context}: {source}")]
@@ -134,10 +131,7 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        RuntimeError::Io {
-            context: context.into(),
-            source,
-        }
+        RuntimeError::Io { context: context.into(), source }
     }
 }
 
@@ -156,28 +150,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every container this runtime started and has not removed, running or not.
     async fn list(&self) -> Result<Vec<Adopted>, RuntimeError>;
     /// Run `command` in the container's context (exec probes); returns its exit code.
-    async fn exec(
-        &self,
-        id: &str,
-        command: &[String],
-        timeout: Duration,
-    ) -> Result<i32, RuntimeError>;
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<i32, RuntimeError>;
     async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError>;
     /// Remove what is left of a pod after its containers are gone (working directory).
-    async fn cleanup_pod(
-        &self,
-        namespace: &str,
-        pod: &str,
-        pod_uid: &str,
-    ) -> Result<(), RuntimeError>;
+    async fn cleanup_pod(&self, namespace: &str, pod: &str, pod_uid: &str) -> Result<(), RuntimeError>;
 }
 
 /// Runtime-independent naming of a pod's directory or container: `ns_name_uid8`.
 pub fn pod_slug(namespace: &str, pod: &str, uid: &str) -> String {
-    let short: String = uid
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(8)
-        .collect();
+    let short: String = uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
     format!("{namespace}_{pod}_{short}")
 }

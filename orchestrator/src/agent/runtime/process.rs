@@ -111,25 +111,14 @@ impl ProcessRuntime {
         let state_path = cfg.data_dir.join("process-runtime.json");
         let state: StateFile = match tokio::fs::read(&state_path).await {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(
-                    "ignoring unreadable state file {}: {e}",
-                    state_path.display()
-                );
+                tracing::warn!("ignoring unreadable state file {}: {e}", state_path.display());
                 StateFile::default()
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
-            Err(e) => {
-                return Err(RuntimeError::io(
-                    format!("read {}", state_path.display()),
-                    e,
-                ))
-            }
+            Err(e) => return Err(RuntimeError::io(format!("read {}", state_path.display()), e)),
         };
         let rt = Arc::new(Self {
-            inner: Arc::new(Mutex::new(Inner {
-                next_port: *cfg.port_range.start(),
-                ..Default::default()
-            })),
+            inner: Arc::new(Mutex::new(Inner { next_port: *cfg.port_range.start(), ..Default::default() })),
             persist_lock: Arc::new(tokio::sync::Mutex::new(())),
             cfg,
         });
@@ -138,13 +127,7 @@ impl ProcessRuntime {
             if rec.exit.is_none() {
                 if proc_alive(rec.pid, rec.proc_start) {
                     tracing::info!(id = %rec.id, pid = rec.pid, "re-adopted running process");
-                    spawn_liveness_watch(
-                        Arc::downgrade(&rt),
-                        rec.id.clone(),
-                        rec.pid,
-                        rec.proc_start,
-                        tx,
-                    );
+                    spawn_liveness_watch(Arc::downgrade(&rt), rec.id.clone(), rec.pid, rec.proc_start, tx);
                 } else {
                     let info = ExitInfo {
                         code: None,
@@ -173,10 +156,7 @@ impl ProcessRuntime {
     }
 
     fn pod_dir(&self, namespace: &str, pod: &str, uid: &str) -> PathBuf {
-        self.cfg
-            .data_dir
-            .join("pods")
-            .join(super::pod_slug(namespace, pod, uid))
+        self.cfg.data_dir.join("pods").join(super::pod_slug(namespace, pod, uid))
     }
 
     /// Write every record to the state file atomically (write a temporary file, fsync, rename).
@@ -202,10 +182,7 @@ impl ProcessRuntime {
                 return Ok(p);
             }
         }
-        Err(RuntimeError::CannotRun {
-            reason: "PortsExhausted",
-            message: format!("no free port in {lo}-{hi}"),
-        })
+        Err(RuntimeError::CannotRun { reason: "PortsExhausted", message: format!("no free port in {lo}-{hi}") })
     }
 
     fn resolve_exe(&self, name: &str, workdir: &Path) -> Result<PathBuf, RuntimeError> {
@@ -254,63 +231,39 @@ impl ProcessRuntime {
         }
         let unified = Path::new("/sys/fs/cgroup/cgroup.controllers");
         let controllers = std::fs::read_to_string(unified).map_err(|_| {
-            "cgroup v2 is not mounted at /sys/fs/cgroup: memory/CPU limits are not enforced"
-                .to_string()
+            "cgroup v2 is not mounted at /sys/fs/cgroup: memory/CPU limits are not enforced".to_string()
         })?;
-        let need: Vec<&str> = [
-            limits.memory_bytes.map(|_| "memory"),
-            limits.cpu_millis.map(|_| "cpu"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let need: Vec<&str> =
+            [limits.memory_bytes.map(|_| "memory"), limits.cpu_millis.map(|_| "cpu")].into_iter().flatten().collect();
         for c in &need {
             if !controllers.split_whitespace().any(|x| x == *c) {
-                return Err(format!(
-                    "cgroup v2 controller {c} is not available: limits are not enforced"
-                ));
+                return Err(format!("cgroup v2 controller {c} is not available: limits are not enforced"));
             }
         }
         let root = &self.cfg.cgroup_root;
-        let fail = |what: &str, e: std::io::Error| {
-            format!("cannot {what} ({e}): memory/CPU limits are not enforced")
-        };
-        std::fs::create_dir_all(root)
-            .map_err(|e| fail(&format!("create cgroup {}", root.display()), e))?;
-        let enable = need
-            .iter()
-            .map(|c| format!("+{c}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let fail = |what: &str, e: std::io::Error| format!("cannot {what} ({e}): memory/CPU limits are not enforced");
+        std::fs::create_dir_all(root).map_err(|e| fail(&format!("create cgroup {}", root.display()), e))?;
+        let enable = need.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
         if let Some(parent) = root.parent() {
             let _ = std::fs::write(parent.join("cgroup.subtree_control"), &enable);
         }
         std::fs::write(root.join("cgroup.subtree_control"), &enable)
             .map_err(|e| fail(&format!("enable controllers in {}", root.display()), e))?;
         let cg = root.join(id);
-        std::fs::create_dir_all(&cg)
-            .map_err(|e| fail(&format!("create cgroup {}", cg.display()), e))?;
+        std::fs::create_dir_all(&cg).map_err(|e| fail(&format!("create cgroup {}", cg.display()), e))?;
         if let Some(m) = limits.memory_bytes {
-            std::fs::write(cg.join("memory.max"), m.to_string())
-                .map_err(|e| fail("set memory.max", e))?;
+            std::fs::write(cg.join("memory.max"), m.to_string()).map_err(|e| fail("set memory.max", e))?;
         }
         if let Some(c) = limits.cpu_millis {
             let quota = (c * 100).max(1000);
-            std::fs::write(cg.join("cpu.max"), format!("{quota} 100000"))
-                .map_err(|e| fail("set cpu.max", e))?;
+            std::fs::write(cg.join("cpu.max"), format!("{quota} 100000")).map_err(|e| fail("set cpu.max", e))?;
         }
-        std::fs::write(cg.join("cgroup.procs"), pid.to_string())
-            .map_err(|e| fail("move the process", e))?;
+        std::fs::write(cg.join("cgroup.procs"), pid.to_string()).map_err(|e| fail("move the process", e))?;
         Ok(Some(cg))
     }
 
     fn exit_receiver(&self, id: &str) -> Result<watch::Receiver<Option<ExitInfo>>, RuntimeError> {
-        self.inner
-            .lock()
-            .procs
-            .get(id)
-            .map(|p| p.exit.clone())
-            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))
+        self.inner.lock().procs.get(id).map(|p| p.exit.clone()).ok_or_else(|| RuntimeError::NotFound(id.to_string()))
     }
 
     fn record_exit(&self, id: &str, info: &ExitInfo) {
@@ -327,12 +280,7 @@ impl ProcessRuntime {
     async fn rotate_logs(&self) {
         let paths: Vec<PathBuf> = {
             let inner = self.inner.lock();
-            inner
-                .procs
-                .values()
-                .filter(|p| p.rec.exit.is_none())
-                .map(|p| p.rec.log_path.clone())
-                .collect()
+            inner.procs.values().filter(|p| p.rec.exit.is_none()).map(|p| p.rec.log_path.clone()).collect()
         };
         for path in paths {
             let Ok(meta) = tokio::fs::metadata(&path).await else {
@@ -354,12 +302,7 @@ impl ProcessRuntime {
 async fn rotate_one(path: &Path, files: usize) -> std::io::Result<()> {
     let keep = files.max(1) - 1;
     if keep == 0 {
-        return tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .await?
-            .set_len(0)
-            .await;
+        return tokio::fs::OpenOptions::new().write(true).open(path).await?.set_len(0).await;
     }
     let numbered = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
     for n in (1..keep).rev() {
@@ -369,12 +312,7 @@ async fn rotate_one(path: &Path, files: usize) -> std::io::Result<()> {
         }
     }
     tokio::fs::copy(path, numbered(1)).await?;
-    tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .await?
-        .set_len(0)
-        .await
+    tokio::fs::OpenOptions::new().write(true).open(path).await?.set_len(0).await
 }
 
 fn spawn_rotation(rt: Weak<ProcessRuntime>) {
@@ -407,12 +345,7 @@ fn spawn_liveness_watch(
             if proc_alive(pid, start) {
                 continue;
             }
-            let cgroup = rt
-                .inner
-                .lock()
-                .procs
-                .get(&id)
-                .and_then(|p| p.rec.cgroup.clone());
+            let cgroup = rt.inner.lock().procs.get(&id).and_then(|p| p.rec.cgroup.clone());
             let info = ExitInfo {
                 code: None,
                 signal: None,
@@ -447,12 +380,7 @@ fn oom_killed(cgroup: Option<&Path>) -> bool {
     let Ok(events) = std::fs::read_to_string(cg.join("memory.events")) else {
         return false;
     };
-    events.lines().any(|l| {
-        l.strip_prefix("oom_kill ")
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-            > 0
-    })
+    events.lines().any(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0) > 0)
 }
 
 fn kill_group(pid: i32, sig: Signal) {
@@ -487,9 +415,7 @@ impl Runtime for ProcessRuntime {
         }
         let logs = pod_dir.join("logs");
         for d in [&workdir, &logs] {
-            tokio::fs::create_dir_all(d)
-                .await
-                .map_err(|e| RuntimeError::io(format!("create {}", d.display()), e))?;
+            tokio::fs::create_dir_all(d).await.map_err(|e| RuntimeError::io(format!("create {}", d.display()), e))?;
         }
         let exe = self.resolve_exe(program, &workdir)?;
         let id = format!(
@@ -504,9 +430,7 @@ impl Runtime for ProcessRuntime {
             .append(true)
             .open(&log_path)
             .map_err(|e| RuntimeError::io(format!("open {}", log_path.display()), e))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| RuntimeError::io("duplicate log descriptor", e))?;
+        let log2 = log.try_clone().map_err(|e| RuntimeError::io("duplicate log descriptor", e))?;
         let port = self.allocate_port()?;
         let mut cmd = self.base_command(&exe, &workdir);
         cmd.args(spec.command.iter().skip(1)).args(&spec.args);
@@ -531,10 +455,7 @@ impl Runtime for ProcessRuntime {
                     }
                     _ => format!("{}: {e}", exe.display()),
                 };
-                return Err(RuntimeError::CannotRun {
-                    reason: "ContainerCannotRun",
-                    message,
-                });
+                return Err(RuntimeError::CannotRun { reason: "ContainerCannotRun", message });
             }
         };
         let Some(pid) = child.id().map(|p| p as i32) else {
@@ -608,47 +529,29 @@ impl Runtime for ProcessRuntime {
             }
             tx.send_replace(Some(info));
         });
-        Ok(Started {
-            id,
-            host_port: port,
-            started_at,
-            warnings,
-        })
+        Ok(Started { id, host_port: port, started_at, warnings })
     }
 
     async fn wait(&self, id: &str) -> Result<ExitInfo, RuntimeError> {
         let mut rx = self.exit_receiver(id)?;
-        let r = rx
-            .wait_for(|e| e.is_some())
-            .await
-            .map_err(|_| RuntimeError::NotFound(id.to_string()))?;
-        r.clone()
-            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))
+        let r = rx.wait_for(|e| e.is_some()).await.map_err(|_| RuntimeError::NotFound(id.to_string()))?;
+        r.clone().ok_or_else(|| RuntimeError::NotFound(id.to_string()))
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         let (pid, mut rx) = {
             let inner = self.inner.lock();
-            let p = inner
-                .procs
-                .get(id)
-                .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+            let p = inner.procs.get(id).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
             (p.rec.pid, p.exit.clone())
         };
         if rx.borrow().is_some() {
             return Ok(());
         }
         kill_group(pid, Signal::SIGTERM);
-        if tokio::time::timeout(grace, rx.wait_for(|e| e.is_some()))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, rx.wait_for(|e| e.is_some())).await.is_err() {
             tracing::info!(id, "grace period over, sending SIGKILL");
             kill_group(pid, Signal::SIGKILL);
-            if tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| e.is_some()))
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| e.is_some())).await.is_err() {
                 return Err(RuntimeError::io(
                     format!("stop {id}"),
                     std::io::Error::other("process survived SIGKILL for 10 s"),
@@ -712,25 +615,14 @@ impl Runtime for ProcessRuntime {
             .collect())
     }
 
-    async fn exec(
-        &self,
-        id: &str,
-        command: &[String],
-        timeout: Duration,
-    ) -> Result<i32, RuntimeError> {
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<i32, RuntimeError> {
         let (workdir, port) = {
             let inner = self.inner.lock();
-            let p = inner
-                .procs
-                .get(id)
-                .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+            let p = inner.procs.get(id).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
             (p.rec.workdir.clone(), p.rec.host_port)
         };
         let Some(program) = command.first() else {
-            return Err(RuntimeError::CannotRun {
-                reason: "ExecProbe",
-                message: "empty exec command".into(),
-            });
+            return Err(RuntimeError::CannotRun { reason: "ExecProbe", message: "empty exec command".into() });
         };
         let exe = self.resolve_exe(program, &workdir)?;
         let mut cmd = self.base_command(&exe, &workdir);
@@ -740,9 +632,7 @@ impl Runtime for ProcessRuntime {
             .stderr(std::process::Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| RuntimeError::io(format!("exec {program}"), e))?;
+        let mut child = cmd.spawn().map_err(|e| RuntimeError::io(format!("exec {program}"), e))?;
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(Ok(status)) => Ok(status.code().unwrap_or(128 + status.signal().unwrap_or(0))),
             Ok(Err(e)) => Err(RuntimeError::io(format!("wait for {program}"), e)),
@@ -752,10 +642,7 @@ impl Runtime for ProcessRuntime {
                 }
                 Err(RuntimeError::io(
                     format!("exec {program}"),
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("timed out after {timeout:?}"),
-                    ),
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out after {timeout:?}")),
                 ))
             }
         }
@@ -764,10 +651,7 @@ impl Runtime for ProcessRuntime {
     async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
         let (path, exit) = {
             let inner = self.inner.lock();
-            let p = inner
-                .procs
-                .get(id)
-                .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+            let p = inner.procs.get(id).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
             (p.rec.log_path.clone(), p.exit.clone())
         };
         let files = self.cfg.log_files;
@@ -780,12 +664,7 @@ impl Runtime for ProcessRuntime {
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
-    async fn cleanup_pod(
-        &self,
-        namespace: &str,
-        pod: &str,
-        pod_uid: &str,
-    ) -> Result<(), RuntimeError> {
+    async fn cleanup_pod(&self, namespace: &str, pod: &str, pod_uid: &str) -> Result<(), RuntimeError> {
         let dir = self.pod_dir(namespace, pod, pod_uid);
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
@@ -838,21 +717,13 @@ async fn stream_file_logs(
     };
     let mut offset = 0u64;
     if let Some(f) = f.as_mut() {
-        offset = f
-            .read_to_end(&mut content)
-            .await
-            .map_err(|e| RuntimeError::io("read log", e))? as u64;
+        offset = f.read_to_end(&mut content).await.map_err(|e| RuntimeError::io("read log", e))? as u64;
     }
     let start = match opts.tail {
         Some(n) => tail_start(&content, n),
         None => 0,
     };
-    if start < content.len()
-        && tx
-            .send(Ok(bytes::Bytes::copy_from_slice(&content[start..])))
-            .await
-            .is_err()
-    {
+    if start < content.len() && tx.send(Ok(bytes::Bytes::copy_from_slice(&content[start..]))).await.is_err() {
         return Ok(());
     }
     if !opts.follow {
@@ -871,24 +742,15 @@ async fn stream_file_logs(
                 // Rotated (truncated) under us: continue from its new start.
                 offset = 0;
             }
-            file.seek(std::io::SeekFrom::Start(offset))
-                .await
-                .map_err(|e| RuntimeError::io("seek log", e))?;
+            file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| RuntimeError::io("seek log", e))?;
             loop {
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| RuntimeError::io("read log", e))?;
+                let n = file.read(&mut buf).await.map_err(|e| RuntimeError::io("read log", e))?;
                 if n == 0 {
                     break;
                 }
                 offset += n as u64;
                 got += n;
-                if tx
-                    .send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(bytes::Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
                     return Ok(());
                 }
             }
