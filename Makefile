@@ -5,7 +5,7 @@ CARGO ?= cargo
 FEATURES ?= --features etcd
 export BERTH_SKIP_LOG := $(CURDIR)/target/skipped.txt
 
-.PHONY: up test build prereqs lint fmt bench-registry bench-scheduler bench-dns bench-proxy
+.PHONY: up test build lint fmt bench-registry bench-scheduler bench-dns bench-proxy
 
 build:
 	@scripts/prereqs.sh build
@@ -42,3 +42,7 @@ bench-scheduler:
 bench-dns:
 	@scripts/prereqs.sh bench
 	benches/dns/bench.sh
+
+bench-proxy:
+	@scripts/prereqs.sh bench
+	bash benches/proxy/bench.sh
