@@ -363,7 +363,7 @@ pub fn describe(kind: Kind, v: &Value) -> String {
         }
         Kind::Pod => {
             field("Node", or(s(v, "/spec/nodeName"), "<none>"));
-            field("Status", or(s(v, "/status/phase"), "Pending"));
+            field("Phase", or(s(v, "/status/phase"), "Pending"));
             field("IP", or(s(v, "/status/podIP"), "<none>"));
         }
         _ => {}
