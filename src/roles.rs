@@ -31,6 +31,9 @@ pub struct ServerArgs {
     /// Store: `redb:PATH` (default DATA_DIR/store.redb), `memory:`, or `etcd://HOST:PORT[,HOST:PORT...]`.
     #[arg(long)]
     pub store: Option<String>,
+    /// Serve the API and store only: run no scheduler and no controllers in this process.
+    #[arg(long)]
+    pub no_controllers: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,8 +110,8 @@ async fn start_control_plane(args: &ServerArgs, stop: &Stop) -> Result<ControlPl
     let registry = Arc::new(Registry::new());
     let state = ApiState::new(store.clone(), Some(token.clone()), Some(registry.clone()));
     let serving = tokio::spawn(api::serve(listener, state, stop.wait()));
-    Controllers::start(store.clone(), registry.clone(), Arc::new(SystemClock), stop.wait());
-    {
+    if !args.no_controllers {
+        Controllers::start(store.clone(), registry.clone(), Arc::new(SystemClock), stop.wait());
         let (store, stop) = (store.clone(), stop.wait());
         tokio::spawn(async move {
             if let Err(e) = Scheduler::run(store, SchedulingPolicy::default(), stop).await {

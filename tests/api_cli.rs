@@ -59,8 +59,14 @@ fn apply_get_describe_reapply_diff() {
     assert!(described.contains("Name:") && described.contains("web"), "{described}");
     assert!(described.contains("Replicas:"), "{described}");
 
-    // A second apply of the same files changes nothing.
-    let before = versions(&server, KINDS);
+    // A second apply of the same files changes nothing. Controllers react to the first apply (pods, status,
+    // revision bookkeeping), so compare against the state once they are done with it.
+    let mut before = versions(&server, KINDS);
+    common::wait_for("controllers to settle", std::time::Duration::from_secs(60), || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let now = versions(&server, KINDS);
+        std::mem::replace(&mut before, now) == before
+    });
     let again = server.ok(&["apply", "-f", examples]);
     assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
     assert_eq!(before, versions(&server, KINDS), "resourceVersions must not move on a no-op apply");

@@ -22,7 +22,7 @@ fn rv(v: &Value) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_sees_every_change_once_across_reconnects() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--no-controllers"]);
     let token = server.token();
     let http = reqwest::Client::new();
     let pods = format!("{}/api/v1/namespaces/default/pods", server.url);

@@ -4,8 +4,16 @@
 use serde_json::{Map, Value};
 use std::time::SystemTime;
 
-/// The parts of an object a user declares: everything but `status` and the system-owned metadata.
-/// Two objects with equal desired views make `apply` a no-op.
+/// Annotation prefixes written by controllers, not users: `apply` keeps them and `diff` ignores them, so a
+/// controller's bookkeeping never makes a re-apply look like a change (or get undone by one).
+const CONTROLLER_ANNOTATION_PREFIXES: &[&str] = &["deployment.kubernetes.io/"];
+
+fn controller_owned(key: &str) -> bool {
+    CONTROLLER_ANNOTATION_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// The parts of an object a user declares: everything but `status`, the system-owned metadata and
+/// controller-owned annotations. Two objects with equal desired views make `apply` a no-op.
 pub fn desired_view(object: &Value) -> Value {
     let mut out = Map::new();
     if let Some(map) = object.as_object() {
@@ -16,7 +24,17 @@ pub fn desired_view(object: &Value) -> Value {
                     let mut meta = Map::new();
                     if let Some(m) = v.as_object() {
                         for key in ["name", "namespace", "labels", "annotations"] {
-                            if let Some(x) = m.get(key) {
+                            let user_owned;
+                            let x = if key == "annotations" {
+                                user_owned = m.get(key).and_then(Value::as_object).map(|a| {
+                                    let kept = a.iter().filter(|(k, _)| !controller_owned(k));
+                                    Value::Object(kept.map(|(k, v)| (k.clone(), v.clone())).collect())
+                                });
+                                user_owned.as_ref()
+                            } else {
+                                m.get(key)
+                            };
+                            if let Some(x) = x {
                                 let empty = x.as_object().is_some_and(|o| o.is_empty());
                                 if !x.is_null() && !empty {
                                     meta.insert(key.to_string(), x.clone());
@@ -108,6 +126,18 @@ pub fn merge_update(stored: &Value, desired: &Value, keep_status: bool) -> Value
             _ => {}
         }
     }
+    if let Some(Value::Object(old)) = old_meta.get("annotations") {
+        let kept: Vec<(String, Value)> =
+            old.iter().filter(|(k, _)| controller_owned(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        if !kept.is_empty() {
+            let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+            if let Some(a) = annotations.as_object_mut() {
+                for (k, v) in kept {
+                    a.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
     let generation = old_meta.get("generation").and_then(Value::as_u64).unwrap_or(1);
     meta.insert("generation".into(), Value::from(if spec_changed { generation + 1 } else { generation }));
     meta.remove("resourceVersion");
@@ -163,6 +193,16 @@ mod tests {
         assert_eq!(same["metadata"]["uid"], "u");
         let changed = merge_update(&stored, &json!({"metadata":{"name":"web"},"spec":{"replicas":5}}), true);
         assert_eq!(changed["metadata"]["generation"], 4);
+    }
+
+    #[test]
+    fn controller_annotations_survive_apply_and_do_not_count_as_changes() {
+        let stored = json!({"metadata":{"name":"web","annotations":{"deployment.kubernetes.io/revision":"2","team":"a"}},
+                            "spec":{"replicas":2}});
+        let manifest = json!({"metadata":{"name":"web","annotations":{"team":"a"}},"spec":{"replicas":2}});
+        assert_eq!(desired_view(&stored), desired_view(&manifest));
+        let merged = merge_update(&stored, &json!({"metadata":{"name":"web"},"spec":{"replicas":3}}), true);
+        assert_eq!(merged["metadata"]["annotations"], json!({"deployment.kubernetes.io/revision":"2"}));
     }
 
     #[test]
