@@ -204,7 +204,7 @@ fn require(tool: &str) -> bool {
         if std::env::var("BERTH_REQUIRE_ALL").as_deref() == Ok("1") {
             panic!("{tool} is required (BERTH_REQUIRE_ALL=1) but not installed: apt-get install -y bind9-dnsutils");
         }
-        eprintln!("SKIP: {tool} not installed (apt-get install -y bind9-dnsutils)");
+        log_skip(&format!("DNS tests with a real client: {tool} is not installed (apt-get install -y bind9-dnsutils)"));
     }
     found
 }
@@ -852,6 +852,17 @@ proptest! {
             let a = following.handle_packet(&q, true);
             let b = fresh.handle_packet(&q, true);
             prop_assert_eq!(a, b, "{} {:?} after {:?}", name, rtype, ops);
+        }
+    }
+}
+
+/// Record a skip for `make test`'s closing summary (it reads `$BERTH_SKIP_LOG`).
+fn log_skip(reason: &str) {
+    eprintln!("SKIP {reason}");
+    if let Some(log) = std::env::var_os("BERTH_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{reason}");
         }
     }
 }

@@ -30,7 +30,7 @@ async fn docker_or_skip(node: &str) -> Option<DockerRuntime> {
             panic!("docker is required (BERTH_REQUIRE_ALL=1) but unavailable: {e}")
         }
         Err(e) => {
-            eprintln!("SKIP agent_docker: docker is unavailable: {e}");
+            log_skip(&format!("Docker runtime tests: docker is unavailable: {e}"));
             None
         }
     }
@@ -183,4 +183,15 @@ async fn agent_with_docker_runtime_runs_and_deletes_a_pod() {
     cp.delete_pod("default", "noimage");
     let _ = tx.send(());
     task.await.unwrap();
+}
+
+/// Record a skip for `make test`'s closing summary (it reads `$BERTH_SKIP_LOG`).
+fn log_skip(reason: &str) {
+    eprintln!("SKIP {reason}");
+    if let Some(log) = std::env::var_os("BERTH_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{reason}");
+        }
+    }
 }

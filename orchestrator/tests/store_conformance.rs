@@ -24,7 +24,7 @@ fn require(tool: &str) -> bool {
             std::env::var("BERTH_REQUIRE_ALL").as_deref() != Ok("1"),
             "`{tool}` is not on PATH and BERTH_REQUIRE_ALL=1 (install it: apt-get install -y etcd-server)"
         );
-        eprintln!("SKIP: `{tool}` is not on PATH; install it (apt-get install -y etcd-server) to run this test");
+        log_skip(&format!("store conformance against etcd: `{tool}` is not on PATH (apt-get install -y etcd-server)"));
     }
     found
 }
@@ -572,5 +572,16 @@ fn etcd_conformance() {
         std::env::var("BERTH_REQUIRE_ALL").as_deref() != Ok("1"),
         "BERTH_REQUIRE_ALL=1 but this test binary was built without the `etcd` feature"
     );
-    eprintln!("SKIP: etcd conformance needs `cargo test -p orchestrator --features etcd`");
+    log_skip("store conformance against etcd: built without `--features etcd`");
+}
+
+/// Record a skip for `make test`'s closing summary (it reads `$BERTH_SKIP_LOG`).
+fn log_skip(reason: &str) {
+    eprintln!("SKIP {reason}");
+    if let Some(log) = std::env::var_os("BERTH_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{reason}");
+        }
+    }
 }

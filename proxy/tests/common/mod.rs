@@ -27,7 +27,7 @@ pub fn require(tool: &str) -> bool {
         if std::env::var("BERTH_REQUIRE_ALL").as_deref() == Ok("1") {
             panic!("{tool} is required (BERTH_REQUIRE_ALL=1) but not installed");
         }
-        eprintln!("SKIP: {tool} not installed");
+        log_skip(&format!("proxy tests with a real client: {tool} is not installed"));
     }
     found
 }
@@ -195,4 +195,15 @@ pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() ->
 
 pub fn id_of(body: &str) -> &str {
     body.split_whitespace().next().and_then(|s| s.strip_prefix("id=")).unwrap_or("")
+}
+
+/// Record a skip for `make test`'s closing summary (it reads `$BERTH_SKIP_LOG`).
+fn log_skip(reason: &str) {
+    eprintln!("SKIP {reason}");
+    if let Some(log) = std::env::var_os("BERTH_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{reason}");
+        }
+    }
 }
