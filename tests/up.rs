@@ -57,6 +57,10 @@ fn up_runs_the_demo_behind_the_proxy_and_dns() {
             == 3
     });
 
+    wait_for("3 ready endpoints in the registry", Duration::from_secs(60), || {
+        berth(&["get", "endpoints"]).lines().any(|l| l.starts_with("demo ") && l.matches("127.0.0.1:").count() == 3)
+    });
+
     // Through the front door: 30 requests reach all 3 replicas.
     let mut pods = BTreeSet::new();
     let mut pids = BTreeSet::new();
