@@ -11,6 +11,15 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Stops `berth up` (and so its pods) even when an assertion fails, so no test leaks processes.
+struct Stop(std::process::Child);
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
 fn field(line: &str, after: &str) -> String {
     line.split(after).nth(1).and_then(|r| r.split([' ', ',']).next()).unwrap_or_default().to_string()
 }
@@ -19,7 +28,7 @@ fn field(line: &str, after: &str) -> String {
 fn up_runs_the_demo_behind_the_proxy_and_dns() {
     let dir = tempfile::tempdir().unwrap();
     let demo = repo().join("config/demo");
-    let mut child = Command::new(BERTH)
+    let child = Command::new(BERTH)
         .args(["up", "--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
         .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
@@ -29,8 +38,9 @@ fn up_runs_the_demo_behind_the_proxy_and_dns() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn berth up");
+    let mut child = Stop(child);
     let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             println!("{line}");
@@ -94,8 +104,8 @@ fn up_runs_the_demo_behind_the_proxy_and_dns() {
     }
 
     // Ctrl-C stops everything, pods included.
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let status = child.wait().unwrap();
+    Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "berth up exits cleanly on Ctrl-C: {status}");
     for pid in pids {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "pod process {pid} still runs after Ctrl-C");
