@@ -113,6 +113,15 @@ impl Controllers {
 // ---------------------------------------------------------------------------------------------------------
 // Feeds and caches
 
+/// The next event and every one already queued behind it, so a burst is handled as one batch.
+async fn recv_batch(feed: &mut mpsc::UnboundedReceiver<Feed>) -> Option<Vec<Feed>> {
+    let mut batch = vec![feed.recv().await?];
+    while let Ok(more) = feed.try_recv() {
+        batch.push(more);
+    }
+    Some(batch)
+}
+
 enum Feed {
     /// A complete list of one kind (at start and after a failed watch).
     Listed {
@@ -339,12 +348,8 @@ async fn run_deployments(
         let next_timer = timers.values().min().copied();
         tokio::select! {
             _ = wait_stop(&mut stop) => return,
-            item = feed.recv() => {
-                let Some(first) = item else { return };
-                let mut batch = vec![first];
-                while let Ok(more) = feed.try_recv() {
-                    batch.push(more);
-                }
+            batch = recv_batch(&mut feed) => {
+                let Some(batch) = batch else { return };
                 for f in batch {
                     match f {
                         Feed::Listed { kind, objects } => {
@@ -635,12 +640,8 @@ async fn run_nodes(store: Arc<dyn Store>, clock: Arc<dyn Clock>, grace: Duration
         let mut changed_pods: Vec<Key> = Vec::new();
         tokio::select! {
             _ = wait_stop(&mut stop) => return,
-            item = feed.recv() => {
-                let Some(first) = item else { return };
-                let mut batch = vec![first];
-                while let Ok(more) = feed.try_recv() {
-                    batch.push(more);
-                }
+            batch = recv_batch(&mut feed) => {
+                let Some(batch) = batch else { return };
                 for f in batch {
                     match f {
                         Feed::Listed { kind: 0, objects } => { listed[0] = true; nodes.relist(objects); full = true; }
@@ -760,12 +761,8 @@ async fn run_endpoints(
     loop {
         tokio::select! {
             _ = wait_stop(&mut stop) => return,
-            item = feed.recv() => {
-                let Some(first) = item else { return };
-                let mut batch = vec![first];
-                while let Ok(more) = feed.try_recv() {
-                    batch.push(more);
-                }
+            batch = recv_batch(&mut feed) => {
+                let Some(batch) = batch else { return };
                 for f in batch {
                     match f {
                         Feed::Listed { kind, objects } => {
