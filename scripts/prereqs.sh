@@ -24,6 +24,9 @@ for c in "${cmds[@]}"; do
   # Debian installs nginx/haproxy/nsd under /usr/sbin, which may not be on a user's PATH.
   command -v "$c" >/dev/null 2>&1 || [ -x "/usr/sbin/$c" ] || missing+=("${pkg[$c]}")
 done
+# etcd-client's build imports protoc's well-known types (google/protobuf/*.proto), which Debian ships in
+# libprotobuf-dev, a package `--no-install-recommends` leaves out.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
