@@ -59,6 +59,10 @@ enum Command {
     Uncordon(cli::node::UncordonArgs),
     /// Cordon a node, then evict its pods so their controllers recreate them elsewhere.
     Drain(cli::node::DrainArgs),
+    /// Follow, list and undo Deployment rollouts: `rollout status|history|undo deployment NAME`.
+    Rollout(cli::rollout::RolloutArgs),
+    /// Set a Deployment's replicas: `scale deployment NAME --replicas N`.
+    Scale(cli::rollout::ScaleArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +90,8 @@ fn main() -> ExitCode {
             Command::Cordon(a) => cli::node::cordon(a).await.map(|_| ExitCode::SUCCESS),
             Command::Uncordon(a) => cli::node::uncordon(a).await.map(|_| ExitCode::SUCCESS),
             Command::Drain(a) => cli::node::drain(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Rollout(a) => cli::rollout::rollout(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Scale(a) => cli::rollout::scale(a).await.map(|_| ExitCode::SUCCESS),
         }
     });
     match result {

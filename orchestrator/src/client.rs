@@ -145,6 +145,19 @@ impl Client {
         self.send(self.request(reqwest::Method::DELETE, &Self::object_path(kind, namespace, name))).await
     }
 
+    /// A Deployment's revision records, oldest first.
+    pub async fn deployment_revisions(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<crate::controllers::deployment::RevisionRecord>, ClientError> {
+        let path = format!("{}/revisions", Self::object_path(Kind::Deployment, namespace, name));
+        let list = self.send(self.request(reqwest::Method::GET, &path)).await?;
+        let items =
+            list.get("items").cloned().ok_or_else(|| ClientError::Protocol("list answer has no items".into()))?;
+        serde_json::from_value(items).map_err(|e| ClientError::Protocol(format!("revision records: {e}")))
+    }
+
     /// Server-side apply; `dry_run` validates and reports without writing.
     pub async fn apply(&self, object: &Value, dry_run: bool) -> Result<Applied, ClientError> {
         let mut r = self.request(reqwest::Method::POST, "/api/v1/apply").json(object);

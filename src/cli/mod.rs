@@ -1,7 +1,9 @@
-//! Client verbs with kubectl habits: apply, get, describe, delete, diff.
+//! Client verbs with kubectl habits: apply, get, describe, delete, diff (and, in submodules, node
+//! maintenance, rollouts and scale).
 
 pub mod node;
 mod output;
+pub mod rollout;
 
 use crate::{datadir, ClientOpts};
 use anyhow::{anyhow, bail, Context, Result};

@@ -63,6 +63,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/namespaces/{ns}/{plural}", get(list_ns).post(create_ns))
         .route("/api/v1/namespaces/{ns}/{plural}/{name}", get(get_ns).put(update_ns).delete(delete_ns))
         .route("/api/v1/namespaces/{ns}/{plural}/{name}/status", axum::routing::put(status_ns))
+        .route("/api/v1/namespaces/{ns}/{plural}/{name}/revisions", get(revisions_ns))
         .route("/api/v1/{plural}", get(list_all).post(create_cluster))
         .route("/api/v1/{plural}/{name}", get(get_cluster).put(update_cluster).delete(delete_cluster))
         .route("/api/v1/{plural}/{name}/status", axum::routing::put(status_cluster))
@@ -331,6 +332,39 @@ async fn get_one(s: ApiState, key: Key) -> ApiResult {
         Some(v) => Ok(json_response(StatusCode::OK, &present(&v)?)),
         None => Err(StoreError::NotFound(key).into()),
     }
+}
+
+/// `GET /api/v1/namespaces/NS/deployments/NAME/revisions`: the Deployment's revision records (the templates
+/// `rollout history` shows and `rollout undo` restores), oldest first. Read-only: the Deployment controller
+/// owns them.
+async fn revisions_ns(
+    State(s): State<ApiState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    use crate::controllers::deployment::{RevisionRecord, REVISIONS_KIND};
+    let (kind, ns) = scope(&plural, Some(&ns))?;
+    if kind != Kind::Deployment {
+        return Err(ApiError::not_found(format!("{plural} have no revisions (only deployments do)")));
+    }
+    let key = Key::new(kind.plural(), ns.clone(), name.clone());
+    if s.inner.store.get(&key).await?.is_none() {
+        return Err(StoreError::NotFound(key).into());
+    }
+    let prefix = Prefix { kind: REVISIONS_KIND.to_string(), namespace: Some(ns) };
+    let (items, revision) = s.inner.store.list(&prefix, None).await?;
+    let mut records: Vec<RevisionRecord> = items
+        .iter()
+        .filter_map(|v| serde_json::from_slice::<RevisionRecord>(&v.value).ok())
+        .filter(|r| r.deployment == name)
+        .collect();
+    records.sort_by_key(|r| r.revision);
+    let items = serde_json::to_value(&records)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"apiVersion": "v1", "kind": "DeploymentRevisionList",
+                "metadata": {"resourceVersion": revision.to_string()}, "items": items}),
+    ))
 }
 
 async fn create_ns(

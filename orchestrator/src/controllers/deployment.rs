@@ -17,7 +17,7 @@
 //!
 //! Not here: pods on lost nodes (see `node.rs`), endpoints (see `endpoints.rs`).
 
-use crate::model::well_known::{POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
+use crate::model::well_known::{CHANGE_CAUSE_ANNOTATION, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
 use crate::model::{
     find_condition, Condition, ConditionStatus, Deployment, DeploymentStatus, ObjectMeta, OwnerReference, Pod,
     PodPhase, PodTemplateSpec, StrategyType, Time,
@@ -42,6 +42,9 @@ pub struct RevisionRecord {
     pub template: PodTemplateSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<Time>,
+    /// The Deployment's `kubernetes.io/change-cause` annotation when this revision became current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_cause: Option<String>,
 }
 
 impl RevisionRecord {
@@ -263,6 +266,7 @@ pub fn reconcile(
         Some(r) => {
             // Rolled back to an older template: it becomes the newest revision.
             let mut bumped = r.clone();
+            // It keeps the change cause recorded with its template.
             bumped.revision = max_revision + 1;
             plan.actions.push(Action::PutRevision(Box::new(bumped)));
             max_revision + 1
@@ -275,6 +279,7 @@ pub fn reconcile(
                 hash: hash.clone(),
                 template: d.spec.template.clone(),
                 created: Some(Time(now)),
+                change_cause: d.metadata.annotations.get(CHANGE_CAUSE_ANNOTATION).cloned(),
             })));
             max_revision + 1
         }

@@ -4,6 +4,7 @@
 //! Each controller is a pure function over (desired, observed, now) returning actions, tested with a
 //! simulated clock; [`runner`] holds the thin level-triggered loops that list and watch the store, call those
 //! functions and execute their actions with compare-and-swap. [`Controllers::start`] starts them all.
+//! [`rollout`] reads a Deployment's status as `berth rollout status` reports it.
 //!
 //! Contract with the node agent: a pod object deleted from the store must be stopped by its agent, including
 //! when the agent comes back after its node was declared lost and the pod was replaced elsewhere. A pod with
@@ -13,6 +14,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod node;
+pub mod rollout;
 pub mod runner;
 
 pub use runner::{Controllers, ControllersConfig};

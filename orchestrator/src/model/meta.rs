@@ -20,6 +20,8 @@ pub mod well_known {
     pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
     /// Deployment (and pod) annotation with the rollout revision number, as Kubernetes writes it.
     pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+    /// Deployment annotation saying why its template changed; kept per revision for `rollout history`.
+    pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
     /// Deployment annotation `"true"`: roll out again when a ConfigMap or Secret it references changes.
     pub const ROLLOUT_ON_CONFIG_CHANGE_ANNOTATION: &str = "berth.dev/rollout-on-config-change";
 }
