@@ -2,7 +2,7 @@
 
 use orchestrator::clock::{Clock, ManualClock};
 use orchestrator::controllers::endpoints::{desired_objects, diff, endpoints_for};
-use orchestrator::controllers::node::{reconcile_nodes, NodeAction, DEFAULT_GRACE};
+use orchestrator::controllers::node::{reconcile_nodes, reconcile_nodes_observed, NodeAction, DEFAULT_GRACE};
 use orchestrator::model::{Kind, Node, Pod, Secret, Service};
 use serde_json::json;
 use std::time::Duration;
@@ -70,6 +70,22 @@ fn silent_node_becomes_not_ready_and_its_pods_are_evicted() {
     let early = humantime::parse_rfc3339("2026-01-01T00:00:14Z").unwrap();
     let plan = reconcile_nodes(&nodes[..1], &pods[..1], early, DEFAULT_GRACE);
     assert!(plan.actions.is_empty());
+}
+
+#[test]
+fn a_restarted_control_plane_gives_every_node_a_grace_period() {
+    // The control plane was down from 00:00:05 to 00:00:30; it restarts and watches from 00:00:30.
+    let restarted = humantime::parse_rfc3339("2026-01-01T00:00:30Z").unwrap();
+    let nodes = vec![node("n1", "2026-01-01T00:00:05Z", "a")];
+    let pods = vec![pod("p1", "n1", true, None)];
+    let plan = reconcile_nodes_observed(&nodes, &pods, restarted + Duration::from_secs(1), DEFAULT_GRACE, restarted);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!(plan.recheck_after, Some(Duration::from_secs(9)));
+    // An agent that stays silent for a full grace period after the restart is lost.
+    let plan = reconcile_nodes_observed(&nodes, &pods, restarted + DEFAULT_GRACE, DEFAULT_GRACE, restarted);
+    assert_eq!(plan.actions.len(), 2, "{:?}", plan.actions);
+    // The old view (watching for ever) would have evicted at once.
+    assert_eq!(reconcile_nodes(&nodes, &pods, restarted, DEFAULT_GRACE).actions.len(), 2);
 }
 
 #[test]

@@ -19,8 +19,14 @@ pub struct Server {
 impl Server {
     /// Start `berth server` on a free port with `dir` as data dir; waits until it prints its address.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Self::start_on(dir, "127.0.0.1:0", extra)
+    }
+
+    /// Start `berth server` listening on `listen` (a restart reuses the port the first run picked, so
+    /// separate agents find it again).
+    pub fn start_on(dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(BERTH)
-            .args(["server", "--api-listen", "127.0.0.1:0", "--data-dir"])
+            .args(["server", "--api-listen", listen, "--data-dir"])
             .arg(dir)
             .args(extra)
             .stdout(Stdio::piped())

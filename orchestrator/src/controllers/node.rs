@@ -31,12 +31,34 @@ pub struct NodePlan {
     pub recheck_after: Option<Duration>,
 }
 
-/// The decision for all nodes at `now`.
+/// The decision for all nodes at `now`, for a controller that has been watching for ever.
 pub fn reconcile_nodes(nodes: &[Node], pods: &[Pod], now: SystemTime, grace: Duration) -> NodePlan {
+    reconcile_nodes_observed(nodes, pods, now, grace, SystemTime::UNIX_EPOCH)
+}
+
+/// The decision for all nodes at `now`, for a controller that started watching at `watching_since`.
+///
+/// Silence is counted from the later of a node's last heartbeat and `watching_since`: heartbeats cannot
+/// arrive while the control plane is down, so after a restart every agent gets a full grace period to
+/// report again before its node is declared lost (as Kubernetes' node lifecycle controller counts from its
+/// own observations). Without this, a control plane down for longer than the grace period would evict
+/// every pod in the cluster when it comes back.
+pub fn reconcile_nodes_observed(
+    nodes: &[Node],
+    pods: &[Pod],
+    now: SystemTime,
+    grace: Duration,
+    watching_since: SystemTime,
+) -> NodePlan {
     let mut plan = NodePlan::default();
     let mut lost: HashMap<&str, bool> = HashMap::with_capacity(nodes.len());
     for n in nodes {
-        let last = n.heartbeat().map(|t| t.0).or(n.metadata.creation_timestamp.map(|t| t.0));
+        let reported = n.heartbeat().map(|t| t.0).or(n.metadata.creation_timestamp.map(|t| t.0));
+        let last = match reported {
+            Some(t) => Some(t.max(watching_since)),
+            None if watching_since > SystemTime::UNIX_EPOCH => Some(watching_since),
+            None => None,
+        };
         let silent = last.map(|t| now.duration_since(t).unwrap_or_default());
         let stale = silent.is_none_or(|s| s >= grace);
         if stale {
@@ -47,7 +69,8 @@ pub fn reconcile_nodes(nodes: &[Node], pods: &[Pod], now: SystemTime, grace: Dur
             if !already_marked {
                 plan.actions.push(NodeAction::MarkNotReady {
                     node: n.metadata.name.clone(),
-                    silent_for: silent.unwrap_or(grace),
+                    // The real silence, for the message (longer than `silent` after a restart).
+                    silent_for: reported.map(|t| now.duration_since(t).unwrap_or_default()).or(silent).unwrap_or(grace),
                 });
             }
             lost.insert(&n.metadata.name, true);

@@ -635,6 +635,8 @@ async fn run_nodes(store: Arc<dyn Store>, clock: Arc<dyn Clock>, grace: Duration
     let mut pods: Cache<Pod> = Cache::new();
     let mut listed = [false; 2];
     let mut recheck: Option<Instant> = None;
+    // Agents could not report while this control plane was down: give each a grace period from now.
+    let watching_since = clock.now();
     loop {
         let mut full = false;
         let mut changed_pods: Vec<Key> = Vec::new();
@@ -663,7 +665,7 @@ async fn run_nodes(store: Arc<dyn Store>, clock: Arc<dyn Clock>, grace: Duration
             changed_pods.iter().filter_map(|k| pods.get(k).map(|(_, p)| p.clone())).collect()
         };
         let now = clock.now();
-        let plan = node::reconcile_nodes(&node_list, &pod_list, now, grace);
+        let plan = node::reconcile_nodes_observed(&node_list, &pod_list, now, grace, watching_since);
         if full {
             recheck = plan.recheck_after.map(|d| Instant::now() + d);
         }
