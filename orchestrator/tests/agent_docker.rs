@@ -24,7 +24,8 @@ fn require_all() -> bool {
 }
 
 async fn docker_or_skip(node: &str) -> Option<DockerRuntime> {
-    match DockerRuntime::connect(node).await {
+    let volumes = std::env::temp_dir().join(format!("berth-test-volumes-{}-{node}", std::process::id()));
+    match DockerRuntime::connect(node, volumes).await {
         Ok(d) => Some(d),
         Err(e) if require_all() => {
             panic!("docker is required (BERTH_REQUIRE_ALL=1) but unavailable: {e}")
