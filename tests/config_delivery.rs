@@ -34,6 +34,8 @@ fn start_up(dir: &Path) -> Up {
         .spawn()
         .expect("spawn berth up");
     let stdout = child.stdout.take().unwrap();
+    // Owned by the stopper before anything can fail, so a panic below still stops it.
+    let up = Up(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -44,7 +46,7 @@ fn start_up(dir: &Path) -> Up {
     loop {
         let line = rx.recv_timeout(Duration::from_secs(60)).expect("berth up prints its addresses");
         if line.contains("agent(s) running") {
-            return Up(child);
+            return up;
         }
     }
 }

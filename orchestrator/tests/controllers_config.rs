@@ -243,7 +243,7 @@ fn the_deployment_object_itself_is_not_modified() {
     let d: Deployment = decode(Kind::Deployment, deployment_json(true));
     let cm = config_map("cfg", "hello");
     let eff = with_config_hash(&d, |_| Some(&cm), |_| None);
-    assert!(d.spec.template.metadata.annotations.get(CONFIG_HASH_ANNOTATION).is_none());
+    assert!(!d.spec.template.metadata.annotations.contains_key(CONFIG_HASH_ANNOTATION));
     assert!(eff.spec.template.metadata.annotations.contains_key(CONFIG_HASH_ANNOTATION));
     assert_eq!(eff.metadata, d.metadata, "only the template differs");
 }
