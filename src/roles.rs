@@ -102,6 +102,8 @@ async fn start_control_plane(args: &ServerArgs, stop: &Stop) -> Result<ControlPl
     let store_url = args.store.clone().unwrap_or_else(|| format!("redb:{}", dir.join("store.redb").display()));
     let store: Arc<dyn store::Store> =
         store::open_store(&store_url).await.with_context(|| format!("cannot open store {store_url}"))?;
+    // Secrets are sealed at rest with the key in the data dir, whatever the backend (see store/encrypt.rs).
+    let store = store::EncryptingStore::open(store, &dir).context("cannot start the control plane")?;
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;

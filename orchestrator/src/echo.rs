@@ -2,10 +2,13 @@
 //!
 //! It answers `GET /` with its pod name and a request counter, serves `/healthz`, and has control endpoints
 //! that make it slow (`POST /control/slow?ms=N`), fail its health check (`/control/fail-health`), recover
-//! (`/control/heal`) or exit with a code (`/control/exit?code=N`). It is not a general web server: it holds
-//! no state beyond one process's counters and never writes anything.
+//! (`/control/heal`) or exit with a code (`/control/exit?code=N`). For tests of ConfigMap/Secret delivery it
+//! shows one of its environment variables (`GET /env/NAME`) and one file of its container
+//! (`GET /file?path=/etc/config/greeting`; under the process runtime the container path is looked up below
+//! `$BERTH_ROOT`, the pod directory that stands for the container's root). It is not a general web server: it
+//! holds no state beyond one process's counters and never writes anything.
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -74,6 +77,43 @@ async fn root(State(s): State<Arc<Echo>>) -> impl IntoResponse {
     }))
 }
 
+async fn env_var(Path(name): Path<String>) -> impl IntoResponse {
+    match std::env::var(&name) {
+        Ok(v) => (StatusCode::OK, v),
+        Err(_) => (StatusCode::NOT_FOUND, format!("{name} is not set\n")),
+    }
+}
+
+#[derive(Deserialize)]
+struct FileQuery {
+    path: String,
+}
+
+/// The container path `path` on this host: below `$BERTH_ROOT` when set (process runtime), else as is.
+fn container_path(path: &str) -> Option<std::path::PathBuf> {
+    if !path.starts_with('/') || path.split('/').any(|seg| seg == "..") {
+        return None;
+    }
+    Some(match std::env::var_os("BERTH_ROOT").filter(|r| !r.is_empty()) {
+        Some(root) => std::path::PathBuf::from(root).join(path.trim_start_matches('/')),
+        None => std::path::PathBuf::from(path),
+    })
+}
+
+async fn file(Query(q): Query<FileQuery>) -> impl IntoResponse {
+    let Some(p) = container_path(&q.path) else {
+        return (StatusCode::BAD_REQUEST, format!("path {:?}: expected an absolute path without '..'\n", q.path))
+            .into_response();
+    };
+    match tokio::fs::read(&p).await {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (StatusCode::NOT_FOUND, format!("{}: not found\n", q.path)).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {e}\n", q.path)).into_response(),
+    }
+}
+
 async fn healthz(State(s): State<Arc<Echo>>) -> impl IntoResponse {
     if s.healthy.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n")
@@ -125,6 +165,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/", get(root))
         .route("/healthz", get(healthz))
+        .route("/env/{name}", get(env_var))
+        .route("/file", get(file))
         .route("/control/slow", post(slow).get(slow))
         .route("/control/fail-health", post(fail_health).get(fail_health))
         .route("/control/heal", post(heal).get(heal))
@@ -184,6 +226,16 @@ pub fn parse_args(args: &[String]) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::container_path;
+
+    #[test]
+    fn container_paths_stay_below_the_root() {
+        assert!(container_path("relative").is_none());
+        assert!(container_path("/etc/../../x").is_none());
+        let p = container_path("/etc/config/a").unwrap();
+        assert!(p.ends_with("etc/config/a"), "{}", p.display());
+    }
+
     use super::*;
 
     #[test]

@@ -24,7 +24,8 @@ fn require_all() -> bool {
 }
 
 async fn docker_or_skip(node: &str) -> Option<DockerRuntime> {
-    match DockerRuntime::connect(node).await {
+    let volumes = std::env::temp_dir().join(format!("berth-test-volumes-{}-{node}", std::process::id()));
+    match DockerRuntime::connect(node, volumes).await {
         Ok(d) => Some(d),
         Err(e) if require_all() => {
             panic!("docker is required (BERTH_REQUIRE_ALL=1) but unavailable: {e}")
@@ -134,12 +135,17 @@ async fn agent_with_docker_runtime_runs_and_deletes_a_pod() {
     cfg.runtime = RuntimeKind::Docker;
     cfg.backoff = Backoff { initial: Duration::from_millis(200), ..Backoff::default() };
     let cp = MemoryControlPlane::new();
+    cp.put_config_map("default", "dcfg", [("greeting".to_string(), "hello-docker".to_string())].into());
+    cp.put_secret("default", "dsec", [("token".to_string(), "t0ken".to_string())].into());
     cp.put_pod(json!({
         "metadata": {"name": "dpod", "namespace": "default", "uid": "uid-dpod"},
-        "spec": {"nodeName": "docker-agent-node", "terminationGracePeriodSeconds": 5, "containers": [{
+        "spec": {"nodeName": "docker-agent-node", "terminationGracePeriodSeconds": 5,
+            "volumes": [{"name": "cfg", "configMap": {"name": "dcfg"}}, {"name": "sec", "secret": {"secretName": "dsec"}}],
+            "containers": [{
             "name": "app", "image": IMAGE, "command": ["berth", "echo"],
             "ports": [{"containerPort": 8080}],
             "resources": {"limits": {"memory": "32Mi"}},
+            "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}, {"name": "sec", "mountPath": "/run/sec"}],
             "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}
         }]}
     }));
@@ -170,6 +176,16 @@ async fn agent_with_docker_runtime_runs_and_deletes_a_pod() {
         .trim_start_matches("docker://")
         .to_string();
     assert_eq!(docker_cli(&["inspect", "-f", "{{.HostConfig.Memory}}", &id]), (32u64 << 20).to_string());
+    // ConfigMap and Secret volumes are read-only bind mounts at their mount paths.
+    let mounts = docker_cli(&["inspect", "-f", "{{range .Mounts}}{{.Destination}}:{{.RW}} {{end}}", &id]);
+    assert!(mounts.contains("/etc/cfg:false") && mounts.contains("/run/sec:false"), "{mounts}");
+    let port = p["status"]["containerStatuses"][0]["ports"][0]["hostPort"].as_u64().expect("host port");
+    let read = async |path: &str| -> String {
+        let url = format!("http://127.0.0.1:{port}/file?path={path}");
+        reqwest::get(&url).await.expect("echo answers").text().await.expect("body")
+    };
+    assert_eq!(read("/etc/cfg/greeting").await, "hello-docker");
+    assert_eq!(read("/run/sec/token").await, "t0ken");
     let bad = eventually("missing image reason", 30, async || {
         cp.pod("default", "noimage").filter(|p| p.to_string().contains("ErrImageNeverPull"))
     })

@@ -386,3 +386,49 @@ async fn logs_endpoint_serves_current_container() {
     assert_eq!(r.status().as_u16(), 404, "no previous run yet");
     h.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn missing_config_map_waits_with_a_reason_and_starts_when_it_appears() {
+    let h = start_agent(MemoryControlPlane::new(), Arc::new(FakeRuntime::default()), false);
+    let mut p = pod(
+        "cfg",
+        json!({"name": "app", "command": ["berth", "echo"],
+               "env": [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}}],
+               "volumeMounts": [{"name": "creds", "mountPath": "/etc/creds"}]}),
+    );
+    p["spec"]["volumes"] =
+        json!([{"name": "creds", "secret": {"secretName": "db", "items": [{"key": "pw", "path": "password"}]}}]);
+    h.cp.put_pod(p);
+    h.cp.put_pod(pod("good", json!({"name": "app", "command": ["berth", "echo"]})));
+    let p = h
+        .until("cfg", "CreateContainerConfigError", |p| {
+            cstatus(p)["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+        })
+        .await;
+    assert_eq!(cstatus(&p)["state"]["waiting"]["message"], "configmap \"settings\" not found");
+    h.until("good", "ready while the other waits", ready).await;
+    h.cp.put_config_map("default", "settings", [("greeting".to_string(), "hello".to_string())].into());
+    let p = h
+        .until("cfg", "secret not found", |p| cstatus(p)["state"]["waiting"]["message"] == "secret \"db\" not found")
+        .await;
+    assert_eq!(cstatus(&p)["restartCount"], 0, "a configuration error is not a crash");
+    h.cp.put_secret("default", "db", [("pw".to_string(), "hunter2".to_string())].into());
+    let appeared = Instant::now();
+    h.until("cfg", "running", |p| cstatus(p)["state"]["running"].is_object()).await;
+    assert!(appeared.elapsed() <= Duration::from_secs(10), "retried within the initial back-off");
+    assert!(!h.cp.pod("default", "cfg").unwrap().to_string().contains("hunter2"), "no secret in status");
+    {
+        let containers = h.rt.containers.lock();
+        let c = containers.values().find(|c| c.spec.pod == "cfg").expect("started");
+        assert!(c.spec.env.contains(&("GREETING".to_string(), "hello".to_string())));
+        let m = &c.spec.mounts[0];
+        assert_eq!((m.mount_path.as_str(), m.read_only), ("/etc/creds", true));
+        assert_eq!(m.files.len(), 1);
+        assert_eq!(
+            (m.files[0].path.as_str(), m.files[0].data.as_slice(), m.files[0].mode),
+            ("password", &b"hunter2"[..], 0o600)
+        );
+        assert!(!format!("{:?}", c.spec).contains("hunter2"), "StartSpec's Debug hides values");
+    }
+    h.shutdown().await;
+}

@@ -274,8 +274,13 @@ pub async fn diff(args: DiffArgs) -> Result<ExitCode> {
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e).with_context(|| name.clone()),
         };
-        let before = live.as_ref().map(|l| to_yaml(&desired_view(l))).transpose()?.unwrap_or_default();
-        let after = to_yaml(&desired_view(&d.object))?;
+        let mut live_view = live.as_ref().map(desired_view);
+        let mut desired = desired_view(&d.object);
+        if d.kind == model::Kind::Secret {
+            output::mask_secret_diff(live_view.as_mut(), &mut desired);
+        }
+        let before = live_view.as_ref().map(to_yaml).transpose()?.unwrap_or_default();
+        let after = to_yaml(&desired)?;
         if before != after {
             differs = true;
             let label = if d.kind.namespaced() { format!("{}/{}", d.namespace, name) } else { name.clone() };

@@ -36,7 +36,49 @@ fn n(v: &Value, pointer: &str) -> i64 {
     v.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
+/// Replace every value of a Secret's `data`/`stringData` with its size, `<N bytes>`: the CLI never prints
+/// Secret values (JSON, YAML and describe alike). The API still returns them to authenticated clients.
+pub fn redact_secret(v: &mut Value) {
+    for section in ["data", "stringData"] {
+        if let Some(Value::Object(data)) = v.get_mut(section) {
+            for (_, val) in data.iter_mut() {
+                let len = val.as_str().map_or(0, |x| decoded_len(x, section == "data"));
+                *val = Value::String(format!("<{len} bytes>"));
+            }
+        }
+    }
+}
+
+/// Mask a Secret's values for `berth diff` as `kubectl diff` does: `***` where both sides agree,
+/// `*** (before)` / `*** (after)` where they differ, so a change shows without its content.
+pub fn mask_secret_diff(before: Option<&mut Value>, after: &mut Value) {
+    let value_of = |v: &Value, k: &str| v.pointer(&format!("/data/{k}")).cloned();
+    let before_copy = before.as_deref().cloned().unwrap_or(Value::Null);
+    let after_copy = after.clone();
+    let mask = |v: &mut Value, other: &Value, side: &str| {
+        if let Some(Value::Object(data)) = v.get_mut("data") {
+            for (k, val) in data.iter_mut() {
+                let same = value_of(other, k).as_ref() == Some(val);
+                *val = Value::String(if same { "***".into() } else { format!("*** ({side})") });
+            }
+        }
+    };
+    if let Some(b) = before {
+        mask(b, &after_copy, "before");
+    }
+    mask(after, &before_copy, "after");
+}
+
 pub fn print_one(kind: Kind, obj: &Value, format: Format) -> Result<()> {
+    if kind == Kind::Secret {
+        let mut redacted = obj.clone();
+        redact_secret(&mut redacted);
+        return print_one_raw(kind, &redacted, format);
+    }
+    print_one_raw(kind, obj, format)
+}
+
+fn print_one_raw(kind: Kind, obj: &Value, format: Format) -> Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(obj)?),
         Format::Yaml => print!("{}", super::to_yaml(obj)?),
@@ -47,6 +89,20 @@ pub fn print_one(kind: Kind, obj: &Value, format: Format) -> Result<()> {
 }
 
 pub fn print_list(kind: Kind, items: &[Value], format: Format, with_namespace: bool) -> Result<()> {
+    let redacted: Vec<Value>;
+    let items = if kind == Kind::Secret {
+        redacted = items
+            .iter()
+            .map(|i| {
+                let mut i = i.clone();
+                redact_secret(&mut i);
+                i
+            })
+            .collect();
+        &redacted[..]
+    } else {
+        items
+    };
     let wide = match format {
         Format::Json => {
             println!("{}", serde_json::to_string_pretty(&json!({ "items": items }))?);
@@ -373,16 +429,9 @@ pub fn describe(kind: Kind, v: &Value) -> String {
         for k in ["apiVersion", "kind", "metadata"] {
             m.remove(k);
         }
-        if kind == Kind::Secret {
-            for section in ["data", "stringData"] {
-                if let Some(Value::Object(data)) = m.get_mut(section) {
-                    for (_, val) in data.iter_mut() {
-                        let len = val.as_str().map_or(0, |x| decoded_len(x, section == "data"));
-                        *val = Value::String(format!("<{len} bytes>"));
-                    }
-                }
-            }
-        }
+    }
+    if kind == Kind::Secret {
+        redact_secret(&mut body);
     }
     if let Some(m) = body.as_object() {
         for (k, val) in m {
@@ -402,8 +451,9 @@ pub fn describe(kind: Kind, v: &Value) -> String {
 
 fn decoded_len(s: &str, base64: bool) -> usize {
     if base64 {
-        let pad = s.bytes().rev().take_while(|b| *b == b'=').count();
-        (s.len() / 4) * 3 - pad.min(2)
+        let len = s.bytes().filter(|b| !b.is_ascii_whitespace()).count();
+        let pad = s.bytes().rev().filter(|b| !b.is_ascii_whitespace()).take_while(|b| *b == b'=').count();
+        ((len / 4) * 3).saturating_sub(pad.min(2))
     } else {
         s.len()
     }

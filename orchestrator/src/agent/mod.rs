@@ -304,7 +304,9 @@ pub async fn build_runtime(config: &AgentConfig) -> Result<Arc<dyn Runtime>, Age
             pc.port_range = config.port_range.clone();
             runtime::process::ProcessRuntime::open(pc).await?
         }
-        RuntimeKind::Docker => Arc::new(runtime::docker::DockerRuntime::connect(&config.node_name).await?),
+        RuntimeKind::Docker => Arc::new(
+            runtime::docker::DockerRuntime::connect(&config.node_name, config.data_dir.join("docker-volumes")).await?,
+        ),
     })
 }
 

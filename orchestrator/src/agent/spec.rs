@@ -35,6 +35,51 @@ pub struct PodSpecView {
     pub restart_policy: Option<String>,
     pub node_name: Option<String>,
     pub termination_grace_period_seconds: Option<i64>,
+    pub volumes: Vec<VolumeView>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VolumeView {
+    pub name: String,
+    pub config_map: Option<ConfigMapVolumeView>,
+    pub secret: Option<SecretVolumeView>,
+    pub empty_dir: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConfigMapVolumeView {
+    pub name: String,
+    pub items: Vec<KeyToPathView>,
+    pub default_mode: Option<i64>,
+    pub optional: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SecretVolumeView {
+    pub secret_name: String,
+    pub items: Vec<KeyToPathView>,
+    pub default_mode: Option<i64>,
+    pub optional: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct KeyToPathView {
+    pub key: String,
+    pub path: String,
+    pub mode: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VolumeMountView {
+    pub name: String,
+    pub mount_path: String,
+    pub read_only: bool,
+    pub sub_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -52,6 +97,7 @@ pub struct ContainerView {
     pub readiness_probe: Option<ProbeView>,
     pub startup_probe: Option<ProbeView>,
     pub working_dir: Option<String>,
+    pub volume_mounts: Vec<VolumeMountView>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -291,8 +337,8 @@ pub struct EnvSources {
     pub secrets: HashMap<String, BTreeMap<String, String>>,
 }
 
-/// The names of the ConfigMaps and Secrets a container's environment refers to.
-pub fn referenced_sources(c: &ContainerView) -> (Vec<String>, Vec<String>) {
+/// The names of the ConfigMaps and Secrets a container refers to: its environment and the volumes it mounts.
+pub fn referenced_sources(pod: &PodView, c: &ContainerView) -> (Vec<String>, Vec<String>) {
     let mut cms = Vec::new();
     let mut secrets = Vec::new();
     for e in &c.env {
@@ -311,6 +357,16 @@ pub fn referenced_sources(c: &ContainerView) -> (Vec<String>, Vec<String>) {
         }
         if let Some(r) = &ef.secret_ref {
             secrets.push(r.name.clone());
+        }
+    }
+    for m in &c.volume_mounts {
+        if let Some(v) = pod.spec.volumes.iter().find(|v| v.name == m.name) {
+            if let Some(cm) = &v.config_map {
+                cms.push(cm.name.clone());
+            }
+            if let Some(s) = &v.secret {
+                secrets.push(s.secret_name.clone());
+            }
         }
     }
     cms.sort();
@@ -332,6 +388,10 @@ pub enum EnvError {
     KeyNotFound { source_kind: &'static str, name: String, key: String },
     #[error("env {0}: unsupported fieldRef {1:?}")]
     UnsupportedField(String, String),
+    #[error("volumeMounts: no volume named {0:?} in the pod")]
+    NoSuchVolume(String),
+    #[error("{path}: {message}")]
+    InvalidVolume { path: String, message: String },
 }
 
 /// Facts the downward API (`fieldRef`) may expose.
@@ -399,6 +459,180 @@ pub fn resolve_env(
         if let Some(v) = value {
             set(&mut out, e.name.clone(), v);
         }
+    }
+    Ok(out)
+}
+
+/// Default file mode of ConfigMap volume files (Kubernetes' default).
+pub const CONFIG_MAP_DEFAULT_MODE: u32 = 0o644;
+/// Default file mode of Secret volume files: owner-only, because the process runtime writes them to the host
+/// file system (Kubernetes uses 0644 inside a container's private mount namespace).
+pub const SECRET_DEFAULT_MODE: u32 = 0o600;
+
+/// One file of a materialised volume. `Debug` prints no content: it may be a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MountFile {
+    /// Relative to the mount path; empty when the mount path itself is this file (a `subPath` naming a key).
+    pub path: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for MountFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountFile")
+            .field("path", &self.path)
+            .field("bytes", &self.data.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
+}
+
+/// A volume as one container sees it: what to put at `mount_path` (a path inside the container).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mount {
+    pub volume: String,
+    /// Absolute container path (validated: no `..`).
+    pub mount_path: String,
+    pub read_only: bool,
+    /// An `emptyDir`: created once per pod and kept across container restarts; `files` is empty.
+    pub scratch: bool,
+    /// The volume's files, written afresh at every container start.
+    pub files: Vec<MountFile>,
+}
+
+fn check_mode(path: String, mode: Option<i64>, default: u32) -> Result<u32, EnvError> {
+    match mode {
+        None => Ok(default),
+        Some(m) if (0..=0o777).contains(&m) => Ok(m as u32),
+        Some(m) => Err(EnvError::InvalidVolume { path, message: format!("mode {m} is outside 0..=0777 (511)") }),
+    }
+}
+
+/// A key's files per Kubernetes: every key as a file named after it, or only `items` (key -> path).
+fn volume_files(
+    kind: &'static str,
+    name: &str,
+    values: Option<&BTreeMap<String, String>>,
+    items: &[KeyToPathView],
+    default_mode: u32,
+    optional: bool,
+    vpath: &str,
+) -> Result<Vec<MountFile>, EnvError> {
+    let Some(values) = values else {
+        return match (optional, kind) {
+            (true, _) => Ok(Vec::new()),
+            (false, "secret") => Err(EnvError::SecretNotFound(name.to_string())),
+            (false, _) => Err(EnvError::ConfigMapNotFound(name.to_string())),
+        };
+    };
+    if items.is_empty() {
+        return Ok(values
+            .iter()
+            .map(|(k, v)| MountFile { path: k.clone(), data: v.as_bytes().to_vec(), mode: default_mode })
+            .collect());
+    }
+    let mut files = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let ip = format!("{vpath}.items[{i}]");
+        if it.path.is_empty() || it.path.starts_with('/') || it.path.split('/').any(|s| s == "..") {
+            return Err(EnvError::InvalidVolume {
+                path: format!("{ip}.path"),
+                message: "must be a relative path without '..'".into(),
+            });
+        }
+        let mode = check_mode(format!("{ip}.mode"), it.mode, default_mode)?;
+        match values.get(&it.key) {
+            Some(v) => files.push(MountFile { path: it.path.clone(), data: v.as_bytes().to_vec(), mode }),
+            None if optional => {}
+            None => {
+                return Err(EnvError::KeyNotFound { source_kind: kind, name: name.to_string(), key: it.key.clone() })
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The volumes a container mounts, with their content resolved from already-fetched ConfigMaps and Secrets.
+/// A missing non-optional object or key is an error, as for the environment.
+pub fn resolve_mounts(pod: &PodView, c: &ContainerView, sources: &EnvSources) -> Result<Vec<Mount>, EnvError> {
+    let mut out = Vec::new();
+    for m in &c.volume_mounts {
+        let (vi, v) = pod
+            .spec
+            .volumes
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.name == m.name)
+            .ok_or_else(|| EnvError::NoSuchVolume(m.name.clone()))?;
+        let vpath = format!("volumes[{vi}]");
+        if !m.mount_path.starts_with('/')
+            || m.mount_path.trim_matches('/').is_empty()
+            || m.mount_path.split('/').any(|s| s == "..")
+        {
+            return Err(EnvError::InvalidVolume {
+                path: format!("containers[{}].volumeMounts.mountPath", c.name),
+                message: format!("{:?} must be an absolute path below / without '..'", m.mount_path),
+            });
+        }
+        let mut mount = Mount {
+            volume: m.name.clone(),
+            mount_path: m.mount_path.clone(),
+            read_only: m.read_only,
+            scratch: false,
+            files: Vec::new(),
+        };
+        if let Some(cm) = &v.config_map {
+            let vp = format!("{vpath}.configMap");
+            let mode = check_mode(format!("{vp}.defaultMode"), cm.default_mode, CONFIG_MAP_DEFAULT_MODE)?;
+            let values = sources.config_maps.get(&cm.name);
+            let optional = cm.optional == Some(true);
+            mount.files = volume_files("configmap", &cm.name, values, &cm.items, mode, optional, &vp)?;
+            // ConfigMap and Secret volumes are read-only in Kubernetes whatever the mount says.
+            mount.read_only = true;
+        } else if let Some(s) = &v.secret {
+            let vp = format!("{vpath}.secret");
+            let mode = check_mode(format!("{vp}.defaultMode"), s.default_mode, SECRET_DEFAULT_MODE)?;
+            let values = sources.secrets.get(&s.secret_name);
+            let optional = s.optional == Some(true);
+            mount.files = volume_files("secret", &s.secret_name, values, &s.items, mode, optional, &vp)?;
+            mount.read_only = true;
+        } else if v.empty_dir.is_some() {
+            mount.scratch = true;
+        } else {
+            return Err(EnvError::InvalidVolume {
+                path: vpath,
+                message: "exactly one of configMap, secret, emptyDir must be set".into(),
+            });
+        }
+        if let Some(sub) = m.sub_path.as_deref().map(|s| s.trim_matches('/')).filter(|s| !s.is_empty()) {
+            if sub.split('/').any(|s| s == "..") {
+                return Err(EnvError::InvalidVolume {
+                    path: format!("containers[{}].volumeMounts.subPath", c.name),
+                    message: "must be a relative path without '..'".into(),
+                });
+            }
+            if mount.scratch {
+                return Err(EnvError::InvalidVolume {
+                    path: format!("containers[{}].volumeMounts.subPath", c.name),
+                    message: "subPath of an emptyDir volume is not supported".into(),
+                });
+            }
+            let dir = format!("{sub}/");
+            mount.files = std::mem::take(&mut mount.files)
+                .into_iter()
+                .filter_map(|mut f| {
+                    if f.path == sub {
+                        f.path = String::new();
+                        Some(f)
+                    } else {
+                        f.path = f.path.strip_prefix(&dir)?.to_string();
+                        Some(f)
+                    }
+                })
+                .collect();
+        }
+        out.push(mount);
     }
     Ok(out)
 }
@@ -522,5 +756,114 @@ mod tests {
         let v = secret_values(&s);
         assert_eq!(v.get("a").map(String::as_str), Some("hello"));
         assert_eq!(v.get("b").map(String::as_str), Some("plain"));
+    }
+
+    fn mount_pod() -> PodView {
+        PodView::from_json(&json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "volumes": [
+                    {"name": "conf", "configMap": {"name": "cm", "items": [{"key": "a", "path": "sub/a.txt"}]}},
+                    {"name": "all", "configMap": {"name": "cm", "defaultMode": 0o640}},
+                    {"name": "creds", "secret": {"secretName": "sec"}},
+                    {"name": "maybe", "secret": {"secretName": "none", "optional": true}},
+                    {"name": "scratch", "emptyDir": {}}
+                ],
+                "containers": [{
+                    "name": "c",
+                    "volumeMounts": [
+                        {"name": "conf", "mountPath": "/etc/conf"},
+                        {"name": "all", "mountPath": "/etc/all"},
+                        {"name": "creds", "mountPath": "/run/creds"},
+                        {"name": "maybe", "mountPath": "/run/maybe"},
+                        {"name": "scratch", "mountPath": "/tmp/s"},
+                        {"name": "all", "mountPath": "/etc/b.conf", "subPath": "b"}
+                    ]
+                }]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn mounts_resolve_items_modes_and_sub_paths() {
+        let pod = mount_pod();
+        let c = &pod.spec.containers[0];
+        let (cms, secrets) = referenced_sources(&pod, c);
+        assert_eq!((cms, secrets), (vec!["cm".to_string()], vec!["none".to_string(), "sec".to_string()]));
+        let mut src = EnvSources::default();
+        assert_eq!(resolve_mounts(&pod, c, &src), Err(EnvError::ConfigMapNotFound("cm".into())));
+        assert_eq!(EnvError::ConfigMapNotFound("cm".into()).to_string(), "configmap \"cm\" not found");
+        src.config_maps.insert("cm".into(), [("a".to_string(), "A".to_string()), ("b".into(), "B".into())].into());
+        assert_eq!(resolve_mounts(&pod, c, &src), Err(EnvError::SecretNotFound("sec".into())));
+        src.secrets.insert("sec".into(), [("pw".to_string(), "hunter2".to_string())].into());
+        let m = resolve_mounts(&pod, c, &src).unwrap();
+        let files =
+            |i: usize| m[i].files.iter().map(|f| (f.path.as_str(), f.data.as_slice(), f.mode)).collect::<Vec<_>>();
+        assert_eq!(files(0), vec![("sub/a.txt", &b"A"[..], 0o644)]);
+        assert_eq!(files(1), vec![("a", &b"A"[..], 0o640), ("b", &b"B"[..], 0o640)]);
+        assert_eq!(files(2), vec![("pw", &b"hunter2"[..], SECRET_DEFAULT_MODE)]);
+        assert!(m[2].read_only && !m[4].read_only);
+        assert!(files(3).is_empty(), "optional and absent: an empty directory");
+        assert!(m[4].scratch);
+        assert_eq!(files(5), vec![("", &b"B"[..], 0o640)], "subPath naming a key mounts one file");
+        // Debug never shows the content.
+        assert!(!format!("{m:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn mount_errors_name_the_key_or_field() {
+        let pod = PodView::from_json(&json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "volumes": [{"name": "v", "configMap": {"name": "cm", "items": [{"key": "missing", "path": "x"}]}}],
+                "containers": [{"name": "c", "volumeMounts": [{"name": "v", "mountPath": "/x"}]}]
+            }
+        }))
+        .unwrap();
+        let mut src = EnvSources::default();
+        src.config_maps.insert("cm".into(), BTreeMap::new());
+        let err = resolve_mounts(&pod, &pod.spec.containers[0], &src).unwrap_err();
+        assert_eq!(err.to_string(), "key \"missing\" not found in configmap \"cm\"");
+        let bad_mode = PodView::from_json(&json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "volumes": [{"name": "v", "secret": {"secretName": "s", "defaultMode": 4095}}],
+                "containers": [{"name": "c", "volumeMounts": [{"name": "v", "mountPath": "/x"}]}]
+            }
+        }))
+        .unwrap();
+        src.secrets.insert("s".into(), BTreeMap::new());
+        let err = resolve_mounts(&bad_mode, &bad_mode.spec.containers[0], &src).unwrap_err();
+        assert!(err.to_string().starts_with("volumes[0].secret.defaultMode:"), "{err}");
+    }
+
+    #[test]
+    fn write_volume_replaces_content_with_exact_modes() {
+        use crate::agent::runtime::write_volume;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("etc/conf");
+        let file = |path: &str, data: &str, mode| MountFile { path: path.into(), data: data.into(), mode };
+        let m = Mount {
+            volume: "v".into(),
+            mount_path: "/etc/conf".into(),
+            read_only: true,
+            scratch: false,
+            files: vec![file("a", "one", 0o600), file("d/b", "two", 0o644)],
+        };
+        write_volume(&m, &target).unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("a")).unwrap(), "one");
+        assert_eq!(std::fs::metadata(target.join("a")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(target.join("d/b")).unwrap().permissions().mode() & 0o777, 0o644);
+        // A later start sees only the new content: stale keys disappear.
+        let m2 = Mount { files: vec![file("a", "uno", 0o600)], ..m.clone() };
+        write_volume(&m2, &target).unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("a")).unwrap(), "uno");
+        assert!(!target.join("d").exists());
+        // One file at the mount path itself.
+        let single = Mount { files: vec![file("", "solo", 0o640)], mount_path: "/etc/x.conf".into(), ..m };
+        write_volume(&single, &dir.path().join("etc/x.conf")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("etc/x.conf")).unwrap(), "solo");
     }
 }

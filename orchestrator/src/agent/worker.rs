@@ -9,7 +9,9 @@ use super::control::ControlPlane;
 use super::probe::{run_probe, ProbeConfig, ProbeTracker};
 use super::restart::{should_restart, Backoff};
 use super::runtime::{Adopted, ExitInfo, Runtime, RuntimeError, StartSpec, Started};
-use super::spec::{referenced_sources, resolve_env, ContainerView, EnvSources, PodFacts, PodView};
+use super::spec::{
+    referenced_sources, resolve_env, resolve_mounts, ContainerView, EnvSources, Mount, PodFacts, PodView,
+};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -174,9 +176,10 @@ impl ContainerWorker {
         !self.stopping()
     }
 
-    async fn environment(&self) -> Result<Vec<(String, String)>, String> {
+    /// The container's environment and volumes, read from the ConfigMaps and Secrets it references now.
+    async fn environment(&self) -> Result<(Vec<(String, String)>, Vec<Mount>), String> {
         let ns = &self.pod.metadata.namespace;
-        let (cms, secrets) = referenced_sources(&self.view);
+        let (cms, secrets) = referenced_sources(&self.pod, &self.view);
         let mut sources = EnvSources::default();
         for name in cms {
             match self.ctx.control.get_config_map(ns, &name).await {
@@ -198,6 +201,7 @@ impl ContainerWorker {
         }
         let facts = PodFacts { node_name: self.ctx.node.clone(), host_ip: "127.0.0.1".into() };
         let user = resolve_env(&self.pod, &self.view, &sources, &facts).map_err(|e| e.to_string())?;
+        let mounts = resolve_mounts(&self.pod, &self.view, &sources).map_err(|e| e.to_string())?;
         let mut env = vec![
             ("POD_NAME".to_string(), self.pod.metadata.name.clone()),
             ("POD_NAMESPACE".to_string(), self.pod.metadata.namespace.clone()),
@@ -210,11 +214,11 @@ impl ContainerWorker {
                 env.push((k, v));
             }
         }
-        Ok(env)
+        Ok((env, mounts))
     }
 
     async fn start(&self, attempt: u32) -> Result<Started, (String, String)> {
-        let env = self.environment().await.map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+        let (env, mounts) = self.environment().await.map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
         let limits = self.view.limits().map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
         let spec = StartSpec {
             namespace: self.pod.metadata.namespace.clone(),
@@ -229,6 +233,7 @@ impl ContainerWorker {
             container_port: self.view.container_port(),
             limits,
             attempt,
+            mounts,
         };
         self.ctx.runtime.start(&spec).await.map_err(|e| match e {
             RuntimeError::CannotRun { reason, message } => (reason.to_string(), message),
@@ -271,8 +276,14 @@ impl ContainerWorker {
                             let _ = self.stop.wait_for(|s| *s).await;
                             break;
                         }
-                        let delay = self.ctx.backoff.delay(backoffs);
-                        backoffs += 1;
+                        // A missing ConfigMap or Secret is looked for again every initial back-off (10 s by
+                        // default) rather than at a growing delay, so a pod starts soon after it appears.
+                        let delay = if config_error {
+                            self.ctx.backoff.initial.min(self.ctx.backoff.max)
+                        } else {
+                            self.ctx.backoff.delay(backoffs)
+                        };
+                        backoffs += u32::from(!config_error);
                         self.update(|c| {
                             if !config_error {
                                 c.last_state = Some(ContainerState::Terminated {

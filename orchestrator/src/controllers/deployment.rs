@@ -15,15 +15,26 @@
 //! drain period [`Action::RemovePod`] deletes it from the store, and its agent stops the process (SIGTERM,
 //! in-flight requests finish). Terminating pods count neither towards the desired replicas nor towards surge.
 //!
+//! Config-change rollouts. A Deployment annotated `berth.dev/rollout-on-config-change: "true"` is reconciled as
+//! if its template carried the annotation `berth.dev/config-hash` = a hash of the data of every ConfigMap and
+//! Secret the template references ([`with_config_hash`]); when one of them changes, the template hash changes
+//! and the usual rolling update follows. The hash is added on the fly, never written into the Deployment, so
+//! `berth apply` of the same manifest does not fight the controller. Without the annotation nothing rolls:
+//! pods read env and files when their containers start.
+//!
 //! Not here: pods on lost nodes (see `node.rs`), endpoints (see `endpoints.rs`).
 
-use crate::model::well_known::{CHANGE_CAUSE_ANNOTATION, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
+use crate::model::well_known::{
+    CHANGE_CAUSE_ANNOTATION, CONFIG_HASH_ANNOTATION, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION,
+    ROLLOUT_ON_CONFIG_CHANGE_ANNOTATION,
+};
 use crate::model::{
-    find_condition, Condition, ConditionStatus, Deployment, DeploymentStatus, ObjectMeta, OwnerReference, Pod,
-    PodPhase, PodTemplateSpec, StrategyType, Time,
+    find_condition, Condition, ConditionStatus, ConfigMap, Deployment, DeploymentStatus, ObjectMeta, OwnerReference,
+    Pod, PodPhase, PodTemplateSpec, Secret, StrategyType, Time,
 };
 use crate::scheduler::SeededRng;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 /// Store kind (key prefix) of [`RevisionRecord`]s. Not an API kind.
@@ -127,6 +138,85 @@ pub fn template_hash(template: &PodTemplateSpec) -> String {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{:010x}", h & 0xff_ffff_ffff)
+}
+
+/// The names of the ConfigMaps and Secrets a pod template references (env, envFrom, volumes).
+pub fn referenced_config(t: &PodTemplateSpec) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut cms = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
+    for c in &t.spec.containers {
+        for e in &c.env {
+            if let Some(vf) = &e.value_from {
+                if let Some(r) = &vf.config_map_key_ref {
+                    cms.insert(r.name.clone());
+                }
+                if let Some(r) = &vf.secret_key_ref {
+                    secrets.insert(r.name.clone());
+                }
+            }
+        }
+        for ef in &c.env_from {
+            if let Some(r) = &ef.config_map_ref {
+                cms.insert(r.name.clone());
+            }
+            if let Some(r) = &ef.secret_ref {
+                secrets.insert(r.name.clone());
+            }
+        }
+    }
+    for v in &t.spec.volumes {
+        if let Some(c) = &v.config_map {
+            cms.insert(c.name.clone());
+        }
+        if let Some(s) = &v.secret {
+            secrets.insert(s.secret_name.clone());
+        }
+    }
+    (cms, secrets)
+}
+
+/// Whether the Deployment asks to roll out when its ConfigMaps or Secrets change.
+pub fn rolls_on_config_change(d: &Deployment) -> bool {
+    d.metadata.annotations.get(ROLLOUT_ON_CONFIG_CHANGE_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// SHA-256 (first 16 hex digits) of the data of the referenced ConfigMaps and Secrets, an absent one counting
+/// as absent (so its creation rolls too). A cryptographic hash because it is shown in pod annotations and
+/// covers Secret data.
+pub fn config_hash<'a>(
+    t: &PodTemplateSpec,
+    config_map: impl Fn(&str) -> Option<&'a ConfigMap>,
+    secret: impl Fn(&str) -> Option<&'a Secret>,
+) -> String {
+    let (cms, secrets) = referenced_config(t);
+    let mut parts = Vec::new();
+    for name in &cms {
+        let data = config_map(name).map(|c| (&c.data, &c.binary_data));
+        parts.push(serde_json::json!(["configmap", name, data]));
+    }
+    for name in &secrets {
+        // After normalisation every value is in `data`; `stringData` is covered for objects that skipped it.
+        let data = secret(name).map(|s| (&s.data, &s.string_data));
+        parts.push(serde_json::json!(["secret", name, data]));
+    }
+    let bytes = serde_json::to_vec(&parts).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    digest.as_ref().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Deployment as the controller reconciles it: with `berth.dev/config-hash` set in its template when it
+/// asks for config-change rollouts (unchanged otherwise).
+pub fn with_config_hash<'a>(
+    d: &Deployment,
+    config_map: impl Fn(&str) -> Option<&'a ConfigMap>,
+    secret: impl Fn(&str) -> Option<&'a Secret>,
+) -> Deployment {
+    let mut d = d.clone();
+    if rolls_on_config_change(&d) {
+        let hash = config_hash(&d.spec.template, config_map, secret);
+        d.spec.template.metadata.annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), hash);
+    }
+    d
 }
 
 /// Whether the Deployment is the controlling owner of the pod.

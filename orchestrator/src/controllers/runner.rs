@@ -17,7 +17,7 @@ use super::deployment::{self, Action, DeploymentConfig, RevisionRecord, REVISION
 use super::endpoints;
 use super::node::{self, NodeAction, NODE_STATUS_UNKNOWN};
 use crate::clock::Clock;
-use crate::model::{Condition, ConditionStatus, Deployment, Node, Pod, Route, Secret, Service, Time};
+use crate::model::{Condition, ConditionStatus, ConfigMap, Deployment, Node, Pod, Route, Secret, Service, Time};
 use crate::scheduler::SeededRng;
 use crate::store::{Key, Prefix, Store, StoreError, StoreEvent, Versioned};
 use discovery::{Change, Object, ObjectKey, Registry};
@@ -335,12 +335,14 @@ async fn run_deployments(
     seed: u64,
     mut stop: watch::Receiver<bool>,
 ) {
-    const KINDS: [&str; 3] = ["deployments", "pods", REVISIONS_KIND];
+    // ConfigMaps and Secrets only matter to Deployments with `berth.dev/rollout-on-config-change`.
+    const KINDS: [&str; 5] = ["deployments", "pods", REVISIONS_KIND, "configmaps", "secrets"];
     let mut feed = spawn_feeds(&store, &KINDS, &stop);
     let mut deployments: Cache<Deployment> = Cache::new();
     let mut pods: Cache<Pod> = Cache::new();
     let mut records: Cache<RevisionRecord> = Cache::new();
-    let mut listed = [false; 3];
+    let mut config_objects = ConfigCaches { config_maps: Cache::new(), secrets: Cache::new() };
+    let mut listed = [false; 5];
     let mut dirty: HashSet<DeployKey> = HashSet::new();
     let mut timers: HashMap<DeployKey, Instant> = HashMap::new();
     let mut rng = SeededRng::new(seed);
@@ -357,7 +359,9 @@ async fn run_deployments(
                             match kind {
                                 0 => { deployments.relist(objects); }
                                 1 => { pods.relist(objects); }
-                                _ => { records.relist(objects); }
+                                2 => { records.relist(objects); }
+                                3 => { config_objects.config_maps.relist(objects); }
+                                _ => { config_objects.secrets.relist(objects); }
                             }
                             // After any relist, look at everything again.
                             dirty.extend(all_deployment_keys(&deployments, &pods, &records));
@@ -373,6 +377,12 @@ async fn run_deployments(
                                 if let Some(o) = prev_owner.or_else(|| pods.get(&k).and_then(|(_, p)| deployment::owner_name(p).map(str::to_string))) {
                                     dirty.insert((k.namespace, o));
                                 }
+                            }
+                        }
+                        Feed::Event { kind: kind @ (3 | 4), event } => {
+                            let changed = if kind == 3 { config_objects.config_maps.apply(event) } else { config_objects.secrets.apply(event) };
+                            if let Some(k) = changed {
+                                dirty.extend(config_dependents(&deployments, &k));
                             }
                         }
                         Feed::Event { event, .. } => {
@@ -411,6 +421,7 @@ async fn run_deployments(
                 &mut deployments,
                 &mut pods,
                 &mut records,
+                &config_objects,
             )
             .await;
             match result {
@@ -436,6 +447,29 @@ fn event_owner(pods: &Cache<Pod>, event: &StoreEvent) -> Option<String> {
     pods.get(key).and_then(|(_, p)| deployment::owner_name(p).map(str::to_string))
 }
 
+/// ConfigMaps and Secrets, for config-change rollouts.
+struct ConfigCaches {
+    config_maps: Cache<ConfigMap>,
+    secrets: Cache<Secret>,
+}
+
+/// The Deployments that roll on config change and reference the ConfigMap or Secret at `key`.
+fn config_dependents(deployments: &Cache<Deployment>, key: &Key) -> Vec<DeployKey> {
+    deployments
+        .values()
+        .filter(|d| d.metadata.namespace == key.namespace && deployment::rolls_on_config_change(d))
+        .filter(|d| {
+            let (cms, secrets) = deployment::referenced_config(&d.spec.template);
+            if key.kind == "configmaps" {
+                cms.contains(&key.name)
+            } else {
+                secrets.contains(&key.name)
+            }
+        })
+        .map(|d| (d.metadata.namespace.clone(), d.metadata.name.clone()))
+        .collect()
+}
+
 fn all_deployment_keys(
     deployments: &Cache<Deployment>,
     pods: &Cache<Pod>,
@@ -454,12 +488,13 @@ fn all_deployment_keys(
 async fn reconcile_deployment(
     store: &dyn Store,
     clock: &dyn Clock,
-    config: &DeploymentConfig,
+    deploy_config: &DeploymentConfig,
     rng: &mut SeededRng,
     key: &DeployKey,
     deployments: &mut Cache<Deployment>,
     pods: &mut Cache<Pod>,
     records: &mut Cache<RevisionRecord>,
+    config: &ConfigCaches,
 ) -> Result<Option<Duration>, StoreError> {
     let (ns, name) = key;
     let dkey = Key::new("deployments", ns.clone(), name.clone());
@@ -493,7 +528,12 @@ async fn reconcile_deployment(
     let recs: Vec<RevisionRecord> =
         records.values().filter(|r| r.namespace == *ns && r.deployment == *name).cloned().collect();
     let now = clock.now();
-    let plan = deployment::reconcile(&d, &owned, &recs, now, config, rng);
+    let d = deployment::with_config_hash(
+        &d,
+        |n| config.config_maps.get(&Key::new("configmaps", ns.clone(), n)).map(|(_, c)| c),
+        |n| config.secrets.get(&Key::new("secrets", ns.clone(), n)).map(|(_, s)| s),
+    );
+    let plan = deployment::reconcile(&d, &owned, &recs, now, deploy_config, rng);
     let mut requeue = plan.requeue_after;
     for action in plan.actions {
         match action {

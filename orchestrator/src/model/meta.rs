@@ -24,6 +24,10 @@ pub mod well_known {
     pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
     /// Deployment annotation `"true"`: roll out again when a ConfigMap or Secret it references changes.
     pub const ROLLOUT_ON_CONFIG_CHANGE_ANNOTATION: &str = "berth.dev/rollout-on-config-change";
+    /// Pod template annotation the Deployment controller sets (when the Deployment has
+    /// [`ROLLOUT_ON_CONFIG_CHANGE_ANNOTATION`]) to a hash of the ConfigMaps and Secrets the template references,
+    /// so a change to them makes a new revision.
+    pub const CONFIG_HASH_ANNOTATION: &str = "berth.dev/config-hash";
 }
 
 /// A value Berth accepts because Kubernetes defines it, but does not act on. It is kept (so `get -o yaml`

@@ -20,12 +20,14 @@ use futures::stream::BoxStream;
 use std::fmt;
 use std::sync::Arc;
 
+pub mod encrypt;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod feed;
 pub mod memory;
 pub mod redb;
 
+pub use self::encrypt::EncryptingStore;
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
 

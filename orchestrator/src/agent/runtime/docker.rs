@@ -32,6 +32,8 @@ const DEFAULT_CONTAINER_PORT: u16 = 8080;
 pub struct DockerRuntime {
     docker: Docker,
     node: String,
+    /// Where ConfigMap/Secret/emptyDir volume contents are written on the host, to be bind-mounted.
+    volumes_dir: std::path::PathBuf,
 }
 
 fn derr(e: bollard::errors::Error) -> RuntimeError {
@@ -44,11 +46,39 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 
 impl DockerRuntime {
     /// Connect to the local Docker socket and agree on an API version. Fails when Docker is not reachable.
-    pub async fn connect(node: &str) -> Result<Self, RuntimeError> {
+    /// Connect to the local Docker daemon. Volume contents go below `volumes_dir` (one directory per pod).
+    pub async fn connect(node: &str, volumes_dir: impl Into<std::path::PathBuf>) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults().map_err(derr)?;
         let docker = docker.negotiate_version().await.map_err(derr)?;
         docker.ping().await.map_err(derr)?;
-        Ok(Self { docker, node: node.to_string() })
+        Ok(Self { docker, node: node.to_string(), volumes_dir: volumes_dir.into() })
+    }
+
+    fn pod_volumes(&self, namespace: &str, pod: &str, uid: &str) -> std::path::PathBuf {
+        self.volumes_dir.join(super::pod_slug(namespace, pod, uid))
+    }
+
+    /// Write the container's volumes on the host and return their bind specs (`host:container[:ro]`).
+    async fn bind_volumes(&self, spec: &StartSpec) -> Result<Vec<String>, RuntimeError> {
+        let base = self.pod_volumes(&spec.namespace, &spec.pod, &spec.pod_uid);
+        let mut binds = Vec::new();
+        for m in &spec.mounts {
+            // emptyDirs are shared by the pod's containers; ConfigMap/Secret contents are per container, as
+            // each start reads them afresh.
+            let host =
+                if m.scratch { base.join("empty").join(&m.volume) } else { base.join(&spec.container).join(&m.volume) };
+            let (mount, dest) = (m.clone(), host.clone());
+            tokio::task::spawn_blocking(move || super::write_volume(&mount, &dest))
+                .await
+                .map_err(|e| RuntimeError::io("write volume", std::io::Error::other(e)))?
+                .map_err(|e| RuntimeError::CannotRun {
+                    reason: "CreateContainerConfigError",
+                    message: format!("volume {:?} at {}: {e}", m.volume, host.display()),
+                })?;
+            let ro = if m.read_only { ":ro" } else { "" };
+            binds.push(format!("{}:{}{ro}", host.display(), m.mount_path));
+        }
+        Ok(binds)
     }
 
     pub fn client(&self) -> &Docker {
@@ -127,7 +157,9 @@ impl Runtime for DockerRuntime {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        let binds = self.bind_volumes(spec).await?;
         let host_config = HostConfig {
+            binds: (!binds.is_empty()).then_some(binds),
             memory: spec.limits.memory_bytes.map(|m| m as i64),
             nano_cpus: spec.limits.cpu_millis.map(|c| (c as i64) * 1_000_000),
             port_bindings: Some(HashMap::from([(
@@ -293,8 +325,13 @@ impl Runtime for DockerRuntime {
         Ok(Box::pin(stream))
     }
 
-    async fn cleanup_pod(&self, _namespace: &str, _pod: &str, _pod_uid: &str) -> Result<(), RuntimeError> {
-        Ok(())
+    async fn cleanup_pod(&self, namespace: &str, pod: &str, pod_uid: &str) -> Result<(), RuntimeError> {
+        let dir = self.pod_volumes(namespace, pod, pod_uid);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::io(format!("remove {}", dir.display()), e)),
+        }
     }
 }
 

@@ -12,10 +12,11 @@ use std::time::{Duration, SystemTime};
 pub mod docker;
 pub mod process;
 
-pub use crate::agent::spec::Limits;
+pub use crate::agent::spec::{Limits, Mount, MountFile};
 
-/// Everything needed to start one container (environment already resolved).
-#[derive(Debug, Clone, Default)]
+/// Everything needed to start one container (environment and volume contents already resolved). `Debug`
+/// prints environment names and mount paths only: values may be secrets.
+#[derive(Clone, Default)]
 pub struct StartSpec {
     pub namespace: String,
     pub pod: String,
@@ -31,6 +32,87 @@ pub struct StartSpec {
     pub limits: Limits,
     /// 0 for the first run; the restart count for later ones (names log files and containers).
     pub attempt: u32,
+    /// Volumes to place at their mount paths (see [`write_volume`]).
+    pub mounts: Vec<Mount>,
+}
+
+impl std::fmt::Debug for StartSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartSpec")
+            .field("namespace", &self.namespace)
+            .field("pod", &self.pod)
+            .field("pod_uid", &self.pod_uid)
+            .field("container", &self.container)
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("working_dir", &self.working_dir)
+            .field("container_port", &self.container_port)
+            .field("limits", &self.limits)
+            .field("attempt", &self.attempt)
+            .field("mounts", &self.mounts)
+            .finish()
+    }
+}
+
+/// Write a ConfigMap/Secret volume's files at `target` (a directory, or a file when the mount is one file),
+/// replacing what an earlier start left there; an `emptyDir` is only created. Files get their mode exactly
+/// (not masked by the umask); directories are owner-only, since the files may be secrets.
+pub fn write_volume(mount: &Mount, target: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let mkdir = |d: &std::path::Path| std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d);
+    if mount.scratch {
+        return mkdir(target);
+    }
+    let write_file = |path: &std::path::Path, f: &MountFile| -> std::io::Result<()> {
+        if let Some(parent) = path.parent() {
+            mkdir(parent)?;
+        }
+        // Written under a temporary name and renamed, so a reader never sees half a file.
+        let tmp = path
+            .with_file_name(format!(".{}.berth-tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("volume")));
+        let _ = std::fs::remove_file(&tmp);
+        let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        out.write_all(&f.data)?;
+        out.set_permissions(std::fs::Permissions::from_mode(f.mode))?;
+        drop(out);
+        std::fs::rename(&tmp, path)
+    };
+    if let [f] = mount.files.as_slice() {
+        if f.path.is_empty() {
+            if target.is_dir() {
+                std::fs::remove_dir_all(target)?;
+            }
+            return write_file(target, f);
+        }
+    }
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(target)?,
+        Ok(_) => std::fs::remove_file(target)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    mkdir(target)?;
+    for f in &mount.files {
+        if f.path.is_empty() || f.path.starts_with('/') || f.path.split('/').any(|s| s == "..") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("volume {}: invalid file path {:?}", mount.volume, f.path),
+            ));
+        }
+        write_file(&target.join(&f.path), f)?;
+    }
+    Ok(())
+}
+
+/// The environment variable that tells a process-runtime container where a volume is mounted:
+/// `BERTH_MOUNT_` and the volume name upper-cased with `-`/`.` as `_`.
+pub fn mount_env_name(volume: &str) -> String {
+    let up: String =
+        volume.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("BERTH_MOUNT_{up}")
 }
 
 /// A container that runs (or ran) now.

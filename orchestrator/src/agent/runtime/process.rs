@@ -417,6 +417,22 @@ impl Runtime for ProcessRuntime {
         for d in [&workdir, &logs] {
             tokio::fs::create_dir_all(d).await.map_err(|e| RuntimeError::io(format!("create {}", d.display()), e))?;
         }
+        // A process has no mount namespace: the pod's `work` directory stands for the container's root, so
+        // mountPath /etc/config is <pod dir>/work/etc/config (as workingDir /app is <pod dir>/work/app).
+        let root = pod_dir.join("work");
+        let mut mount_env = Vec::new();
+        for m in &spec.mounts {
+            let target = root.join(m.mount_path.trim_start_matches('/'));
+            let (mount, dest) = (m.clone(), target.clone());
+            tokio::task::spawn_blocking(move || super::write_volume(&mount, &dest))
+                .await
+                .map_err(|e| RuntimeError::io("write volume", std::io::Error::other(e)))?
+                .map_err(|e| RuntimeError::CannotRun {
+                    reason: "CreateContainerConfigError",
+                    message: format!("volume {:?} at {}: {e}", m.volume, target.display()),
+                })?;
+            mount_env.push((super::mount_env_name(&m.volume), target));
+        }
         let exe = self.resolve_exe(program, &workdir)?;
         let id = format!(
             "{}_{}_{}",
@@ -435,6 +451,8 @@ impl Runtime for ProcessRuntime {
         let mut cmd = self.base_command(&exe, &workdir);
         cmd.args(spec.command.iter().skip(1)).args(&spec.args);
         cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd.env("BERTH_ROOT", &root);
+        cmd.envs(mount_env);
         cmd.env("PORT", port.to_string());
         if let Some(cp) = spec.container_port {
             cmd.env("CONTAINER_PORT", cp.to_string());
