@@ -19,8 +19,13 @@ pub struct Server {
 impl Server {
     /// Start `berth server` on a free port with `dir` as data dir; waits until it prints its address.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Self::start_at(dir, "127.0.0.1:0", extra)
+    }
+
+    /// As [`Server::start`] on a given API address (to restart a server where its clients expect it).
+    pub fn start_at(dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(BERTH)
-            .args(["server", "--api-listen", "127.0.0.1:0", "--data-dir"])
+            .args(["server", "--api-listen", listen, "--data-dir"])
             .arg(dir)
             .args(extra)
             .stdout(Stdio::piped())

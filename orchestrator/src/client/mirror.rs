@@ -77,7 +77,7 @@ impl MirrorConfig {
             server: server.trim_end_matches('/').to_string(),
             token,
             backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(2),
             idle_timeout: crate::api::DISCOVERY_HEARTBEAT * 3,
         }
     }
