@@ -162,3 +162,29 @@ fn replace_all_writes_only_differences() {
         vec![Change::Put(endpoint("edit", 30)), Change::Delete(key("gone")), Change::Put(endpoint("new", 4))]
     );
 }
+
+/// Registry write on the server to the same change applied in the mirror, over loopback HTTP: printed for
+/// the record (debug build, shared machine), bounded generously so only a broken mirror fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_propagation_latency() {
+    let server = Arc::new(Registry::new());
+    server.mark_synced();
+    let (_api, addr) = ApiServer::start(server.clone(), "127.0.0.1:0".parse().unwrap());
+    let local = Arc::new(Registry::new());
+    let mirror =
+        Mirror::start(MirrorConfig::new(&format!("http://{addr}"), Some(TOKEN.into())), local.clone()).unwrap();
+    assert!(mirror.wait_synced(Duration::from_secs(20)).await);
+    let mut samples = Vec::new();
+    for i in 0..200u16 {
+        let before = local.revision();
+        let start = Instant::now();
+        server.put(endpoint("e", 1000 + i));
+        tokio::time::timeout(Duration::from_secs(10), local.changed_since(before)).await.expect("change mirrored");
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let (p50, p99) = (samples[samples.len() / 2], samples[samples.len() * 99 / 100]);
+    println!("mirror propagation over loopback: p50 {p50:?} p99 {p99:?} (200 writes)");
+    assert!(p99 < Duration::from_secs(2), "p99 {p99:?}");
+    assert_eq!(local.snapshot().endpoint("default", "e").unwrap().ports[0].port, 1199);
+}
