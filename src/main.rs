@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod cli;
 mod datadir;
+mod dataplane;
 mod echo_cmd;
 mod roles;
 
@@ -47,6 +48,10 @@ enum Command {
     Delete(cli::DeleteArgs),
     /// Show what `apply` would change (exit 0: no difference, 1: differences, 2: error).
     Diff(cli::DiffArgs),
+    /// Run the ingress proxy alone: mirror a server's registry (--server) or serve a static file (-c FILE).
+    Proxy(dataplane::ProxyArgs),
+    /// Run the DNS server alone, answering from a registry mirrored from a server (--server).
+    Dns(dataplane::DnsArgs),
     /// Run a node agent: register a node, run the pods bound to it, report their status.
     Agent(agent_cmd::AgentArgs),
     /// Print a pod's logs (from the agent that runs it).
@@ -84,6 +89,8 @@ fn main() -> ExitCode {
             Command::Describe(a) => cli::describe(a).await.map(|_| ExitCode::SUCCESS),
             Command::Delete(a) => cli::delete(a).await.map(|_| ExitCode::SUCCESS),
             Command::Diff(a) => cli::diff(a).await,
+            Command::Proxy(a) => dataplane::proxy(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Dns(a) => dataplane::dns(a).await.map(|_| ExitCode::SUCCESS),
             Command::Agent(a) => agent_cmd::agent(a).await.map(|_| ExitCode::SUCCESS),
             Command::Logs(a) => agent_cmd::logs(a).await.map(|_| ExitCode::SUCCESS),
             Command::Echo(a) => echo_cmd::echo(a).await,

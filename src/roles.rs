@@ -1,5 +1,5 @@
-//! Server-side roles of the binary: `berth server` and `berth up` (the agent, proxy and DNS roles join as
-//! they land).
+//! Server-side roles of the binary: `berth server` and `berth up` (the standalone proxy and DNS are in
+//! `dataplane`, the agent in `agent_cmd`).
 
 use crate::datadir;
 use anyhow::{Context, Result};
@@ -73,10 +73,10 @@ struct ControlPlane {
 
 /// A shutdown signal shared by every part of one process.
 #[derive(Clone)]
-struct Stop(watch::Receiver<bool>);
+pub(crate) struct Stop(watch::Receiver<bool>);
 
 impl Stop {
-    fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(crate) fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.0.clone();
         async move {
             let _ = rx.wait_for(|stopped| *stopped).await;
@@ -85,7 +85,7 @@ impl Stop {
 }
 
 /// Fires the returned [`Stop`] on Ctrl-C or SIGTERM.
-fn stop_on_signal() -> Stop {
+pub(crate) fn stop_on_signal() -> Stop {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

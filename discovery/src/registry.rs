@@ -38,6 +38,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -440,6 +442,11 @@ pub struct Registry {
     writer: Mutex<()>,
     changed: Notify,
     history_limit: usize,
+    /// Identifies this registry instance, so a remote follower can tell a restarted source (whose revisions
+    /// start again from zero) from the one it followed.
+    epoch: u64,
+    /// Set by the writer once the registry holds a complete view of its source (see [`Registry::mark_synced`]).
+    synced: AtomicBool,
 }
 
 impl Default for Registry {
@@ -469,7 +476,26 @@ impl Registry {
             writer: Mutex::new(()),
             changed: Notify::new(),
             history_limit: limit.max(1),
+            epoch: new_epoch(),
+            synced: AtomicBool::new(false),
         }
+    }
+
+    /// A random identifier of this registry instance (not of its contents): a follower that sees another
+    /// epoch must re-read a snapshot instead of resuming by revision.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Record that the registry now reflects its whole source (the writer's first full publication). Until
+    /// then an empty or partial registry must not be taken for the truth by remote followers.
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Registry::mark_synced`] was called.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 
     pub fn revision(&self) -> u64 {
@@ -540,6 +566,17 @@ impl Registry {
             notified.await;
         }
     }
+}
+
+/// A per-process-random, per-instance-distinct value: std's randomly keyed hasher over the clock and a counter.
+fn new_epoch() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// How many history entries one read of the history turns into pending events; bounds the buffer of a

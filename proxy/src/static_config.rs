@@ -6,14 +6,15 @@
 
 use crate::config::ProxyConfig;
 use discovery::{
-    BalancePolicy, Certificate, Endpoint, EndpointPort, HealthCheck, Labels, Object, ObjectKey, Protocol, Registry,
-    Route, Selector, Service, ServicePort, TargetPort,
+    BalancePolicy, Certificate, Change, Endpoint, EndpointPort, HealthCheck, Labels, Object, ObjectKey, Protocol,
+    Registry, Route, Selector, Service, ServicePort, TargetPort,
 };
+use parking_lot::Mutex;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -188,37 +189,70 @@ impl StaticConfig {
 /// Everything `berth proxy -c FILE` needs: load the file, fill a registry, start the proxy with the file's
 /// settings, and keep re-applying the file when it changes (polled every second). Drop both to stop.
 pub fn start(path: &Path) -> Result<(crate::Proxy, Reloader), StaticConfigError> {
+    start_with(path, |_| {})
+}
+
+/// As [`start`], with `adjust` applied to the file's proxy settings first (command-line listener flags).
+pub fn start_with(
+    path: &Path,
+    adjust: impl FnOnce(&mut ProxyConfig),
+) -> Result<(crate::Proxy, Reloader), StaticConfigError> {
     let cfg = StaticConfig::load(path)?;
     let registry = Arc::new(Registry::new());
     let keys = apply(&registry, cfg.objects(path)?, &BTreeSet::new());
-    let proxy = crate::Proxy::start(registry.clone(), cfg.proxy.clone())?;
-    let reloader = Reloader::spawn(path.to_path_buf(), registry, keys, Duration::from_secs(1));
+    let mut settings = cfg.proxy.clone();
+    adjust(&mut settings);
+    let proxy = crate::Proxy::start(registry.clone(), settings)?;
+    let reloader = Reloader::spawn_with(path.to_path_buf(), registry, keys, cfg.proxy, Duration::from_secs(1));
     Ok((proxy, reloader))
 }
 
-/// Write `objects` into the registry, deleting keys of `previous` that are gone. Returns the new key set.
+/// Write `objects` into the registry in one batch (the proxy swaps its table once, so no request sees half a
+/// reload), deleting keys of `previous` that are gone. Returns the new key set.
 pub fn apply(registry: &Registry, objects: Vec<Object>, previous: &BTreeSet<ObjectKey>) -> BTreeSet<ObjectKey> {
     let keys: BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
-    for key in previous.difference(&keys) {
-        registry.delete(key);
-    }
-    for o in objects {
-        // An unchanged object is a no-op in the registry (no revision bump).
-        registry.put(o);
-    }
+    let mut changes: Vec<Change> = previous.difference(&keys).cloned().map(Change::Delete).collect();
+    // An unchanged object is a no-op in the registry (no revision bump).
+    changes.extend(objects.into_iter().map(Change::Put));
+    registry.apply(changes);
     keys
 }
 
-/// Polls a static file's modification time and re-applies it on change. Stops on drop.
+/// Counters of a [`Reloader`].
+#[derive(Debug, Default)]
+struct ReloadStatus {
+    reloads: AtomicU64,
+    failures: AtomicU64,
+    /// The last attempt failed: the configuration before it is still in force.
+    failing: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Polls a static file's modification time and re-applies it on change. A file that does not load (bad
+/// syntax, a wrong field, an unreadable certificate, or an empty file, typical of an editor's truncating
+/// save) is reported and ignored: the previous configuration stays in force. Stops on drop.
 pub struct Reloader {
     stop: Arc<AtomicBool>,
+    status: Arc<ReloadStatus>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Reloader {
     pub fn spawn(path: PathBuf, registry: Arc<Registry>, initial: BTreeSet<ObjectKey>, every: Duration) -> Self {
+        Self::spawn_with(path, registry, initial, ProxyConfig::default(), every)
+    }
+
+    /// `settings` are the proxy settings in force; a reload that changes them warns that a restart is needed.
+    pub fn spawn_with(
+        path: PathBuf,
+        registry: Arc<Registry>,
+        initial: BTreeSet<ObjectKey>,
+        settings: ProxyConfig,
+        every: Duration,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let status = Arc::new(ReloadStatus::default());
+        let (flag, st) = (stop.clone(), status.clone());
         let thread = std::thread::Builder::new()
             .name("berth-static-reload".into())
             .spawn(move || {
@@ -232,18 +266,68 @@ impl Reloader {
                         continue;
                     }
                     last = now;
-                    match StaticConfig::load(&path).and_then(|c| c.objects(&path)) {
-                        Ok(objects) => {
+                    st.reloads.fetch_add(1, Ordering::Relaxed);
+                    let loaded = load_for_reload(&path).and_then(|c| Ok((c.objects(&path)?, c.proxy)));
+                    match loaded {
+                        Ok((objects, proxy)) => {
                             keys = apply(&registry, objects, &keys);
-                            tracing::info!(path = %path.display(), "static proxy configuration reloaded");
+                            st.failing.store(false, Ordering::Relaxed);
+                            *st.last_error.lock() = None;
+                            if proxy != settings {
+                                tracing::warn!(path = %path.display(), "static proxy configuration reloaded, but its `proxy` settings changed: they take effect on restart");
+                            } else {
+                                tracing::info!(path = %path.display(), "static proxy configuration reloaded");
+                            }
                         }
-                        Err(e) => tracing::warn!(error = %e, "static proxy configuration not reloaded"),
+                        Err(e) => {
+                            st.failures.fetch_add(1, Ordering::Relaxed);
+                            st.failing.store(true, Ordering::Relaxed);
+                            tracing::error!(error = %e, "static proxy configuration not reloaded; the previous one stays in force");
+                            *st.last_error.lock() = Some(e.to_string());
+                        }
                     }
                 }
             })
             .ok();
-        Reloader { stop, thread }
+        Reloader { stop, status, thread }
     }
+
+    /// The error of the last reload attempt, if it failed (the previous configuration is in force).
+    pub fn last_error(&self) -> Option<String> {
+        self.status.last_error.lock().clone()
+    }
+
+    /// Prometheus text: reload attempts, failures, and whether the file on disk is the one in force.
+    pub fn metrics_text(&self) -> String {
+        let s = &self.status;
+        format!(
+            "# HELP berth_static_config_reloads_total Reloads attempted after the file changed.\n\
+             # TYPE berth_static_config_reloads_total counter\n\
+             berth_static_config_reloads_total {}\n\
+             # HELP berth_static_config_reload_failures_total Reloads refused (the previous configuration stayed).\n\
+             # TYPE berth_static_config_reload_failures_total counter\n\
+             berth_static_config_reload_failures_total {}\n\
+             # HELP berth_static_config_stale 1 when the file on disk failed to load and an older one is in force.\n\
+             # TYPE berth_static_config_stale gauge\n\
+             berth_static_config_stale {}\n",
+            s.reloads.load(Ordering::Relaxed),
+            s.failures.load(Ordering::Relaxed),
+            u8::from(s.failing.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// Load for a reload: as [`StaticConfig::load`], but an empty file is an error rather than "no routes".
+fn load_for_reload(path: &Path) -> Result<StaticConfig, StaticConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| StaticConfigError::Read { path: path.to_path_buf(), source })?;
+    if text.trim().is_empty() {
+        return Err(StaticConfigError::Parse {
+            path: path.to_path_buf(),
+            message: "the file is empty (an interrupted save?)".into(),
+        });
+    }
+    StaticConfig::parse(&text, path)
 }
 
 impl Drop for Reloader {

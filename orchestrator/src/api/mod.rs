@@ -10,7 +10,7 @@ use crate::model::{self, Kind};
 use crate::store::{Key, Prefix, Store, StoreError, StoreEvent, Versioned};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -68,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/{plural}/{name}", get(get_cluster).put(update_cluster).delete(delete_cluster))
         .route("/api/v1/{plural}/{name}/status", axum::routing::put(status_cluster))
         .route("/discovery/v1/endpoints", get(discovery_endpoints))
+        .route("/discovery/v1/snapshot", get(discovery_snapshot))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -210,6 +211,7 @@ struct Query {
     selectors: Vec<Selector>,
     namespace: Option<String>,
     revision: Option<u64>,
+    epoch: Option<String>,
     dry_run: bool,
 }
 
@@ -230,6 +232,7 @@ fn parse_query(raw: Option<String>) -> Result<Query, ApiError> {
             "selector" => q.selectors.push(parse_sel("selector")?),
             "namespace" if !v.is_empty() => q.namespace = Some(v.into_owned()),
             "revision" => q.revision = Some(parse_u64("revision")?),
+            "epoch" if !v.is_empty() => q.epoch = Some(v.into_owned()),
             "dryRun" => q.dry_run = !matches!(v.as_ref(), "false" | "0"),
             _ => {}
         }
@@ -675,27 +678,92 @@ fn stream_response(body: Body) -> Response {
 // ---------------------------------------------------------------------------------------------------------
 // Discovery
 
+/// How often an idle discovery watch sends an empty line, so a follower can tell a quiet stream from a dead
+/// connection (it gives up after a few missed heartbeats).
+pub const DISCOVERY_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The registry instance's epoch as it appears on the wire.
+pub fn epoch_string(registry: &Registry) -> String {
+    format!("{:016x}", registry.epoch())
+}
+
+/// `GET /discovery/v1/snapshot`: every registry object at one revision, for a remote mirror to start from.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DiscoverySnapshot {
+    /// The registry instance; a watch resumed with another epoch gets a `Relist`.
+    pub epoch: String,
+    pub revision: u64,
+    pub objects: Vec<discovery::Object>,
+}
+
+fn discovery_registry(s: &ApiState) -> Result<Arc<Registry>, ApiError> {
+    s.inner
+        .registry
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "this server has no registry"))
+}
+
+/// 503 until the registry's writer has published its first complete view, so that a mirror never replaces
+/// its last good state with the empty registry of a server that has just restarted.
+async fn discovery_snapshot(State(s): State<ApiState>) -> ApiResult {
+    let registry = discovery_registry(&s)?;
+    if !registry.is_synced() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NotSynced",
+            "the registry is not yet synchronized with the store (controllers starting or not running)",
+        ));
+    }
+    let snapshot = registry.snapshot();
+    let body = DiscoverySnapshot {
+        epoch: epoch_string(&registry),
+        revision: snapshot.revision(),
+        objects: snapshot.objects(&Selector::everything()),
+    };
+    let bytes = serde_json::to_vec(&body)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok((StatusCode::OK, headers, bytes).into_response())
+}
+
 /// `GET /discovery/v1/endpoints?selector=S[&selector=S2][&namespace=NS]`: ready endpoints matching any
-/// selector. `?watch=true&revision=N&selector=S`: the registry's change stream after revision N.
-async fn discovery_endpoints(State(s): State<ApiState>, method: Method, RawQuery(q): RawQuery) -> ApiResult {
-    let _ = method;
+/// selector. `?watch=true&revision=N&selector=S[&epoch=E]`: the registry's change stream after revision N,
+/// with an empty line every [`DISCOVERY_HEARTBEAT`] while idle. When `epoch` names another registry
+/// instance (the server restarted) or N is ahead of the registry, the stream is one `Relist`.
+async fn discovery_endpoints(State(s): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
     let q = parse_query(q)?;
-    let registry =
-        s.inner.registry.clone().ok_or_else(|| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "this server has no registry")
-        })?;
+    let registry = discovery_registry(&s)?;
     if q.watch {
         if q.selectors.len() > 1 {
             return Err(ApiError::bad_request("query parameter selector: a watch takes at most one selector"));
         }
-        let selector = q.selectors.into_iter().next().unwrap_or_default();
-        let from = q.revision.unwrap_or_else(|| registry.revision());
-        let watch = registry.watch(selector, from);
-        let stream = futures::stream::unfold(watch, |mut w| async move {
-            let event = w.next().await;
+        let current = registry.revision();
+        let foreign = q.epoch.as_ref().is_some_and(|e| *e != epoch_string(&registry));
+        if foreign || q.revision.is_some_and(|r| r > current) {
+            let event = discovery::WatchEvent::Relist { revision: current };
             let mut line = serde_json::to_vec(&event).unwrap_or_default();
             line.push(b'\n');
-            Some((Ok::<_, std::io::Error>(Bytes::from(line)), w))
+            return Ok(stream_response(Body::from(line)));
+        }
+        let selector = q.selectors.into_iter().next().unwrap_or_default();
+        let from = q.revision.unwrap_or(current);
+        let watch = registry.watch(selector, from);
+        let mut heartbeat = tokio::time::interval(DISCOVERY_HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        let stream = futures::stream::unfold((watch, heartbeat), |(mut w, mut hb)| async move {
+            // `Watch::next` keeps its position in the watch itself, so dropping it for a heartbeat loses nothing.
+            let line = tokio::select! {
+                event = w.next() => {
+                    let mut line = serde_json::to_vec(&event).unwrap_or_default();
+                    line.push(b'\n');
+                    hb.reset();
+                    line
+                }
+                _ = hb.tick() => b"\n".to_vec(),
+            };
+            Some((Ok::<_, std::io::Error>(Bytes::from(line)), (w, hb)))
         });
         return Ok(stream_response(Body::from_stream(stream)));
     }

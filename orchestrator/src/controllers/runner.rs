@@ -841,6 +841,8 @@ async fn run_endpoints(
         }
         if full {
             full_resync(&s, &registry);
+            // Every kind is listed, so the registry now reflects the whole store: remote mirrors may trust it.
+            registry.mark_synced();
             s.published = published_by_source(&s);
             dirty.clear();
             full = false;

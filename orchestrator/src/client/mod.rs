@@ -1,5 +1,7 @@
 //! A typed-enough HTTP client of the API server, used by the CLI and by node agents.
 
+pub mod mirror;
+
 use crate::model::Kind;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
