@@ -110,7 +110,6 @@ fn docker_pod_logs_through_the_api_and_removal() {
 kind: Pod
 metadata: {{name: dweb}}
 spec:
-  nodeName: {NODE}
   terminationGracePeriodSeconds: 5
   containers:
   - name: app
@@ -124,12 +123,15 @@ spec:
     )
     .unwrap();
     server.ok(&["apply", "-f", manifest.to_str().unwrap()]);
-    let mut pod = None;
-    wait_for("docker pod Running and Ready", Duration::from_secs(90), || {
-        pod = pod_json(&server, "dweb").filter(ready);
-        pod.is_some()
-    });
-    let pod = pod.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let pod = loop {
+        let p = pod_json(&server, "dweb");
+        match p {
+            Some(p) if ready(&p) => break p,
+            p if std::time::Instant::now() > deadline => panic!("docker pod not Running and Ready in 90 s: {p:#?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
     let id = pod["status"]["containerStatuses"][0]["containerID"]
         .as_str()
         .expect("containerID")
