@@ -1,13 +1,11 @@
-//! `berth agent` (a node agent against an API server) and `berth logs` (a pod's logs, read from the agent
-//! that runs it).
+//! `berth agent` (a node agent against an API server) and `berth logs` (a pod's logs, through the API
+//! server, which relays them from the agent that runs the pod).
 
 use crate::{cli, datadir, ClientOpts};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use futures::StreamExt;
 use orchestrator::agent::{self, Agent, AgentConfig, HttpControlPlane, RuntimeKind};
-use orchestrator::client::Client;
-use orchestrator::model::Kind;
-use serde_json::Value;
+use orchestrator::client::{Client, LogRequest};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,7 +89,7 @@ pub struct LogsArgs {
     pub follow: bool,
     /// Only the last N lines.
     #[arg(long)]
-    pub tail: Option<usize>,
+    pub tail: Option<u64>,
     /// The previous run of the container (after a restart).
     #[arg(short = 'p', long)]
     pub previous: bool,
@@ -99,51 +97,17 @@ pub struct LogsArgs {
     pub client: ClientOpts,
 }
 
-/// Find the agent of the pod's node (`status.daemonEndpoints.agentEndpoint.Port` at its `InternalIP`) and
-/// stream the logs it serves.
+/// Stream a pod's logs from the API server (`GET .../pods/POD/log`), which relays them from the agent of
+/// the pod's node; the CLI never contacts agents itself.
 pub async fn logs(args: LogsArgs) -> Result<()> {
     let client = cli::connect(&args.client)?;
-    let pod = client.get(Kind::Pod, &args.namespace, &args.pod).await?;
-    let node_name = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| anyhow!("pod {} is not bound to a node yet", args.pod))?;
-    let node = client.get(Kind::Node, "", node_name).await?;
-    let port = node
-        .pointer("/status/daemonEndpoints/agentEndpoint/Port")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| anyhow!("node {node_name} does not advertise an agent endpoint"))?;
-    let ip = node
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)
-        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
-        .and_then(|a| a["address"].as_str())
-        .unwrap_or("127.0.0.1");
-    let mut url = format!(
-        "http://{ip}:{port}/logs/{}/{}?follow={}&previous={}",
-        args.namespace, args.pod, args.follow, args.previous
-    );
-    if let Some(c) = &args.container {
-        url.push_str(&format!("&container={c}"));
-    }
-    if let Some(t) = args.tail {
-        url.push_str(&format!("&tail={t}"));
-    }
-    let dir = args.client.data_dir.clone().unwrap_or_else(datadir::default_dir);
-    let token = args.client.token.clone().or_else(|| datadir::read_token(&dir.join(datadir::TOKEN_FILE)));
-    let mut req = reqwest::Client::new().get(&url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp =
-        req.send().await.with_context(|| format!("cannot reach the agent of node {node_name} at {ip}:{port}"))?;
-    if !resp.status().is_success() {
-        let code = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        bail!("{} ({code})", text.trim());
-    }
-    let mut body = resp.bytes_stream();
+    let opts = LogRequest {
+        container: args.container.clone(),
+        follow: args.follow,
+        tail_lines: args.tail,
+        previous: args.previous,
+    };
+    let mut body = Box::pin(client.pod_logs(&args.namespace, &args.pod, &opts).await?);
     let mut out = std::io::stdout().lock();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.context("log stream broke")?;

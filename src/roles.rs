@@ -49,6 +49,13 @@ pub struct UpArgs {
     /// Proxy HTTP listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
+    /// Proxy: downstream connections served at once; more get a quick 503 (0: no limit).
+    #[arg(long, default_value_t = proxy::ProxyConfig::default().max_connections)]
+    pub max_connections: usize,
+    /// Proxy: a request header must be complete within this many milliseconds of the accept, or the
+    /// connection is closed (slowloris; 0: off).
+    #[arg(long, default_value_t = proxy::ProxyConfig::default().header_read_timeout_ms)]
+    pub header_read_timeout_ms: u64,
     /// DNS listen address (UDP and TCP).
     #[arg(long, default_value = "127.0.0.1:8053")]
     pub dns_listen: SocketAddr,
@@ -159,7 +166,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
         }));
     }
 
-    let proxy_config = proxy::ProxyConfig { http_listen: vec![args.http_listen], ..Default::default() };
+    let proxy_config = proxy::ProxyConfig {
+        http_listen: vec![args.http_listen],
+        max_connections: args.max_connections,
+        header_read_timeout_ms: args.header_read_timeout_ms,
+        ..Default::default()
+    };
     let proxy = proxy::Proxy::start(cp.registry.clone(), proxy_config)
         .with_context(|| format!("cannot start the proxy on {} (--http-listen)", args.http_listen))?;
     let http_addr = proxy.http_addr().unwrap_or(args.http_listen);

@@ -6,17 +6,41 @@ mod common;
 
 use common::{wait_for, Server, BERTH};
 use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn start_agent(server: &Server) -> Child {
-    Command::new(BERTH)
-        .args(["agent", "--name", "cli-node", "--claim-unbound", "--data-dir"])
-        .arg(&server.dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn berth agent")
+/// A `berth agent` child, killed (`SIGKILL`) on drop together with the echo processes it started, so a
+/// failed assertion leaks nothing into later tests.
+struct AgentProc(Child, PathBuf);
+
+impl AgentProc {
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in own_echo_pids(&self.1) {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+    }
+}
+
+fn start_agent(server: &Server) -> AgentProc {
+    AgentProc(
+        Command::new(BERTH)
+            .args(["agent", "--name", "cli-node", "--claim-unbound", "--data-dir"])
+            .arg(&server.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth agent"),
+        server.dir.clone(),
+    )
 }
 
 fn pod_json(server: &Server, name: &str) -> Option<Value> {
@@ -38,6 +62,29 @@ fn http_get(port: u64, path: &str) -> Option<Value> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     serde_json::from_str(buf.split("\r\n\r\n").nth(1)?).ok()
+}
+
+/// `berth echo` processes started by this test's agent: those whose working directory (the pod's, which
+/// the process runtime creates under the agent's data dir) is inside `data_dir`. Other tests running at the
+/// same time have their own data dirs, so their echo processes are not counted.
+fn own_echo_pids(data_dir: &Path) -> Vec<String> {
+    let root = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+            args == [BERTH.as_bytes(), b"echo"]
+                && std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&root))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn own_echo_processes(data_dir: &Path) -> usize {
+    own_echo_pids(data_dir).len()
 }
 
 #[test]
@@ -82,18 +129,26 @@ spec:
     assert!(table.lines().any(|l| l.starts_with("web") && l.contains("Running") && l.contains("1/1")), "{table}");
     let first = http_get(port, "/").expect("echo answers");
     assert_eq!(first["pod"], "web");
+    // Logs come through the API server, which relays them from the agent.
     let logs = server.ok(&["logs", "web"]);
     assert!(logs.contains("listening on"), "{logs}");
+    let tail = server.ok(&["logs", "web", "--tail", "1"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let fails_with = |args: &[&str], want: &str| {
+        let out = server.berth(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "berth {args:?}: {err}");
+    };
+    fails_with(&["logs", "no-such-pod"], "not found");
+    fails_with(&["logs", "web", "-c", "nope"], "node cli-node");
 
     // kill -9 the agent and start another: the same process keeps serving, nothing is duplicated.
-    let _ = agent.kill();
-    let _ = agent.wait();
+    agent.kill9();
     let mut agent = start_agent(&server);
     wait_for("pod still served by the same pid", Duration::from_secs(30), || {
         http_get(port, "/").is_some_and(|v| v["pid"] == first["pid"])
     });
-    let echoes = Command::new("sh").arg("-c").arg(format!("ps -eo args | grep -c '^{BERTH} echo$'")).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&echoes.stdout).trim(), "1", "exactly one echo process");
+    assert_eq!(own_echo_processes(dir.path()), 1, "exactly one echo process of this test");
 
     // A failing liveness probe restarts the container, visibly.
     let _ = http_get(port, "/control/fail-health");
@@ -113,10 +168,6 @@ spec:
     wait_for("web ready again", Duration::from_secs(60), || pod_json(&server, "web").is_some_and(|p| ready(&p)));
 
     server.ok(&["delete", "pod", "web"]);
-    wait_for("echo process gone", Duration::from_secs(30), || {
-        let out = Command::new("sh").arg("-c").arg(format!("ps -eo args | grep -c '^{BERTH} echo$'")).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim() == "0"
-    });
-    let _ = agent.kill();
-    let _ = agent.wait();
+    wait_for("echo process gone", Duration::from_secs(30), || own_echo_processes(dir.path()) == 0);
+    agent.kill9();
 }

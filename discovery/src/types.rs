@@ -93,6 +93,10 @@ pub struct Service {
     pub virtual_ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Upstream response statuses (e.g. 502, 503, 504) after which the proxy retries an idempotent request on
+    /// another endpoint, within its retry budget. Empty: retry only on connect failures and broken responses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on_statuses: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

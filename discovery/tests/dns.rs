@@ -53,6 +53,7 @@ fn service(ns: &str, name: &str, selector: &[(&str, &str)], vip: Option<&str>) -
         balance: Default::default(),
         virtual_ip: vip.map(|v| v.parse().unwrap()),
         health_check: None,
+        retry_on_statuses: Vec::new(),
     }
 }
 

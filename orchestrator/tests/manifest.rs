@@ -527,9 +527,11 @@ spec:
     - {name: admin, port: 9000}
   loadBalancing: {policy: consistentHash, hashOn: {header: x-user}}
   healthCheck: {path: /healthz, intervalMs: 500}
+  retry: {onStatuses: [502, 503, 504]}
 "#;
     let svc: model::Service = manifest::parse("s.yaml", src).unwrap()[0].typed().unwrap();
     let d = svc.to_discovery();
+    assert_eq!(d.retry_on_statuses, vec![502, 503, 504]);
     assert_eq!(d.selector.to_string(), "app=web");
     assert!(d.selector.matches(&[("app".to_string(), "web".to_string())].into()));
     assert_eq!(d.ports[0].target_port, discovery::TargetPort::Name("http".into()));
@@ -541,6 +543,11 @@ spec:
     assert_eq!(d.virtual_ip, Some("10.0.0.10".parse().unwrap()));
     let hc = d.health_check.unwrap();
     assert_eq!((hc.http_path.as_deref(), hc.interval_ms, hc.timeout_ms), (Some("/healthz"), 500, 1000));
+
+    // A retry status that is not an error status is refused, naming the field.
+    let bad = src.replace("[502, 503, 504]", "[503, 200]");
+    let err = manifest::parse("s.yaml", &bad).unwrap_err().to_string();
+    assert!(err.contains("spec.retry.onStatuses[1]") && err.contains("200"), "{err}");
 
     // Headless, no selector: matches no endpoint (rather than every endpoint).
     let src = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  clusterIP: None\n";

@@ -35,7 +35,14 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// Requests in flight across the proxy above which new ones get 503 at once.
     pub max_in_flight: usize,
-    /// Downstream keep-alive idle timeout.
+    /// Downstream connections served at once (HTTP and HTTPS listeners together); one more gets a `503` and
+    /// is closed at once. 0: no limit.
+    pub max_connections: usize,
+    /// A request header must be complete this long after the connection was accepted, or the connection is
+    /// closed (slowloris). 0: no deadline beyond pingora's per-read timeouts.
+    pub header_read_timeout_ms: u64,
+    /// Downstream keep-alive idle timeout: the next request's header must be complete this long after the
+    /// previous response.
     pub idle_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     /// Timeout of one upstream read or write (per try).
@@ -67,6 +74,8 @@ impl Default for ProxyConfig {
             threads: 1,
             max_header_bytes: 64 * 1024,
             max_in_flight: 10_000,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             connect_timeout_ms: 1_000,
             per_try_timeout_ms: 30_000,

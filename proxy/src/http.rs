@@ -7,6 +7,10 @@
 //! - `upstream_peer`: pick an endpoint (never one already tried while another exists), count it in flight.
 //! - `fail_to_connect` / `error_while_proxy`: count the failure against the endpoint (passive ejection) and
 //!   allow a retry on another endpoint while the retry budget and the total timeout allow.
+//! - `upstream_response_filter`: a status the Service lists in `retry_on_statuses`, for an idempotent method
+//!   (GET, HEAD, OPTIONS, PUT, DELETE), becomes a retry on another endpoint when the budget allows; the
+//!   response is dropped unread. Otherwise the response goes to the client, so the client always gets the
+//!   last attempt's answer.
 //! - `upstream_request_filter`: forwarding headers, request id, rule header edits, prefix rewrite.
 //! - `logging`: close the endpoint attempt (latency sample, success/failure), record metrics.
 //!
@@ -61,6 +65,8 @@ pub struct Ctx {
     current: Option<(usize, u64)>,
     tried: Vec<u32>,
     upstream_status: u16,
+    /// Set when `upstream_response_filter` turned this status into a retry (read by `error_while_proxy`).
+    status_retry: Option<u16>,
 }
 
 enum Admission {
@@ -148,6 +154,15 @@ impl HttpApp {
     }
 }
 
+/// Methods whose requests may be sent twice: the idempotent ones users expect to be retried (RFC 9110
+/// §9.2.2 also lists TRACE, which a proxy has no reason to retry).
+fn retryable_method(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE
+    )
+}
+
 fn hash_key(on: &HashOn, session: &Session) -> u64 {
     let req = session.req_header();
     match on {
@@ -178,6 +193,8 @@ impl ProxyHttp for HttpApp {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        // Pingora calls this right after it has read a request header: the header-read deadline is met.
+        crate::conn::header_received();
         Ctx { start: now_ns(), ..Ctx::default() }
     }
 
@@ -249,6 +266,19 @@ impl ProxyHttp for HttpApp {
         ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
+        if let Some(status) = ctx.status_retry.take() {
+            // The endpoint answered with a status we retry on: count that answer (5xx toward ejection), then
+            // go to another endpoint. The retry was already charged to the budget.
+            if let (Some((idx, _)), Some(pool)) = (ctx.current, ctx.pool.as_ref()) {
+                if let Some(entry) = pool.pool.entries().get(idx) {
+                    entry.state.record_status_class(status_class(status));
+                }
+            }
+            self.end_attempt_with(ctx, status >= 500, false);
+            ctx.upstream_status = 0;
+            e.set_retry(true);
+            return e;
+        }
         let upstream_fault = matches!(e.esource(), ErrorSource::Upstream);
         self.end_attempt(ctx, upstream_fault);
         // Retry an idempotent request on another endpoint only while nothing was sent downstream yet (a second
@@ -299,15 +329,31 @@ impl ProxyHttp for HttpApp {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_status = resp.status.as_u16();
+        let status = resp.status.as_u16();
+        ctx.upstream_status = status;
+        let Some(pool) = ctx.pool.as_ref() else {
+            return Ok(());
+        };
+        if pool.retries_on(status)
+            && retryable_method(&session.req_header().method)
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && pool.pool.len() > ctx.tried.len()
+            && self.may_retry(ctx)
+        {
+            ctx.status_retry = Some(status);
+            return Error::e_explain(HTTPStatus(status), "upstream status is retried on another endpoint");
+        }
         Ok(())
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // The connection now waits for its next request (keep-alive): re-arm the header-read deadline.
+        crate::conn::request_finished();
         if !ctx.admitted {
             return;
         }

@@ -10,6 +10,7 @@
 
 pub mod balance;
 pub mod config;
+mod conn;
 pub mod health;
 pub mod http;
 pub mod l4;
@@ -207,28 +208,33 @@ impl Proxy {
             grace_period_seconds: Some(0),
             graceful_shutdown_timeout_seconds: Some(config.shutdown_grace_ms.div_ceil(1000).max(1)),
             upstream_keepalive_pool_size: 1024,
-            max_retries: config.max_retries as usize,
+            // Pingora counts tries, the first included.
+            max_retries: config.max_retries as usize + 1,
             ..ServerConf::default()
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);
         let server_conf = server.configuration.clone();
 
-        if !addrs.http.is_empty() {
-            let app = http::HttpApp { shared: shared.clone(), tls: false };
-            let mut svc = pingora::proxy::http_proxy_service_with_name(&server_conf, app, "berth http");
-            if let Some(logic) = svc.app_logic_mut() {
+        // The HTTP apps run behind `conn::Guarded`: connection limit and header-read deadline.
+        let guarded = |name: &str, tls: bool| {
+            let mut app = pingora::proxy::http_proxy(&server_conf, http::HttpApp { shared: shared.clone(), tls });
+            if !tls {
                 let mut opts = pingora::apps::HttpServerOptions::default();
                 opts.h2c = config.h2c;
-                logic.server_options = Some(opts);
+                app.server_options = Some(opts);
             }
+            let guarded = conn::Guarded { inner: Arc::new(app), shared: shared.clone() };
+            pingora::services::listening::Service::new(name.to_string(), guarded)
+        };
+        if !addrs.http.is_empty() {
+            let mut svc = guarded("berth http", false);
             for a in &addrs.http {
                 svc.add_tcp(&a.to_string());
             }
             server.add_service(svc);
         }
         if !addrs.https.is_empty() {
-            let app = http::HttpApp { shared: shared.clone(), tls: true };
-            let mut svc = pingora::proxy::http_proxy_service_with_name(&server_conf, app, "berth https");
+            let mut svc = guarded("berth https", true);
             for a in &addrs.https {
                 // The resolver takes precedence over the (empty) file paths, so build() reads no files.
                 let mut tls = pingora::listeners::tls::TlsSettings::intermediate("", "")

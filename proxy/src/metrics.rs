@@ -146,6 +146,12 @@ pub struct MetricsRegistry {
     pub no_route: AtomicU64,
     pub rate_limited: AtomicU64,
     pub overloaded: AtomicU64,
+    /// Downstream connections refused because `max_connections` were open.
+    pub connections_rejected: AtomicU64,
+    /// Downstream connections closed because a request header was not complete in time.
+    pub header_timeouts: AtomicU64,
+    /// Downstream connections open now.
+    pub connections_open: AtomicU64,
 }
 
 /// A tiny get-or-insert map over a mutex: used only when tables are rebuilt and when metrics are read, never
@@ -207,6 +213,12 @@ impl MetricsRegistry {
         let _ = writeln!(out, "berth_proxy_rate_limited_total {}", self.rate_limited.load(Relaxed));
         let _ = writeln!(out, "# TYPE berth_proxy_overloaded_total counter");
         let _ = writeln!(out, "berth_proxy_overloaded_total {}", self.overloaded.load(Relaxed));
+        let _ = writeln!(out, "# TYPE berth_proxy_connections_rejected_total counter");
+        let _ = writeln!(out, "berth_proxy_connections_rejected_total {}", self.connections_rejected.load(Relaxed));
+        let _ = writeln!(out, "# TYPE berth_proxy_header_timeouts_total counter");
+        let _ = writeln!(out, "berth_proxy_header_timeouts_total {}", self.header_timeouts.load(Relaxed));
+        let _ = writeln!(out, "# TYPE berth_proxy_connections gauge");
+        let _ = writeln!(out, "berth_proxy_connections {}", self.connections_open.load(Relaxed));
         render_family(&mut out, "service", &self.services.snapshot());
         render_family(&mut out, "route", &self.routes.snapshot());
         let _ = writeln!(out, "# TYPE berth_proxy_endpoint_responses_total counter");

@@ -74,6 +74,9 @@ pub struct StaticService {
     pub balance: BalancePolicy,
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// Statuses retried on another endpoint for idempotent requests (e.g. `[502, 503, 504]`).
+    #[serde(default)]
+    pub retry_on_statuses: Vec<u16>,
     pub endpoints: Vec<StaticEndpoint>,
 }
 
@@ -121,7 +124,13 @@ impl StaticConfig {
     pub fn objects(&self, path: &Path) -> Result<Vec<Object>, StaticConfigError> {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut out = Vec::new();
-        for s in &self.services {
+        for (i, s) in self.services.iter().enumerate() {
+            if let Some(code) = s.retry_on_statuses.iter().find(|c| !(400..=599).contains(*c)) {
+                return Err(StaticConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: format!("services[{i}].retryOnStatuses: {code} is not an error status (400-599)"),
+                });
+            }
             let port = s.port.unwrap_or(80);
             let labels: Labels = [(STATIC_LABEL.to_string(), s.name.clone())].into_iter().collect();
             out.push(Object::Service(Arc::new(Service {
@@ -138,6 +147,7 @@ impl StaticConfig {
                 balance: s.balance.clone(),
                 virtual_ip: None,
                 health_check: s.health_check.clone(),
+                retry_on_statuses: s.retry_on_statuses.clone(),
             })));
             for (i, ep) in s.endpoints.iter().enumerate() {
                 let (addr, weight) = match ep {
@@ -354,6 +364,17 @@ mod tests {
             let err = StaticConfig::parse(text, Path::new("f.yaml")).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn retry_statuses_are_checked() {
+        let path = Path::new("f.yaml");
+        let ok = StaticConfig::parse("services: [{name: a, retryOnStatuses: [503], endpoints: []}]", path).unwrap();
+        let objects = ok.objects(path).unwrap();
+        assert!(objects.iter().any(|o| matches!(o, Object::Service(s) if s.retry_on_statuses == [503])));
+        let bad = StaticConfig::parse("services: [{name: a, retryOnStatuses: [503, 200], endpoints: []}]", path);
+        let err = bad.unwrap().objects(path).unwrap_err().to_string();
+        assert!(err.contains("services[0].retryOnStatuses") && err.contains("200"), "{err}");
     }
 
     #[test]

@@ -47,6 +47,11 @@ impl ServicePool {
     pub fn health_check(&self) -> Option<&discovery::HealthCheck> {
         self.service.health_check.as_ref()
     }
+
+    /// Whether the service asks for a retry elsewhere when an endpoint answers `status`.
+    pub fn retries_on(&self, status: u16) -> bool {
+        self.service.retry_on_statuses.contains(&status)
+    }
 }
 
 /// Fixed-window request rate limiter (one-second windows), lock-free.
@@ -555,6 +560,7 @@ mod tests {
             balance: Default::default(),
             virtual_ip: None,
             health_check: None,
+            retry_on_statuses: Vec::new(),
         }))
     }
 

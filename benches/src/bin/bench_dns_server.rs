@@ -39,6 +39,7 @@ fn registry() -> Arc<Registry> {
             balance: Default::default(),
             virtual_ip: None,
             health_check: None,
+            retry_on_statuses: Vec::new(),
         })));
         for e in 0..ENDPOINTS {
             r.put(Object::Endpoint(Arc::new(Endpoint {

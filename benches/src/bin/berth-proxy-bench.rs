@@ -56,6 +56,7 @@ fn rss(n: usize) -> Result<(), String> {
             balance: Default::default(),
             virtual_ip: None,
             health_check: None,
+            retry_on_statuses: Vec::new(),
         })));
     }
     for i in 0..n {
@@ -107,6 +108,7 @@ fn propagation(n: usize) -> Result<(), String> {
         balance: Default::default(),
         virtual_ip: None,
         health_check: None,
+        retry_on_statuses: Vec::new(),
     })));
     let cfg =
         ProxyConfig { http_listen: vec!["127.0.0.1:0".parse().map_err(|e| format!("{e}"))?], ..Default::default() };

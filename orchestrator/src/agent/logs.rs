@@ -1,6 +1,8 @@
 //! The agent's logs endpoint: `GET /logs/NS/POD?container=&follow=&tail=&previous=` on a small listener of
-//! its own (advertised as `status.daemonEndpoints.agentEndpoint.Port` of its Node). The API server forwards
-//! `berth logs` here; the endpoint only reads what the runtime kept.
+//! its own (advertised as `status.daemonEndpoints.agentEndpoint.Port` of its Node). Only the API server calls
+//! it (`GET /api/v1/namespaces/NS/pods/POD/log` relays here), presenting the cluster token, which the endpoint
+//! requires whenever the agent has one (`berth agent` and `berth up` always do; `None` is for in-process
+//! tests). The endpoint only reads what the runtime kept.
 
 use super::runtime::{LogOptions, Runtime};
 use super::PodTable;
@@ -58,7 +60,7 @@ async fn logs(
 ) -> Response {
     if let Some(t) = &s.token {
         let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(t.as_str()) {
+        if !given.is_some_and(|g| crate::api::constant_time_eq(g.as_bytes(), t.as_bytes())) {
             return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into());
         }
     }

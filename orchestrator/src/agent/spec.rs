@@ -5,6 +5,7 @@
 //! a model field added later never breaks a running agent. This module also resolves a container's
 //! environment from already-fetched ConfigMaps and Secrets; it does no IO.
 
+use crate::model::Quantity;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -266,20 +267,18 @@ impl ContainerView {
                 other => other.to_string(),
             })
         };
-        let memory_bytes = match q("memory") {
-            Some(s) => Some(parse_memory(&s).ok_or_else(|| SpecError::Field {
-                path: format!("containers[{}].resources.limits.memory", self.name),
-                message: format!("{s:?} is not a memory quantity"),
-            })?),
-            None => None,
+        // The one quantity parser of the model: the API server already validated these with it.
+        let parse = |k: &str| -> Result<Option<Quantity>, SpecError> {
+            q(k).map(|s| {
+                Quantity::parse(&s).map_err(|e| SpecError::Field {
+                    path: format!("containers[{}].resources.limits.{k}", self.name),
+                    message: e.to_string(),
+                })
+            })
+            .transpose()
         };
-        let cpu_millis = match q("cpu") {
-            Some(s) => Some(parse_cpu_millis(&s).ok_or_else(|| SpecError::Field {
-                path: format!("containers[{}].resources.limits.cpu", self.name),
-                message: format!("{s:?} is not a CPU quantity"),
-            })?),
-            None => None,
-        };
+        let memory_bytes = parse("memory")?.map(|q| q.units());
+        let cpu_millis = parse("cpu")?.map(|q| q.millis());
         Ok(Limits { memory_bytes, cpu_millis })
     }
 
@@ -299,35 +298,6 @@ impl ContainerView {
             _ => None,
         }
     }
-}
-
-/// Parse a Kubernetes memory quantity (`128Mi`, `1Gi`, `500M`, `1000`) into bytes.
-pub fn parse_memory(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match unit {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0f64.powi(4),
-        _ => return None,
-    };
-    let v = n * mult;
-    (v.is_finite() && v >= 0.0).then_some(v as u64)
-}
-
-/// Parse a CPU quantity (`500m`, `1`, `0.25`) into millicores.
-pub fn parse_cpu_millis(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let v = if let Some(m) = s.strip_suffix('m') { m.parse::<f64>().ok()? } else { s.parse::<f64>().ok()? * 1000.0 };
-    (v.is_finite() && v >= 0.0).then_some(v.round() as u64)
 }
 
 /// ConfigMaps and Secrets the agent fetched for one pod: name -> (key -> value). Secret values are decoded.
@@ -697,24 +667,29 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn quantities() {
-        let cases: &[(&str, Option<u64>)] = &[
-            ("128Mi", Some(128 << 20)),
-            ("1Gi", Some(1 << 30)),
-            ("500M", Some(500_000_000)),
-            ("1000", Some(1000)),
-            ("1.5Ki", Some(1536)),
-            ("12Q", None),
-            ("", None),
+    fn limits_use_the_model_quantity_parser() {
+        let view = |mem: &str, cpu: &str| {
+            PodView::from_json(&json!({
+                "metadata": {"name": "p", "uid": "u"},
+                "spec": {"containers": [{"name": "c", "resources": {"limits": {"memory": mem, "cpu": cpu}}}]}
+            }))
+            .unwrap()
+        };
+        let cases: &[(&str, &str, u64, u64)] = &[
+            ("128Mi", "500m", 128 << 20, 500),
+            ("1Gi", "1", 1 << 30, 1000),
+            ("500M", "0.25", 500_000_000, 250),
+            ("1.5Ki", "2.5", 1536, 2500),
+            ("1e3", "100m", 1000, 100),
         ];
-        for (s, want) in cases {
-            assert_eq!(parse_memory(s), *want, "{s}");
+        for (mem, cpu, bytes, millis) in cases {
+            let l = view(mem, cpu).spec.containers[0].limits().unwrap();
+            assert_eq!(l, Limits { memory_bytes: Some(*bytes), cpu_millis: Some(*millis) }, "{mem} {cpu}");
         }
-        let cpu: &[(&str, Option<u64>)] =
-            &[("500m", Some(500)), ("1", Some(1000)), ("0.25", Some(250)), ("2.5", Some(2500)), ("x", None)];
-        for (s, want) in cpu {
-            assert_eq!(parse_cpu_millis(s), *want, "{s}");
-        }
+        let err = view("12Q", "1").spec.containers[0].limits().unwrap_err().to_string();
+        assert!(err.contains("containers[c].resources.limits.memory") && err.contains("12Q"), "{err}");
+        let err = view("1Mi", "x").spec.containers[0].limits().unwrap_err().to_string();
+        assert!(err.contains("containers[c].resources.limits.cpu"), "{err}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The HTTP/JSON API server (axum): Kubernetes-style resource paths over the [`Store`], server-side apply,
-//! watches as newline-delimited JSON, the discovery endpoints API over the registry, `/healthz`, `/metrics`.
+//! watches as newline-delimited JSON, the discovery endpoints API over the registry, pod logs relayed from
+//! the agents, `/healthz`, `/metrics`.
 //!
 //! Boundary: the API validates and stores; it never schedules, runs or routes anything. Controllers and agents
-//! are its clients (in-process or over HTTP).
+//! are its clients (in-process or over HTTP); the one call it makes to an agent is relaying a pod's logs.
 
+mod logs;
 pub mod object;
 
 use crate::model::{self, Kind};
@@ -37,6 +39,8 @@ struct Inner {
     token: Option<String>,
     registry: Option<Arc<Registry>>,
     metrics: Metrics,
+    /// Calls agents for pod logs.
+    agent_http: reqwest::Client,
 }
 
 #[derive(Default)]
@@ -48,7 +52,15 @@ struct Metrics {
 impl ApiState {
     /// `token: None` disables authentication (tests and in-process use only).
     pub fn new(store: Arc<dyn Store>, token: Option<String>, registry: Option<Arc<Registry>>) -> Self {
-        Self { inner: Arc::new(Inner { store, token, registry, metrics: Metrics::default() }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                token,
+                registry,
+                metrics: Metrics::default(),
+                agent_http: logs::agent_client(),
+            }),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -64,6 +76,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/namespaces/{ns}/{plural}/{name}", get(get_ns).put(update_ns).delete(delete_ns))
         .route("/api/v1/namespaces/{ns}/{plural}/{name}/status", axum::routing::put(status_ns))
         .route("/api/v1/namespaces/{ns}/{plural}/{name}/revisions", get(revisions_ns))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(logs::pod_log))
         .route("/api/v1/{plural}", get(list_all).post(create_cluster))
         .route("/api/v1/{plural}/{name}", get(get_cluster).put(update_cluster).delete(delete_cluster))
         .route("/api/v1/{plural}/{name}/status", axum::routing::put(status_cluster))
@@ -169,7 +182,8 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
     next.run(request).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Token comparison whose time does not depend on where the first differing byte is.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -48,6 +48,18 @@ pub struct Event {
     pub object: Value,
 }
 
+/// What part of a pod's logs to read (see [`Client::pod_logs`]).
+#[derive(Debug, Clone, Default)]
+pub struct LogRequest {
+    /// The container (default: the pod's first).
+    pub container: Option<String>,
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<u64>,
+    /// The previous run of the container (after a restart).
+    pub previous: bool,
+}
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -208,6 +220,33 @@ impl Client {
                 object: v.get("object").cloned().unwrap_or(Value::Null),
             })
         }))
+    }
+
+    /// A pod's logs through the API server (`GET .../pods/NAME/log`), which relays them from the agent of the
+    /// pod's node; with `follow` the stream stays open while the container runs.
+    pub async fn pod_logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        opts: &LogRequest,
+    ) -> Result<impl Stream<Item = Result<bytes::Bytes, ClientError>> + use<>, ClientError> {
+        let mut r = self
+            .request(reqwest::Method::GET, &format!("{}/log", Self::object_path(Kind::Pod, namespace, name)))
+            .query(&[("follow", opts.follow), ("previous", opts.previous)]);
+        if let Some(c) = &opts.container {
+            r = r.query(&[("container", c)]);
+        }
+        if let Some(t) = opts.tail_lines {
+            r = r.query(&[("tailLines", t)]);
+        }
+        let response = r.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(api_error(status.as_u16(), &bytes));
+        }
+        let base = self.base.clone();
+        Ok(response.bytes_stream().map(move |c| c.map_err(|e| ClientError::Connect { url: base.clone(), source: e })))
     }
 
     /// Ready endpoints matching any of `selectors` from the discovery API.

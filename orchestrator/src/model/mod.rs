@@ -20,8 +20,8 @@
 //!
 //! Berth's additions to Kubernetes shapes (all optional, all in this module's types):
 //! - Service `spec.loadBalancing {policy: p2c|roundRobin|weightedRoundRobin|leastRequest|consistentHash,
-//!   hashOn: {header|cookie|clientIP}}` and `spec.healthCheck {path, intervalMs, timeoutMs, healthyThreshold,
-//!   unhealthyThreshold}`;
+//!   hashOn: {header|cookie|clientIP}}`, `spec.healthCheck {path, intervalMs, timeoutMs, healthyThreshold,
+//!   unhealthyThreshold}` and `spec.retry {onStatuses: [502, 503, 504]}`;
 //! - `berth.dev/v1` Route (`spec.hosts`, `spec.rules[] {hosts, path {exact|prefix}, methods, headers, backend
 //!   {service, port}, rewrite {prefix}, requestHeaders {add, remove}, rateLimit {requestsPerSecond}}`,
 //!   `defaultBackend`, `tls[] {hosts, secretName}`) and Autoscaler (see `autoscaler.rs`);

@@ -47,6 +47,9 @@ pub struct ServiceSpec {
     /// Berth extension: active health checks by the proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<ServiceHealthCheck>,
+    /// Berth extension: upstream statuses after which the proxy retries idempotent requests elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<ServiceRetry>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "clusterIPs")]
     pub cluster_ips: Option<Ignored>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +173,16 @@ pub struct ServiceHealthCheck {
     pub unhealthy_threshold: u32,
 }
 
+/// Retries by the proxy on upstream statuses: an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE) whose
+/// answer has one of `onStatuses` is sent again to a different endpoint, within the proxy's retry budget; the
+/// client gets the last attempt's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceRetry {
+    #[serde(default)]
+    pub on_statuses: Vec<u16>,
+}
+
 impl Service {
     /// Headless: `clusterIP: None`.
     pub fn is_headless(&self) -> bool {
@@ -242,6 +255,7 @@ impl Service {
             balance,
             virtual_ip,
             health_check,
+            retry_on_statuses: self.spec.retry.as_ref().map(|r| r.on_statuses.clone()).unwrap_or_default(),
         }
     }
 
@@ -335,6 +349,16 @@ impl Service {
             }
             if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
                 return Err(field_err(join(p, "healthCheck"), "thresholds must be >= 1"));
+            }
+        }
+        if let Some(r) = &s.retry {
+            for (i, code) in r.on_statuses.iter().enumerate() {
+                if !(400..=599).contains(code) {
+                    return Err(field_err(
+                        index(&join(p, "retry"), "onStatuses", i),
+                        format!("{code} is not an error status (400-599)"),
+                    ));
+                }
             }
         }
         for (name, v) in [

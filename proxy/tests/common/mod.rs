@@ -4,6 +4,7 @@
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use discovery::{
     BackendRef, Endpoint, EndpointPort, Object, ObjectKey, ObjectKind, PathMatch, Protocol, Registry, Route, RouteRule,
@@ -11,6 +12,7 @@ use discovery::{
 };
 use proxy::{Proxy, ProxyConfig};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,20 +34,30 @@ pub fn require(tool: &str) -> bool {
     found
 }
 
-/// An HTTP backend answering `id=<id> path=<path> <selected headers>`; `?sleep_ms=N` delays the answer,
-/// `/ws` echoes WebSocket messages.
+/// An HTTP backend answering `id=<id> path=<path> <selected headers>` (status 200 unless started with
+/// [`Backend::start_with_status`]); `?sleep_ms=N` delays the answer, `/ws` echoes WebSocket messages.
 pub struct Backend {
     pub id: String,
     pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
-async fn answer(State(id): State<Arc<str>>, req: Request) -> String {
+#[derive(Clone)]
+struct BackendState {
+    id: Arc<str>,
+    status: StatusCode,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn answer(State(st): State<BackendState>, req: Request) -> (StatusCode, String) {
+    st.hits.fetch_add(1, Ordering::Relaxed);
+    let id = &st.id;
     if let Some(ms) = req.uri().query().and_then(|q| q.strip_prefix("sleep_ms=")).and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
-    format!(
+    let body = format!(
         "id={id} path={} xff={} xfp={} xfh={} rid={} via={} drop={}",
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
         h("x-forwarded-for"),
@@ -54,7 +66,8 @@ async fn answer(State(id): State<Arc<str>>, req: Request) -> String {
         h("x-request-id"),
         h("x-via"),
         h("x-drop"),
-    )
+    );
+    (st.status, body)
 }
 
 async fn ws(up: WebSocketUpgrade) -> axum::response::Response {
@@ -71,17 +84,32 @@ async fn ws(up: WebSocketUpgrade) -> axum::response::Response {
 
 impl Backend {
     pub fn start(id: &str) -> Backend {
+        Self::start_with_status(id, 200)
+    }
+
+    /// A backend that answers every request with `status`.
+    pub fn start_with_status(id: &str, status: u16) -> Backend {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
-        let state: Arc<str> = id.into();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let state = BackendState {
+            id: id.into(),
+            status: StatusCode::from_u16(status).expect("a valid status"),
+            hits: hits.clone(),
+        };
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
             let app = axum::Router::new().route("/ws", get(ws)).fallback(answer).with_state(state);
             let _ = axum::serve(listener, app).await;
         });
-        Backend { id: id.to_string(), addr, rt: Some(rt) }
+        Backend { id: id.to_string(), addr, hits, rt: Some(rt) }
+    }
+
+    /// Requests this backend has answered (started to answer).
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
     }
 
     /// Kill abruptly: listener and every open connection close at once.
@@ -113,6 +141,7 @@ pub fn service(name: &str) -> Object {
         balance: Default::default(),
         virtual_ip: None,
         health_check: None,
+        retry_on_statuses: Vec::new(),
     }))
 }
 
