@@ -131,3 +131,177 @@ fn kill_9_of_a_replica_under_load_fails_no_request() {
         samples.iter().rev().take(30).filter_map(|s| s.result.as_ref().ok()).map(|a| a.pod.clone()).collect();
     assert_eq!(after.len(), 3, "the last 30 answers come from 3 replicas again: {after:?}");
 }
+
+/// Whether `berth rollout` exists in this build (it is being added separately).
+fn rollout_verb_exists() -> bool {
+    Command::new(BERTH).args(["rollout", "--help"]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Polls the pods every ~100 ms and keeps the last version seen of each (also after it is deleted).
+struct PodObserver {
+    seen: Arc<Mutex<HashMap<String, Value>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PodObserver {
+    fn start(up: &Up) -> PodObserver {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (dir, out, halt) = (up.dir.clone(), seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let o = Command::new(BERTH).args(["get", "pods", "-o", "json", "--data-dir"]).arg(&dir).output();
+                if let Some(o) = o.ok().filter(|o| o.status.success()) {
+                    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+                    let mut seen = out.lock().unwrap();
+                    for p in v["items"].as_array().into_iter().flatten() {
+                        seen.insert(p["metadata"]["name"].as_str().unwrap_or_default().to_string(), p.clone());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        PodObserver { seen, stop, thread: Some(thread) }
+    }
+
+    fn finish(mut self) -> HashMap<String, Value> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn time_of(v: &Value) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(v.as_str()?).ok()
+}
+
+#[test]
+fn rollout_under_load_fails_no_request_and_only_ready_pods_answer() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &["-f", &demo()]);
+    settle(&up, "before the rollout");
+    let old_pods: BTreeSet<String> =
+        ready_demo_pods(&up).iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
+
+    // The same demo with one more env var: a new pod template, rolled with the default strategy.
+    let manifest = std::fs::read_to_string(repo().join("config/demo/demo.yaml")).unwrap();
+    let marker = "            - name: POD_NAME\n";
+    assert!(manifest.contains(marker), "config/demo/demo.yaml sets POD_NAME; the test inserts its env var there");
+    let changed =
+        manifest.replacen(marker, &format!("            - name: ROLLOUT\n              value: \"2\"\n{marker}"), 1);
+    let changed_file = dir.path().join("demo-v2.yaml");
+    std::fs::write(&changed_file, changed).unwrap();
+
+    let observer = PodObserver::start(&up);
+    // 20 req/s for 30 s: the rollout (3 pods, each started, probed and drained) happens inside it.
+    let load = Load::start(&up.proxy, HOST, 600, LOAD_INTERVAL);
+    std::thread::sleep(Duration::from_secs(2));
+    let applied_at = Instant::now();
+    up.ok(&["apply", "-f", changed_file.to_str().unwrap()]);
+    let mut generation = 0;
+    wait_for("the rollout completes: 3 updated, ready replicas and no old ones", Duration::from_secs(26), || {
+        let Some(d) = up.items("deployments").into_iter().find(|d| d["metadata"]["name"] == "demo") else {
+            return false;
+        };
+        generation = d["metadata"]["generation"].as_i64().unwrap_or(0);
+        let s = &d["status"];
+        s["observedGeneration"].as_i64() == Some(generation)
+            && s["updatedReplicas"] == 3
+            && s["readyReplicas"] == 3
+            && s["replicas"] == 3
+            && up.items("pods").iter().all(|p| !old_pods.contains(p["metadata"]["name"].as_str().unwrap_or("")))
+    });
+    let rolled = applied_at.elapsed();
+    println!("MEASURED rollout: 3 replicas rolled in {} ms under load", rolled.as_millis());
+    // ROLLOUT-STATUS-CLI (the lead switches this line to the plain call once `berth rollout` is merged):
+    if rollout_verb_exists() {
+        up.ok(&["rollout", "status", "deployment", "demo"]);
+    }
+
+    let samples = load.finish();
+    let pods = observer.finish();
+    println!("MEASURED rollout: {} failed of {} requests", failures(&samples).len(), samples.len());
+    assert!(failures(&samples).is_empty(), "{}", fail_report(&samples));
+    assert!(
+        samples.iter().any(|s| s.sent >= applied_at + rolled),
+        "the load outlasted the rollout (rolled in {rolled:?})"
+    );
+
+    // Every answer came from a pod that was Ready when it answered, and that was not yet terminating when
+    // the request was sent (plus a generous allowance for the in-process propagation, measured in ms).
+    let mut new_pods = BTreeSet::new();
+    for s in &samples {
+        let a = s.result.as_ref().unwrap();
+        let pod = pods.get(&a.pod).unwrap_or_else(|| panic!("{} answered but was never seen as a pod", a.pod));
+        let since = ready_since(pod).unwrap_or_else(|| panic!("{} answered but was never seen Ready: {pod:#}", a.pod));
+        assert!(since <= s.done_wall, "{} answered before it was Ready ({since:?} > {:?})", a.pod, s.done_wall);
+        if let Some(deleted) = time_of(&pod["metadata"]["deletionTimestamp"]) {
+            assert!(
+                s.sent_wall <= deleted + Duration::from_millis(500),
+                "{} was sent a request {:?} after it started terminating",
+                a.pod,
+                s.sent_wall.duration_since(deleted).unwrap_or_default()
+            );
+        }
+        if !old_pods.contains(&a.pod) {
+            new_pods.insert(a.pod.clone());
+        }
+    }
+    assert_eq!(new_pods.len(), 3, "all 3 new replicas served: {new_pods:?}");
+    let last: BTreeSet<&str> = samples.iter().rev().take(20).map(|s| s.result.as_ref().unwrap().pod.as_str()).collect();
+    assert!(last.iter().all(|p| !old_pods.contains(*p)), "only new pods answer at the end: {last:?}");
+}
+
+#[test]
+fn restart_restores_the_cluster_and_orphans_no_process() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Up::start(dir.path(), &["-f", &demo()]);
+    let pids1 = settle(&first, "first run");
+    let objects = |up: &Up| -> BTreeSet<(String, String, String)> {
+        ["deployments", "services", "routes", "autoscalers"]
+            .iter()
+            .flat_map(|k| up.items(k).into_iter().map(move |o| (k.to_string(), o)))
+            .map(|(k, o)| {
+                (
+                    k,
+                    o["metadata"]["name"].as_str().unwrap_or("").into(),
+                    o["metadata"]["uid"].as_str().unwrap_or("").into(),
+                )
+            })
+            .collect()
+    };
+    let before = objects(&first);
+    assert_eq!(before.len(), 4, "the demo's Deployment, Service, Route and Autoscaler: {before:?}");
+    let pods_before: BTreeSet<String> = up_pod_names(&first);
+
+    let status = first.interrupt();
+    assert!(status.success(), "berth up exits cleanly on Ctrl-C: {status}");
+    for pid in pids1.values() {
+        assert!(!alive(*pid as u32), "pod process {pid} of the first run still runs after Ctrl-C");
+    }
+
+    // The same data dir, no manifests: everything comes back from the store.
+    let second = Up::start(dir.path(), &[]);
+    assert_eq!(objects(&second), before, "the same objects (same uids) after the restart");
+    let pids2 = settle(&second, "after the restart");
+    assert_eq!(up_pod_names(&second), pods_before, "the same 3 pods, none duplicated");
+    for pid in pids1.values() {
+        assert!(!alive(*pid as u32), "pod process {pid} of the first run is orphaned");
+    }
+    assert!(pids2.values().all(|p| !pids1.values().any(|q| q == p)), "new processes: {pids1:?} vs {pids2:?}");
+    let mut second = second;
+    assert!(second.interrupt().success());
+    for pid in pids2.values() {
+        assert!(!alive(*pid as u32), "pod process {pid} of the second run still runs after Ctrl-C");
+    }
+}
+
+fn up_pod_names(up: &Up) -> BTreeSet<String> {
+    up.items("pods").iter().map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string()).collect()
+}
