@@ -305,3 +305,89 @@ fn restart_restores_the_cluster_and_orphans_no_process() {
 fn up_pod_names(up: &Up) -> BTreeSet<String> {
     up.items("pods").iter().map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string()).collect()
 }
+
+/// A `berth agent` process next to a `berth up` (a second node); stopped cleanly (SIGTERM, pods stopped) on
+/// drop unless the test killed it.
+struct ExternalAgent(std::process::Child);
+
+impl ExternalAgent {
+    fn start(up: &Up, name: &str, zone: &str) -> ExternalAgent {
+        let child = Command::new(BERTH)
+            .args(["agent", "--server", &up.api, "--name", name, "--stop-pods-on-exit", "--data-dir"])
+            .arg(&up.dir)
+            .arg("--labels")
+            .arg(format!("topology.kubernetes.io/zone={zone},kubernetes.io/hostname={name}"))
+            .spawn()
+            .expect("spawn berth agent");
+        ExternalAgent(child)
+    }
+}
+
+impl Drop for ExternalAgent {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn node_of(pod: &Value) -> String {
+    pod["spec"]["nodeName"].as_str().unwrap_or_default().to_string()
+}
+
+/// `berth up --agents 1` plus a second node from a separate `berth agent` process: killing that process and
+/// its pods with `kill -9` is a node lost at once, with no goodbye.
+#[test]
+fn node_loss_under_load_fails_no_request_and_replicas_recover() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path(), &["--agents", "1"]);
+    let mut agent = ExternalAgent::start(&up, "node-2", "zone-b");
+    wait_for("2 Ready nodes", Duration::from_secs(60), || {
+        up.items("nodes")
+            .iter()
+            .filter(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+            .count()
+            == 2
+    });
+    up.ok(&["apply", "-f", &demo()]);
+    let pids = settle(&up, "before the node loss");
+    let placement: Vec<(String, String)> = ready_demo_pods(&up)
+        .iter()
+        .map(|p| (p["metadata"]["name"].as_str().unwrap().to_string(), node_of(p)))
+        .collect();
+    let lost: Vec<u64> = placement.iter().filter(|(_, n)| n == "node-2").map(|(p, _)| pids[p]).collect();
+    assert!(!lost.is_empty() && lost.len() < 3, "the scheduler spreads the demo over both nodes: {placement:?}");
+
+    let load = Load::start(&up.proxy, HOST, LOAD_COUNT, LOAD_INTERVAL);
+    std::thread::sleep(Duration::from_secs(4));
+    let killed_at = Instant::now();
+    let mut victims = vec![u64::from(agent.0.id())];
+    victims.extend(&lost);
+    kill9(&victims);
+    let _ = agent.0.wait();
+
+    wait_for("3 ready demo pods on the surviving node", Duration::from_secs(60), || {
+        ready_demo_pods(&up).iter().filter(|p| node_of(p) == "node-1").count() == 3 && demo_endpoints(&up) == 3
+    });
+    let recovered = killed_at.elapsed();
+    let samples = load.finish();
+    let (failed, in_flight) = (failures(&samples).len(), in_flight_at(&samples, killed_at));
+    println!(
+        "MEASURED node loss: {} of {} pods lost; back at 3 ready replicas {} ms after the kill; {failed} failed of {} requests ({in_flight} in flight at the kill)",
+        lost.len(),
+        placement.len(),
+        recovered.as_millis(),
+        samples.len()
+    );
+    assert!(failed <= in_flight, "failures beyond those in flight at the kill: {}", fail_report(&samples));
+    assert!(recovered < Duration::from_secs(15), "replicas back at 3 ready after {recovered:?} (target < 15 s)");
+    for pid in lost {
+        assert!(!alive(pid as u32));
+    }
+}
