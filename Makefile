@@ -5,7 +5,7 @@ CARGO ?= cargo
 FEATURES ?= --features etcd
 export BERTH_SKIP_LOG := $(CURDIR)/target/skipped.txt
 
-.PHONY: up test build lint fmt bench-registry bench-scheduler bench-dns bench-proxy
+.PHONY: up test build lint fmt bench-registry bench-scheduler bench-dns bench-proxy bench-propagation
 
 build:
 	@scripts/prereqs.sh build
@@ -38,6 +38,10 @@ bench-registry:
 bench-scheduler:
 	@scripts/prereqs.sh build
 	$(CARGO) run --release -p berth-benches --bin bench_scheduler
+
+bench-propagation:
+	@scripts/prereqs.sh build
+	$(CARGO) run --release -p berth-benches --bin bench_propagation
 
 bench-dns:
 	@scripts/prereqs.sh bench

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod load;
+
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 /// A `berth server` child process; killed on drop.
@@ -126,4 +128,130 @@ pub fn require_tool(tool: &str, test: &str) -> bool {
         }
     }
     false
+}
+
+/// A `berth up` child process on loopback port 0 everywhere; stopped with SIGINT (Ctrl-C) on drop, so a
+/// failed assertion leaks no pods into later tests.
+pub struct Up {
+    pub child: Child,
+    pub dir: PathBuf,
+    /// API URL (`http://127.0.0.1:PORT`).
+    pub api: String,
+    /// Proxy HTTP address (`127.0.0.1:PORT`).
+    pub proxy: String,
+    /// DNS address (`127.0.0.1:PORT`).
+    pub dns: String,
+    /// Every line `berth up` printed so far is also sent here.
+    pub lines: mpsc::Receiver<String>,
+}
+
+fn after(line: &str, marker: &str) -> Option<String> {
+    line.split(marker).nth(1).and_then(|r| r.split([' ', ',']).next()).map(str::to_string)
+}
+
+impl Up {
+    /// Start `berth up` with data dir `dir` and `extra` arguments (e.g. `-f config/demo/`, `--agents 2`);
+    /// returns once it printed where it listens.
+    pub fn start(dir: &Path, extra: &[&str]) -> Up {
+        let mut child = Command::new(BERTH)
+            .args(["up", "--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--dns-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .current_dir(repo())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("{line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut up = Up {
+            child,
+            dir: dir.to_path_buf(),
+            api: String::new(),
+            proxy: String::new(),
+            dns: String::new(),
+            lines: rx,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while up.api.is_empty() || up.proxy.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = up.lines.recv_timeout(left).expect("berth up printed its addresses within 60 s");
+            if let Some(api) = after(&line, "API on ") {
+                up.api = api;
+            }
+            if let Some(proxy) = after(&line, "proxy on http://") {
+                up.proxy = proxy;
+                up.dns = after(&line, "DNS on ").unwrap_or_default();
+            }
+        }
+        up
+    }
+
+    /// Run a client command against this `berth up`.
+    pub fn berth(&self, args: &[&str]) -> Output {
+        Command::new(BERTH)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .env_remove("BERTH_SERVER")
+            .env_remove("BERTH_TOKEN")
+            .output()
+            .expect("run berth")
+    }
+
+    /// Run a client command and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.berth(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `berth get KIND -o json` as the list of items.
+    pub fn items(&self, kind: &str) -> Vec<serde_json::Value> {
+        let out = self.berth(&["get", kind, "-o", "json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        match v.get("items").and_then(|i| i.as_array()) {
+            Some(items) => items.clone(),
+            None if v.is_object() => vec![v],
+            None => Vec::new(),
+        }
+    }
+
+    /// Ctrl-C and wait; returns the exit status.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        self.child.wait().expect("wait for berth up")
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.interrupt();
+        }
+    }
+}
+
+/// Whether a process with this PID exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
 }

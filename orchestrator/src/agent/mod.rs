@@ -8,7 +8,7 @@
 //! [`AgentConfig::stop_pods_on_shutdown`] is set.
 //!
 //! Status contract: pod status carries `phase`, `conditions` (`Ready`, `ContainersReady`, ...; `LimitsEnforced`
-//! False with a message when limits cannot be enforced), `hostIP`/`podIP` (127.0.0.1) and `containerStatuses`
+//! False with a message when limits cannot be enforced; each with `lastTransitionTime`, in microseconds), `hostIP`/`podIP` (127.0.0.1) and `containerStatuses`
 //! with `ready`, `started`, `restartCount`, `state`, `lastState`, `containerID` and **`ports[]`**
 //! (`{containerPort, hostPort, protocol}`): a pod's endpoint is `hostIP:hostPort`. The node's status carries `capacity`, `allocatable`, `addresses`, a `Ready`
 //! condition and `heartbeatTime`, renewed every [`AgentConfig::heartbeat`], and
@@ -458,6 +458,24 @@ impl Reconciler {
     }
 }
 
+/// Give each condition of `status` its `lastTransitionTime`: kept from `previous` (the status last written)
+/// while the condition's status is unchanged, else `now` (microseconds, so readers can order a pod's
+/// readiness against other events, e.g. which requests it may have served).
+fn stamp_transitions(previous: Option<&Value>, status: &mut Value, now: SystemTime) {
+    let stamp = humantime::format_rfc3339_micros(now).to_string();
+    let prev = previous.and_then(|p| p["conditions"].as_array());
+    let Some(conditions) = status["conditions"].as_array_mut() else {
+        return;
+    };
+    for c in conditions {
+        let kept = prev
+            .and_then(|p| p.iter().find(|o| o["type"] == c["type"] && o["status"] == c["status"]))
+            .and_then(|o| o.get("lastTransitionTime"))
+            .cloned();
+        c["lastTransitionTime"] = kept.unwrap_or_else(|| json!(stamp));
+    }
+}
+
 /// Writes pod status when a worker reports a change, coalescing bursts and skipping unchanged statuses.
 async fn status_writer(
     mut dirty: mpsc::UnboundedReceiver<PodKey>,
@@ -475,7 +493,7 @@ async fn status_writer(
             }
         }
         for key in keys {
-            let status = {
+            let mut status = {
                 let w = table.workers.lock();
                 match w.get(&key) {
                     Some((view, worker)) => worker::pod_status(view, &worker.state.lock(), runtime_kind),
@@ -485,6 +503,7 @@ async fn status_writer(
                     }
                 }
             };
+            stamp_transitions(last.get(&key), &mut status, SystemTime::now());
             if last.get(&key) == Some(&status) {
                 continue;
             }
@@ -502,5 +521,26 @@ async fn status_writer(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_transition_times_move_only_when_the_status_flips() {
+        let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let status = |ready: &str| json!({"conditions": [{"type": "Ready", "status": ready}, {"type": "PodScheduled", "status": "True"}]});
+        let mut first = status("False");
+        stamp_transitions(None, &mut first, t(10));
+        assert_eq!(first["conditions"][0]["lastTransitionTime"], "1970-01-01T00:00:10.000000Z");
+        let mut ready = status("True");
+        stamp_transitions(Some(&first), &mut ready, t(20));
+        assert_eq!(ready["conditions"][0]["lastTransitionTime"], "1970-01-01T00:00:20.000000Z");
+        assert_eq!(ready["conditions"][1]["lastTransitionTime"], "1970-01-01T00:00:10.000000Z", "unchanged: kept");
+        let mut again = status("True");
+        stamp_transitions(Some(&ready), &mut again, t(30));
+        assert_eq!(again, ready, "nothing flipped: the same status, so the writer skips it");
     }
 }

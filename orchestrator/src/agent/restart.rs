@@ -4,7 +4,8 @@ use super::runtime::ExitInfo;
 use super::spec::RestartPolicy;
 use std::time::Duration;
 
-/// Exponential back-off between restarts (Kubernetes: 10 s doubling to 5 min, reset after 10 min of running).
+/// Exponential back-off between restarts (Kubernetes: the first restart at once, then 10 s doubling to 5 min,
+/// reset after 10 min of running).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub initial: Duration,
@@ -24,6 +25,16 @@ impl Backoff {
     pub fn delay(&self, previous: u32) -> Duration {
         let factor = 1u32.checked_shl(previous.min(31)).unwrap_or(u32::MAX);
         self.initial.checked_mul(factor).map_or(self.max, |d| d.min(self.max))
+    }
+
+    /// The delay before restarting a container that already restarted `restarts` times since the last reset:
+    /// none for the first, as the kubelet does, so one crash of a serving container costs only its start-up
+    /// (the `kill -9` acceptance: the replacement serves within 5 s); then [`Self::delay`] from `initial`.
+    pub fn restart_delay(&self, restarts: u32) -> Duration {
+        match restarts {
+            0 => Duration::ZERO,
+            n => self.delay(n - 1),
+        }
     }
 }
 
@@ -55,6 +66,8 @@ mod tests {
         let fast = Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(250), ..b };
         assert_eq!(fast.delay(0), Duration::from_millis(100));
         assert_eq!(fast.delay(2), Duration::from_millis(250));
+        let restarts: Vec<u64> = (0..4).map(|n| b.restart_delay(n).as_secs()).collect();
+        assert_eq!(restarts, vec![0, 10, 20, 40], "the first restart is immediate");
     }
 
     #[test]

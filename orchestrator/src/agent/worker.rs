@@ -347,16 +347,21 @@ impl ContainerWorker {
             if run_started.elapsed() >= self.ctx.backoff.reset_after {
                 backoffs = 0;
             }
-            let delay = self.ctx.backoff.delay(backoffs);
+            let delay = self.ctx.backoff.restart_delay(backoffs);
             backoffs += 1;
-            let waiting_msg = format!(
-                "back-off {delay:?} restarting failed container={name} pod={}_{}",
-                self.pod.metadata.name, self.pod.metadata.namespace
-            );
+            let waiting = if delay.is_zero() {
+                ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() }
+            } else {
+                let message = format!(
+                    "back-off {delay:?} restarting failed container={name} pod={}_{}",
+                    self.pod.metadata.name, self.pod.metadata.namespace
+                );
+                ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message }
+            };
             self.update(|c| {
                 c.last_state = Some(terminated);
                 c.restart_count += 1;
-                c.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: waiting_msg };
+                c.state = waiting;
             });
             // Keep one previous run (for `logs --previous`); drop the one before.
             let older = self.state.lock().containers.get(self.idx).and_then(|c| c.previous_id.clone());

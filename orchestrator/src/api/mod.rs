@@ -538,12 +538,22 @@ async fn delete_cluster(
 }
 
 async fn delete(s: ApiState, key: Key, q: Query) -> ApiResult {
-    let current = s.inner.store.get(&key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-    let expected = q.resource_version.unwrap_or(current.revision);
-    let revision = s.inner.store.delete(&key, Some(expected)).await?;
-    let mut object = present(&current)?;
-    object::set_resource_version(&mut object, revision);
-    Ok(json_response(StatusCode::OK, &object))
+    // Without a client precondition the delete is unconditional: a write between our read and the delete
+    // (an agent's status update, say) is retried on a fresh read, not reported to the client as a conflict.
+    let mut attempts = 0;
+    loop {
+        let current = s.inner.store.get(&key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let expected = q.resource_version.unwrap_or(current.revision);
+        match s.inner.store.delete(&key, Some(expected)).await {
+            Ok(revision) => {
+                let mut object = present(&current)?;
+                object::set_resource_version(&mut object, revision);
+                return Ok(json_response(StatusCode::OK, &object));
+            }
+            Err(StoreError::Conflict { .. }) if q.resource_version.is_none() && attempts < 8 => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Server-side apply of one object of any kind: create it, update its user-owned parts, or do nothing when
