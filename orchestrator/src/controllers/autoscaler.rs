@@ -382,15 +382,7 @@ pub fn decide(
     }
 
     if eval == Evaluation::FastPath && proposed <= current {
-        return Decision {
-            current,
-            desired: current,
-            proposed,
-            reason,
-            stabilized_by: None,
-            limited: None,
-            readings,
-        };
+        return Decision { current, desired: current, proposed, reason, stabilized_by: None, limited: None, readings };
     }
 
     // Stabilization over the recorded (unstabilized) recommendations.
@@ -564,13 +556,12 @@ fn down_limit(current: i32, rules: &ScalingRules, events: &[(SystemTime, i32)], 
 /// conditions whose status did not change.
 pub fn conditions(decision: &Decision, previous: &[Condition], now: SystemTime) -> Vec<Condition> {
     let active = decision.readings.iter().any(|r| r.missing.is_none());
-    let missing: Vec<String> = decision
-        .readings
-        .iter()
-        .filter_map(|r| r.missing.map(|m| format!("{}: {m}", metric_label(r.name))))
-        .collect();
+    let missing: Vec<String> =
+        decision.readings.iter().filter_map(|r| r.missing.map(|m| format!("{}: {m}", metric_label(r.name)))).collect();
     let (limited, limit_reason, limit_message) = match decision.limited {
-        Some(Limit::TooFewReplicas(n)) => (true, "TooFewReplicas", format!("the desired count is below minReplicas {n}")),
+        Some(Limit::TooFewReplicas(n)) => {
+            (true, "TooFewReplicas", format!("the desired count is below minReplicas {n}"))
+        }
         Some(Limit::TooManyReplicas(n)) => {
             (true, "TooManyReplicas", format!("the desired count is above maxReplicas {n}"))
         }

@@ -11,7 +11,11 @@ const TICK: Duration = Duration::from_millis(250);
 
 fn spec(min: i32, max: i32, metrics: Vec<AutoscalerMetric>) -> AutoscalerSpec {
     AutoscalerSpec {
-        scale_target_ref: ScaleTargetRef { api_version: "apps/v1".into(), kind: "Deployment".into(), name: "web".into() },
+        scale_target_ref: ScaleTargetRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "web".into(),
+        },
         min_replicas: min,
         max_replicas: max,
         metrics,
@@ -31,8 +35,7 @@ fn latency(ms: f64) -> AutoscalerMetric {
 }
 
 fn fast_up(s: &mut AutoscalerSpec) {
-    s.behavior.scale_up.policies =
-        vec![ScalingPolicy { type_: ScalingPolicyType::Pods, value: 8, period_seconds: 1 }];
+    s.behavior.scale_up.policies = vec![ScalingPolicy { type_: ScalingPolicyType::Pods, value: 8, period_seconds: 1 }];
 }
 
 /// A simulated service and Deployment.
@@ -89,13 +92,8 @@ impl Sim {
         self.clock.advance(TICK);
         let now = self.clock.now();
         self.total += load * TICK.as_secs_f64();
-        let sample = LoadSample {
-            at: now,
-            requests_total: self.total as u64,
-            in_flight: waiting,
-            waiting,
-            latency_p99_ms: p99,
-        };
+        let sample =
+            LoadSample { at: now, requests_total: self.total as u64, in_flight: waiting, waiting, latency_p99_ms: p99 };
         self.window.push(sample, Duration::from_secs(10));
         self.evaluate(None)
     }
@@ -248,7 +246,10 @@ fn missing_or_stale_metrics_never_scale_down() {
 
 #[test]
 fn one_missing_metric_blocks_scale_down_but_not_scale_up() {
-    let cpu = AutoscalerMetric { cpu: Some(crate::model::CpuTarget { target_utilization_percent: 80 }), ..Default::default() };
+    let cpu = AutoscalerMetric {
+        cpu: Some(crate::model::CpuTarget { target_utilization_percent: 80 }),
+        ..Default::default()
+    };
     let mut s = spec(1, 8, vec![rps(50.0), cpu]);
     fast_up(&mut s);
     s.behavior.scale_down.stabilization_window_seconds = 0;
