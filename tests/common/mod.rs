@@ -121,3 +121,64 @@ pub fn require_tool(tool: &str, test: &str) -> bool {
     }
     false
 }
+
+/// A `berth up` child process on loopback port 0; stopped with SIGINT on drop (so its pods stop too).
+pub struct Up {
+    pub child: Child,
+    pub dir: PathBuf,
+    /// The proxy's HTTP address (`127.0.0.1:PORT`).
+    pub proxy: String,
+}
+
+impl Up {
+    /// Start `berth up -f manifests` with `dir` as data dir; waits until it prints its proxy address.
+    pub fn start(dir: &Path, manifests: &Path) -> Up {
+        let mut child = Command::new(BERTH)
+            .args(["up", "--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .arg("-f")
+            .arg(manifests)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("{line}");
+                if let Some(rest) = line.split("proxy on http://").nth(1) {
+                    let _ = tx.send(rest.split([' ', ',']).next().unwrap_or("").to_string());
+                }
+            }
+        });
+        let proxy = rx.recv_timeout(Duration::from_secs(60)).expect("berth up printed its proxy address within 60 s");
+        Up { child, dir: dir.to_path_buf(), proxy }
+    }
+
+    /// Run a client command against it; returns stdout (empty on failure).
+    pub fn berth(&self, args: &[&str]) -> String {
+        let out = Command::new(BERTH)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .env_remove("BERTH_SERVER")
+            .env_remove("BERTH_TOKEN")
+            .output()
+            .expect("run berth");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// One object as JSON (`Null` when it cannot be read).
+    pub fn get_json(&self, kind: &str, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.berth(&["get", kind, name, "-o", "json"])).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}

@@ -34,7 +34,9 @@ use std::time::{Duration, SystemTime};
 pub struct LoadSample {
     /// When the figures were read.
     pub at: SystemTime,
-    /// Requests completed since the source started (a decrease is read as a restart of the source).
+    /// Requests received (completed or in flight) since the source started; a decrease is read as a restart
+    /// of the source. Arrivals rather than completions, so a backlog that drains after a scale-up does not read
+    /// as extra load.
     pub requests_total: u64,
     /// Requests in flight now, held ones included.
     pub in_flight: u64,
@@ -88,7 +90,9 @@ impl Default for AutoscalerConfig {
         AutoscalerConfig {
             period: Duration::from_secs(1),
             sample_period: Duration::from_millis(250),
-            rate_window: Duration::from_secs(1),
+            // Two seconds: a step still shows within one sample (a fraction of it), and one-second bursts of
+            // arrivals (connection setup, a stalled client) do not read as load.
+            rate_window: Duration::from_secs(2),
             stale_after: Duration::from_secs(3),
         }
     }
