@@ -104,7 +104,10 @@ fn run() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
 
-    println!("{:<6} {:>12} {:>12} {:>10} {:>8}", "trial", "decision_s", "serving_s", "replicas", "failed");
+    println!(
+        "{:<6} {:>12} {:>12} {:>10} {:>8} {:>8} {:>8}",
+        "trial", "decision_s", "serving_s", "replicas", "sent", "skipped", "failed"
+    );
     let (mut decisions, mut servings) = (Vec::new(), Vec::new());
     for trial in 1..=TRIALS {
         wait("one ready replica and a settled autoscaler", Duration::from_secs(180), || {
@@ -132,7 +135,10 @@ fn run() -> Result<(), String> {
             .0
             .as_secs_f64();
         let replicas = up.json("deployment", "load")["spec"]["replicas"].as_i64().unwrap_or(0);
-        println!("{trial:<6} {decision:>12.2} {serving:>12.2} {replicas:>10} {:>8}", report.failed);
+        println!(
+            "{trial:<6} {decision:>12.2} {serving:>12.2} {replicas:>10} {:>8} {:>8} {:>8}",
+            report.sent, report.skipped, report.failed
+        );
         decisions.push(decision);
         servings.push(serving);
     }
