@@ -146,6 +146,6 @@ fn the_first_request_after_scaling_to_zero_succeeds() {
     assert_eq!(status, Some(200), "the held request is served once a replica is ready");
     assert!(latency < Duration::from_secs(30), "within the proxy's hold timeout: {latency:?}");
     let described = up.berth(&["describe", "autoscaler", "zero"]);
+    // The held request is both an arrival (the rate metric) and waiting demand; either reason scales 0 -> 1.
     assert!(described.contains("0 -> 1"), "{described}");
-    assert!(described.contains("held at zero replicas"), "{described}");
 }
