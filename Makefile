@@ -5,7 +5,7 @@ CARGO ?= cargo
 FEATURES ?= --features etcd
 export BERTH_SKIP_LOG := $(CURDIR)/target/skipped.txt
 
-.PHONY: up test build lint fmt bench-registry bench-scheduler bench-dns bench-proxy bench-propagation
+.PHONY: up test build lint fmt bench-registry bench-scheduler bench-dns bench-proxy bench-propagation bench-autoscale
 
 build:
 	@scripts/prereqs.sh build
@@ -50,3 +50,7 @@ bench-dns:
 bench-proxy:
 	@scripts/prereqs.sh bench
 	bash benches/proxy/bench.sh
+
+## Load step -> scale-up decision and -> new replicas serving, p50 over 5 trials (process runtime).
+bench-autoscale: build
+	$(CARGO) run --release -p berth-benches --bin bench_autoscale -- target/release/berth

@@ -8,12 +8,13 @@ use orchestrator::agent::{Agent, AgentConfig, HttpControlPlane};
 use orchestrator::api::{self, ApiState};
 use orchestrator::client::Client;
 use orchestrator::clock::SystemClock;
-use orchestrator::controllers::Controllers;
+use orchestrator::controllers::{Controllers, ControllersConfig, LoadSample, LoadSource};
 use orchestrator::scheduler::{Scheduler, SchedulingPolicy};
 use orchestrator::store;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 #[derive(clap::Args, Debug)]
@@ -101,7 +102,42 @@ pub(crate) fn stop_on_signal() -> Stop {
     Stop(rx)
 }
 
-async fn start_control_plane(args: &ServerArgs, stop: &Stop) -> Result<ControlPlane> {
+/// The autoscaler's load source in one process: the proxy's per-service figures, read directly.
+struct ProxyLoad {
+    proxy: Arc<proxy::Proxy>,
+    /// Per service: the latency histogram at the previous sample, so each sample's p99 covers only the
+    /// requests completed since, and the arrivals counted then.
+    last: Mutex<HashMap<(String, String), (proxy::metrics::LatencySnapshot, u64)>>,
+}
+
+impl LoadSource for ProxyLoad {
+    fn sample(&self, namespace: &str, service: &str) -> Option<LoadSample> {
+        let stats = self.proxy.service_stats(namespace, service)?;
+        let latency = self.proxy.service_latency(namespace, service)?;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_string(), service.to_string());
+        let previous = last.get(&key);
+        let p99 = latency.quantile_since(previous.map(|(l, _)| l), 0.99);
+        // Arrivals (completed + in flight), not completions: a backlog draining after a scale-up must not look
+        // like a burst of load. The two figures are read apart, so keep the count monotonic.
+        let arrivals = (stats.requests_total + stats.in_flight.max(0) as u64).max(previous.map_or(0, |(_, a)| *a));
+        last.insert(key, (latency, arrivals));
+        Some(LoadSample {
+            at: std::time::SystemTime::now(),
+            requests_total: arrivals,
+            in_flight: stats.in_flight.max(0) as u64,
+            waiting: stats.waiting,
+            latency_p99_ms: p99,
+        })
+    }
+}
+
+async fn start_control_plane(
+    args: &ServerArgs,
+    stop: &Stop,
+    registry: Arc<Registry>,
+    load: Option<Arc<dyn LoadSource>>,
+) -> Result<ControlPlane> {
     let dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
     datadir::ensure(&dir)?;
     let token_file = args.token_file.clone().unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
@@ -116,11 +152,11 @@ async fn start_control_plane(args: &ServerArgs, stop: &Stop) -> Result<ControlPl
         .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;
     let url = format!("http://{}", listener.local_addr()?);
     datadir::record_address(&dir, &url)?;
-    let registry = Arc::new(Registry::new());
     let state = ApiState::new(store.clone(), Some(token.clone()), Some(registry.clone()));
     let serving = tokio::spawn(api::serve(listener, state, stop.wait()));
     if !args.no_controllers {
-        Controllers::start(store.clone(), registry.clone(), Arc::new(SystemClock), stop.wait());
+        let config = ControllersConfig::default();
+        Controllers::start_with_load(store.clone(), registry.clone(), Arc::new(SystemClock), config, load, stop.wait());
         let (store, stop) = (store.clone(), stop.wait());
         tokio::spawn(async move {
             if let Err(e) = Scheduler::run(store, SchedulingPolicy::default(), stop).await {
@@ -133,7 +169,7 @@ async fn start_control_plane(args: &ServerArgs, stop: &Stop) -> Result<ControlPl
 
 pub async fn server(args: ServerArgs) -> Result<()> {
     let stop = stop_on_signal();
-    let cp = start_control_plane(&args, &stop).await?;
+    let cp = start_control_plane(&args, &stop, Arc::new(Registry::new()), None).await?;
     println!("berth server: API on {} (token in {}), store {}", cp.url, cp.token_file.display(), cp.store_url);
     cp.serving.await.context("API server task failed")?.context("API server failed")?;
     println!("berth server: stopped");
@@ -145,7 +181,23 @@ pub async fn server(args: ServerArgs) -> Result<()> {
 pub async fn up(args: UpArgs) -> Result<()> {
     anyhow::ensure!((1..=26).contains(&args.agents), "--agents: expected 1 to 26, got {}", args.agents);
     let stop = stop_on_signal();
-    let cp = start_control_plane(&args.server, &stop).await?;
+    // The proxy starts first so the autoscaler reads its figures from the first evaluation.
+    let registry = Arc::new(Registry::new());
+    let proxy_config = proxy::ProxyConfig {
+        http_listen: vec![args.http_listen],
+        max_connections: args.max_connections,
+        header_read_timeout_ms: args.header_read_timeout_ms,
+        // Scale from zero: a request for a service without endpoints waits for one (see the README).
+        hold_max_requests: 100,
+        hold_timeout_ms: 30_000,
+        ..Default::default()
+    };
+    let proxy = proxy::Proxy::start(registry.clone(), proxy_config)
+        .with_context(|| format!("cannot start the proxy on {} (--http-listen)", args.http_listen))?;
+    let http_addr = proxy.http_addr().unwrap_or(args.http_listen);
+    let proxy = Arc::new(proxy);
+    let load = Arc::new(ProxyLoad { proxy: proxy.clone(), last: Mutex::new(HashMap::new()) });
+    let cp = start_control_plane(&args.server, &stop, registry, Some(load)).await?;
 
     let mut agents = Vec::new();
     for i in 0..args.agents {
@@ -166,16 +218,6 @@ pub async fn up(args: UpArgs) -> Result<()> {
         }));
     }
 
-    let proxy_config = proxy::ProxyConfig {
-        http_listen: vec![args.http_listen],
-        max_connections: args.max_connections,
-        header_read_timeout_ms: args.header_read_timeout_ms,
-        ..Default::default()
-    };
-    let proxy = proxy::Proxy::start(cp.registry.clone(), proxy_config)
-        .with_context(|| format!("cannot start the proxy on {} (--http-listen)", args.http_listen))?;
-    let http_addr = proxy.http_addr().unwrap_or(args.http_listen);
-
     let dns_config = discovery::dns::DnsConfig { zone: args.dns_zone.clone(), ..Default::default() };
     let dns = discovery::dns::DnsServer::new(dns_config, cp.registry.clone()).context("--dns-zone")?;
     let udp = discovery::dns::bind_udp(args.dns_listen, 1)
@@ -190,7 +232,6 @@ pub async fn up(args: UpArgs) -> Result<()> {
         tokio::spawn(async move { dns.serve(udp, tcp, stop).await })
     };
 
-    let proxy = Arc::new(proxy);
     let admin = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;

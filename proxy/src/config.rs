@@ -62,6 +62,11 @@ pub struct ProxyConfig {
     pub access_log: bool,
     /// Grace period for in-flight requests when the proxy stops.
     pub shutdown_grace_ms: u64,
+    /// Requests per service held while it has no endpoint (scale from zero), waiting for one to appear;
+    /// beyond this they get 503 at once. 0 disables holding: an empty service answers 503 immediately.
+    pub hold_max_requests: usize,
+    /// How long a held request waits for an endpoint before it gets 503.
+    pub hold_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +93,8 @@ impl Default for ProxyConfig {
             upstream_idle_timeout_ms: 60_000,
             access_log: false,
             shutdown_grace_ms: 1_000,
+            hold_max_requests: 0,
+            hold_timeout_ms: 30_000,
         }
     }
 }
@@ -98,6 +105,9 @@ impl ProxyConfig {
     }
     pub fn per_try_timeout(&self) -> Duration {
         Duration::from_millis(self.per_try_timeout_ms)
+    }
+    pub fn hold_timeout(&self) -> Duration {
+        Duration::from_millis(self.hold_timeout_ms)
     }
     pub fn total_timeout(&self) -> Duration {
         Duration::from_millis(self.total_timeout_ms)

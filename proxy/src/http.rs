@@ -5,6 +5,8 @@
 //!   per-rule rate limit (429). The rule and pool `Arc`s are kept in the context for the whole request, so a
 //!   table swap mid-request changes nothing for it.
 //! - `upstream_peer`: pick an endpoint (never one already tried while another exists), count it in flight.
+//!   When the service has no endpoint and holding is on (`hold_max_requests`), the request first waits for
+//!   one (scale from zero), bounded per service in count and in time (`hold_timeout_ms`), else 503.
 //! - `fail_to_connect` / `error_while_proxy`: count the failure against the endpoint (passive ejection) and
 //!   allow a retry on another endpoint while the retry budget and the total timeout allow.
 //! - `upstream_response_filter`: a status the Service lists in `retry_on_statuses`, for an idempotent method
@@ -134,6 +136,35 @@ impl HttpApp {
         }
     }
 
+    /// Wait (bounded in count per service and in time) until the service of an empty pool has an endpoint;
+    /// returns its new pool. The wait is counted in the service's `waiting` figure, which the autoscaler reads
+    /// as demand to scale from zero. Nothing here writes control-plane state.
+    async fn hold_for_endpoint(&self, pool: &Arc<ServicePool>) -> Option<Arc<ServicePool>> {
+        let shared = &self.shared;
+        let waiting = &pool.metrics.waiting;
+        if waiting.fetch_add(1, Relaxed) >= shared.config.hold_max_requests as i64 {
+            waiting.fetch_sub(1, Relaxed);
+            return None;
+        }
+        // Subscribe before looking, so a table published in between still wakes us.
+        let mut applied = shared.applied.subscribe();
+        let deadline = tokio::time::Instant::now() + shared.config.hold_timeout();
+        let found = loop {
+            let table = shared.table.load();
+            if let Some(p) = table.pool_index.get(&pool.key).map(|&i| &table.pools[i]) {
+                if !p.pool.is_empty() {
+                    break Some(p.clone());
+                }
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break None,
+            }
+        };
+        waiting.fetch_sub(1, Relaxed);
+        found
+    }
+
     /// Whether one more try fits in the retry budget and the total timeout.
     fn may_retry(&self, ctx: &Ctx) -> bool {
         let shared = &self.shared;
@@ -224,9 +255,18 @@ impl ProxyHttp for HttpApp {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         // An attempt still open here failed after connecting (error_while_proxy already counted it).
         self.end_attempt(ctx, false);
-        let Some(pool) = ctx.pool.clone() else {
+        let Some(mut pool) = ctx.pool.clone() else {
             return Err(Error::new(HTTPStatus(503)));
         };
+        if pool.pool.is_empty() && ctx.tried.is_empty() && self.shared.config.hold_max_requests > 0 {
+            match self.hold_for_endpoint(&pool).await {
+                Some(p) => {
+                    ctx.pool = Some(p.clone());
+                    pool = p;
+                }
+                None => return Err(Error::new(HTTPStatus(503))),
+            }
+        }
         let now = now_ns();
         let pick = Pick { hash: ctx.hash, tried: &ctx.tried, now };
         let Some(idx) = with_rng(|rng| pool.pool.select(pick, rng)) else {

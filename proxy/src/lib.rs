@@ -313,6 +313,12 @@ impl Proxy {
         self.shared.metrics.services.get(namespace, service).map(|m| m.stats())
     }
 
+    /// The latency histogram of one service now, to compute an interval's p99 with
+    /// [`metrics::LatencySnapshot::quantile_since`].
+    pub fn service_latency(&self, namespace: &str, service: &str) -> Option<metrics::LatencySnapshot> {
+        self.shared.metrics.services.get(namespace, service).map(|m| m.latency.snapshot())
+    }
+
     /// Request figures of every service seen so far.
     pub fn all_service_stats(&self) -> Vec<((String, String), ServiceStats)> {
         self.shared.metrics.services.snapshot().into_iter().map(|(k, m)| (k, m.stats())).collect()

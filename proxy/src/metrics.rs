@@ -61,6 +61,11 @@ impl AtomicHistogram {
     }
 
     /// Fold into an hdrhistogram (values are bucket upper bounds).
+    /// The bucket counts now, to compute quantiles over an interval later ([`LatencySnapshot::quantile_since`]).
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot(self.buckets.iter().map(|b| b.load(Relaxed)).collect())
+    }
+
     pub fn to_hdr(&self) -> Option<Histogram<u64>> {
         let mut h = Histogram::<u64>::new_with_bounds(1, 1 << 42, 3).ok()?;
         for (i, b) in self.buckets.iter().enumerate() {
@@ -73,12 +78,44 @@ impl AtomicHistogram {
     }
 }
 
+/// A copy of a latency histogram's bucket counts at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatencySnapshot(Box<[u64]>);
+
+impl LatencySnapshot {
+    /// The `q` quantile (ms, bucket upper bound) of the requests recorded after `earlier` (all of them when
+    /// `None`); `None` when none were.
+    pub fn quantile_since(&self, earlier: Option<&LatencySnapshot>, q: f64) -> Option<f64> {
+        let delta: Vec<u64> = match earlier {
+            Some(e) if e.0.len() == self.0.len() => {
+                self.0.iter().zip(e.0.iter()).map(|(a, b)| a.saturating_sub(*b)).collect()
+            }
+            _ => self.0.to_vec(),
+        };
+        let total: u64 = delta.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in delta.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(bucket_high(i).max(1) as f64 / 1000.0);
+            }
+        }
+        None
+    }
+}
+
 /// Counters shared by routes and services.
 #[derive(Debug, Default)]
 pub struct RequestMetrics {
     /// By status class 1xx..5xx, then "no response" (connect/proxy failure).
     pub by_class: [AtomicU64; 6],
     pub in_flight: AtomicI64,
+    /// Requests held because the service had no endpoint (scale from zero); part of `in_flight`.
+    pub waiting: AtomicI64,
     pub latency: AtomicHistogram,
 }
 
@@ -114,6 +151,8 @@ pub struct ServiceStats {
     pub requests_total: u64,
     pub errors_total: u64,
     pub in_flight: i64,
+    /// Requests held now because the service has no endpoint (demand for a scale from zero).
+    pub waiting: u64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
 }
@@ -130,6 +169,7 @@ impl RequestMetrics {
             requests_total: self.total(),
             errors_total: self.by_class[4].load(Relaxed) + self.by_class[5].load(Relaxed),
             in_flight: self.in_flight.load(Relaxed).max(0),
+            waiting: self.waiting.load(Relaxed).max(0) as u64,
             latency_p50_ms: p50,
             latency_p99_ms: p99,
         }
@@ -323,5 +363,21 @@ mod tests {
         assert_eq!(s.requests_total, 1000);
         assert!((s.latency_p99_ms - 9.9).abs() < 0.7, "{}", s.latency_p99_ms);
         assert_eq!(s.in_flight, 0);
+    }
+
+    #[test]
+    fn interval_quantiles_count_only_new_requests() {
+        let m = RequestMetrics::default();
+        for _ in 0..1000 {
+            m.finish(1, 1_000);
+        }
+        let before = m.latency.snapshot();
+        assert!((before.quantile_since(None, 0.99).unwrap() - 1.0).abs() < 0.07);
+        assert_eq!(m.latency.snapshot().quantile_since(Some(&before), 0.99), None, "nothing new");
+        for _ in 0..100 {
+            m.finish(1, 200_000);
+        }
+        let p99 = m.latency.snapshot().quantile_since(Some(&before), 0.99).unwrap();
+        assert!((p99 - 200.0).abs() < 14.0, "only the slow requests since the snapshot: {p99}");
     }
 }

@@ -397,3 +397,56 @@ async fn static_file_is_served_and_reloaded() {
     }
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_an_empty_service_are_held_until_an_endpoint_appears() {
+    let a = Backend::start("a");
+    let reg = Arc::new(discovery::Registry::new());
+    reg.put(service("web"));
+    reg.put(route("all", &[], vec![rule("/", "web")]));
+    let mut cfg = config();
+    cfg.hold_max_requests = 3;
+    cfg.hold_timeout_ms = 20_000;
+    let proxy = Arc::new(start(&reg, cfg));
+    let url = format!("http://{}/", proxy.http_addr().unwrap());
+    let c = client();
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { c.get(&url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    eventually("3 requests held as demand", Duration::from_secs(10), || {
+        proxy.service_stats("default", "web").is_some_and(|s| s.waiting == 3)
+    })
+    .await;
+    // The queue is full: the next one is refused at once.
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 503, "beyond the hold bound");
+    let t0 = Instant::now();
+    reg.put(Object::Endpoint(Arc::new(endpoint("web", "a", a.addr))));
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap(), 200, "a held request is served once an endpoint is ready");
+    }
+    eprintln!("held requests answered {} us after the endpoint appeared", t0.elapsed().as_micros());
+    assert_eq!(proxy.service_stats("default", "web").unwrap().waiting, 0);
+    if let Ok(p) = Arc::try_unwrap(proxy) {
+        p.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_request_gets_503_after_the_hold_timeout() {
+    let reg = Arc::new(discovery::Registry::new());
+    reg.put(service("web"));
+    reg.put(route("all", &[], vec![rule("/", "web")]));
+    let mut cfg = config();
+    cfg.hold_max_requests = 10;
+    cfg.hold_timeout_ms = 300;
+    let proxy = start(&reg, cfg);
+    let t0 = Instant::now();
+    let r = client().get(format!("http://{}/", proxy.http_addr().unwrap())).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(t0.elapsed() >= Duration::from_millis(300), "waited the hold timeout: {:?}", t0.elapsed());
+    assert_eq!(proxy.service_stats("default", "web").unwrap().waiting, 0);
+    proxy.stop();
+}

@@ -179,7 +179,7 @@ fn columns(kind: Kind) -> (Vec<&'static str>, Vec<&'static str>) {
         Kind::Route => (vec!["NAME", "HOSTS", "BACKENDS", "AGE"], vec![]),
         Kind::ConfigMap => (vec!["NAME", "DATA", "AGE"], vec![]),
         Kind::Secret => (vec!["NAME", "TYPE", "DATA", "AGE"], vec![]),
-        Kind::Autoscaler => (vec!["NAME", "REFERENCE", "TARGETS", "MINPODS", "MAXPODS", "REPLICAS", "AGE"], vec![]),
+        Kind::Autoscaler => (vec!["NAME", "TARGET", "METRIC", "MIN", "MAX", "REPLICAS", "AGE"], vec!["DESIRED"]),
     }
 }
 
@@ -346,7 +346,7 @@ fn row(kind: Kind, v: &Value) -> (Vec<String>, Vec<String>) {
                     n(v, "/status/currentReplicas").to_string(),
                     age,
                 ],
-                vec![],
+                vec![n(v, "/status/desiredReplicas").to_string()],
             )
         }
     }
@@ -388,6 +388,8 @@ pub fn age(created: &str) -> String {
 /// A human-readable, kind-aware rendering. Secret values are never shown, only their sizes.
 pub fn describe(kind: Kind, v: &Value) -> String {
     let mut out = String::new();
+    // Printed after everything else, as kubectl prints Events last.
+    let mut events = String::new();
     let mut field = |k: &str, val: String| {
         let _ = writeln!(out, "{:<18}{}", format!("{k}:"), val);
     };
@@ -416,6 +418,40 @@ pub fn describe(kind: Kind, v: &Value) -> String {
             );
             let strategy = or(s(v, "/spec/strategy/type"), "RollingUpdate");
             field("Strategy", strategy);
+        }
+        Kind::Autoscaler => {
+            field(
+                "Replicas",
+                format!(
+                    "{} current | {} desired | min {} | max {}",
+                    n(v, "/status/currentReplicas"),
+                    n(v, "/status/desiredReplicas"),
+                    n(v, "/spec/minReplicas"),
+                    n(v, "/spec/maxReplicas")
+                ),
+            );
+            let metrics = v.pointer("/status/currentMetrics").and_then(Value::as_array).cloned().unwrap_or_default();
+            let shown: Vec<String> =
+                metrics.iter().filter_map(|m| m.get("display").and_then(Value::as_str).map(str::to_string)).collect();
+            field("Metrics", or(&shown.join(", "), "<unknown>"));
+            for c in v.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten() {
+                field(s(c, "/type"), format!("{} {}: {}", s(c, "/status"), s(c, "/reason"), s(c, "/message")));
+            }
+            let decisions = v.pointer("/status/recentDecisions").and_then(Value::as_array).cloned().unwrap_or_default();
+            let _ = writeln!(events, "Events (recent scaling decisions, newest last):");
+            if decisions.is_empty() {
+                let _ = writeln!(events, "  <none>");
+            }
+            for d in &decisions {
+                let _ = writeln!(
+                    events,
+                    "  {:<10} {} -> {}  {}",
+                    age(s(d, "/time")),
+                    n(d, "/fromReplicas"),
+                    n(d, "/toReplicas"),
+                    s(d, "/reason")
+                );
+            }
         }
         Kind::Pod => {
             field("Node", or(s(v, "/spec/nodeName"), "<none>"));
@@ -446,6 +482,7 @@ pub fn describe(kind: Kind, v: &Value) -> String {
             }
         }
     }
+    out.push_str(&events);
     out
 }
 

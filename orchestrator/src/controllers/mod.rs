@@ -1,5 +1,6 @@
 //! The controllers that keep actual state equal to desired state: Deployments and rollouts
-//! ([`deployment`]), node lifecycle ([`node`]) and endpoints into the discovery registry ([`endpoints`]).
+//! ([`deployment`]), node lifecycle ([`node`]), endpoints into the discovery registry ([`endpoints`]) and
+//! replicas from request load ([`autoscaler`], reading a [`LoadSource`]).
 //!
 //! Each controller is a pure function over (desired, observed, now) returning actions, tested with a
 //! simulated clock; [`runner`] holds the thin level-triggered loops that list and watch the store, call those
@@ -11,10 +12,12 @@
 //! `metadata.deletionTimestamp` set is terminating: it is published as such (no new requests) and removed from
 //! the store after the drain period; the agent may stop it then.
 
+pub mod autoscaler;
 pub mod deployment;
 pub mod endpoints;
 pub mod node;
 pub mod rollout;
 pub mod runner;
 
+pub use autoscaler::{AutoscalerConfig, LoadSample, LoadSource};
 pub use runner::{Controllers, ControllersConfig};

@@ -13,11 +13,15 @@
 //! Timers exist only for time-based transitions (heartbeat grace, minReadySeconds, drain, progress deadline)
 //! and for a periodic full resync of the registry as a safety net.
 
+use super::autoscaler::{self as scaling, AutoscalerConfig, Evaluation, LoadSample, LoadSource, Missing};
 use super::deployment::{self, Action, DeploymentConfig, RevisionRecord, REVISIONS_KIND};
 use super::endpoints;
 use super::node::{self, NodeAction, NODE_STATUS_UNKNOWN};
 use crate::clock::Clock;
-use crate::model::{Condition, ConditionStatus, ConfigMap, Deployment, Node, Pod, Route, Secret, Service, Time};
+use crate::model::{
+    Autoscaler, AutoscalerStatus, Condition, ConditionStatus, ConfigMap, Deployment, MetricName, MetricStatus, Node,
+    Pod, Route, ScaleRecord, Secret, Service, Time, RECENT_DECISIONS,
+};
 use crate::scheduler::SeededRng;
 use crate::store::{Key, Prefix, Store, StoreError, StoreEvent, Versioned};
 use discovery::{Change, Object, ObjectKey, Registry};
@@ -41,6 +45,7 @@ pub struct ControllersConfig {
     pub resync: Duration,
     /// Seed of the pod-name generator (random when `None`).
     pub seed: Option<u64>,
+    pub autoscaler: AutoscalerConfig,
 }
 
 impl Default for ControllersConfig {
@@ -50,6 +55,7 @@ impl Default for ControllersConfig {
             deployment: DeploymentConfig::default(),
             resync: Duration::from_secs(60),
             seed: None,
+            autoscaler: AutoscalerConfig::default(),
         }
     }
 }
@@ -61,8 +67,8 @@ pub struct Controllers {
 }
 
 impl Controllers {
-    /// Start the deployment, node-lifecycle and endpoints controllers over `store`, publishing into
-    /// `registry`, until `shutdown` resolves. Must be called inside a tokio runtime.
+    /// Start the deployment, node-lifecycle, autoscaler (with no load source) and endpoints controllers over
+    /// `store`, publishing into `registry`, until `shutdown` resolves. Must be called inside a tokio runtime.
     pub fn start(
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
@@ -77,6 +83,19 @@ impl Controllers {
         registry: Arc<Registry>,
         clock: Arc<dyn Clock>,
         config: ControllersConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Controllers {
+        Self::start_with_load(store, registry, clock, config, None, shutdown)
+    }
+
+    /// As [`Controllers::start_with`], with the autoscaler reading request load from `load` (without one,
+    /// every Autoscaler reports its metrics missing and holds its target's replicas).
+    pub fn start_with_load(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        config: ControllersConfig,
+        load: Option<Arc<dyn LoadSource>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Controllers {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -98,6 +117,13 @@ impl Controllers {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(run_nodes(store.clone(), clock.clone(), config.node_grace, stop_rx.clone())));
+        tasks.push(tokio::spawn(run_autoscalers(
+            store.clone(),
+            clock.clone(),
+            load,
+            config.autoscaler,
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(run_endpoints(store, registry, config.resync, stop_rx)));
         Controllers { tasks }
     }
@@ -760,6 +786,219 @@ fn mark_not_ready(n: &mut Node, now: std::time::SystemTime, silent_for: Duration
             true
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Autoscalers
+
+/// What the autoscaler loop keeps per Autoscaler.
+#[derive(Default)]
+struct Scaling {
+    window: scaling::MetricWindow,
+    state: scaling::ScalerState,
+    next_periodic: Option<std::time::SystemTime>,
+}
+
+/// Samples the load source every `sample_period`, evaluates every `period` (and on every sample as a fast
+/// path that may only scale up), writes the target's replicas and the Autoscaler's status.
+async fn run_autoscalers(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    load: Option<Arc<dyn LoadSource>>,
+    config: AutoscalerConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut feed = spawn_feeds(&store, &["autoscalers", "deployments", "services"], &stop);
+    let mut autoscalers: Cache<Autoscaler> = Cache::new();
+    let mut deployments: Cache<Deployment> = Cache::new();
+    let mut services: Cache<Service> = Cache::new();
+    let mut listed = [false; 3];
+    let mut scalers: HashMap<Key, Scaling> = HashMap::new();
+    let mut ticker = tokio::time::interval(config.sample_period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = wait_stop(&mut stop) => return,
+            batch = recv_batch(&mut feed) => {
+                let Some(batch) = batch else { return };
+                for f in batch {
+                    match f {
+                        Feed::Listed { kind: 0, objects } => { listed[0] = true; autoscalers.relist(objects); }
+                        Feed::Listed { kind: 1, objects } => { listed[1] = true; deployments.relist(objects); }
+                        Feed::Listed { objects, .. } => { listed[2] = true; services.relist(objects); }
+                        Feed::Event { kind: 0, event } => { autoscalers.apply(event); }
+                        Feed::Event { kind: 1, event } => { deployments.apply(event); }
+                        Feed::Event { event, .. } => { services.apply(event); }
+                    }
+                }
+                continue;
+            }
+            _ = ticker.tick() => {}
+        }
+        if !listed.iter().all(|l| *l) {
+            continue;
+        }
+        scalers.retain(|k, _| autoscalers.get(k).is_some());
+        let keys: Vec<Key> = autoscalers.objects.keys().cloned().collect();
+        for key in keys {
+            let s = scalers.entry(key.clone()).or_default();
+            let mut caches =
+                ScaleCaches { autoscalers: &mut autoscalers, deployments: &mut deployments, services: &services };
+            if let Err(e) = autoscale_one(&*store, &*clock, load.as_deref(), &config, &key, s, &mut caches).await {
+                tracing::warn!(autoscaler = %key, error = %e, "autoscaler write failed; retrying next period");
+            }
+        }
+    }
+}
+
+struct ScaleCaches<'a> {
+    autoscalers: &'a mut Cache<Autoscaler>,
+    deployments: &'a mut Cache<Deployment>,
+    services: &'a Cache<Service>,
+}
+
+/// The Services in the Deployment's namespace whose selector matches its pod template.
+fn services_of<'a>(services: &'a Cache<Service>, d: &Deployment) -> Vec<&'a Service> {
+    let labels = &d.spec.template.metadata.labels;
+    services
+        .values()
+        .filter(|svc| {
+            svc.metadata.namespace == d.metadata.namespace
+                && !svc.spec.selector.is_empty()
+                && svc.spec.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .collect()
+}
+
+async fn autoscale_one(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    load: Option<&dyn LoadSource>,
+    config: &AutoscalerConfig,
+    key: &Key,
+    s: &mut Scaling,
+    c: &mut ScaleCaches<'_>,
+) -> Result<(), StoreError> {
+    let Some((_, a)) = c.autoscalers.get(key).cloned() else { return Ok(()) };
+    let now = clock.now();
+    let periodic = s.next_periodic.is_none_or(|t| now >= t);
+    let dkey = Key::new("deployments", key.namespace.clone(), a.spec.scale_target_ref.name.clone());
+    let Some((_, d)) = c.deployments.get(&dkey).cloned() else {
+        if periodic {
+            s.next_periodic = Some(now + config.period);
+            let prev = a.status.clone().unwrap_or_default();
+            let message = format!("Deployment {} not found", a.spec.scale_target_ref.name);
+            let mut st = prev.clone();
+            st.observed_generation = a.metadata.generation;
+            st.conditions =
+                vec![scaling::condition(&prev.conditions, "AbleToScale", false, "FailedGetScale", message, now)];
+            write_autoscaler_status(store, c.autoscalers, key, st).await?;
+        }
+        return Ok(());
+    };
+    let svcs = services_of(c.services, &d);
+    let unavailable = match load {
+        None => Some(Missing::NoLoadSource),
+        Some(_) if svcs.is_empty() => Some(Missing::NoService),
+        Some(load) => {
+            let samples: Vec<LoadSample> =
+                svcs.iter().filter_map(|svc| load.sample(&svc.metadata.namespace, &svc.metadata.name)).collect();
+            if let Some(sample) = LoadSample::combine(&samples) {
+                s.window.push(sample, config.rate_window.max(config.period) * 3);
+            }
+            None
+        }
+    };
+    let current = d.spec.replicas;
+    let ready = d.status.as_ref().map_or(0, |st| st.ready_replicas);
+    let eval = if periodic {
+        s.next_periodic = Some(now + config.period);
+        Evaluation::Periodic
+    } else {
+        Evaluation::FastPath
+    };
+    let obs = scaling::Observed { window: &s.window, current, ready, unavailable };
+    let decision = scaling::decide(&a.spec, &obs, &mut s.state, now, config, eval);
+    let scaled = decision.desired != current;
+    if scaled {
+        tracing::info!(autoscaler = %key, from = current, to = decision.desired, reason = %decision, "scaling");
+        let desired = decision.desired;
+        update_with(store, c.deployments, &dkey, |d: &mut Deployment| {
+            if d.spec.replicas == desired {
+                return false;
+            }
+            d.spec.replicas = desired;
+            // A spec change, as the API would record it.
+            d.metadata.generation = Some(d.metadata.generation.unwrap_or(1) + 1);
+            true
+        })
+        .await?;
+    }
+    if !(periodic || scaled) {
+        return Ok(());
+    }
+    let prev = a.status.clone().unwrap_or_default();
+    let mut st = AutoscalerStatus {
+        observed_generation: a.metadata.generation,
+        current_replicas: current,
+        desired_replicas: decision.desired,
+        current_metrics: decision.readings.iter().map(metric_status).collect(),
+        conditions: scaling::conditions(&decision, &prev.conditions, now),
+        last_scale_time: prev.last_scale_time,
+        recent_decisions: prev.recent_decisions.clone(),
+    };
+    if scaled {
+        st.current_replicas = decision.desired;
+        st.last_scale_time = Some(Time(now));
+        st.recent_decisions.push(ScaleRecord {
+            time: Time(now),
+            from_replicas: current,
+            to_replicas: decision.desired,
+            reason: decision.to_string(),
+        });
+        let excess = st.recent_decisions.len().saturating_sub(RECENT_DECISIONS);
+        st.recent_decisions.drain(..excess);
+    }
+    write_autoscaler_status(store, c.autoscalers, key, st).await
+}
+
+/// The status line of one metric: per replica for rates and concurrency, milliseconds for latency.
+fn metric_status(r: &scaling::Reading) -> MetricStatus {
+    let current = match r.name {
+        MetricName::LatencyP99 => r.value,
+        _ => r.per_replica,
+    };
+    let shown = current.map_or_else(|| "<unknown>".to_string(), |v| format!("{v:.0}"));
+    let display = match r.name {
+        MetricName::RequestsPerSecond => format!("rps {shown}/{}", r.target),
+        MetricName::Concurrency => format!("concurrency {shown}/{}", r.target),
+        MetricName::LatencyP99 => format!("p99 {shown}ms/{}ms", r.target),
+        MetricName::Cpu => format!("cpu {shown}/{}%", r.target),
+    };
+    // Rounded, so a status write happens when a figure moves, not on every sampling jitter.
+    MetricStatus {
+        name: r.name,
+        current: current.map(|v| (v * 10.0).round() / 10.0),
+        target: r.target,
+        stale: r.missing.is_some(),
+        display: Some(display),
+    }
+}
+
+async fn write_autoscaler_status(
+    store: &dyn Store,
+    autoscalers: &mut Cache<Autoscaler>,
+    key: &Key,
+    status: AutoscalerStatus,
+) -> Result<(), StoreError> {
+    update_with(store, autoscalers, key, |a: &mut Autoscaler| {
+        if a.status.as_ref() == Some(&status) {
+            return false;
+        }
+        a.status = Some(status.clone());
+        true
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------------------

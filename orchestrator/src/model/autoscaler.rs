@@ -244,6 +244,24 @@ pub struct AutoscalerStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+    /// The latest scaling decisions, newest last (at most [`RECENT_DECISIONS`]). Berth has no Event kind; this
+    /// is what `berth describe autoscaler` shows as events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_decisions: Vec<ScaleRecord>,
+}
+
+/// How many decisions [`AutoscalerStatus::recent_decisions`] keeps.
+pub const RECENT_DECISIONS: usize = 10;
+
+/// One scaling decision, as recorded in status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScaleRecord {
+    pub time: Time,
+    pub from_replicas: i32,
+    pub to_replicas: i32,
+    /// Why, e.g. `requestsPerSecond 300/50 per replica wants 6`.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
