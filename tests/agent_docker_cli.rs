@@ -56,7 +56,8 @@ fn docker_with_echo_image() -> Option<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async {
-        let docker = match DockerRuntime::connect(NODE).await {
+        let volumes = std::env::temp_dir().join(format!("berth-docker-cli-volumes-{}", std::process::id()));
+        let docker = match DockerRuntime::connect(NODE, volumes).await {
             Ok(d) => d,
             Err(e) => {
                 let reason = format!("berth logs on the Docker runtime: docker is unavailable: {e}");

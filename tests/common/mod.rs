@@ -65,16 +65,6 @@ impl Server {
             .expect("run berth")
     }
 
-    /// Run a client command; returns its stdout (empty on failure), for polling loops.
-    pub fn stdout(&self, args: &[&str]) -> String {
-        String::from_utf8_lossy(&self.berth(args).stdout).into_owned()
-    }
-
-    /// One object as JSON (`Null` when it cannot be read).
-    pub fn get_json(&self, kind: &str, name: &str) -> serde_json::Value {
-        serde_json::from_str(&self.stdout(&["get", kind, name, "-o", "json"])).unwrap_or(serde_json::Value::Null)
-    }
-
     /// Run a client command and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.berth(args);
@@ -214,6 +204,16 @@ impl Up {
             .env_remove("BERTH_TOKEN")
             .output()
             .expect("run berth")
+    }
+
+    /// Run a client command; returns its stdout (empty on failure), for polling loops.
+    pub fn stdout(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.berth(args).stdout).into_owned()
+    }
+
+    /// One object as JSON (`Null` when it cannot be read).
+    pub fn get_json(&self, kind: &str, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.stdout(&["get", kind, name, "-o", "json"])).unwrap_or(serde_json::Value::Null)
     }
 
     /// Run a client command and require success; returns stdout.

@@ -45,8 +45,8 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 }
 
 impl DockerRuntime {
-    /// Connect to the local Docker socket and agree on an API version. Fails when Docker is not reachable.
-    /// Connect to the local Docker daemon. Volume contents go below `volumes_dir` (one directory per pod).
+    /// Connect to the local Docker socket and agree on an API version; volume contents go below `volumes_dir`
+    /// (one directory per pod). Fails when Docker is not reachable.
     pub async fn connect(node: &str, volumes_dir: impl Into<std::path::PathBuf>) -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults().map_err(derr)?;
         let docker = docker.negotiate_version().await.map_err(derr)?;
