@@ -127,9 +127,9 @@ fn readme_tour_runs_as_written() {
     println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
 
     // Stop what the tour left running. Its agent leaves pods running on exit (they would be adopted by the
-    // next agent), so first wait until the drain at the end of the tour stopped them, then stop the agent and
-    // the server.
+    // next agent), so drain its node and wait until the pods stopped, then stop the agent and the server.
     let client = |args: &[&str]| Command::new(BERTH).args(args).arg("--data-dir").arg(&data).output();
+    let _ = client(&["drain", "node-1"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
         let quiet = client(&["get", "pods", "-A", "-o", "json"]).is_ok_and(|o| {
