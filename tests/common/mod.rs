@@ -55,27 +55,12 @@ impl Server {
 
     /// Run a client command against this server.
     pub fn berth(&self, args: &[&str]) -> Output {
-        Command::new(BERTH)
-            .args(args)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .env_remove("BERTH_SERVER")
-            .env_remove("BERTH_TOKEN")
-            .output()
-            .expect("run berth")
+        berth_with_data_dir(&self.dir, args)
     }
 
     /// Run a client command and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.berth(args);
-        assert!(
-            out.status.success(),
-            "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        require_success(args, self.berth(args))
     }
 
     pub fn kill9(&mut self) {
@@ -91,6 +76,30 @@ impl Drop for Server {
 }
 
 /// The repository root (for `config/`).
+/// Run a client command that finds its server through `dir` (never through the caller's environment).
+pub fn berth_with_data_dir(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BERTH)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("BERTH_SERVER")
+        .env_remove("BERTH_TOKEN")
+        .output()
+        .expect("run berth")
+}
+
+/// `out`'s stdout, after asserting the command succeeded (the message shows both streams).
+pub fn require_success(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -196,14 +205,7 @@ impl Up {
 
     /// Run a client command against this `berth up`.
     pub fn berth(&self, args: &[&str]) -> Output {
-        Command::new(BERTH)
-            .args(args)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .env_remove("BERTH_SERVER")
-            .env_remove("BERTH_TOKEN")
-            .output()
-            .expect("run berth")
+        berth_with_data_dir(&self.dir, args)
     }
 
     /// Run a client command; returns its stdout (empty on failure), for polling loops.
@@ -218,15 +220,7 @@ impl Up {
 
     /// Run a client command and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.berth(args);
-        assert!(
-            out.status.success(),
-            "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        require_success(args, self.berth(args))
     }
 
     /// `berth get KIND -o json` as the list of items.
