@@ -283,6 +283,39 @@ fn rolling_update_respects_surge_and_unavailable_for_every_combination() {
 }
 
 #[test]
+fn a_template_change_within_min_ready_seconds_keeps_every_ready_pod() {
+    // The old pods are ready but not yet available (ready for less than minReadySeconds) when the template
+    // changes: with maxUnavailable=0 none of them may go until new pods are available.
+    for unavailable in [json!(0), json!(1)] {
+        let mut d = deployment(4, json!(1), unavailable.clone());
+        d.spec.min_ready_seconds = 5;
+        let (_, max_unavailable) = d.spec.strategy.rolling_update.clone().unwrap().resolve(4);
+        let mut sim = Sim::new(d, 2);
+        let mut ticks = 0;
+        while sim.ready() < 4 {
+            ticks += 1;
+            assert!(ticks < 20, "initial pods never became ready");
+            sim.run(1, |_| {});
+        }
+        sim.set_env("2");
+        let mut steps = 0;
+        while !sim.is_complete() {
+            steps += 1;
+            assert!(steps < 200, "maxUnavailable={unavailable}: rollout did not finish");
+            sim.run(1, |s| {
+                assert!(
+                    s.ready() + max_unavailable as usize >= 4,
+                    "maxUnavailable={unavailable}: {} ready at tick {}",
+                    s.ready(),
+                    s.tick
+                );
+                assert!(s.active().len() <= 5, "{} pods at tick {}", s.active().len(), s.tick);
+            });
+        }
+    }
+}
+
+#[test]
 fn recreate_deletes_all_old_pods_before_creating_new_ones() {
     let mut d = deployment(3, json!(1), json!(0));
     d.spec.strategy = serde_json::from_value(json!({"type": "Recreate"})).unwrap();

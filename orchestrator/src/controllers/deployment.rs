@@ -437,12 +437,14 @@ pub fn reconcile(
                 if (new.len() as i32) < replicas {
                     create = (replicas - new.len() as i32).min(max_total - active.len() as i32);
                 }
-                // Old pods: unavailable ones cost no availability; available ones only while enough remain.
+                // Old pods: not-ready ones serve nothing and go at once. Ready ones go only while enough available
+                // pods remain, including those ready for less than minReadySeconds: they already serve traffic
+                // (and a template change right after a scale-up must not take them all down at once).
                 let mut old_sorted = old.clone();
                 old_sorted.sort_by(deletion_order);
                 let mut spare = available_count - min_available;
                 for p in old_sorted {
-                    if is_available(p) {
+                    if p.is_ready() {
                         if spare <= 0 {
                             continue;
                         }
