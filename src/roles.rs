@@ -220,12 +220,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
 
     let dns_config = discovery::dns::DnsConfig { zone: args.dns_zone.clone(), ..Default::default() };
     let dns = discovery::dns::DnsServer::new(dns_config, cp.registry.clone()).context("--dns-zone")?;
-    let udp = discovery::dns::bind_udp(args.dns_listen, 1)
-        .with_context(|| format!("cannot listen on {} (--dns-listen)", args.dns_listen))?;
-    let dns_addr = udp.first().and_then(|u| u.local_addr().ok()).unwrap_or(args.dns_listen);
-    let tcp = tokio::net::TcpListener::bind(dns_addr)
+    let (udp, tcp) = discovery::dns::bind(args.dns_listen, 1)
         .await
-        .with_context(|| format!("cannot listen on TCP {dns_addr} (--dns-listen)"))?;
+        .with_context(|| format!("cannot listen on {} (--dns-listen)", args.dns_listen))?;
+    let dns_addr = udp[0].local_addr()?;
     let dns_task = {
         let dns = dns.clone();
         let stop = stop.wait();

@@ -100,19 +100,7 @@ impl Running {
 
 /// Start a server with UDP and TCP on the same loopback port (dig uses one `-p` for both).
 async fn start(registry: Arc<Registry>, config: DnsConfig) -> Running {
-    let mut attempt = 0;
-    let (udp, tcp) = loop {
-        attempt += 1;
-        let udp = bind_udp("127.0.0.1:0".parse().unwrap(), 1).expect("bind udp");
-        let addr = udp[0].local_addr().unwrap();
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(tcp) => break (udp, tcp),
-            Err(e) if attempt < 20 => {
-                eprintln!("tcp port {addr} taken ({e}); retrying");
-            }
-            Err(e) => panic!("no port free for both UDP and TCP: {e}"),
-        }
-    };
+    let (udp, tcp) = discovery::dns::bind("127.0.0.1:0".parse().unwrap(), 1).await.expect("bind UDP and TCP");
     let addr = udp[0].local_addr().unwrap();
     let server = DnsServer::new(config, registry).expect("server");
     let (tx, rx) = oneshot::channel();

@@ -5,7 +5,7 @@
 //! it and serves it on 127.0.0.1:PORT (UDP on THREADS `SO_REUSEPORT` sockets, and TCP) until SIGTERM or
 //! SIGINT, then prints `p99_us=N`, the server-side answer latency.
 
-use discovery::dns::{bind_udp, DnsConfig, DnsServer};
+use discovery::dns::{bind, DnsConfig, DnsServer};
 use discovery::{
     Endpoint, EndpointPort, Labels, Object, Protocol, Registry, Selector, Service, ServicePort, TargetPort,
 };
@@ -157,8 +157,7 @@ fn serve(port: u16, threads: usize) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let udp = bind_udp(addr, threads)?;
-        let tcp = tokio::net::TcpListener::bind(addr).await?;
+        let (udp, tcp) = bind(addr, threads).await?;
         let server = DnsServer::new(DnsConfig::default(), registry())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         println!("ready on {addr} with {threads} UDP thread(s)");

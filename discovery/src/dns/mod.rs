@@ -302,6 +302,23 @@ pub async fn serve(
     DnsServer::new(config, registry)?.serve(vec![udp], tcp, shutdown).await
 }
 
+/// Bind `count` UDP sockets and one TCP listener on the same address, as clients expect one port for
+/// both. With port 0 the kernel picks the UDP port, which another process may already hold for TCP:
+/// then a new port is tried (up to 50 times) instead of failing a start that asked for "any port".
+pub async fn bind(addr: SocketAddr, count: usize) -> io::Result<(Vec<UdpSocket>, tokio::net::TcpListener)> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let udp = bind_udp(addr, count)?;
+        let chosen = udp[0].local_addr()?;
+        match tokio::net::TcpListener::bind(chosen).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse && attempts < 50 => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("TCP {chosen}: {e}"))),
+        }
+    }
+}
+
 /// Bind `count` UDP sockets to `addr` with `SO_REUSEPORT` so the kernel spreads clients over them
 /// (port 0 picks one free port shared by all).
 pub fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
