@@ -15,7 +15,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -90,7 +90,8 @@ struct Proc {
 #[derive(Default)]
 struct Inner {
     procs: HashMap<String, Proc>,
-    ports: HashSet<u16>,
+    /// Host ports of live containers, each with its host-wide claim (see [`claim_host_port`]).
+    ports: HashMap<u16, Option<std::fs::File>>,
     next_port: u16,
 }
 
@@ -99,6 +100,28 @@ pub struct ProcessRuntime {
     inner: Arc<Mutex<Inner>>,
     /// Serialises state-file writes so an older snapshot never replaces a newer one.
     persist_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Claim `port` for this process among every agent on the host (several run side by side under
+/// `berth up --agents N` and in tests), with a lock file in the temp dir held for as long as the port is
+/// in use: a bind probe alone cannot see a port another agent has handed to a pod that has not started
+/// listening yet. `Err` means another agent holds it; `Ok(None)` that no lock could be taken here (an
+/// unwritable temp dir), leaving the bind probe as the only check.
+fn claim_host_port(port: u16) -> Result<Option<std::fs::File>, ()> {
+    let dir = std::env::temp_dir().join("berth-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return Ok(None);
+    }
+    let Ok(file) =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(format!("{port}.lock")))
+    else {
+        return Ok(None);
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(()),
+        Err(std::fs::TryLockError::Error(_)) => Ok(None),
+    }
 }
 
 impl ProcessRuntime {
@@ -142,7 +165,7 @@ impl ProcessRuntime {
             }
             let mut inner = rt.inner.lock();
             if rec.exit.is_none() {
-                inner.ports.insert(rec.host_port);
+                inner.ports.insert(rec.host_port, claim_host_port(rec.host_port).ok().flatten());
             }
             inner.procs.insert(rec.id.clone(), Proc { rec, exit: rx });
         }
@@ -173,12 +196,14 @@ impl ProcessRuntime {
         for _ in 0..span {
             let p = inner.next_port.clamp(lo, hi);
             inner.next_port = if p >= hi { lo } else { p + 1 };
-            if inner.ports.contains(&p) {
+            if inner.ports.contains_key(&p) {
                 continue;
             }
+            // Another agent on this host may have handed out the port to a pod that has not bound it yet.
+            let Ok(claim) = claim_host_port(p) else { continue };
             // A port someone else holds would make the workload fail at bind; skip it now.
             if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-                inner.ports.insert(p);
+                inner.ports.insert(p, claim);
                 return Ok(p);
             }
         }
@@ -830,5 +855,20 @@ mod tests {
         assert!(state == 'R' || state == 'S', "{state}");
         assert!(proc_alive(std::process::id() as i32, start));
         assert!(!proc_alive(std::process::id() as i32, start + 1));
+    }
+
+    #[test]
+    fn a_claimed_host_port_is_refused_to_a_second_agent_until_released() {
+        // Two runtimes in one process (`berth up --agents 2`) conflict like two agent processes do:
+        // each claim is its own open file description.
+        let port = 32_700;
+        let first = claim_host_port(port).expect("free at first");
+        if first.is_none() {
+            eprintln!("skipped: no lock dir in {}", std::env::temp_dir().display());
+            return;
+        }
+        assert!(claim_host_port(port).is_err(), "claimed twice");
+        drop(first);
+        assert!(matches!(claim_host_port(port), Ok(Some(_))), "released with the file");
     }
 }
