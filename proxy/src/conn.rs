@@ -150,32 +150,40 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             Some(true) => return self.inner.process_new(stream, shutdown).await,
             Some(false) => {}
         }
+        // The keep-alive loop runs here rather than in pingora's listener, so the connection's state, the h2
+        // check and the deadline timer are set up once per connection, not once per request.
         let state =
             Arc::new(ConnState { waiting_since: AtomicU64::new(accepted.max(1)), reused: AtomicBool::new(false) });
-        let serve = CONN.scope(state.clone(), self.inner.process_new(stream, shutdown));
-        tokio::pin!(serve);
+        let timer = tokio::time::sleep(header_timeout);
+        tokio::pin!(timer);
         loop {
-            let limit = if state.reused.load(Relaxed) { idle_timeout } else { header_timeout };
-            let since = state.waiting_since.load(Relaxed);
-            let now = now_ns();
-            let wake_in = if since == 0 {
-                // Serving a request: look again after one period (the request may take that long or longer).
-                limit
-            } else {
-                let due = since.saturating_add(limit.as_nanos() as u64);
-                if now >= due {
-                    if !state.reused.load(Relaxed) {
-                        self.shared.metrics.header_timeouts.fetch_add(1, Relaxed);
+            let serve = CONN.scope(state.clone(), self.inner.process_new(stream, shutdown));
+            tokio::pin!(serve);
+            let reused = loop {
+                let limit = if state.reused.load(Relaxed) { idle_timeout } else { header_timeout };
+                let since = state.waiting_since.load(Relaxed);
+                let now = now_ns();
+                let wake_in = if since == 0 {
+                    // Serving a request: look again after one period (the request may take that long or longer).
+                    limit
+                } else {
+                    let due = since.saturating_add(limit.as_nanos() as u64);
+                    if now >= due {
+                        if !state.reused.load(Relaxed) {
+                            self.shared.metrics.header_timeouts.fetch_add(1, Relaxed);
+                        }
+                        // Dropping the connection's future closes the socket.
+                        return None;
                     }
-                    // Dropping the connection's future closes the socket.
-                    return None;
+                    Duration::from_nanos(due - now)
+                };
+                timer.as_mut().reset(tokio::time::Instant::now() + wake_in);
+                tokio::select! {
+                    r = &mut serve => break r,
+                    _ = &mut timer => {}
                 }
-                Duration::from_nanos(due - now)
             };
-            tokio::select! {
-                r = &mut serve => return r,
-                _ = tokio::time::sleep(wake_in) => {}
-            }
+            stream = reused?;
         }
     }
 
