@@ -125,15 +125,16 @@ certificates:
     keyFile: key.pem
 CONF
 
-echo "building berth-proxy-bench (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p berth-benches --bin berth-proxy-bench)
+echo "building berth and berth-proxy-bench (release)..." >&2
+(cd "$ROOT" && cargo build --release -q --bin berth -p berth -p berth-benches --bin berth-proxy-bench)
 BIN="$ROOT/target/release/berth-proxy-bench"
 
 nginx -c "$TMP/backends.conf" -p "$TMP" 2>/dev/null
 nginx -c "$TMP/nginx-proxy.conf" -p "$TMP" 2>"$TMP/logs/nginx-start.err" || { cat "$TMP/logs/nginx-start.err" >&2; exit 1; }
 haproxy -f "$TMP/haproxy.cfg" >"$TMP/logs/haproxy.out" 2>&1 &
 PIDS+=($!)
-"$BIN" serve "$TMP/berth.yaml" > "$TMP/logs/berth.out" 2>&1 &
+# The shipped binary, as users run it: `berth proxy -c FILE` (threads: 1 from the file).
+"$ROOT/target/release/berth" proxy -c "$TMP/berth.yaml" --admin-listen 127.0.0.1:0 > "$TMP/logs/berth.out" 2>&1 &
 PIDS+=($!)
 BERTH_PID=$!
 

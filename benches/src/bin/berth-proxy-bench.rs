@@ -1,7 +1,7 @@
-//! Bench helper for `benches/proxy/bench.sh`: serves a static proxy configuration with Berth's proxy
-//! (`berth-proxy-bench serve FILE`), or measures resident memory with many endpoints in the registry
-//! (`berth-proxy-bench rss N`). mimalloc is the global allocator here (measured faster than glibc malloc for
-//! the proxy's short-lived per-request allocations).
+//! Bench helper for `benches/proxy/bench.sh`, which serves the traffic with the shipped `berth proxy -c`:
+//! measures resident memory with many endpoints in the registry (`berth-proxy-bench rss N`) and registry ->
+//! routing-table propagation (`propagation N`); `serve FILE` runs the proxy library alone for profiling.
+//! mimalloc is the global allocator, as in `berth`.
 
 use discovery::{Endpoint, EndpointPort, Object, Protocol, Registry, Selector, Service, ServicePort, TargetPort};
 use proxy::static_config::StaticConfig;
