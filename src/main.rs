@@ -78,6 +78,18 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let cmd_is_diff = matches!(args.command, Command::Diff(_));
+    let prints_for_a_pipe = matches!(
+        args.command,
+        Command::Get(_) | Command::Describe(_) | Command::Diff(_) | Command::Logs(_) | Command::Rollout(_)
+    );
+    if prints_for_a_pipe {
+        // `berth get pods | head`: end quietly when the reader goes away, as Unix tools do, instead of
+        // panicking in println! on EPIPE (Rust ignores SIGPIPE by default). Long-running roles keep ignoring it.
+        // SAFETY: no other thread exists yet; SIG_DFL is always a valid disposition.
+        let _ = unsafe {
+            nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -215,3 +215,34 @@ async fn api_rejects_bad_requests_without_crashing() {
     let metrics = http.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("berth_api_requests_total{method=\"POST\",code=\"400\"}"), "{metrics}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `berth get ... | head -1`: the reader is gone before berth prints. Unix tools die of SIGPIPE without a
+    // word; a Rust println! would panic on EPIPE instead.
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    server.ok(&["apply", "-f", repo().join("config/k8s").to_str().unwrap()]);
+    for args in [&["get", "deployments", "-A"][..], &["get", "services", "-A", "-o", "yaml"][..]] {
+        let mut child = std::process::Command::new(common::BERTH)
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("BERTH_SERVER")
+            .env_remove("BERTH_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "berth {args:?} panicked on a closed pipe: {stderr}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(13),
+            "berth {args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}
