@@ -239,10 +239,6 @@ fn output_into_a_closed_pipe_ends_quietly() {
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "berth {args:?} panicked on a closed pipe: {stderr}");
-        assert!(
-            out.status.success() || out.status.signal() == Some(13),
-            "berth {args:?}: {:?} {stderr}",
-            out.status
-        );
+        assert!(out.status.success() || out.status.signal() == Some(13), "berth {args:?}: {:?} {stderr}", out.status);
     }
 }
