@@ -225,12 +225,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let server = Server::start(dir.path(), &[]);
     server.ok(&["apply", "-f", repo().join("config/k8s").to_str().unwrap()]);
     for args in [&["get", "deployments", "-A"][..], &["get", "services", "-A", "-o", "yaml"][..]] {
-        let mut child = std::process::Command::new(common::BERTH)
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env_remove("BERTH_SERVER")
-            .env_remove("BERTH_TOKEN")
+        let mut child = common::berth_command(dir.path(), args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

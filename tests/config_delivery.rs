@@ -5,73 +5,12 @@
 
 mod common;
 
-use common::{wait_for, BERTH};
+use common::{wait_for, Up};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 const PASSWORD: &str = "s3cr3t-pass-9f2c";
-
-/// Stops `berth up` (and so its pods) even when an assertion fails.
-struct Up(std::process::Child);
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_up(dir: &Path) -> Up {
-    let mut child = Command::new(BERTH)
-        .args(["up", "--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn berth up");
-    let stdout = child.stdout.take().unwrap();
-    // Owned by the stopper before anything can fail, so a panic below still stops it.
-    let up = Up(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("{line}");
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("berth up prints its addresses");
-        if line.contains("agent(s) running") {
-            return up;
-        }
-    }
-}
-
-fn berth(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BERTH)
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("BERTH_SERVER")
-        .env_remove("BERTH_TOKEN")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let (success, out, err) = berth(dir, args);
-    assert!(success, "berth {args:?} failed:\n{out}\n{err}");
-    out
-}
 
 fn manifest(greeting: &str) -> String {
     format!(
@@ -161,12 +100,12 @@ fn get(url: &str, token: Option<&str>) -> Option<(u16, String)> {
 }
 
 /// Host ports of the Deployment's running, ready, not terminating pods.
-fn ready_ports(dir: &Path) -> Vec<u16> {
-    let (success, out, _) = berth(dir, &["get", "pods", "-l", "app=cfg", "-o", "json"]);
-    if !success {
+fn ready_ports(up: &Up) -> Vec<u16> {
+    let out = up.berth(&["get", "pods", "-l", "app=cfg", "-o", "json"]);
+    if !out.status.success() {
         return Vec::new();
     }
-    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     v["items"]
         .as_array()
         .map(|items| {
@@ -193,13 +132,13 @@ fn config_maps_and_secrets_reach_pods_roll_deployments_and_stay_sealed() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let files = tempfile::tempdir().unwrap();
-    let up = start_up(data);
+    let up = Up::start(data, &[]);
 
     let m1 = files.path().join("v1.yaml");
     std::fs::write(&m1, manifest("hello")).unwrap();
-    ok(data, &["apply", "-f", m1.to_str().unwrap()]);
-    wait_for("one ready cfg pod", Duration::from_secs(90), || ready_ports(data).len() == 1);
-    let port = ready_ports(data)[0];
+    up.ok(&["apply", "-f", m1.to_str().unwrap()]);
+    wait_for("one ready cfg pod", Duration::from_secs(90), || ready_ports(&up).len() == 1);
+    let port = ready_ports(&up)[0];
     assert_eq!(echo(port, "/env/GREETING"), "hello", "ConfigMap value as env");
     assert_eq!(echo(port, "/file?path=/etc/settings/greeting"), "hello", "ConfigMap value as a file");
     assert_eq!(echo(port, "/file?path=/run/creds/db/password"), PASSWORD, "Secret as a file (items key->path)");
@@ -216,9 +155,9 @@ fn config_maps_and_secrets_reach_pods_roll_deployments_and_stay_sealed() {
 
     // The CLI never prints the value, nor its base64.
     let b64 = "czNjcjN0LXBhc3MtOWYyYw==";
-    let yaml = ok(data, &["get", "secret", "db", "-o", "yaml"]);
+    let yaml = up.ok(&["get", "secret", "db", "-o", "yaml"]);
     assert!(!yaml.contains(PASSWORD) && !yaml.contains(b64) && yaml.contains("password"), "{yaml}");
-    let described = ok(data, &["describe", "secret", "db"]);
+    let described = up.ok(&["describe", "secret", "db"]);
     assert!(!described.contains(PASSWORD) && !described.contains(b64), "{described}");
     assert!(described.contains("password: <16 bytes>"), "describe shows keys and sizes: {described}");
     // The key file is owner-only; the redb file holds no plaintext.
@@ -235,23 +174,23 @@ fn config_maps_and_secrets_reach_pods_roll_deployments_and_stay_sealed() {
     // Changing the ConfigMap rolls the Deployment to pods that see the new value.
     let m2 = files.path().join("v2.yaml");
     std::fs::write(&m2, manifest("bonjour")).unwrap();
-    ok(data, &["apply", "-f", m2.to_str().unwrap()]);
+    up.ok(&["apply", "-f", m2.to_str().unwrap()]);
     wait_for("a rolled pod that sees the new value", Duration::from_secs(90), || {
-        let ports = ready_ports(data);
+        let ports = ready_ports(&up);
         ports.len() == 1
             && ports[0] != port
             && get(&format!("http://127.0.0.1:{}/env/GREETING", ports[0]), None)
                 .is_some_and(|(code, body)| code == 200 && body == "bonjour")
     });
-    let new_port = ready_ports(data)[0];
+    let new_port = ready_ports(&up)[0];
     assert_eq!(echo(new_port, "/file?path=/etc/settings/greeting"), "bonjour");
-    let history = ok(data, &["get", "deployment", "cfg", "-o", "json"]);
+    let history = up.ok(&["get", "deployment", "cfg", "-o", "json"]);
     let d: Value = serde_json::from_str(&history).unwrap();
     assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "2");
 
     // Restart: the Secret is read back (decrypted) through the API.
     drop(up);
-    let _up = start_up(data);
+    let _up = Up::start(data, &[]);
     let url = std::fs::read_to_string(data.join("api-address")).unwrap().trim().to_string();
     let token = std::fs::read_to_string(data.join("token")).unwrap().trim().to_string();
     let (code, body) = get(&format!("{url}/api/v1/namespaces/default/secrets/db"), Some(&token)).expect("API answers");

@@ -43,6 +43,29 @@ pub(crate) struct ConnState {
     reused: AtomicBool,
 }
 
+/// The connection waited too long for a request header; true when it was the first header (a slowloris
+/// candidate, counted), false for keep-alive idle time.
+struct Expired(bool);
+
+impl ConnState {
+    /// How long until the current wait may have expired: the header deadline (or keep-alive idle limit)
+    /// while waiting for a header, one period while a request is served (it may take that long or longer).
+    fn wake_in(&self, header_timeout: Duration, idle_timeout: Duration) -> Result<Duration, Expired> {
+        let reused = self.reused.load(Relaxed);
+        let limit = if reused { idle_timeout } else { header_timeout };
+        let since = self.waiting_since.load(Relaxed);
+        if since == 0 {
+            return Ok(limit);
+        }
+        let due = since.saturating_add(limit.as_nanos() as u64);
+        let now = now_ns();
+        if now >= due {
+            return Err(Expired(!reused));
+        }
+        Ok(Duration::from_nanos(due - now))
+    }
+}
+
 /// A request header was read on the current connection (called from `new_ctx`).
 pub(crate) fn header_received() {
     let _ = CONN.try_with(|c| c.waiting_since.store(0, Relaxed));
@@ -160,22 +183,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             let serve = CONN.scope(state.clone(), self.inner.process_new(stream, shutdown));
             tokio::pin!(serve);
             let reused = loop {
-                let limit = if state.reused.load(Relaxed) { idle_timeout } else { header_timeout };
-                let since = state.waiting_since.load(Relaxed);
-                let now = now_ns();
-                let wake_in = if since == 0 {
-                    // Serving a request: look again after one period (the request may take that long or longer).
-                    limit
-                } else {
-                    let due = since.saturating_add(limit.as_nanos() as u64);
-                    if now >= due {
-                        if !state.reused.load(Relaxed) {
+                let wake_in = match state.wake_in(header_timeout, idle_timeout) {
+                    Ok(d) => d,
+                    Err(Expired(first)) => {
+                        if first {
                             self.shared.metrics.header_timeouts.fetch_add(1, Relaxed);
                         }
                         // Dropping the connection's future closes the socket.
                         return None;
                     }
-                    Duration::from_nanos(due - now)
                 };
                 timer.as_mut().reset(tokio::time::Instant::now() + wake_in);
                 tokio::select! {

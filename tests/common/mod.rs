@@ -75,17 +75,16 @@ impl Drop for Server {
     }
 }
 
-/// The repository root (for `config/`).
-/// Run a client command that finds its server through `dir` (never through the caller's environment).
+/// A client command that finds its server through `dir` (never through the caller's environment).
+pub fn berth_command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BERTH);
+    cmd.args(args).arg("--data-dir").arg(dir).env_remove("BERTH_SERVER").env_remove("BERTH_TOKEN");
+    cmd
+}
+
+/// Run [`berth_command`] to completion.
 pub fn berth_with_data_dir(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BERTH)
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("BERTH_SERVER")
-        .env_remove("BERTH_TOKEN")
-        .output()
-        .expect("run berth")
+    berth_command(dir, args).output().expect("run berth")
 }
 
 /// `out`'s stdout, after asserting the command succeeded (the message shows both streams).
@@ -100,6 +99,7 @@ pub fn require_success(args: &[&str], out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The repository root (for `config/`).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
