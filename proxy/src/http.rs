@@ -21,7 +21,7 @@
 
 use crate::balance::{now_ns, Pick, Rng};
 use crate::metrics::status_class;
-use crate::table::{CompiledRule, ServicePool};
+use crate::table::{CompiledRule, Headers, ServicePool};
 use crate::Shared;
 use ::http::HeaderValue;
 use async_trait::async_trait;
@@ -30,6 +30,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -55,54 +56,85 @@ pub struct HttpApp {
     pub(crate) tls: bool,
 }
 
-/// Per-request state.
+/// Per-request state, shared by pingora's phases and the HTTP/1 fast path ([`crate::h1`]).
 #[derive(Default)]
 pub struct Ctx {
-    start: u64,
+    pub(crate) start: u64,
     admitted: bool,
-    rule: Option<Arc<CompiledRule>>,
-    pool: Option<Arc<ServicePool>>,
-    hash: Option<u64>,
+    pub(crate) rule: Option<Arc<CompiledRule>>,
+    pub(crate) pool: Option<Arc<ServicePool>>,
+    pub(crate) hash: Option<u64>,
     /// Entry index and start time of the attempt in progress.
-    current: Option<(usize, u64)>,
-    tried: Vec<u32>,
-    upstream_status: u16,
+    pub(crate) current: Option<(usize, u64)>,
+    pub(crate) tried: Vec<u32>,
+    pub(crate) upstream_status: u16,
     /// Set when `upstream_response_filter` turned this status into a retry (read by `error_while_proxy`).
     status_retry: Option<u16>,
 }
 
-enum Admission {
+/// What admission reads from a request, whichever parser produced it.
+pub(crate) struct ReqInfo<'a, H: Headers + ?Sized> {
+    pub(crate) host: &'a str,
+    /// The path without the query.
+    pub(crate) path: &'a str,
+    pub(crate) method: &'a http::Method,
+    pub(crate) headers: &'a H,
+    /// Size of the header section as counted against `max_header_bytes`: names, values and 4 bytes each.
+    pub(crate) header_bytes: usize,
+    pub(crate) client_ip: Option<IpAddr>,
+}
+
+/// What the access log line says about the request.
+pub(crate) struct LogReq<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) host: Option<&'a str>,
+    pub(crate) path: &'a str,
+    pub(crate) request_id: Option<&'a str>,
+}
+
+pub(crate) enum Admission {
     Pass,
     Reject(u16),
 }
 
-impl HttpApp {
-    fn admit(&self, session: &Session, ctx: &mut Ctx) -> Admission {
-        let shared = &self.shared;
-        let req = session.req_header();
-        if shared.config.max_header_bytes > 0 {
-            let size: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-            if size > shared.config.max_header_bytes {
-                return Admission::Reject(431);
-            }
+impl Ctx {
+    /// The state of a request whose header was just read.
+    pub(crate) fn starting_now() -> Ctx {
+        Ctx { start: now_ns(), ..Ctx::default() }
+    }
+}
+
+/// Request accounting and decisions common to both data paths.
+impl Shared {
+    /// Count the request and admit it: overload (503), header size (431), route (404), rate limit (429),
+    /// service (503). On `Pass` the rule and pool are in `ctx`. Every request that reaches here must end
+    /// with [`Shared::finish`].
+    pub(crate) fn admit<H: Headers + ?Sized>(&self, req: &ReqInfo<'_, H>, ctx: &mut Ctx) -> Admission {
+        self.metrics.requests.fetch_add(1, Relaxed);
+        if self.in_flight.fetch_add(1, Relaxed) >= self.config.max_in_flight {
+            self.in_flight.fetch_sub(1, Relaxed);
+            self.metrics.overloaded.fetch_add(1, Relaxed);
+            return Admission::Reject(503);
         }
-        let host =
-            req.uri.host().or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
-        let table = shared.table.load();
-        let Some(rule) = table.routes.find(host, req.uri.path(), &req.method, &req.headers) else {
-            shared.metrics.no_route.fetch_add(1, Relaxed);
+        ctx.admitted = true;
+        if self.config.max_header_bytes > 0 && req.header_bytes > self.config.max_header_bytes {
+            return Admission::Reject(431);
+        }
+        let table = self.table.load();
+        let Some(rule) = table.routes.find(req.host, req.path, req.method, req.headers) else {
+            self.metrics.no_route.fetch_add(1, Relaxed);
             return Admission::Reject(404);
         };
         if let Some(rl) = &rule.rate_limit {
             if !rl.admit(ctx.start) {
-                shared.metrics.rate_limited.fetch_add(1, Relaxed);
+                self.metrics.rate_limited.fetch_add(1, Relaxed);
                 return Admission::Reject(429);
             }
         }
         let Some(pool) = rule.backend.and_then(|i| table.pools.get(i)) else {
             return Admission::Reject(503);
         };
-        ctx.hash = pool.hash_on.as_ref().map(|h| hash_key(h, session));
+        ctx.hash = pool.hash_on.as_ref().map(|h| hash_key(h, req));
         rule.metrics.start();
         pool.metrics.start();
         ctx.rule = Some(rule.clone());
@@ -110,13 +142,26 @@ impl HttpApp {
         Admission::Pass
     }
 
+    /// Pick an endpoint of `ctx.pool` not tried yet (while another exists) and open an attempt on it.
+    pub(crate) fn start_attempt(&self, ctx: &mut Ctx) -> Option<SocketAddr> {
+        let pool = ctx.pool.as_ref()?;
+        let now = now_ns();
+        let pick = Pick { hash: ctx.hash, tried: &ctx.tried, now };
+        let idx = with_rng(|rng| pool.pool.select(pick, rng))?;
+        let entry = &pool.pool.entries()[idx];
+        entry.state.start_request();
+        ctx.current = Some((idx, now));
+        ctx.tried.push(idx as u32);
+        Some(entry.addr)
+    }
+
     /// Close the attempt in progress; `failed` counts against the endpoint for ejection.
-    fn end_attempt(&self, ctx: &mut Ctx, failed: bool) {
+    pub(crate) fn end_attempt(&self, ctx: &mut Ctx, failed: bool) {
         self.end_attempt_with(ctx, failed, failed)
     }
 
     /// As [`Self::end_attempt`]; `no_response` counts the attempt in the endpoint's "error" class.
-    fn end_attempt_with(&self, ctx: &mut Ctx, failed: bool, no_response: bool) {
+    pub(crate) fn end_attempt_with(&self, ctx: &mut Ctx, failed: bool, no_response: bool) {
         let (Some((idx, started)), Some(pool)) = (ctx.current.take(), ctx.pool.as_ref()) else {
             return;
         };
@@ -129,13 +174,97 @@ impl HttpApp {
             entry.state.record_status_class(5);
         }
         if failed {
-            pool.pool.record_failure(idx, &self.shared.ejection, now);
+            pool.pool.record_failure(idx, &self.ejection, now);
         } else {
             entry.state.record_success();
             entry.state.observe_latency(now.saturating_sub(started), now);
         }
     }
 
+    /// The attempt in progress got `status`, which its service retries on: count the answer (5xx toward
+    /// ejection) and close the attempt.
+    pub(crate) fn end_attempt_retried_status(&self, ctx: &mut Ctx, status: u16) {
+        if let (Some((idx, _)), Some(pool)) = (ctx.current, ctx.pool.as_ref()) {
+            if let Some(entry) = pool.pool.entries().get(idx) {
+                entry.state.record_status_class(status_class(status));
+            }
+        }
+        self.end_attempt_with(ctx, status >= 500, false);
+        ctx.upstream_status = 0;
+    }
+
+    /// Whether another endpoint than those tried is left.
+    pub(crate) fn others_left(ctx: &Ctx) -> bool {
+        ctx.pool.as_ref().is_some_and(|p| p.pool.len() > ctx.tried.len())
+    }
+
+    /// Whether `status` may be retried on another endpoint for this request (the budget is charged if so).
+    pub(crate) fn retry_status(&self, ctx: &Ctx, method: &http::Method, status: u16) -> bool {
+        ctx.pool.as_ref().is_some_and(|p| p.retries_on(status))
+            && retryable_method(method)
+            && Self::others_left(ctx)
+            && self.may_retry(ctx)
+    }
+
+    /// Whether one more try fits in the retry budget and the total timeout (the budget is charged if so).
+    pub(crate) fn may_retry(&self, ctx: &Ctx) -> bool {
+        let cfg = &self.config;
+        if ctx.tried.len() > cfg.max_retries as usize {
+            return false;
+        }
+        if now_ns().saturating_sub(ctx.start) > cfg.total_timeout().as_nanos() as u64 {
+            return false;
+        }
+        let requests = self.metrics.requests.load(Relaxed) as f64;
+        let retries = self.metrics.retries.load(Relaxed) as f64;
+        if retries >= requests * cfg.retry_budget + f64::from(cfg.retry_min) {
+            return false;
+        }
+        self.metrics.retries.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// The request is over: `status` went to the client (0: none), `error` ended it early. Closes the last
+    /// attempt, records metrics and the access log line.
+    pub(crate) fn finish(&self, ctx: &mut Ctx, status: u16, error: Option<&dyn std::fmt::Display>, log: LogReq<'_>) {
+        if !ctx.admitted {
+            return;
+        }
+        self.in_flight.fetch_sub(1, Relaxed);
+        let upstream_failed = ctx.upstream_status >= 500 || (ctx.upstream_status == 0 && error.is_some());
+        if let (Some((idx, _)), Some(pool), true) = (ctx.current, ctx.pool.as_ref(), ctx.upstream_status != 0) {
+            if let Some(entry) = pool.pool.entries().get(idx) {
+                entry.state.record_status_class(status_class(ctx.upstream_status));
+            }
+        }
+        self.end_attempt_with(ctx, upstream_failed, ctx.upstream_status == 0 && error.is_some());
+        let class = status_class(status);
+        let latency_us = now_ns().saturating_sub(ctx.start) / 1000;
+        if let Some(rule) = &ctx.rule {
+            rule.metrics.finish(class, latency_us);
+        }
+        if let Some(pool) = &ctx.pool {
+            pool.metrics.finish(class, latency_us);
+        }
+        if self.config.access_log {
+            let line = serde_json::json!({
+                "method": log.method,
+                "host": log.host,
+                "path": log.path,
+                "status": status,
+                "latency_us": latency_us,
+                "route": ctx.rule.as_ref().map(|r| format!("{}/{}", r.route_namespace, r.route_name)),
+                "upstream": ctx.pool.as_ref().zip(ctx.tried.last()).and_then(|(p, &i)| p.pool.entries().get(i as usize)).map(|e| e.addr.to_string()),
+                "tries": ctx.tried.len(),
+                "request_id": log.request_id,
+                "error": error.map(|e| e.to_string()),
+            });
+            tracing::info!(target: "berth::access", "{line}");
+        }
+    }
+}
+
+impl HttpApp {
     /// Wait (bounded in count per service and in time) until the service of an empty pool has an endpoint;
     /// returns its new pool. The wait is counted in the service's `waiting` figure, which the autoscaler reads
     /// as demand to scale from zero. Nothing here writes control-plane state.
@@ -164,56 +293,31 @@ impl HttpApp {
         waiting.fetch_sub(1, Relaxed);
         found
     }
-
-    /// Whether one more try fits in the retry budget and the total timeout.
-    fn may_retry(&self, ctx: &Ctx) -> bool {
-        let shared = &self.shared;
-        let cfg = &shared.config;
-        if ctx.tried.len() > cfg.max_retries as usize {
-            return false;
-        }
-        if now_ns().saturating_sub(ctx.start) > cfg.total_timeout().as_nanos() as u64 {
-            return false;
-        }
-        let requests = shared.metrics.requests.load(Relaxed) as f64;
-        let retries = shared.metrics.retries.load(Relaxed) as f64;
-        if retries >= requests * cfg.retry_budget + f64::from(cfg.retry_min) {
-            return false;
-        }
-        shared.metrics.retries.fetch_add(1, Relaxed);
-        true
-    }
 }
 
 /// Methods whose requests may be sent twice: the idempotent ones users expect to be retried (RFC 9110
 /// §9.2.2 also lists TRACE, which a proxy has no reason to retry).
-fn retryable_method(m: &http::Method) -> bool {
+pub(crate) fn retryable_method(m: &http::Method) -> bool {
     matches!(
         *m,
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE
     )
 }
 
-fn hash_key(on: &HashOn, session: &Session) -> u64 {
-    let req = session.req_header();
+fn hash_key<H: Headers + ?Sized>(on: &HashOn, req: &ReqInfo<'_, H>) -> u64 {
     match on {
-        HashOn::Header(name) => {
-            req.headers.get(name.as_str()).map_or(0, |v| crate::balance::hash_bytes(1, v.as_bytes()))
-        }
+        HashOn::Header(name) => req.headers.first(name.as_str()).map_or(0, |v| crate::balance::hash_bytes(1, v)),
         HashOn::Cookie(name) => req
             .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+            .values("cookie")
+            .filter_map(|v| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|kv| kv.trim().split_once('='))
             .find(|(k, _)| *k == name.as_str())
             .map_or(0, |(_, v)| crate::balance::hash_bytes(1, v.as_bytes())),
-        HashOn::ClientIp => match session.client_addr().and_then(|a| a.as_inet()) {
-            Some(addr) => match addr.ip() {
-                std::net::IpAddr::V4(ip) => crate::balance::hash_bytes(1, &ip.octets()),
-                std::net::IpAddr::V6(ip) => crate::balance::hash_bytes(1, &ip.octets()),
-            },
+        HashOn::ClientIp => match req.client_ip {
+            Some(std::net::IpAddr::V4(ip)) => crate::balance::hash_bytes(1, &ip.octets()),
+            Some(std::net::IpAddr::V6(ip)) => crate::balance::hash_bytes(1, &ip.octets()),
             None => 0,
         },
     }
@@ -224,9 +328,7 @@ impl ProxyHttp for HttpApp {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        // Pingora calls this right after it has read a request header: the header-read deadline is met.
-        crate::conn::header_received();
-        Ctx { start: now_ns(), ..Ctx::default() }
+        Ctx::starting_now()
     }
 
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
@@ -234,16 +336,18 @@ impl ProxyHttp for HttpApp {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let shared = &self.shared;
-        shared.metrics.requests.fetch_add(1, Relaxed);
-        if shared.in_flight.fetch_add(1, Relaxed) >= shared.config.max_in_flight {
-            shared.in_flight.fetch_sub(1, Relaxed);
-            shared.metrics.overloaded.fetch_add(1, Relaxed);
-            session.respond_error(503).await?;
-            return Ok(true);
-        }
-        ctx.admitted = true;
-        match self.admit(session, ctx) {
+        let req = session.req_header();
+        let host =
+            req.uri.host().or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
+        let info = ReqInfo {
+            host,
+            path: req.uri.path(),
+            method: &req.method,
+            headers: &req.headers,
+            header_bytes: req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum(),
+            client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+        };
+        match self.shared.admit(&info, ctx) {
             Admission::Pass => Ok(false),
             Admission::Reject(code) => {
                 session.respond_error(code).await?;
@@ -254,30 +358,21 @@ impl ProxyHttp for HttpApp {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         // An attempt still open here failed after connecting (error_while_proxy already counted it).
-        self.end_attempt(ctx, false);
-        let Some(mut pool) = ctx.pool.clone() else {
+        self.shared.end_attempt(ctx, false);
+        let Some(pool) = ctx.pool.clone() else {
             return Err(Error::new(HTTPStatus(503)));
         };
         if pool.pool.is_empty() && ctx.tried.is_empty() && self.shared.config.hold_max_requests > 0 {
             match self.hold_for_endpoint(&pool).await {
-                Some(p) => {
-                    ctx.pool = Some(p.clone());
-                    pool = p;
-                }
+                Some(p) => ctx.pool = Some(p),
                 None => return Err(Error::new(HTTPStatus(503))),
             }
         }
-        let now = now_ns();
-        let pick = Pick { hash: ctx.hash, tried: &ctx.tried, now };
-        let Some(idx) = with_rng(|rng| pool.pool.select(pick, rng)) else {
+        let Some(addr) = self.shared.start_attempt(ctx) else {
             return Err(Error::new(HTTPStatus(503)));
         };
-        let entry = &pool.pool.entries()[idx];
-        entry.state.start_request();
-        ctx.current = Some((idx, now));
-        ctx.tried.push(idx as u32);
         let cfg = &self.shared.config;
-        let mut peer = HttpPeer::new(entry.addr, false, String::new());
+        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(cfg.connect_timeout());
         peer.options.read_timeout = Some(cfg.per_try_timeout());
         peer.options.write_timeout = Some(cfg.per_try_timeout());
@@ -292,9 +387,8 @@ impl ProxyHttp for HttpApp {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        self.end_attempt(ctx, true);
-        let others = ctx.pool.as_ref().is_some_and(|p| p.pool.len() > ctx.tried.len());
-        e.set_retry(others && self.may_retry(ctx));
+        self.shared.end_attempt(ctx, true);
+        e.set_retry(Shared::others_left(ctx) && self.shared.may_retry(ctx));
         e
     }
 
@@ -307,27 +401,20 @@ impl ProxyHttp for HttpApp {
         _client_reused: bool,
     ) -> Box<Error> {
         if let Some(status) = ctx.status_retry.take() {
-            // The endpoint answered with a status we retry on: count that answer (5xx toward ejection), then
-            // go to another endpoint. The retry was already charged to the budget.
-            if let (Some((idx, _)), Some(pool)) = (ctx.current, ctx.pool.as_ref()) {
-                if let Some(entry) = pool.pool.entries().get(idx) {
-                    entry.state.record_status_class(status_class(status));
-                }
-            }
-            self.end_attempt_with(ctx, status >= 500, false);
-            ctx.upstream_status = 0;
+            // The endpoint answered with a status we retry on; the retry was already charged to the budget.
+            self.shared.end_attempt_retried_status(ctx, status);
             e.set_retry(true);
             return e;
         }
         let upstream_fault = matches!(e.esource(), ErrorSource::Upstream);
-        self.end_attempt(ctx, upstream_fault);
+        self.shared.end_attempt(ctx, upstream_fault);
         // Retry an idempotent request on another endpoint only while nothing was sent downstream yet (a second
         // response would corrupt the stream) and its body is still fully buffered.
         let safe = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
             && upstream_fault;
-        e.set_retry(safe && self.may_retry(ctx));
+        e.set_retry(safe && self.shared.may_retry(ctx));
         e
     }
 
@@ -349,8 +436,7 @@ impl ProxyHttp for HttpApp {
             req.insert_header("x-forwarded-host", host)?;
         }
         if !req.headers.contains_key("x-request-id") {
-            let id = with_rng(|r| r.next_u64());
-            req.insert_header("x-request-id", format!("{id:016x}"))?;
+            req.insert_header("x-request-id", request_id())?;
         }
         if let Some(rule) = &ctx.rule {
             for name in &rule.remove_headers {
@@ -375,15 +461,9 @@ impl ProxyHttp for HttpApp {
     ) -> Result<()> {
         let status = resp.status.as_u16();
         ctx.upstream_status = status;
-        let Some(pool) = ctx.pool.as_ref() else {
-            return Ok(());
-        };
-        if pool.retries_on(status)
-            && retryable_method(&session.req_header().method)
-            && !session.as_ref().retry_buffer_truncated()
+        if !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
-            && pool.pool.len() > ctx.tried.len()
-            && self.may_retry(ctx)
+            && self.shared.retry_status(ctx, &session.req_header().method, status)
         {
             ctx.status_retry = Some(status);
             return Error::e_explain(HTTPStatus(status), "upstream status is retried on another endpoint");
@@ -392,44 +472,24 @@ impl ProxyHttp for HttpApp {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        // The connection now waits for its next request (keep-alive): re-arm the header-read deadline.
-        crate::conn::request_finished();
-        if !ctx.admitted {
-            return;
-        }
-        self.shared.in_flight.fetch_sub(1, Relaxed);
-        let upstream_failed = ctx.upstream_status >= 500 || (ctx.upstream_status == 0 && e.is_some());
-        if let (Some((idx, _)), Some(pool), true) = (ctx.current, ctx.pool.as_ref(), ctx.upstream_status != 0) {
-            if let Some(entry) = pool.pool.entries().get(idx) {
-                entry.state.record_status_class(status_class(ctx.upstream_status));
-            }
-        }
-        self.end_attempt_with(ctx, upstream_failed, ctx.upstream_status == 0 && e.is_some());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let class = status_class(status);
-        let now = now_ns();
-        let latency_us = now.saturating_sub(ctx.start) / 1000;
-        if let Some(rule) = &ctx.rule {
-            rule.metrics.finish(class, latency_us);
-        }
-        if let Some(pool) = &ctx.pool {
-            pool.metrics.finish(class, latency_us);
-        }
-        if self.shared.config.access_log {
-            let req = session.req_header();
-            let line = serde_json::json!({
-                "method": req.method.as_str(),
-                "host": req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()),
-                "path": req.uri.path(),
-                "status": status,
-                "latency_us": latency_us,
-                "route": ctx.rule.as_ref().map(|r| format!("{}/{}", r.route_namespace, r.route_name)),
-                "upstream": ctx.pool.as_ref().zip(ctx.tried.last()).and_then(|(p, &i)| p.pool.entries().get(i as usize)).map(|e| e.addr.to_string()),
-                "tries": ctx.tried.len(),
-                "request_id": req.headers.get("x-request-id").and_then(|h| h.to_str().ok()),
-                "error": e.map(|e| e.to_string()),
-            });
-            tracing::info!(target: "berth::access", "{line}");
-        }
+        let req = session.req_header();
+        let log = LogReq {
+            method: req.method.as_str(),
+            host: req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()),
+            path: req.uri.path(),
+            request_id: req.headers.get("x-request-id").and_then(|h| h.to_str().ok()),
+        };
+        self.shared.finish(ctx, status, e.map(|e| e as &dyn std::fmt::Display), log);
     }
+}
+
+/// A fresh request id: 16 hex digits.
+pub(crate) fn request_id() -> String {
+    format!("{:016x}", with_rng(|r| r.next_u64()))
+}
+
+/// A random number from this thread's generator.
+pub(crate) fn random_u64() -> u64 {
+    with_rng(|r| r.next_u64())
 }

@@ -11,6 +11,7 @@
 pub mod balance;
 pub mod config;
 mod conn;
+mod h1;
 pub mod health;
 pub mod http;
 pub mod l4;
@@ -215,7 +216,9 @@ impl Proxy {
         let mut server = Server::new_with_opt_and_conf(None, conf);
         let server_conf = server.configuration.clone();
 
-        // The HTTP apps run behind `conn::Guarded`: connection limit and header-read deadline.
+        // The HTTP apps run behind `conn::Guarded`: connection limit, header-read deadline, and the HTTP/1 fast
+        // path with its upstream keep-alive pool (shared by the plain and TLS listeners).
+        let upstreams = Arc::new(h1::Upstreams::default());
         let guarded = |name: &str, tls: bool| {
             let mut app = pingora::proxy::http_proxy(&server_conf, http::HttpApp { shared: shared.clone(), tls });
             if !tls {
@@ -223,7 +226,8 @@ impl Proxy {
                 opts.h2c = config.h2c;
                 app.server_options = Some(opts);
             }
-            let guarded = conn::Guarded { inner: Arc::new(app), shared: shared.clone() };
+            let h1 = h1::H1 { shared: shared.clone(), tls, upstreams: upstreams.clone() };
+            let guarded = conn::Guarded { inner: Arc::new(app), shared: shared.clone(), h1 };
             pingora::services::listening::Service::new(name.to_string(), guarded)
         };
         if !addrs.http.is_empty() {

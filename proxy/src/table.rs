@@ -21,6 +21,29 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+/// A request's header fields, whichever parser produced them: pingora's map (HTTP/2, handed-over requests) or
+/// the HTTP/1 fast path's `httparse` slice. Names are given in lower case.
+pub trait Headers {
+    /// Every value of the field `name`, in order.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+    /// The first value of the field `name`.
+    fn first<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+}
+
+impl Headers for pingora::http::HMap {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).into_iter().map(|v| v.as_bytes())
+    }
+}
+
+impl Headers for [httparse::Header<'_>] {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    }
+}
+
 /// Identity of a pool: a service port (0 when the service declares no ports).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolKey {
@@ -141,12 +164,12 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
-    fn matches(&self, path: &str, method: &Method, headers: &pingora::http::HMap) -> bool {
+    fn matches(&self, path: &str, method: &Method, headers: &(impl Headers + ?Sized)) -> bool {
         self.path.matches(path)
             && (self.methods.is_empty() || self.methods.contains(method))
-            && self.headers.iter().all(|(name, value)| match (headers.get(name), value) {
+            && self.headers.iter().all(|(name, value)| match (headers.first(name.as_str()), value) {
                 (Some(_), None) => true,
-                (Some(v), Some(want)) => v == want,
+                (Some(v), Some(want)) => v == want.as_bytes(),
                 (None, _) => false,
             })
     }
@@ -186,7 +209,7 @@ pub struct HostRules {
 }
 
 impl HostRules {
-    fn find(&self, path: &str, method: &Method, headers: &pingora::http::HMap) -> Option<&Arc<CompiledRule>> {
+    fn find(&self, path: &str, method: &Method, headers: &(impl Headers + ?Sized)) -> Option<&Arc<CompiledRule>> {
         self.rules.iter().find(|r| r.matches(path, method, headers)).or(self.default.as_ref())
     }
     fn sort(&mut self) {
@@ -230,7 +253,7 @@ impl RouteTable {
         host: &str,
         path: &str,
         method: &Method,
-        headers: &pingora::http::HMap,
+        headers: &(impl Headers + ?Sized),
     ) -> Option<&Arc<CompiledRule>> {
         let host = normalize_host(host);
         if let Some(r) = self.exact.get(&*host).and_then(|h| h.find(path, method, headers)) {

@@ -1,0 +1,1174 @@
+//! The HTTP/1.1 fast path: the common request (HTTP/1.1, no body, no upgrade) proxied on the downstream
+//! connection's own task, without pingora's per-request machinery.
+//!
+//! Why: on these machines pingora's `HttpProxy` spends most of a request in per-request setup (session and
+//! context futures, header map copies, its pool's peer check), and measured 0.4x nginx in `make bench-proxy`.
+//! This path parses with `httparse`, routes and balances with the same [`Shared`] code as pingora's phases,
+//! keeps its own keep-alive pool of upstream connections, and relays the response bytes as they come.
+//!
+//! Everything else is handed to pingora's `HttpProxy` on the same connection, the bytes read so far replayed
+//! ([`Replay`]): HTTP/1.0, request bodies (`Content-Length` > 0 or `Transfer-Encoding`), `Expect`,
+//! `Upgrade` (WebSocket), absolute-form targets, and requests to an empty service while holding is on (scale
+//! from zero). The connection comes back here for its next request.
+//!
+//! Semantics kept from pingora's path: admission, routing, balancing, retries (connect failures and, for
+//! idempotent methods, upstream failures before a response and the service's `retryOnStatuses`, within the
+//! budget), passive ejection, forwarding headers, rule header edits and rewrites, metrics and the access log.
+//! A request on a reused upstream connection that the endpoint closed meanwhile goes again on a new one.
+
+use crate::balance::now_ns;
+use crate::http::{random_u64, retryable_method, Admission, Ctx, LogReq, ReqInfo};
+use crate::table::Headers;
+use crate::Shared;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
+    UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+
+/// Header fields parsed per request or response; more is answered 431 (request) or 502 (response).
+const MAX_HEADERS: usize = 128;
+/// Initial size of the downstream read buffer; it grows up to the head limit.
+const HEAD_BUF: usize = 4 * 1024;
+/// Size of the upstream read buffer; a larger response head grows it up to [`MAX_RESPONSE_HEAD`].
+const BODY_BUF: usize = 16 * 1024;
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// Idle upstream connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+/// Idle keep-alive connections to upstream endpoints, most recently used last.
+#[derive(Default)]
+pub(crate) struct Upstreams {
+    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, u64)>>>,
+}
+
+impl Upstreams {
+    /// An idle connection to `addr` that is neither older than `max_idle_ns` nor closed by the endpoint.
+    fn take(&self, addr: SocketAddr, now: u64, max_idle_ns: u64) -> Option<TcpStream> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(&addr)?;
+        while let Some((conn, since)) = list.pop() {
+            if now.saturating_sub(since) < max_idle_ns && quiet(&conn) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, conn: TcpStream, now: u64) {
+        let mut idle = self.idle.lock();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= MAX_IDLE_PER_ENDPOINT {
+            list.remove(0);
+        }
+        list.push((conn, now));
+    }
+}
+
+/// Whether an idle connection has nothing to read. Readable while idle means the endpoint closed it (or sent
+/// something unasked): unusable either way. Tokio knows from the reactor's last event, without a syscall; a
+/// close it has not seen yet is caught by the resend on a new connection.
+fn quiet(conn: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    conn.poll_read_ready(&mut cx).is_pending()
+}
+
+/// How the connection loop goes on after a request.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// What went wrong with an upstream attempt.
+#[derive(Debug)]
+enum UpErr {
+    /// The service has no endpoint.
+    NoEndpoint,
+    Connect(std::io::Error),
+    ConnectTimeout,
+    /// Reading or writing failed; `answered` once response bytes had arrived.
+    Io {
+        answered: bool,
+        error: std::io::Error,
+    },
+    Timeout,
+    /// The endpoint closed before a complete response head.
+    Closed {
+        answered: bool,
+    },
+    BadResponse(&'static str),
+}
+
+impl std::fmt::Display for UpErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpErr::NoEndpoint => f.write_str("the service has no endpoint"),
+            UpErr::Connect(e) => write!(f, "upstream connect: {e}"),
+            UpErr::ConnectTimeout => f.write_str("upstream connect timed out"),
+            UpErr::Io { error, .. } => write!(f, "upstream i/o: {error}"),
+            UpErr::Timeout => f.write_str("upstream timed out"),
+            UpErr::Closed { .. } => f.write_str("upstream closed the connection before a response"),
+            UpErr::BadResponse(why) => write!(f, "invalid upstream response: {why}"),
+        }
+    }
+}
+
+impl UpErr {
+    /// Nothing of a response arrived: the request may go again to another endpoint (when idempotent).
+    fn unanswered(&self) -> bool {
+        match self {
+            UpErr::NoEndpoint | UpErr::Connect(_) | UpErr::ConnectTimeout | UpErr::Timeout => true,
+            UpErr::Io { answered, .. } | UpErr::Closed { answered } => !answered,
+            UpErr::BadResponse(_) => false,
+        }
+    }
+
+    /// The status the client gets when no attempt succeeded.
+    fn status(&self) -> u16 {
+        match self {
+            UpErr::NoEndpoint => 503,
+            UpErr::ConnectTimeout | UpErr::Timeout => 504,
+            _ => 502,
+        }
+    }
+}
+
+/// A response head received from an endpoint: `rbuf[..filled]` holds it (`head_len` bytes) and the first
+/// body bytes.
+struct Upstream {
+    conn: TcpStream,
+    addr: SocketAddr,
+    filled: usize,
+    head_len: usize,
+    status: u16,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// The HTTP/1 server of one listener.
+pub(crate) struct H1 {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tls: bool,
+    pub(crate) upstreams: Arc<Upstreams>,
+}
+
+/// Per-connection state.
+struct Conn {
+    io: Io,
+    /// Bytes read from the client: `buf[..filled]`.
+    buf: Vec<u8>,
+    filled: usize,
+    client_ip: Option<IpAddr>,
+    /// A request was served on this connection: the next wait is keep-alive idle time.
+    reused: bool,
+}
+
+/// The client stream and the buffers kept across its requests.
+struct Io {
+    stream: Stream,
+    /// Upstream read buffer.
+    rbuf: Vec<u8>,
+    /// The request head sent upstream, then the response head sent to the client.
+    out: Vec<u8>,
+}
+
+impl H1 {
+    /// Serve HTTP/1 requests on `stream` until it closes, or return it (with the bytes read so far replayed)
+    /// for pingora to serve the next request. `read`: bytes already read from the client (see
+    /// [`take_back`]); `deadline`: when the first request header must be complete.
+    pub(crate) async fn serve(
+        &self,
+        stream: Stream,
+        read: Vec<u8>,
+        reused: bool,
+        deadline: Option<Instant>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let client_ip =
+            stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let io = Io { stream, rbuf: Vec::new(), out: Vec::new() };
+        let filled = read.len();
+        let mut buf = read;
+        buf.resize(filled.max(HEAD_BUF), 0);
+        let mut conn = Conn { io, buf, filled, client_ip, reused };
+        let mut shutdown = shutdown.clone();
+        let mut deadline = deadline;
+        loop {
+            if conn.reused {
+                deadline = Some(Instant::now() + Duration::from_millis(self.shared.config.idle_timeout_ms.max(1)));
+            }
+            let head_len = match self.read_head(&mut conn, deadline, &mut shutdown).await {
+                Ok(len) => len,
+                Err(Some(status)) => {
+                    let _ = self.respond(&mut conn.io, status, true).await;
+                    return None;
+                }
+                Err(None) => return None,
+            };
+            let request = Request { head: &conn.buf[..head_len], client_ip: conn.client_ip };
+            match self.one(&mut conn.io, request, &shutdown).await {
+                Ok(Next::KeepAlive) => {
+                    conn.buf.copy_within(head_len..conn.filled, 0);
+                    conn.filled -= head_len;
+                    conn.reused = true;
+                }
+                Ok(Next::Close) => {
+                    let _ = timeout(Duration::from_secs(1), AsyncWriteExt::shutdown(&mut conn.io.stream)).await;
+                    return None;
+                }
+                Err(Handoff) => {
+                    let data = conn.buf[..conn.filled].to_vec();
+                    let boundary = handoff_end(&data, head_len);
+                    return Some(Box::new(Replay { data, pos: 0, boundary, inner: conn.io.stream }));
+                }
+            }
+        }
+    }
+
+    /// Read until `conn.buf` holds a complete request head; its length. `Err(Some(status))`: answer that
+    /// and close; `Err(None)`: close quietly (client gone, deadline passed, proxy stopping while idle).
+    async fn read_head(
+        &self,
+        conn: &mut Conn,
+        deadline: Option<Instant>,
+        shutdown: &mut ShutdownWatch,
+    ) -> Result<usize, Option<u16>> {
+        let cfg = &self.shared.config;
+        let max_head = if cfg.max_header_bytes == 0 { 1 << 20 } else { cfg.max_header_bytes + 8 * 1024 };
+        loop {
+            if conn.filled > 0 {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match httparse::Request::new(&mut headers).parse(&conn.buf[..conn.filled]) {
+                    Ok(httparse::Status::Complete(len)) => return Ok(len),
+                    Ok(httparse::Status::Partial) => {}
+                    Err(httparse::Error::TooManyHeaders) => return Err(Some(431)),
+                    Err(_) => return Err(Some(400)),
+                }
+            }
+            if conn.filled == conn.buf.len() {
+                if conn.buf.len() >= max_head {
+                    return Err(Some(431));
+                }
+                let len = (conn.buf.len() * 2).min(max_head);
+                conn.buf.resize(len, 0);
+            }
+            let read = conn.io.stream.read(&mut conn.buf[conn.filled..]);
+            let idle = conn.filled == 0;
+            let result = tokio::select! {
+                biased;
+                r = timeout_at_opt(deadline, read) => r,
+                _ = shutdown.changed(), if idle => return Err(None),
+            };
+            match result {
+                Some(Ok(0)) | Some(Err(_)) => return Err(None),
+                Some(Ok(n)) => conn.filled += n,
+                None => {
+                    if !conn.reused || !idle {
+                        self.shared.metrics.header_timeouts.fetch_add(1, Relaxed);
+                    }
+                    return Err(None);
+                }
+            }
+        }
+    }
+
+    /// Serve one request.
+    async fn one(&self, io: &mut Io, request: Request<'_>, shutdown: &ShutdownWatch) -> Result<Next, Handoff> {
+        let shared = &self.shared;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        // The same bytes parsed completely in read_head.
+        if !matches!(req.parse(request.head), Ok(httparse::Status::Complete(_))) {
+            return Err(Handoff);
+        }
+        let (Some(method_str), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+            return Err(Handoff);
+        };
+        let headers: &[httparse::Header<'_>] = req.headers;
+        let mut host = None;
+        let mut client_close = false;
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                host = std::str::from_utf8(h.value).ok();
+            } else if name.eq_ignore_ascii_case("content-length") {
+                if h.value != b"0" {
+                    return Err(Handoff);
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("expect")
+                || name.eq_ignore_ascii_case("upgrade")
+            {
+                return Err(Handoff);
+            } else if name.eq_ignore_ascii_case("connection") {
+                client_close |= has_token(h.value, "close");
+            }
+        }
+        if !target.starts_with('/') {
+            return Err(Handoff);
+        }
+        let Ok(method) = http::Method::from_bytes(method_str.as_bytes()) else {
+            return Err(Handoff);
+        };
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        let info = ReqInfo {
+            host: host.unwrap_or(""),
+            path,
+            method: &method,
+            headers,
+            header_bytes: headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum(),
+            client_ip: request.client_ip,
+        };
+        if shared.config.hold_max_requests > 0 && empty_service(shared, &info) {
+            // Holding a request until its service has an endpoint is pingora's path's job.
+            return Err(Handoff);
+        }
+
+        let mut ctx = Ctx::starting_now();
+        let close = client_close || *shutdown.borrow();
+        let mut request_id = None;
+        let (status, error, next) = match shared.admit(&info, &mut ctx) {
+            Admission::Reject(code) => {
+                let close = close || code == 431;
+                let ok = self.respond(io, code, close).await.is_ok();
+                (code, None, if close || !ok { Next::Close } else { Next::KeepAlive })
+            }
+            Admission::Pass => {
+                request_id =
+                    build_request(&mut io.out, self.tls, &ctx, &method, target, headers, host, request.client_ip);
+                match self.exchange(io, &mut ctx, &method).await {
+                    Ok(up) => self.relay(io, up, close).await,
+                    Err(e) => {
+                        let code = e.status();
+                        let ok = self.respond(io, code, close).await.is_ok();
+                        let next = if close || !ok { Next::Close } else { Next::KeepAlive };
+                        (code, Some(RequestError::Upstream(e)), next)
+                    }
+                }
+            }
+        };
+        let request_id_str = request_id.as_ref().map(|id| std::str::from_utf8(id).unwrap_or(""));
+        let log = LogReq { method: method_str, host, path, request_id: request_id_str };
+        shared.finish(&mut ctx, status, error.as_ref().map(|e| e as &dyn std::fmt::Display), log);
+        Ok(next)
+    }
+
+    /// Send the request head in `conn.out` to endpoints until one answers with a head the client should get:
+    /// connect failures and (idempotent methods) unanswered attempts and retried statuses go to another
+    /// endpoint within the budget.
+    async fn exchange(&self, io: &mut Io, ctx: &mut Ctx, method: &http::Method) -> Result<Upstream, UpErr> {
+        let shared = &self.shared;
+        if io.rbuf.len() < BODY_BUF {
+            io.rbuf.resize(BODY_BUF, 0);
+        }
+        loop {
+            let Some(addr) = shared.start_attempt(ctx) else {
+                return Err(UpErr::NoEndpoint);
+            };
+            let result = self.attempt(addr, &io.out, &mut io.rbuf, method).await;
+            match result {
+                Ok(up) => {
+                    ctx.upstream_status = up.status;
+                    if shared.retry_status(ctx, method, up.status) {
+                        // The answer is dropped unread with its connection.
+                        shared.end_attempt_retried_status(ctx, up.status);
+                        continue;
+                    }
+                    return Ok(up);
+                }
+                Err(e) => {
+                    shared.end_attempt(ctx, true);
+                    let connect = matches!(e, UpErr::Connect(_) | UpErr::ConnectTimeout);
+                    let again = (connect || (e.unanswered() && retryable_method(method)))
+                        && crate::Shared::others_left(ctx)
+                        && shared.may_retry(ctx);
+                    if !again {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt on `addr`: on a pooled connection if there is one (again on a new connection when the
+    /// endpoint had closed it unseen), else on a new one.
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        request: &[u8],
+        rbuf: &mut Vec<u8>,
+        method: &http::Method,
+    ) -> Result<Upstream, UpErr> {
+        let cfg = &self.shared.config;
+        let max_idle = cfg.upstream_idle_timeout_ms.saturating_mul(1_000_000);
+        if let Some(pooled) = self.upstreams.take(addr, now_ns(), max_idle) {
+            match self.send(pooled, addr, request, rbuf, method).await {
+                // The endpoint closed the idle connection as we sent: nothing reached it, send again.
+                Err(UpErr::Closed { answered: false }) | Err(UpErr::Io { answered: false, .. }) => {}
+                other => return other,
+            }
+        }
+        let conn = match timeout(cfg.connect_timeout(), TcpStream::connect(addr)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(UpErr::Connect(e)),
+            Err(_) => return Err(UpErr::ConnectTimeout),
+        };
+        let _ = conn.set_nodelay(true);
+        self.send(conn, addr, request, rbuf, method).await
+    }
+
+    /// Write the request and read the response head (interim 1xx responses are dropped).
+    async fn send(
+        &self,
+        mut conn: TcpStream,
+        addr: SocketAddr,
+        request: &[u8],
+        rbuf: &mut Vec<u8>,
+        method: &http::Method,
+    ) -> Result<Upstream, UpErr> {
+        let deadline = Instant::now() + self.shared.config.per_try_timeout();
+        match timeout_at(deadline, conn.write_all(request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(UpErr::Io { answered: false, error }),
+            Err(_) => return Err(UpErr::Timeout),
+        }
+        let mut filled = 0;
+        loop {
+            if filled == rbuf.len() {
+                if rbuf.len() >= MAX_RESPONSE_HEAD {
+                    return Err(UpErr::BadResponse("response head too large"));
+                }
+                rbuf.resize(rbuf.len() * 2, 0);
+            }
+            let n = match timeout_at(deadline, conn.read(&mut rbuf[filled..])).await {
+                Ok(Ok(0)) => return Err(UpErr::Closed { answered: filled > 0 }),
+                Ok(Ok(n)) => n,
+                Ok(Err(error)) => return Err(UpErr::Io { answered: filled > 0, error }),
+                Err(_) => return Err(UpErr::Timeout),
+            };
+            filled += n;
+            // Interim responses are dropped; what follows them may already be here.
+            while filled > 0 {
+                match parse_response(&rbuf[..filled], method)? {
+                    None => break,
+                    Some(Parsed::Interim(len)) => {
+                        rbuf.copy_within(len..filled, 0);
+                        filled -= len;
+                    }
+                    Some(Parsed::Final { head_len, status, framing, keep_alive }) => {
+                        return Ok(Upstream { conn, addr, filled, head_len, status, framing, keep_alive });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send the response to the client: its head (hop-by-hop fields dropped) and body as it comes. Returns the
+    /// status sent, an error that cut the response short, and whether the connection stays open.
+    async fn relay(&self, io: &mut Io, mut up: Upstream, close: bool) -> (u16, Option<RequestError>, Next) {
+        let cfg = &self.shared.config;
+        let close = close || up.framing == Framing::UntilClose;
+        let out = &mut io.out;
+        out.clear();
+        {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            let _ = resp.parse(&io.rbuf[..up.head_len]);
+            let reason = resp.reason.unwrap_or("");
+            let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", up.status);
+            for h in resp.headers.iter() {
+                if hop_by_hop(h.name)
+                    || (up.framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length"))
+                {
+                    continue;
+                }
+                out.extend_from_slice(h.name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if up.framing == Framing::Chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+
+        let status = up.status;
+        // Body bytes that came with the head, up to the end of the body.
+        let mut body = &io.rbuf[up.head_len..up.filled];
+        let mut chunked = ChunkedEnd::default();
+        let mut left = match up.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let mut done = match up.framing {
+            Framing::None => {
+                body = &[];
+                true
+            }
+            Framing::Length(_) => {
+                let take = (body.len() as u64).min(left) as usize;
+                body = &body[..take];
+                left -= take as u64;
+                left == 0
+            }
+            Framing::Chunked => match chunked.feed(body) {
+                Ok(Some(end)) => {
+                    body = &body[..end];
+                    true
+                }
+                Ok(None) => false,
+                Err(()) => return cut_short(status, UpErr::BadResponse("malformed chunked body")),
+            },
+            Framing::UntilClose => false,
+        };
+        // Bytes beyond the response: the connection is out of step, not reusable.
+        let mut clean = done && up.head_len + body.len() == up.filled;
+        out.extend_from_slice(body);
+        let write_timeout = Duration::from_millis(cfg.idle_timeout_ms.max(1));
+        if !matches!(timeout(write_timeout, write_flush(&mut io.stream, out)).await, Ok(Ok(()))) {
+            return (status, Some(RequestError::Client), Next::Close);
+        }
+        while !done {
+            let n = match timeout(cfg.per_try_timeout(), up.conn.read(&mut io.rbuf)).await {
+                Ok(Ok(0)) if up.framing == Framing::UntilClose => {
+                    done = true;
+                    clean = false;
+                    0
+                }
+                Ok(Ok(0)) => return cut_short(status, UpErr::Closed { answered: true }),
+                Ok(Ok(n)) => n,
+                Ok(Err(error)) => return cut_short(status, UpErr::Io { answered: true, error }),
+                Err(_) => return cut_short(status, UpErr::Timeout),
+            };
+            let mut chunk = &io.rbuf[..n];
+            match up.framing {
+                Framing::Length(_) => {
+                    let take = (n as u64).min(left) as usize;
+                    clean = take == n;
+                    chunk = &chunk[..take];
+                    left -= take as u64;
+                    done = left == 0;
+                }
+                Framing::Chunked => match chunked.feed(chunk) {
+                    Ok(Some(end)) => {
+                        clean = end == n;
+                        chunk = &chunk[..end];
+                        done = true;
+                    }
+                    Ok(None) => {}
+                    Err(()) => return cut_short(status, UpErr::BadResponse("malformed chunked body")),
+                },
+                _ => {}
+            }
+            if !chunk.is_empty()
+                && !matches!(timeout(write_timeout, write_flush(&mut io.stream, chunk)).await, Ok(Ok(())))
+            {
+                return (status, Some(RequestError::Client), Next::Close);
+            }
+        }
+        if clean && up.keep_alive {
+            self.upstreams.put(up.addr, up.conn, now_ns());
+        }
+        (status, None, if close { Next::Close } else { Next::KeepAlive })
+    }
+
+    /// Send a bodiless answer of the proxy's own.
+    async fn respond(&self, io: &mut Io, status: u16, close: bool) -> std::io::Result<()> {
+        let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+        let out = &mut io.out;
+        out.clear();
+        let _ = write!(
+            out,
+            "HTTP/1.1 {status} {reason}\r\nserver: berth\r\ncontent-length: 0\r\ncache-control: private, no-store\r\n{}\r\n",
+            if close { "connection: close\r\n" } else { "" }
+        );
+        let wait = Duration::from_millis(self.shared.config.idle_timeout_ms.max(1));
+        match timeout(wait, write_flush(&mut io.stream, out)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+/// Why a proxied request ended without a complete answer.
+enum RequestError {
+    Upstream(UpErr),
+    Client,
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::Upstream(e) => e.fmt(f),
+            RequestError::Client => f.write_str("client went away"),
+        }
+    }
+}
+
+/// The request was left to pingora.
+struct Handoff;
+
+/// A complete request head read from the client.
+struct Request<'a> {
+    head: &'a [u8],
+    client_ip: Option<IpAddr>,
+}
+
+/// The upstream failed mid-body: the client's response is cut short (the connection closes, so the client
+/// sees the truncation).
+fn cut_short(status: u16, e: UpErr) -> (u16, Option<RequestError>, Next) {
+    (status, Some(RequestError::Upstream(e)), Next::Close)
+}
+
+/// Write to the client and flush: pingora's stream buffers writes.
+async fn write_flush(stream: &mut Stream, data: &[u8]) -> std::io::Result<()> {
+    stream.write_all(data).await?;
+    stream.flush().await
+}
+
+async fn timeout_at_opt<F: std::future::Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => timeout_at(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+/// A response head parsed from the start of a buffer.
+enum Parsed {
+    /// A 1xx other than 101, `len` bytes long.
+    Interim(usize),
+    Final {
+        head_len: usize,
+        status: u16,
+        framing: Framing,
+        keep_alive: bool,
+    },
+}
+
+/// Parse the response head at the start of `buf`; `None` while incomplete.
+fn parse_response(buf: &[u8], method: &http::Method) -> Result<Option<Parsed>, UpErr> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(UpErr::BadResponse("too many header fields")),
+        Err(_) => return Err(UpErr::BadResponse("malformed response head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    if (100..200).contains(&status) && status != 101 {
+        return Ok(Some(Parsed::Interim(head_len)));
+    }
+    let (framing, keep_alive) = response_framing(&resp, *method == http::Method::HEAD)?;
+    Ok(Some(Parsed::Final { head_len, status, framing, keep_alive }))
+}
+
+/// Whether the route of a request leads to a service without endpoints.
+fn empty_service<H: Headers + ?Sized>(shared: &Shared, req: &ReqInfo<'_, H>) -> bool {
+    let table = shared.table.load();
+    table
+        .routes
+        .find(req.host, req.path, req.method, req.headers)
+        .and_then(|rule| rule.backend)
+        .and_then(|i| table.pools.get(i))
+        .is_some_and(|p| p.pool.is_empty())
+}
+
+/// Fields that describe one hop, not the message (RFC 9110 §7.6.1); never forwarded. `Transfer-Encoding` is
+/// handled by the framing.
+fn hop_by_hop(name: &str) -> bool {
+    ["connection", "keep-alive", "proxy-connection", "te", "upgrade", "transfer-encoding"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Whether a comma-separated field value lists `token` (case-insensitive).
+fn has_token(value: &[u8], token: &str) -> bool {
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The framing of a response body and whether the endpoint keeps the connection open (RFC 9112 §6.3).
+fn response_framing(resp: &httparse::Response<'_, '_>, head_request: bool) -> Result<(Framing, bool), UpErr> {
+    let status = resp.code.unwrap_or(0);
+    let http11 = resp.version == Some(1);
+    let mut keep_alive = http11;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(UpErr::BadResponse("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(UpErr::BadResponse("conflicting content-length"));
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if has_token(h.value, "close") {
+                keep_alive = false;
+            } else if has_token(h.value, "keep-alive") {
+                keep_alive = true;
+            }
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        Framing::None
+    } else if chunked {
+        Framing::Chunked
+    } else if transfer_encoding {
+        Framing::UntilClose
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    Ok((framing, keep_alive && framing != Framing::UntilClose))
+}
+
+/// Write the upstream request head into `out`: the client's fields minus hop-by-hop ones, the forwarding
+/// fields, a request id when the client sent none, the rule's edits and its path rewrite. Returns the
+/// request id sent (for the access log).
+#[allow(clippy::too_many_arguments)]
+fn build_request(
+    out: &mut Vec<u8>,
+    tls: bool,
+    ctx: &Ctx,
+    method: &http::Method,
+    target: &str,
+    headers: &[httparse::Header<'_>],
+    host: Option<&str>,
+    client_ip: Option<IpAddr>,
+) -> Option<Vec<u8>> {
+    let rule = ctx.rule.as_deref();
+    let removed = |name: &str| {
+        rule.is_some_and(|r| {
+            r.remove_headers.iter().any(|h| h.as_str().eq_ignore_ascii_case(name))
+                || r.add_headers.iter().any(|(h, _)| h.as_str().eq_ignore_ascii_case(name))
+        })
+    };
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    match rule.and_then(|r| r.rewrite(target)) {
+        Some(new) => out.extend_from_slice(new.as_bytes()),
+        None => out.extend_from_slice(target.as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for: Option<&[u8]> = None;
+    let mut request_id = None;
+    for h in headers {
+        let name = h.name;
+        if hop_by_hop(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded_for = Some(h.value);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-proto") || name.eq_ignore_ascii_case("x-forwarded-host") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-request-id") && request_id.is_none() {
+            request_id = Some(h.value.to_vec());
+        }
+        if removed(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(ip) = client_ip {
+        if !removed("x-forwarded-for") {
+            out.extend_from_slice(b"x-forwarded-for: ");
+            if let Some(prev) = forwarded_for {
+                out.extend_from_slice(prev);
+                out.extend_from_slice(b", ");
+            }
+            let _ = write!(out, "{ip}\r\n");
+        }
+    } else if let (Some(prev), false) = (forwarded_for, removed("x-forwarded-for")) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !removed("x-forwarded-proto") {
+        out.extend_from_slice(if tls { b"x-forwarded-proto: https\r\n" } else { b"x-forwarded-proto: http\r\n" });
+    }
+    if let (Some(host), false) = (host, removed("x-forwarded-host")) {
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if request_id.is_none() {
+        let id = format!("{:016x}", random_u64()).into_bytes();
+        if !removed("x-request-id") {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(&id);
+            out.extend_from_slice(b"\r\n");
+        }
+        request_id = Some(id);
+    }
+    if let Some(rule) = rule {
+        for (name, value) in &rule.add_headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    request_id
+}
+
+/// Finds where a chunked body ends in bytes fed piece by piece (RFC 9112 §7.1), so the body can be relayed
+/// unchanged. Sizes are parsed by `httparse`; trailer fields are passed through.
+#[derive(Default)]
+struct ChunkedEnd {
+    state: ChunkState,
+    /// A size or trailer line split across reads.
+    line: Vec<u8>,
+}
+
+#[derive(Default, Clone, Copy)]
+enum ChunkState {
+    #[default]
+    Size,
+    /// Bytes of chunk data and its CRLF still to come.
+    Data(u64),
+    Trailer,
+}
+
+/// Longest chunk-size or trailer line accepted.
+const MAX_CHUNK_LINE: usize = 8 * 1024;
+
+impl ChunkedEnd {
+    /// Feed the next bytes; `Some(n)`: the body ends after the first `n` of them.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        let mut i = 0;
+        while i < data.len() {
+            match self.state {
+                ChunkState::Data(left) => {
+                    let take = left.min((data.len() - i) as u64);
+                    i += take as usize;
+                    self.state = if take == left { ChunkState::Size } else { ChunkState::Data(left - take) };
+                }
+                ChunkState::Size | ChunkState::Trailer => {
+                    let Some(nl) = data[i..].iter().position(|&b| b == b'\n') else {
+                        self.line.extend_from_slice(&data[i..]);
+                        if self.line.len() > MAX_CHUNK_LINE {
+                            return Err(());
+                        }
+                        return Ok(None);
+                    };
+                    let end = i + nl + 1;
+                    let line: &[u8] = if self.line.is_empty() {
+                        &data[i..end]
+                    } else {
+                        self.line.extend_from_slice(&data[i..end]);
+                        &self.line
+                    };
+                    i = end;
+                    match self.state {
+                        ChunkState::Size => match httparse::parse_chunk_size(line) {
+                            Ok(httparse::Status::Complete((_, 0))) => self.state = ChunkState::Trailer,
+                            Ok(httparse::Status::Complete((_, size))) => {
+                                self.state = ChunkState::Data(size.checked_add(2).ok_or(())?)
+                            }
+                            _ => return Err(()),
+                        },
+                        _ => {
+                            if line == b"\r\n" || line == b"\n" {
+                                self.line.clear();
+                                return Ok(Some(i));
+                            }
+                        }
+                    }
+                    self.line.clear();
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Where the handed-over request ends in `buf` (its head is `head_len` bytes long): pingora gets no byte
+/// beyond it, so requests pipelined after it stay for this path. Upgrades, and bodies not complete in
+/// `buf`, take everything.
+fn handoff_end(buf: &[u8], head_len: usize) -> usize {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(&buf[..head_len]), Ok(httparse::Status::Complete(_))) {
+        return buf.len();
+    }
+    let mut end = head_len;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("upgrade") {
+            return buf.len();
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+                Some(n) => end = head_len.saturating_add(n),
+                None => return buf.len(),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return match ChunkedEnd::default().feed(&buf[head_len..]) {
+                Ok(Some(n)) => head_len + n,
+                _ => buf.len(),
+            };
+        }
+    }
+    end.min(buf.len())
+}
+
+/// A downstream stream whose first bytes the fast path already read; pingora reads them again, up to
+/// `boundary` (the end of the request it serves).
+#[derive(Debug)]
+struct Replay {
+    data: Vec<u8>,
+    pos: usize,
+    boundary: usize,
+    inner: Stream,
+}
+
+/// The stream pingora hands back after serving a request, and the bytes it left unread (requests pipelined
+/// behind it).
+pub(crate) fn take_back(stream: Stream) -> (Stream, Vec<u8>) {
+    if !stream.as_any().is::<Replay>() {
+        return (stream, Vec::new());
+    }
+    match stream.into_any().downcast::<Replay>() {
+        Ok(r) => {
+            let rest = r.data[r.pos..].to_vec();
+            (r.inner, rest)
+        }
+        Err(_) => unreachable!("checked to be a Replay just above"),
+    }
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.boundary {
+            let n = (this.boundary - this.pos).min(buf.remaining());
+            buf.put_slice(&this.data[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        if this.pos < this.data.len() {
+            // What follows is the next request, which this path reads once pingora is done. Pingora reads past
+            // a complete request only to watch for a disconnect (and would take these bytes for an oversized
+            // body), so it sees nothing.
+            return Poll::Pending;
+        }
+        Pin::new(&mut *this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Replay {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for Replay {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Replay {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Replay {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Replay {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Replay {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Replay {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        if self.pos < self.boundary {
+            let n = (self.boundary - self.pos).min(buf.len());
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            return Ok(true);
+        }
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends(parts: &[&[u8]]) -> Result<Option<(usize, usize)>, ()> {
+        let mut c = ChunkedEnd::default();
+        for (k, p) in parts.iter().enumerate() {
+            if let Some(n) = c.feed(p)? {
+                return Ok(Some((k, n)));
+            }
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn chunked_end_is_found_in_one_piece_and_across_splits() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\nNEXT";
+        assert_eq!(ends(&[body]), Ok(Some((0, body.len() - 4))));
+        // Every split point gives the same end.
+        for cut in 1..body.len() - 4 {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(ends(&[a, b]), Ok(Some((1, body.len() - 4 - cut))), "cut at {cut}");
+        }
+        // Byte by byte.
+        let bytes: Vec<&[u8]> = body[..body.len() - 4].chunks(1).collect();
+        assert_eq!(ends(&bytes), Ok(Some((bytes.len() - 1, 1))));
+    }
+
+    #[test]
+    fn chunked_trailers_are_part_of_the_body() {
+        let body = b"3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n";
+        assert_eq!(ends(&[body]), Ok(Some((0, body.len()))));
+        assert_eq!(ends(&[b"3\r\nabc\r\n0\r\nx-sum: 1\r\n"]), Ok(None));
+    }
+
+    #[test]
+    fn a_malformed_chunk_size_is_an_error() {
+        assert_eq!(ends(&[b"zz\r\nabc\r\n"]), Err(()));
+        assert_eq!(ends(&[&[b'1'; MAX_CHUNK_LINE + 10]]), Err(()));
+    }
+
+    fn framing(head: &[u8], head_request: bool) -> Result<(Framing, bool), String> {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        resp.parse(head).unwrap();
+        response_framing(&resp, head_request).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false), Ok((Framing::Length(5), true)));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true), Ok((Framing::None, true)));
+        assert_eq!(framing(b"HTTP/1.1 204 No Content\r\n\r\n", false), Ok((Framing::None, true)));
+        assert_eq!(
+            framing(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", false),
+            Ok((Framing::None, true))
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n", false),
+            Ok((Framing::Chunked, true))
+        );
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n", false), Ok((Framing::UntilClose, false)));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\n", false),
+            Ok((Framing::Length(1), false))
+        );
+        assert_eq!(framing(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false), Ok((Framing::Length(1), false)));
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n", false),
+            Ok((Framing::Length(1), true))
+        );
+        assert!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", false).is_err());
+        assert!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn tokens_are_matched_whole_and_without_case() {
+        assert!(has_token(b"keep-alive, Close", "close"));
+        assert!(!has_token(b"closed", "close"));
+    }
+}
