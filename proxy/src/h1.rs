@@ -39,7 +39,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{sleep_until, timeout, Instant, Sleep};
 
 /// Header fields parsed per request or response; more is answered 431 (request) or 502 (response).
 const MAX_HEADERS: usize = 128;
@@ -183,8 +183,15 @@ struct Conn {
     buf: Vec<u8>,
     filled: usize,
     client_ip: Option<IpAddr>,
+    /// `client_ip` as text, for `X-Forwarded-For`.
+    client_ip_text: Option<String>,
     /// A request was served on this connection: the next wait is keep-alive idle time.
     reused: bool,
+    /// The header-read (then keep-alive idle) deadline. One timer per connection, moved forward per request:
+    /// tokio extends a later deadline in place, where a timeout per read would register and cancel a timer.
+    head_timer: Pin<Box<Sleep>>,
+    /// Completes when the proxy stops.
+    stop: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 /// The client stream and the buffers kept across its requests.
@@ -192,8 +199,26 @@ struct Io {
     stream: Stream,
     /// Upstream read buffer.
     rbuf: Vec<u8>,
-    /// The request head sent upstream, then the response head sent to the client.
+    /// The request head sent upstream.
     out: Vec<u8>,
+    /// The response head sent to the client, without its final empty line.
+    head: Vec<u8>,
+    /// The per-try deadline of upstream reads and writes (one timer per connection, as `head_timer`).
+    up_timer: Pin<Box<Sleep>>,
+}
+
+/// A deadline far enough away to mean "none".
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// `f`, or `None` once `timer` fires.
+async fn before<F: std::future::Future>(timer: &mut Pin<Box<Sleep>>, f: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        r = f => Some(r),
+        _ = timer.as_mut() => None,
+    }
 }
 
 impl H1 {
@@ -210,18 +235,31 @@ impl H1 {
     ) -> Option<Stream> {
         let client_ip =
             stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let io = Io { stream, rbuf: Vec::new(), out: Vec::new() };
+        let up_timer = Box::pin(sleep_until(far()));
+        let io = Io { stream, rbuf: Vec::new(), out: Vec::new(), head: Vec::new(), up_timer };
         let filled = read.len();
         let mut buf = read;
         buf.resize(filled.max(HEAD_BUF), 0);
-        let mut conn = Conn { io, buf, filled, client_ip, reused };
-        let mut shutdown = shutdown.clone();
-        let mut deadline = deadline;
+        let mut stopping = shutdown.clone();
+        let stop = Box::pin(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        let mut conn = Conn {
+            io,
+            buf,
+            filled,
+            client_ip,
+            client_ip_text: client_ip.map(|ip| ip.to_string()),
+            reused,
+            head_timer: Box::pin(sleep_until(deadline.unwrap_or_else(far))),
+            stop,
+        };
+        let idle = Duration::from_millis(self.shared.config.idle_timeout_ms.max(1));
         loop {
             if conn.reused {
-                deadline = Some(Instant::now() + Duration::from_millis(self.shared.config.idle_timeout_ms.max(1)));
+                conn.head_timer.as_mut().reset(Instant::now() + idle);
             }
-            let head_len = match self.read_head(&mut conn, deadline, &mut shutdown).await {
+            let head_len = match self.read_head(&mut conn).await {
                 Ok(len) => len,
                 Err(Some(status)) => {
                     let _ = self.respond(&mut conn.io, status, true).await;
@@ -229,8 +267,12 @@ impl H1 {
                 }
                 Err(None) => return None,
             };
-            let request = Request { head: &conn.buf[..head_len], client_ip: conn.client_ip };
-            match self.one(&mut conn.io, request, &shutdown).await {
+            let request = Request {
+                head: &conn.buf[..head_len],
+                client_ip: conn.client_ip,
+                client_ip_text: conn.client_ip_text.as_deref(),
+            };
+            match self.one(&mut conn.io, request, shutdown).await {
                 Ok(Next::KeepAlive) => {
                     conn.buf.copy_within(head_len..conn.filled, 0);
                     conn.filled -= head_len;
@@ -251,12 +293,7 @@ impl H1 {
 
     /// Read until `conn.buf` holds a complete request head; its length. `Err(Some(status))`: answer that
     /// and close; `Err(None)`: close quietly (client gone, deadline passed, proxy stopping while idle).
-    async fn read_head(
-        &self,
-        conn: &mut Conn,
-        deadline: Option<Instant>,
-        shutdown: &mut ShutdownWatch,
-    ) -> Result<usize, Option<u16>> {
+    async fn read_head(&self, conn: &mut Conn) -> Result<usize, Option<u16>> {
         let cfg = &self.shared.config;
         let max_head = if cfg.max_header_bytes == 0 { 1 << 20 } else { cfg.max_header_bytes + 8 * 1024 };
         loop {
@@ -280,8 +317,9 @@ impl H1 {
             let idle = conn.filled == 0;
             let result = tokio::select! {
                 biased;
-                r = timeout_at_opt(deadline, read) => r,
-                _ = shutdown.changed(), if idle => return Err(None),
+                r = read => Some(r),
+                _ = conn.head_timer.as_mut() => None,
+                _ = conn.stop.as_mut(), if idle => return Err(None),
             };
             match result {
                 Some(Ok(0)) | Some(Err(_)) => return Err(None),
@@ -358,8 +396,9 @@ impl H1 {
                 (code, None, if close || !ok { Next::Close } else { Next::KeepAlive })
             }
             Admission::Pass => {
-                request_id =
-                    build_request(&mut io.out, self.tls, &ctx, &method, target, headers, host, request.client_ip);
+                let want_id = shared.config.access_log;
+                let ip = request.client_ip_text;
+                request_id = build_request(&mut io.out, self.tls, &ctx, &method, target, headers, host, ip, want_id);
                 match self.exchange(io, &mut ctx, &method).await {
                     Ok(up) => self.relay(io, up, close).await,
                     Err(e) => {
@@ -377,9 +416,9 @@ impl H1 {
         Ok(next)
     }
 
-    /// Send the request head in `conn.out` to endpoints until one answers with a head the client should get:
+    /// Send the request head in `io.out` to endpoints until one answers with a head the client should get:
     /// connect failures and (idempotent methods) unanswered attempts and retried statuses go to another
-    /// endpoint within the budget.
+    /// endpoint within the budget. The client's response head is left in `io.head`.
     async fn exchange(&self, io: &mut Io, ctx: &mut Ctx, method: &http::Method) -> Result<Upstream, UpErr> {
         let shared = &self.shared;
         if io.rbuf.len() < BODY_BUF {
@@ -389,8 +428,7 @@ impl H1 {
             let Some(addr) = shared.start_attempt(ctx) else {
                 return Err(UpErr::NoEndpoint);
             };
-            let result = self.attempt(addr, &io.out, &mut io.rbuf, method).await;
-            match result {
+            match self.attempt(addr, io, method).await {
                 Ok(up) => {
                     ctx.upstream_status = up.status;
                     if shared.retry_status(ctx, method, up.status) {
@@ -404,7 +442,7 @@ impl H1 {
                     shared.end_attempt(ctx, true);
                     let connect = matches!(e, UpErr::Connect(_) | UpErr::ConnectTimeout);
                     let again = (connect || (e.unanswered() && retryable_method(method)))
-                        && crate::Shared::others_left(ctx)
+                        && Shared::others_left(ctx)
                         && shared.may_retry(ctx);
                     if !again {
                         return Err(e);
@@ -416,17 +454,11 @@ impl H1 {
 
     /// One attempt on `addr`: on a pooled connection if there is one (again on a new connection when the
     /// endpoint had closed it unseen), else on a new one.
-    async fn attempt(
-        &self,
-        addr: SocketAddr,
-        request: &[u8],
-        rbuf: &mut Vec<u8>,
-        method: &http::Method,
-    ) -> Result<Upstream, UpErr> {
+    async fn attempt(&self, addr: SocketAddr, io: &mut Io, method: &http::Method) -> Result<Upstream, UpErr> {
         let cfg = &self.shared.config;
         let max_idle = cfg.upstream_idle_timeout_ms.saturating_mul(1_000_000);
         if let Some(pooled) = self.upstreams.take(addr, now_ns(), max_idle) {
-            match self.send(pooled, addr, request, rbuf, method).await {
+            match self.send(pooled, addr, io, method).await {
                 // The endpoint closed the idle connection as we sent: nothing reached it, send again.
                 Err(UpErr::Closed { answered: false }) | Err(UpErr::Io { answered: false, .. }) => {}
                 other => return other,
@@ -438,7 +470,7 @@ impl H1 {
             Err(_) => return Err(UpErr::ConnectTimeout),
         };
         let _ = conn.set_nodelay(true);
-        self.send(conn, addr, request, rbuf, method).await
+        self.send(conn, addr, io, method).await
     }
 
     /// Write the request and read the response head (interim 1xx responses are dropped).
@@ -446,16 +478,16 @@ impl H1 {
         &self,
         mut conn: TcpStream,
         addr: SocketAddr,
-        request: &[u8],
-        rbuf: &mut Vec<u8>,
+        io: &mut Io,
         method: &http::Method,
     ) -> Result<Upstream, UpErr> {
-        let deadline = Instant::now() + self.shared.config.per_try_timeout();
-        match timeout_at(deadline, conn.write_all(request)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(UpErr::Io { answered: false, error }),
-            Err(_) => return Err(UpErr::Timeout),
+        io.up_timer.as_mut().reset(Instant::now() + self.shared.config.per_try_timeout());
+        match before(&mut io.up_timer, conn.write_all(&io.out)).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => return Err(UpErr::Io { answered: false, error }),
+            None => return Err(UpErr::Timeout),
         }
+        let rbuf = &mut io.rbuf;
         let mut filled = 0;
         loop {
             if filled == rbuf.len() {
@@ -464,16 +496,16 @@ impl H1 {
                 }
                 rbuf.resize(rbuf.len() * 2, 0);
             }
-            let n = match timeout_at(deadline, conn.read(&mut rbuf[filled..])).await {
-                Ok(Ok(0)) => return Err(UpErr::Closed { answered: filled > 0 }),
-                Ok(Ok(n)) => n,
-                Ok(Err(error)) => return Err(UpErr::Io { answered: filled > 0, error }),
-                Err(_) => return Err(UpErr::Timeout),
+            let n = match before(&mut io.up_timer, conn.read(&mut rbuf[filled..])).await {
+                Some(Ok(0)) => return Err(UpErr::Closed { answered: filled > 0 }),
+                Some(Ok(n)) => n,
+                Some(Err(error)) => return Err(UpErr::Io { answered: filled > 0, error }),
+                None => return Err(UpErr::Timeout),
             };
             filled += n;
             // Interim responses are dropped; what follows them may already be here.
             while filled > 0 {
-                match parse_response(&rbuf[..filled], method)? {
+                match parse_response(&rbuf[..filled], method, &mut io.head)? {
                     None => break,
                     Some(Parsed::Interim(len)) => {
                         rbuf.copy_within(len..filled, 0);
@@ -487,34 +519,12 @@ impl H1 {
         }
     }
 
-    /// Send the response to the client: its head (hop-by-hop fields dropped) and body as it comes. Returns the
+    /// Send the response to the client: its head (built in `io.head`) and body as it comes. Returns the
     /// status sent, an error that cut the response short, and whether the connection stays open.
     async fn relay(&self, io: &mut Io, mut up: Upstream, close: bool) -> (u16, Option<RequestError>, Next) {
         let cfg = &self.shared.config;
         let close = close || up.framing == Framing::UntilClose;
-        let out = &mut io.out;
-        out.clear();
-        {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            let _ = resp.parse(&io.rbuf[..up.head_len]);
-            let reason = resp.reason.unwrap_or("");
-            let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", up.status);
-            for h in resp.headers.iter() {
-                if hop_by_hop(h.name)
-                    || (up.framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length"))
-                {
-                    continue;
-                }
-                out.extend_from_slice(h.name.as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(h.value);
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-        if up.framing == Framing::Chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
+        let out = &mut io.head;
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -557,16 +567,17 @@ impl H1 {
             return (status, Some(RequestError::Client), Next::Close);
         }
         while !done {
-            let n = match timeout(cfg.per_try_timeout(), up.conn.read(&mut io.rbuf)).await {
-                Ok(Ok(0)) if up.framing == Framing::UntilClose => {
+            io.up_timer.as_mut().reset(Instant::now() + cfg.per_try_timeout());
+            let n = match before(&mut io.up_timer, up.conn.read(&mut io.rbuf)).await {
+                Some(Ok(0)) if up.framing == Framing::UntilClose => {
                     done = true;
                     clean = false;
                     0
                 }
-                Ok(Ok(0)) => return cut_short(status, UpErr::Closed { answered: true }),
-                Ok(Ok(n)) => n,
-                Ok(Err(error)) => return cut_short(status, UpErr::Io { answered: true, error }),
-                Err(_) => return cut_short(status, UpErr::Timeout),
+                Some(Ok(0)) => return cut_short(status, UpErr::Closed { answered: true }),
+                Some(Ok(n)) => n,
+                Some(Err(error)) => return cut_short(status, UpErr::Io { answered: true, error }),
+                None => return cut_short(status, UpErr::Timeout),
             };
             let mut chunk = &io.rbuf[..n];
             match up.framing {
@@ -640,6 +651,7 @@ struct Handoff;
 struct Request<'a> {
     head: &'a [u8],
     client_ip: Option<IpAddr>,
+    client_ip_text: Option<&'a str>,
 }
 
 /// The upstream failed mid-body: the client's response is cut short (the connection closes, so the client
@@ -654,13 +666,6 @@ async fn write_flush(stream: &mut Stream, data: &[u8]) -> std::io::Result<()> {
     stream.flush().await
 }
 
-async fn timeout_at_opt<F: std::future::Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
-    match deadline {
-        Some(d) => timeout_at(d, f).await.ok(),
-        None => Some(f.await),
-    }
-}
-
 /// A response head parsed from the start of a buffer.
 enum Parsed {
     /// A 1xx other than 101, `len` bytes long.
@@ -673,8 +678,9 @@ enum Parsed {
     },
 }
 
-/// Parse the response head at the start of `buf`; `None` while incomplete.
-fn parse_response(buf: &[u8], method: &http::Method) -> Result<Option<Parsed>, UpErr> {
+/// Parse the response head at the start of `buf`; `None` while incomplete. A final response's head, as the
+/// client gets it (hop-by-hop fields dropped, HTTP/1.1, no final empty line), is written to `head`.
+fn parse_response(buf: &[u8], method: &http::Method, head: &mut Vec<u8>) -> Result<Option<Parsed>, UpErr> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -688,6 +694,27 @@ fn parse_response(buf: &[u8], method: &http::Method) -> Result<Option<Parsed>, U
         return Ok(Some(Parsed::Interim(head_len)));
     }
     let (framing, keep_alive) = response_framing(&resp, *method == http::Method::HEAD)?;
+    head.clear();
+    // The status line as sent, in version 1.1 ("HTTP/1.x" is its first 8 bytes; httparse checked).
+    let line_end = buf.iter().position(|&b| b == b'\n').map_or(head_len, |i| i + 1);
+    head.extend_from_slice(b"HTTP/1.1");
+    head.extend_from_slice(&buf[8..line_end]);
+    if !head.ends_with(b"\r\n") {
+        head.pop();
+        head.extend_from_slice(b"\r\n");
+    }
+    for h in resp.headers.iter() {
+        if hop_by_hop(h.name) || (framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length")) {
+            continue;
+        }
+        head.extend_from_slice(h.name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(h.value);
+        head.extend_from_slice(b"\r\n");
+    }
+    if framing == Framing::Chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
     Ok(Some(Parsed::Final { head_len, status, framing, keep_alive }))
 }
 
@@ -774,7 +801,8 @@ fn build_request(
     target: &str,
     headers: &[httparse::Header<'_>],
     host: Option<&str>,
-    client_ip: Option<IpAddr>,
+    client_ip: Option<&str>,
+    want_id: bool,
 ) -> Option<Vec<u8>> {
     let rule = ctx.rule.as_deref();
     let removed = |name: &str| {
@@ -806,7 +834,7 @@ fn build_request(
             continue;
         }
         if name.eq_ignore_ascii_case("x-request-id") && request_id.is_none() {
-            request_id = Some(h.value.to_vec());
+            request_id = Some(if want_id { h.value.to_vec() } else { Vec::new() });
         }
         if removed(name) {
             continue;
@@ -823,7 +851,8 @@ fn build_request(
                 out.extend_from_slice(prev);
                 out.extend_from_slice(b", ");
             }
-            let _ = write!(out, "{ip}\r\n");
+            out.extend_from_slice(ip.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     } else if let (Some(prev), false) = (forwarded_for, removed("x-forwarded-for")) {
         out.extend_from_slice(b"x-forwarded-for: ");
@@ -839,13 +868,13 @@ fn build_request(
         out.extend_from_slice(b"\r\n");
     }
     if request_id.is_none() {
-        let id = format!("{:016x}", random_u64()).into_bytes();
+        let id = hex16(random_u64());
         if !removed("x-request-id") {
             out.extend_from_slice(b"x-request-id: ");
             out.extend_from_slice(&id);
             out.extend_from_slice(b"\r\n");
         }
-        request_id = Some(id);
+        request_id = want_id.then(|| id.to_vec());
     }
     if let Some(rule) = rule {
         for (name, value) in &rule.add_headers {
@@ -857,6 +886,12 @@ fn build_request(
     }
     out.extend_from_slice(b"\r\n");
     request_id
+}
+
+/// `n` as 16 lower-case hex digits.
+fn hex16(n: u64) -> [u8; 16] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    std::array::from_fn(|i| DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize])
 }
 
 /// Finds where a chunked body ends in bytes fed piece by piece (RFC 9112 §7.1), so the body can be relayed
@@ -1164,6 +1199,12 @@ mod tests {
         );
         assert!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", false).is_err());
         assert!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn request_ids_are_16_hex_digits() {
+        assert_eq!(&hex16(0x0123_4567_89ab_cdef), b"0123456789abcdef");
+        assert_eq!(&hex16(0), b"0000000000000000");
     }
 
     #[test]
