@@ -75,12 +75,32 @@ impl BackgroundService for HealthChecker {
         let mut tracks: HashMap<Arc<str>, Track> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut applied = self.shared.applied.subscribe();
+        let mut seen_revision = None;
         loop {
+            // Without any health check configured, sleep until the table changes rather than tick: an idle
+            // proxy (and a busy one's worker thread) is not woken 20 times a second for nothing.
+            let any_checks = self.shared.table.load().pools.iter().any(|p| p.health_check().is_some());
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick(), if any_checks => {}
+                changed = applied.changed(), if !any_checks => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
             let table = self.shared.table.load_full();
+            if seen_revision != Some(table.revision) {
+                seen_revision = Some(table.revision);
+                // "Down" is the verdict of a check: a service whose check was removed serves all its endpoints.
+                for pool in table.pools.iter().filter(|p| p.health_check().is_none()) {
+                    for entry in pool.pool.entries().iter().filter(|e| e.state.is_down()) {
+                        entry.state.set_down(false);
+                        tracks.remove(&entry.id);
+                    }
+                }
+            }
             let now = Instant::now();
             let mut probes = Vec::new();
             for pool in &table.pools {

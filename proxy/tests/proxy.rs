@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use discovery::{Certificate, Object, RouteTls, TargetPort};
+use discovery::{BalancePolicy, Certificate, HealthCheck, Object, RouteTls, Service, TargetPort};
 use futures::{SinkExt, StreamExt};
 use proxy::TcpListenerConfig;
 use std::process::Command;
@@ -283,6 +283,63 @@ async fn killing_one_of_three_backends_loses_no_request() {
     assert_eq!(counted(), total as u64);
     eprintln!("ejected after kill: {:?}", proxy.ejected_endpoints());
     proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_health_check_takes_a_failing_endpoint_out_and_back() {
+    let good = Backend::start("good");
+    let bad = Backend::start_with_status("bad", 503);
+    let reg = registry_with(&[&good, &bad]);
+    let mut cfg = config();
+    cfg.eject_after_failures = 1_000_000; // passive ejection out of the way: this is the active check
+    let proxy = start(&reg, cfg);
+    let url = format!("http://{}/h", proxy.http_addr().unwrap());
+    let c = client();
+    let ids = |n: usize| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                let body = c.get(&url).send().await.unwrap().text().await.unwrap();
+                ids.push(id_of(&body).to_string());
+            }
+            ids
+        }
+    };
+    // Round robin without a check: the 503 endpoint gets its share.
+    let Object::Service(svc) = service("web") else { unreachable!("service() builds a Service") };
+    let plain = Service { balance: BalancePolicy::RoundRobin, ..Service::clone(&*svc) };
+    reg.put(Object::Service(Arc::new(plain.clone())));
+    let rev = reg.snapshot().revision();
+    assert!(proxy.wait_applied(rev, Duration::from_secs(10)).await);
+    assert!(ids(10).await.iter().any(|id| id == "bad"), "no check yet: both endpoints serve");
+
+    // A check added to the running proxy's Service: the failing endpoint goes out after 2 failed probes.
+    let check = HealthCheck {
+        http_path: Some("/healthz".into()),
+        interval_ms: 50,
+        timeout_ms: 500,
+        healthy_threshold: 1,
+        unhealthy_threshold: 2,
+    };
+    reg.put(Object::Service(Arc::new(Service { health_check: Some(check), ..plain.clone() })));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = ids(10).await;
+        if seen.iter().all(|id| id == "good") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failing endpoint is still served: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The check removed: the endpoint's last state stands no longer once the pool is rebuilt without it.
+    reg.put(Object::Service(Arc::new(plain)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ids(10).await.iter().any(|id| id == "bad") {
+        assert!(Instant::now() < deadline, "without a check both endpoints serve again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
