@@ -131,10 +131,14 @@ BIN="$ROOT/target/release/berth-proxy-bench"
 
 nginx -c "$TMP/backends.conf" -p "$TMP" 2>/dev/null
 nginx -c "$TMP/nginx-proxy.conf" -p "$TMP" 2>"$TMP/logs/nginx-start.err" || { cat "$TMP/logs/nginx-start.err" >&2; exit 1; }
-haproxy -f "$TMP/haproxy.cfg" >"$TMP/logs/haproxy.out" 2>&1 &
+# Every proxy runs in a session of its own, as the nginx daemon does: with the kernel's autogroup scheduling
+# (on by default), a proxy left in this script's session would share one CPU share with wrk, and lose to
+# whichever proxy daemonized rather than to the others' code.
+setsid haproxy -f "$TMP/haproxy.cfg" >"$TMP/logs/haproxy.out" 2>&1 < /dev/null &
 PIDS+=($!)
 # The shipped binary, as users run it: `berth proxy -c FILE` (threads: 1 from the file).
-"$ROOT/target/release/berth" proxy -c "$TMP/berth.yaml" --admin-listen 127.0.0.1:0 > "$TMP/logs/berth.out" 2>&1 &
+setsid "$ROOT/target/release/berth" proxy -c "$TMP/berth.yaml" --admin-listen 127.0.0.1:0 \
+  > "$TMP/logs/berth.out" 2>&1 < /dev/null &
 PIDS+=($!)
 BERTH_PID=$!
 

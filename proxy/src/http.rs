@@ -162,6 +162,10 @@ impl Shared {
 
     /// As [`Self::end_attempt`]; `no_response` counts the attempt in the endpoint's "error" class.
     pub(crate) fn end_attempt_with(&self, ctx: &mut Ctx, failed: bool, no_response: bool) {
+        self.end_attempt_at(ctx, failed, no_response, now_ns())
+    }
+
+    fn end_attempt_at(&self, ctx: &mut Ctx, failed: bool, no_response: bool, now: u64) {
         let (Some((idx, started)), Some(pool)) = (ctx.current.take(), ctx.pool.as_ref()) else {
             return;
         };
@@ -169,7 +173,6 @@ impl Shared {
             return;
         };
         entry.state.end_request();
-        let now = now_ns();
         if no_response {
             entry.state.record_status_class(5);
         }
@@ -237,9 +240,10 @@ impl Shared {
                 entry.state.record_status_class(status_class(ctx.upstream_status));
             }
         }
-        self.end_attempt_with(ctx, upstream_failed, ctx.upstream_status == 0 && error.is_some());
+        let now = now_ns();
+        self.end_attempt_at(ctx, upstream_failed, ctx.upstream_status == 0 && error.is_some(), now);
         let class = status_class(status);
-        let latency_us = now_ns().saturating_sub(ctx.start) / 1000;
+        let latency_us = now.saturating_sub(ctx.start) / 1000;
         if let Some(rule) = &ctx.rule {
             rule.metrics.finish(class, latency_us);
         }
