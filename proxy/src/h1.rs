@@ -21,7 +21,6 @@ use crate::http::{random_u64, retryable_method, Admission, Ctx, LogReq, ReqInfo}
 use crate::table::Headers;
 use crate::Shared;
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{
@@ -51,32 +50,51 @@ const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 /// Idle upstream connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
-/// Idle keep-alive connections to upstream endpoints, most recently used last.
-#[derive(Default)]
+/// Idle keep-alive connections to upstream endpoints, most recently used last. Each worker thread keeps its
+/// own, so the request path takes no lock; a connection goes back to the pool of the thread that finished
+/// with it. The pools live as long as the proxy's threads.
 pub(crate) struct Upstreams {
-    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, u64)>>>,
+    /// Tells this proxy's connections from another's that may share a thread (tests run several proxies).
+    id: usize,
+}
+
+type IdleMap = HashMap<(usize, SocketAddr), Vec<(TcpStream, u64)>>;
+
+thread_local! {
+    static IDLE: std::cell::RefCell<IdleMap> = std::cell::RefCell::new(HashMap::new());
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        Upstreams { id: NEXT.fetch_add(1, Relaxed) }
+    }
 }
 
 impl Upstreams {
     /// An idle connection to `addr` that is neither older than `max_idle_ns` nor closed by the endpoint.
     fn take(&self, addr: SocketAddr, now: u64, max_idle_ns: u64) -> Option<TcpStream> {
-        let mut idle = self.idle.lock();
-        let list = idle.get_mut(&addr)?;
-        while let Some((conn, since)) = list.pop() {
-            if now.saturating_sub(since) < max_idle_ns && quiet(&conn) {
-                return Some(conn);
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.get_mut(&(self.id, addr))?;
+            while let Some((conn, since)) = list.pop() {
+                if now.saturating_sub(since) < max_idle_ns && quiet(&conn) {
+                    return Some(conn);
+                }
             }
-        }
-        None
+            None
+        })
     }
 
     fn put(&self, addr: SocketAddr, conn: TcpStream, now: u64) {
-        let mut idle = self.idle.lock();
-        let list = idle.entry(addr).or_default();
-        if list.len() >= MAX_IDLE_PER_ENDPOINT {
-            list.remove(0);
-        }
-        list.push((conn, now));
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.entry((self.id, addr)).or_default();
+            if list.len() >= MAX_IDLE_PER_ENDPOINT {
+                list.remove(0);
+            }
+            list.push((conn, now));
+        })
     }
 }
 
