@@ -131,7 +131,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             session.set_keepalive(if *shutdown.borrow() {
                 None
             } else {
-                Some(self.shared.config.idle_timeout_ms / 1000)
+                Some((self.shared.config.idle_timeout_ms / 1000).max(1))
             });
             let (back, _) = self.inner.process_new_http(session, shutdown).await?.consume();
             (stream, read) = h1::take_back(back);

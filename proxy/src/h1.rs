@@ -691,7 +691,7 @@ async fn write_flush(stream: &mut Stream, data: &[u8]) -> std::io::Result<()> {
 
 /// A response head parsed from the start of a buffer.
 enum Parsed {
-    /// A 1xx other than 101, `len` bytes long.
+    /// An interim 1xx response, `len` bytes long.
     Interim(usize),
     Final {
         head_len: usize,
@@ -713,7 +713,11 @@ fn parse_response(buf: &[u8], method: &http::Method, head: &mut Vec<u8>) -> Resu
         Err(_) => return Err(UpErr::BadResponse("malformed response head")),
     };
     let status = resp.code.unwrap_or(0);
-    if (100..200).contains(&status) && status != 101 {
+    if status == 101 {
+        // This path never sends `Upgrade` (those requests go to pingora).
+        return Err(UpErr::BadResponse("a protocol switch that was not asked for"));
+    }
+    if (100..200).contains(&status) {
         return Ok(Some(Parsed::Interim(head_len)));
     }
     let (framing, keep_alive) = response_framing(&resp, *method == http::Method::HEAD)?;
