@@ -1,4 +1,6 @@
-//! The HTTP data path: pingora's `ProxyHttp` phases over the current [`Table`].
+//! The HTTP data path: the request accounting both paths share (on `Shared`: admission, attempts, the
+//! retry budget, metrics and the access log), and pingora's `ProxyHttp` phases over the current [`Table`],
+//! which serve HTTP/2 and the HTTP/1 requests the fast path ([`crate::h1`]) hands over.
 //!
 //! Phases, in the order pingora runs them for one request:
 //! - `request_filter`: admission (overload 503, header size 431), route lookup (404 when nothing matches),
