@@ -149,6 +149,8 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
         if let Some(t) = threads {
             c.threads = t;
         }
+        // This process runs one proxy: it may use single-threaded runtimes (see the field).
+        c.work_stealing = false;
     };
     let admin = bind_admin(args.admin_listen).await?;
     let admin_addr = admin.local_addr()?;

@@ -190,6 +190,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
         // Scale from zero: a request for a service without endpoints waits for one (see the README).
         hold_max_requests: 100,
         hold_timeout_ms: 30_000,
+        // This process runs one proxy: it may use single-threaded runtimes (see the field).
+        work_stealing: false,
         ..Default::default()
     };
     let proxy = proxy::Proxy::start(registry.clone(), proxy_config)

@@ -210,6 +210,7 @@ impl Proxy {
             grace_period_seconds: Some(0),
             graceful_shutdown_timeout_seconds: Some(config.shutdown_grace_ms.div_ceil(1000).max(1)),
             upstream_keepalive_pool_size: 1024,
+            work_stealing: config.work_stealing,
             // Pingora counts tries, the first included.
             max_retries: config.max_retries as usize + 1,
             ..ServerConf::default()
