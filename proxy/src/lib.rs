@@ -278,8 +278,13 @@ impl Proxy {
         let deadline = Instant::now() + timeout;
         for addr in proxy.addrs.http.iter().chain(proxy.addrs.https.iter()).copied().collect::<Vec<_>>() {
             loop {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    break;
+                match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                    // A connection to oneself: with nobody listening yet, the kernel can pick the probed port as
+                    // the probe's own source port (both are in the ephemeral range). That socket would hold the
+                    // port pingora is about to bind, and say "listening" falsely; dropping it frees the port.
+                    Ok(probe) if probe.local_addr().ok() == Some(addr) => {}
+                    Ok(_) => break,
+                    Err(_) => {}
                 }
                 if proxy.thread.as_ref().is_some_and(|t| t.is_finished()) {
                     proxy.thread = None;
