@@ -8,8 +8,7 @@
 //!
 //! Everything else is handed to pingora's `HttpProxy` on the same connection, the bytes read so far replayed
 //! ([`Replay`]): HTTP/1.0, request bodies (`Content-Length` > 0 or `Transfer-Encoding`), `Expect`,
-//! `Upgrade` (WebSocket), absolute-form targets, and requests to an empty service while holding is on (scale
-//! from zero). The connection comes back here for its next request.
+//! `Upgrade` (WebSocket) and absolute-form targets. The connection comes back here for its next request.
 //!
 //! Semantics kept from pingora's path: admission, routing, balancing, retries (connect failures and, for
 //! idempotent methods, upstream failures before a response and the service's `retryOnStatuses`, within the
@@ -18,7 +17,6 @@
 
 use crate::balance::now_ns;
 use crate::http::{random_u64, retryable_method, Admission, Ctx, LogReq, ReqInfo};
-use crate::table::Headers;
 use crate::Shared;
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -401,10 +399,6 @@ impl H1 {
             header_bytes: headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum(),
             client_ip: request.client_ip,
         };
-        if shared.config.hold_max_requests > 0 && empty_service(shared, &info) {
-            // Holding a request until its service has an endpoint is pingora's path's job.
-            return Err(Handoff);
-        }
 
         let mut ctx = Ctx::starting_now();
         let close = client_close || *shutdown.borrow();
@@ -443,6 +437,9 @@ impl H1 {
         let shared = &self.shared;
         if io.rbuf.len() < BODY_BUF {
             io.rbuf.resize(BODY_BUF, 0);
+        }
+        if !shared.await_endpoint(ctx).await {
+            return Err(UpErr::NoEndpoint);
         }
         loop {
             let Some(addr) = shared.start_attempt(ctx) else {
@@ -748,17 +745,6 @@ fn parse_response(buf: &[u8], method: &http::Method, head: &mut Vec<u8>) -> Resu
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     Ok(Some(Parsed::Final { head_len, status, framing, keep_alive }))
-}
-
-/// Whether the route of a request leads to a service without endpoints.
-fn empty_service<H: Headers + ?Sized>(shared: &Shared, req: &ReqInfo<'_, H>) -> bool {
-    let table = shared.table.load();
-    table
-        .routes
-        .find(req.host, req.path, req.method, req.headers)
-        .and_then(|rule| rule.backend)
-        .and_then(|i| table.pools.get(i))
-        .is_some_and(|p| p.pool.is_empty())
 }
 
 /// Fields that describe one hop, not the message (RFC 9110 §7.6.1); never forwarded. `Transfer-Encoding` is

@@ -144,6 +144,52 @@ impl Shared {
         Admission::Pass
     }
 
+    /// Before the first attempt on a service with no endpoint, while holding is on (`hold_max_requests`):
+    /// wait for an endpoint (scale from zero), and put the service's new pool in `ctx`. False when none came.
+    pub(crate) async fn await_endpoint(&self, ctx: &mut Ctx) -> bool {
+        let Some(pool) = ctx.pool.clone() else {
+            return false;
+        };
+        if !(pool.pool.is_empty() && ctx.tried.is_empty() && self.config.hold_max_requests > 0) {
+            return true;
+        }
+        match self.hold_for_endpoint(&pool).await {
+            Some(p) => {
+                ctx.pool = Some(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Wait (bounded in count per service and in time) until the service of an empty pool has an endpoint;
+    /// returns its new pool. The wait is counted in the service's `waiting` figure, which the autoscaler reads
+    /// as demand to scale from zero. Nothing here writes control-plane state.
+    async fn hold_for_endpoint(&self, pool: &Arc<ServicePool>) -> Option<Arc<ServicePool>> {
+        let waiting = &pool.metrics.waiting;
+        if waiting.fetch_add(1, Relaxed) >= self.config.hold_max_requests as i64 {
+            waiting.fetch_sub(1, Relaxed);
+            return None;
+        }
+        // Subscribe before looking, so a table published in between still wakes us.
+        let mut applied = self.applied.subscribe();
+        let deadline = tokio::time::Instant::now() + self.config.hold_timeout();
+        let found = loop {
+            let table = self.table.load();
+            if let Some(p) = table.pool_index.get(&pool.key).map(|&i| &table.pools[i]) {
+                if !p.pool.is_empty() {
+                    break Some(p.clone());
+                }
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break None,
+            }
+        };
+        waiting.fetch_sub(1, Relaxed);
+        found
+    }
+
     /// Pick an endpoint of `ctx.pool` not tried yet (while another exists) and open an attempt on it.
     pub(crate) fn start_attempt(&self, ctx: &mut Ctx) -> Option<SocketAddr> {
         let pool = ctx.pool.as_ref()?;
@@ -159,14 +205,10 @@ impl Shared {
 
     /// Close the attempt in progress; `failed` counts against the endpoint for ejection.
     pub(crate) fn end_attempt(&self, ctx: &mut Ctx, failed: bool) {
-        self.end_attempt_with(ctx, failed, failed)
+        self.end_attempt_at(ctx, failed, failed, now_ns())
     }
 
-    /// As [`Self::end_attempt`]; `no_response` counts the attempt in the endpoint's "error" class.
-    pub(crate) fn end_attempt_with(&self, ctx: &mut Ctx, failed: bool, no_response: bool) {
-        self.end_attempt_at(ctx, failed, no_response, now_ns())
-    }
-
+    /// As [`Self::end_attempt`] at time `now`; `no_response` counts the attempt in the endpoint's "error" class.
     fn end_attempt_at(&self, ctx: &mut Ctx, failed: bool, no_response: bool, now: u64) {
         let (Some((idx, started)), Some(pool)) = (ctx.current.take(), ctx.pool.as_ref()) else {
             return;
@@ -194,7 +236,7 @@ impl Shared {
                 entry.state.record_status_class(status_class(status));
             }
         }
-        self.end_attempt_with(ctx, status >= 500, false);
+        self.end_attempt_at(ctx, status >= 500, false, now_ns());
         ctx.upstream_status = 0;
     }
 
@@ -270,37 +312,6 @@ impl Shared {
     }
 }
 
-impl HttpApp {
-    /// Wait (bounded in count per service and in time) until the service of an empty pool has an endpoint;
-    /// returns its new pool. The wait is counted in the service's `waiting` figure, which the autoscaler reads
-    /// as demand to scale from zero. Nothing here writes control-plane state.
-    async fn hold_for_endpoint(&self, pool: &Arc<ServicePool>) -> Option<Arc<ServicePool>> {
-        let shared = &self.shared;
-        let waiting = &pool.metrics.waiting;
-        if waiting.fetch_add(1, Relaxed) >= shared.config.hold_max_requests as i64 {
-            waiting.fetch_sub(1, Relaxed);
-            return None;
-        }
-        // Subscribe before looking, so a table published in between still wakes us.
-        let mut applied = shared.applied.subscribe();
-        let deadline = tokio::time::Instant::now() + shared.config.hold_timeout();
-        let found = loop {
-            let table = shared.table.load();
-            if let Some(p) = table.pool_index.get(&pool.key).map(|&i| &table.pools[i]) {
-                if !p.pool.is_empty() {
-                    break Some(p.clone());
-                }
-            }
-            match tokio::time::timeout_at(deadline, applied.changed()).await {
-                Ok(Ok(())) => {}
-                _ => break None,
-            }
-        };
-        waiting.fetch_sub(1, Relaxed);
-        found
-    }
-}
-
 /// Methods whose requests may be sent twice: the idempotent ones users expect to be retried (RFC 9110
 /// §9.2.2 also lists TRACE, which a proxy has no reason to retry).
 pub(crate) fn retryable_method(m: &http::Method) -> bool {
@@ -365,14 +376,8 @@ impl ProxyHttp for HttpApp {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         // An attempt still open here failed after connecting (error_while_proxy already counted it).
         self.shared.end_attempt(ctx, false);
-        let Some(pool) = ctx.pool.clone() else {
+        if !self.shared.await_endpoint(ctx).await {
             return Err(Error::new(HTTPStatus(503)));
-        };
-        if pool.pool.is_empty() && ctx.tried.is_empty() && self.shared.config.hold_max_requests > 0 {
-            match self.hold_for_endpoint(&pool).await {
-                Some(p) => ctx.pool = Some(p),
-                None => return Err(Error::new(HTTPStatus(503))),
-            }
         }
         let Some(addr) = self.shared.start_attempt(ctx) else {
             return Err(Error::new(HTTPStatus(503)));

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// A request's header fields, whichever parser produced them: pingora's map (HTTP/2, handed-over requests) or
-/// the HTTP/1 fast path's `httparse` slice. Names are given in lower case.
+/// the HTTP/1 fast path's `httparse` slice. Names compare without regard to case.
 pub trait Headers {
     /// Every value of the field `name`, in order.
     fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
