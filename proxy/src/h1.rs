@@ -126,7 +126,9 @@ enum UpErr {
     NoEndpoint,
     Connect(std::io::Error),
     ConnectTimeout,
-    /// Reading or writing failed; `answered` once response bytes had arrived.
+    /// Writing the request failed: no complete request reached the endpoint.
+    Unsent(std::io::Error),
+    /// Reading failed; `answered` once response bytes had arrived.
     Io {
         answered: bool,
         error: std::io::Error,
@@ -145,6 +147,7 @@ impl std::fmt::Display for UpErr {
             UpErr::NoEndpoint => f.write_str("the service has no endpoint"),
             UpErr::Connect(e) => write!(f, "upstream connect: {e}"),
             UpErr::ConnectTimeout => f.write_str("upstream connect timed out"),
+            UpErr::Unsent(e) => write!(f, "upstream write: {e}"),
             UpErr::Io { error, .. } => write!(f, "upstream i/o: {error}"),
             UpErr::Timeout => f.write_str("upstream timed out"),
             UpErr::Closed { .. } => f.write_str("upstream closed the connection before a response"),
@@ -157,7 +160,7 @@ impl UpErr {
     /// Nothing of a response arrived: the request may go again to another endpoint (when idempotent).
     fn unanswered(&self) -> bool {
         match self {
-            UpErr::NoEndpoint | UpErr::Connect(_) | UpErr::ConnectTimeout | UpErr::Timeout => true,
+            UpErr::NoEndpoint | UpErr::Connect(_) | UpErr::ConnectTimeout | UpErr::Unsent(_) | UpErr::Timeout => true,
             UpErr::Io { answered, .. } | UpErr::Closed { answered } => !answered,
             UpErr::BadResponse(_) => false,
         }
@@ -459,7 +462,8 @@ impl H1 {
                 }
                 Err(e) => {
                     shared.end_attempt(ctx, true);
-                    let connect = matches!(e, UpErr::Connect(_) | UpErr::ConnectTimeout);
+                    // Nothing the endpoint could act on reached it: safe to send again whatever the method.
+                    let connect = matches!(e, UpErr::Connect(_) | UpErr::ConnectTimeout | UpErr::Unsent(_));
                     let again = (connect || (e.unanswered() && retryable_method(method)))
                         && Shared::others_left(ctx)
                         && shared.may_retry(ctx);
@@ -472,14 +476,18 @@ impl H1 {
     }
 
     /// One attempt on `addr`: on a pooled connection if there is one (again on a new connection when the
-    /// endpoint had closed it unseen), else on a new one.
+    /// endpoint had closed it unseen, and sending again is safe), else on a new one.
     async fn attempt(&self, addr: SocketAddr, now: u64, io: &mut Io, method: &http::Method) -> Result<Upstream, UpErr> {
         let cfg = &self.shared.config;
         let max_idle = cfg.upstream_idle_timeout_ms.saturating_mul(1_000_000);
         if let Some(pooled) = self.upstreams.take(addr, now, max_idle) {
             match self.send(pooled, addr, now, io, method).await {
-                // The endpoint closed the idle connection as we sent: nothing reached it, send again.
-                Err(UpErr::Closed { answered: false }) | Err(UpErr::Io { answered: false, .. }) => {}
+                Err(UpErr::Unsent(_)) => {}
+                // Most likely the endpoint closed the idle connection as the request arrived. But it may also
+                // have acted on the request and then failed: only a method that may be repeated goes again
+                // (RFC 9110 §9.2.2), as in Go's HTTP client.
+                Err(UpErr::Closed { answered: false } | UpErr::Io { answered: false, .. })
+                    if retryable_method(method) => {}
                 other => return other,
             }
         }
@@ -504,7 +512,7 @@ impl H1 {
         io.up_timer.as_mut().reset(Instant::now() + self.shared.config.per_try_timeout());
         match before(&mut io.up_timer, conn.write_all(&io.out)).await {
             Some(Ok(())) => {}
-            Some(Err(error)) => return Err(UpErr::Io { answered: false, error }),
+            Some(Err(error)) => return Err(UpErr::Unsent(error)),
             None => return Err(UpErr::Timeout),
         }
         let rbuf = &mut io.rbuf;

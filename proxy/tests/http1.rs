@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Requests the scripted backends received on `/vanish` (read, then the connection closed unanswered).
+static VANISHED: AtomicUsize = AtomicUsize::new(0);
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -75,6 +78,10 @@ async fn serve_conn(mut s: TcpStream) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
+        }
+        if path == "/vanish" {
+            VANISHED.fetch_add(1, Ordering::SeqCst);
+            return;
         }
         let (out, close) = answer(&path, &buf[head_len..head_len + length]);
         buf.drain(..head_len + length);
@@ -208,4 +215,35 @@ async fn an_upstream_connection_closed_while_idle_costs_no_request() {
     }
     let stats = proxy.service_stats(NS, "web").expect("stats of web");
     assert_eq!(stats.errors_total, 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_endpoint_may_have_acted_on_is_not_repeated_unless_its_method_allows() {
+    let backend = Scripted::start().await;
+    let reg = Arc::new(discovery::Registry::new());
+    reg.put(service("web"));
+    reg.put(Object::Endpoint(Arc::new(endpoint("web", "s", backend.addr))));
+    reg.put(route("all", &[], vec![rule("/", "web")]));
+    // One worker thread: the client connection's task cannot move away from the thread whose pool holds the
+    // idle upstream connection.
+    let cfg = proxy::ProxyConfig { threads: 1, ..config() };
+    let proxy = tokio::task::spawn_blocking(move || start(&reg, cfg)).await.unwrap();
+    let addr = proxy.http_addr().unwrap();
+    // Each time, on one client connection: a GET leaves an idle upstream connection in the pool, then a request
+    // goes out on it and the endpoint reads it and closes without an answer.
+    let mut seen = 0;
+    for (method, sends) in [("POST", 1), ("DELETE", 2), ("PATCH", 1), ("GET", 2)] {
+        let request = format!(
+            "GET /k HTTP/1.1\r\nhost: a\r\n\r\n{method} /vanish HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let out = raw_exchange(addr, request.as_bytes()).await;
+        // (The first body does not end in a newline: the statuses are found by their prefix.)
+        let statuses: Vec<&str> = out.split("HTTP/1.1 ").skip(1).map(|r| &r[..3]).collect();
+        assert_eq!(statuses, ["200", "502"], "{method}: {out}");
+        // A POST or PATCH reached the endpoint once: maybe acted on, so not sent again. An idempotent method
+        // went again on a new connection (the usual case: the endpoint had closed the idle one).
+        let now = VANISHED.load(Ordering::SeqCst);
+        assert_eq!(now - seen, sends, "{method} reached the endpoint {} times", now - seen);
+        seen = now;
+    }
 }
