@@ -8,7 +8,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DURATION="${BENCH_DURATION:-10s}"
 CONNS="${BENCH_CONNS:-64}"
-ROUNDS="${BENCH_ROUNDS:-2}"
+ROUNDS="${BENCH_ROUNDS:-5}"
 H2_REQUESTS="${BENCH_H2_REQUESTS:-200000}"
 
 need() {
@@ -166,17 +166,35 @@ parse_wrk() {
     END { printf "%s %s %s\n", rps, p50, p99; if (errs!="") print "WARN:" errs > "/dev/stderr" }'
 }
 
-declare -A RPS P50 P99
-for name in berth nginx haproxy; do RPS[$name]=0; P50[$name]=0; P99[$name]=0; done
+# Each round runs the three proxies back to back, so a round's figures share the machine's state (other
+# tenants, CPU frequency); rounds vary more than proxies do. Reported: each figure's median over the rounds,
+# and, round by round, how often Berth did at least as well as each peer.
+ROWS="$TMP/rounds.txt"
+: > "$ROWS"
 for round in $(seq 1 "$ROUNDS"); do
   for name in berth nginx haproxy; do
     case $name in berth) port=$BERTH;; nginx) port=$NGX;; haproxy) port=$HAP;; esac
     wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1 # warm-up
     read -r rps p50 p99 < <(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port/" | parse_wrk)
     printf "round %d  %-8s %10.0f req/s  p50 %6.2f ms  p99 %6.2f ms\n" "$round" "$name" "$rps" "$p50" "$p99"
-    # keep the best round of each (same rule for all three)
-    if awk -v a="$rps" -v b="${RPS[$name]}" 'BEGIN{exit !(a>b)}'; then RPS[$name]=$rps; P50[$name]=$p50; P99[$name]=$p99; fi
+    echo "$round $name $rps $p50 $p99" >> "$ROWS"
   done
+done
+
+# median NAME COLUMN (3 = req/s, 4 = p50, 5 = p99)
+median() {
+  awk -v n="$1" -v c="$2" '$2==n {print $c}' "$ROWS" | sort -g \
+    | awk '{v[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+}
+# paired PEER: rounds where Berth's req/s >= the peer's, and rounds where Berth's p99 <= the peer's
+paired() {
+  awk -v p="$1" '$2=="berth" {r[$1]=$3; l[$1]=$5} $2==p {pr[$1]=$3; pl[$1]=$5}
+    END {for (k in r) if (k in pr) {n++; if (r[k]>=pr[k]) a++; if (l[k]<=pl[k]) b++}
+         printf "req/s at least equal in %d of %d rounds, p99 at most equal in %d of %d", a, n, b, n}' "$ROWS"
+}
+declare -A RPS P50 P99
+for name in berth nginx haproxy; do
+  RPS[$name]=$(median "$name" 3); P50[$name]=$(median "$name" 4); P99[$name]=$(median "$name" 5)
 done
 
 h2() {
@@ -193,12 +211,14 @@ BERTH_RSS_KIB=$(awk '/VmRSS/ {print $2}' "/proc/$BERTH_PID/status" 2>/dev/null |
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b>0) printf "%.2f", a/b; else print "0" }'; }
 echo
-echo "proxy     req/s      p50 ms   p99 ms    (wrk -t1 -c$CONNS -d$DURATION, 1 KiB body, best of $ROUNDS rounds, 1 worker thread each)"
+echo "proxy     req/s      p50 ms   p99 ms    (wrk -t1 -c$CONNS -d$DURATION, 1 KiB body, median of $ROUNDS rounds, 1 worker thread each)"
 for name in berth nginx haproxy; do
   printf "%-8s %10.0f %8.2f %8.2f\n" "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
 done
 echo "berth/nginx   = $(ratio "${RPS[berth]}" "${RPS[nginx]}")"
 echo "berth/haproxy = $(ratio "${RPS[berth]}" "${RPS[haproxy]}")"
+echo "round by round, berth vs nginx:   $(paired nginx)"
+echo "round by round, berth vs haproxy: $(paired haproxy)"
 echo "h2 over TLS (h2load -c16 -m8): berth ${H2_BERTH} req/s, nginx ${H2_NGX} req/s, ratio $(ratio "$H2_BERTH" "$H2_NGX")"
 echo "$RSS_LINE"
 echo "$PROP_LINE   (registry write with an endpoint added -> routing table swapped; the next request reads it)"
