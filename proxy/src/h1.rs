@@ -1,5 +1,5 @@
-//! The HTTP/1.1 fast path: the common request (HTTP/1.1, no body, no upgrade) proxied on the downstream
-//! connection's own task, without pingora's per-request machinery.
+//! The HTTP/1.1 fast path: the common request (HTTP/1.1, no body or a content-length one up to 64 KiB, no
+//! upgrade) proxied on the downstream connection's own task, without pingora's per-request machinery.
 //!
 //! Why: on these machines pingora's `HttpProxy` spends most of a request in per-request setup (session and
 //! context futures, header map copies, its pool's peer check), and measured 0.4x nginx in `make bench-proxy`.
@@ -7,13 +7,14 @@
 //! keeps its own keep-alive pool of upstream connections, and relays the response bytes as they come.
 //!
 //! Everything else is handed to pingora's `HttpProxy` on the same connection, the bytes read so far replayed
-//! ([`Replay`]): HTTP/1.0, request bodies (`Content-Length` > 0 or `Transfer-Encoding`), `Expect`,
+//! ([`Replay`]): HTTP/1.0, request bodies above 64 KiB or chunked (streamed there, not buffered), `Expect`,
 //! `Upgrade` (WebSocket) and absolute-form targets. The connection comes back here for its next request.
 //!
 //! Semantics kept from pingora's path: admission, routing, balancing, retries (connect failures and, for
 //! idempotent methods, upstream failures before a response and the service's `retryOnStatuses`, within the
 //! budget), passive ejection, forwarding headers, rule header edits and rewrites, metrics and the access log.
-//! A request on a reused upstream connection that the endpoint closed meanwhile goes again on a new one.
+//! A request on a reused upstream connection that the endpoint closed meanwhile goes again on a new one (only
+//! if nothing reached the endpoint, or its method may be repeated).
 
 use crate::balance::now_ns;
 use crate::http::{random_u64, retryable_method, Admission, Ctx, LogReq, ReqInfo};
@@ -45,6 +46,10 @@ const HEAD_BUF: usize = 4 * 1024;
 /// Size of the upstream read buffer; a larger response head grows it up to [`MAX_RESPONSE_HEAD`].
 const BODY_BUF: usize = 16 * 1024;
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+/// A request body with a content-length up to this size is read whole and sent with the head, so the request
+/// can go again to another endpoint as a bodiless one can (nginx buffers request bodies likewise). Larger
+/// bodies, and chunked ones, are streamed by pingora's path.
+const MAX_BUFFERED_BODY: usize = 64 * 1024;
 /// Idle upstream connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
@@ -280,23 +285,29 @@ impl H1 {
             if conn.reused {
                 conn.head_timer.as_mut().reset(Instant::now() + idle);
             }
-            let head_len = match self.read_head(&mut conn).await {
-                Ok(len) => len,
+            let read = match self.read_head(&mut conn).await {
+                Ok((head_len, Some(body_len))) => self.read_body(&mut conn, head_len, body_len).await,
+                other => other,
+            };
+            let (head_len, body_len) = match read {
+                Ok(lengths) => lengths,
                 Err(Some(status)) => {
                     let _ = self.respond(&mut conn.io, status, true).await;
                     return None;
                 }
                 Err(None) => return None,
             };
+            let end = head_len + body_len.unwrap_or(0);
             let request = Request {
                 head: &conn.buf[..head_len],
+                body: body_len.map(|_| &conn.buf[head_len..end]),
                 client_ip: conn.client_ip,
                 client_ip_text: conn.client_ip_text.as_deref(),
             };
             match self.one(&mut conn.io, request, shutdown).await {
                 Ok(Next::KeepAlive) => {
-                    conn.buf.copy_within(head_len..conn.filled, 0);
-                    conn.filled -= head_len;
+                    conn.buf.copy_within(end..conn.filled, 0);
+                    conn.filled -= end;
                     conn.reused = true;
                 }
                 Ok(Next::Close) => {
@@ -305,23 +316,28 @@ impl H1 {
                 }
                 Err(Handoff) => {
                     let data = conn.buf[..conn.filled].to_vec();
-                    let boundary = handoff_end(&data, head_len);
-                    return Some(Box::new(Replay { data, pos: 0, boundary, inner: conn.io.stream }));
+                    let (boundary, unread) = match handoff_end(&data, head_len) {
+                        Some(end) => (end.min(data.len()), end.saturating_sub(data.len())),
+                        None => (data.len(), usize::MAX),
+                    };
+                    return Some(Box::new(Replay { data, pos: 0, boundary, unread, inner: conn.io.stream }));
                 }
             }
         }
     }
 
-    /// Read until `conn.buf` holds a complete request head; its length. `Err(Some(status))`: answer that
-    /// and close; `Err(None)`: close quietly (client gone, deadline passed, proxy stopping while idle).
-    async fn read_head(&self, conn: &mut Conn) -> Result<usize, Option<u16>> {
+    /// Read until `conn.buf` holds a complete request head; its length, and the length of the body to read
+    /// whole ([`buffered_body`]). `Err(Some(status))`: answer that and close; `Err(None)`: close quietly
+    /// (client gone, deadline passed, proxy stopping while idle).
+    async fn read_head(&self, conn: &mut Conn) -> Result<(usize, Option<usize>), Option<u16>> {
         let cfg = &self.shared.config;
         let max_head = if cfg.max_header_bytes == 0 { 1 << 20 } else { cfg.max_header_bytes + 8 * 1024 };
         loop {
             if conn.filled > 0 {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::Request::new(&mut headers).parse(&conn.buf[..conn.filled]) {
-                    Ok(httparse::Status::Complete(len)) => return Ok(len),
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(&conn.buf[..conn.filled]) {
+                    Ok(httparse::Status::Complete(len)) => return Ok((len, buffered_body(req.headers))),
                     Ok(httparse::Status::Partial) => {}
                     Err(httparse::Error::TooManyHeaders) => return Err(Some(431)),
                     Err(_) => return Err(Some(400)),
@@ -355,9 +371,39 @@ impl H1 {
         }
     }
 
+    /// Read until `conn.buf` holds the head and `body_len` body bytes after it. The body must keep coming:
+    /// the idle timeout applies to it as a whole (a client that stalls gets a 408).
+    async fn read_body(
+        &self,
+        conn: &mut Conn,
+        head_len: usize,
+        body_len: usize,
+    ) -> Result<(usize, Option<usize>), Option<u16>> {
+        let end = head_len + body_len;
+        if conn.filled < end {
+            if conn.buf.len() < end {
+                conn.buf.resize(end, 0);
+            }
+            let idle = Duration::from_millis(self.shared.config.idle_timeout_ms.max(1));
+            conn.head_timer.as_mut().reset(Instant::now() + idle);
+        }
+        while conn.filled < end {
+            match before(&mut conn.head_timer, conn.io.stream.read(&mut conn.buf[conn.filled..])).await {
+                Some(Ok(0)) | Some(Err(_)) => return Err(None),
+                Some(Ok(n)) => conn.filled += n,
+                None => return Err(Some(408)),
+            }
+        }
+        Ok((head_len, Some(body_len)))
+    }
+
     /// Serve one request.
     async fn one(&self, io: &mut Io, request: Request<'_>, shutdown: &ShutdownWatch) -> Result<Next, Handoff> {
         let shared = &self.shared;
+        // A body this path does not read whole goes to pingora's, which streams it.
+        let Some(body) = request.body else {
+            return Err(Handoff);
+        };
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         // The same bytes parsed completely in read_head.
@@ -374,14 +420,7 @@ impl H1 {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
                 host = std::str::from_utf8(h.value).ok();
-            } else if name.eq_ignore_ascii_case("content-length") {
-                if h.value != b"0" {
-                    return Err(Handoff);
-                }
-            } else if name.eq_ignore_ascii_case("transfer-encoding")
-                || name.eq_ignore_ascii_case("expect")
-                || name.eq_ignore_ascii_case("upgrade")
-            {
+            } else if name.eq_ignore_ascii_case("upgrade") {
                 return Err(Handoff);
             } else if name.eq_ignore_ascii_case("connection") {
                 client_close |= has_token(h.value, "close");
@@ -416,6 +455,7 @@ impl H1 {
                 let want_id = shared.config.access_log;
                 let ip = request.client_ip_text;
                 request_id = build_request(&mut io.out, self.tls, &ctx, &method, target, headers, host, ip, want_id);
+                io.out.extend_from_slice(body);
                 match self.exchange(io, &mut ctx, &method).await {
                     Ok(up) => self.relay(io, up, close).await,
                     Err(e) => {
@@ -678,6 +718,8 @@ struct Handoff;
 /// A complete request head read from the client.
 struct Request<'a> {
     head: &'a [u8],
+    /// The whole body (empty when there is none); `None`: a body for pingora's path, not read yet.
+    body: Option<&'a [u8]>,
     client_ip: Option<IpAddr>,
     client_ip_text: Option<&'a str>,
 }
@@ -692,6 +734,25 @@ fn cut_short(status: u16, e: UpErr) -> (u16, Option<RequestError>, Next) {
 async fn write_flush(stream: &mut Stream, data: &[u8]) -> std::io::Result<()> {
     stream.write_all(data).await?;
     stream.flush().await
+}
+
+/// The length of the request body to read whole before sending the request: `Some(0)` when there is none;
+/// `None` when pingora's path takes the request (chunked, `Expect`, a length that is invalid, repeated or above
+/// [`MAX_BUFFERED_BODY`]), which also answers the malformed ones.
+fn buffered_body(headers: &[httparse::Header<'_>]) -> Option<usize> {
+    let mut length = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            if length.is_some() || h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            length = Some(std::str::from_utf8(h.value).ok()?.parse::<usize>().ok()?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") || h.name.eq_ignore_ascii_case("expect") {
+            return None;
+        }
+    }
+    let n = length.unwrap_or(0);
+    (n <= MAX_BUFFERED_BODY).then_some(n)
 }
 
 /// A response head parsed from the start of a buffer.
@@ -991,41 +1052,42 @@ impl ChunkedEnd {
     }
 }
 
-/// Where the handed-over request ends in `buf` (its head is `head_len` bytes long): pingora gets no byte
-/// beyond it, so requests pipelined after it stay for this path. Upgrades, and bodies not complete in
-/// `buf`, take everything.
-fn handoff_end(buf: &[u8], head_len: usize) -> usize {
+/// Where the handed-over request ends, counted from the start of `buf` (its head is `head_len` bytes long;
+/// the end may lie beyond `buf`, in bytes not read yet): pingora gets no byte beyond it, so requests pipelined
+/// after it stay for this path. `None` when the end is not known: an upgrade, or a chunked body not complete
+/// in `buf`; pingora reads on from the socket then.
+fn handoff_end(buf: &[u8], head_len: usize) -> Option<usize> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(&buf[..head_len]), Ok(httparse::Status::Complete(_))) {
-        return buf.len();
+        return None;
     }
     let mut end = head_len;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("upgrade") {
-            return buf.len();
+            return None;
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok()) {
-                Some(n) => end = head_len.saturating_add(n),
-                None => return buf.len(),
-            }
+            let n = std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok()?;
+            end = head_len.checked_add(n)?;
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return match ChunkedEnd::default().feed(&buf[head_len..]) {
-                Ok(Some(n)) => head_len + n,
-                _ => buf.len(),
+                Ok(Some(n)) => Some(head_len + n),
+                _ => None,
             };
         }
     }
-    end.min(buf.len())
+    Some(end)
 }
 
 /// A downstream stream whose first bytes the fast path already read; pingora reads them again, up to
-/// `boundary` (the end of the request it serves).
+/// `boundary` (the end of the request it serves, or of `data`), then `unread` more bytes from the socket
+/// (`usize::MAX`: no limit).
 #[derive(Debug)]
 struct Replay {
     data: Vec<u8>,
     pos: usize,
     boundary: usize,
+    unread: usize,
     inner: Stream,
 }
 
@@ -1053,13 +1115,23 @@ impl AsyncRead for Replay {
             this.pos += n;
             return Poll::Ready(Ok(()));
         }
-        if this.pos < this.data.len() {
-            // What follows is the next request, which this path reads once pingora is done. Pingora reads past
-            // a complete request only to watch for a disconnect (and would take these bytes for an oversized
-            // body), so it sees nothing.
+        if this.unread == usize::MAX {
+            return Pin::new(&mut *this.inner).poll_read(cx, buf);
+        }
+        if this.unread == 0 {
+            // The request is all read. What follows is the next request, which this path reads once pingora is
+            // done. Pingora reads past a complete request only to watch for a disconnect (and would take these
+            // bytes for an oversized body), so it sees nothing.
             return Poll::Pending;
         }
-        Pin::new(&mut *this.inner).poll_read(cx, buf)
+        // The rest of the body, and not a byte more.
+        let mut part = [0u8; BODY_BUF];
+        let n = this.unread.min(buf.remaining()).min(part.len());
+        let mut part = ReadBuf::new(&mut part[..n]);
+        std::task::ready!(Pin::new(&mut *this.inner).poll_read(cx, &mut part))?;
+        buf.put_slice(part.filled());
+        this.unread -= part.filled().len();
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -1250,6 +1322,25 @@ mod tests {
         );
         assert_eq!(head(b"HTTP/1.1 204 No Content\r\n\r\n"), "HTTP/1.1 204 No Content\r\n");
         assert_eq!(head(b"HTTP/1.1 200 OK\nconnection: close\nx: y\n\n"), "HTTP/1.1 200 OK\r\nx: y\n");
+    }
+
+    #[test]
+    fn only_one_valid_content_length_up_to_the_limit_is_read_whole() {
+        let body = |fields: &[(&str, &str)]| {
+            let headers: Vec<httparse::Header<'_>> =
+                fields.iter().map(|(name, value)| httparse::Header { name, value: value.as_bytes() }).collect();
+            buffered_body(&headers)
+        };
+        assert_eq!(body(&[("host", "a")]), Some(0));
+        assert_eq!(body(&[("Content-Length", "12")]), Some(12));
+        assert_eq!(body(&[("content-length", &MAX_BUFFERED_BODY.to_string())]), Some(MAX_BUFFERED_BODY));
+        assert_eq!(body(&[("content-length", &(MAX_BUFFERED_BODY + 1).to_string())]), None);
+        assert_eq!(body(&[("content-length", "3"), ("content-length", "3")]), None);
+        assert_eq!(body(&[("content-length", "+3")]), None);
+        assert_eq!(body(&[("content-length", "")]), None);
+        assert_eq!(body(&[("content-length", "99999999999999999999999")]), None);
+        assert_eq!(body(&[("transfer-encoding", "chunked")]), None);
+        assert_eq!(body(&[("content-length", "3"), ("expect", "100-continue")]), None);
     }
 
     #[test]

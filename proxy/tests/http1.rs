@@ -168,20 +168,28 @@ async fn pipelined_requests_and_handed_over_ones_share_a_connection() {
     let backend = Scripted::start().await;
     let proxy = proxy_to(&backend).await;
     let addr = proxy.http_addr().unwrap();
-    // Two GETs in one write (pipelined), a POST with a body (served by pingora's path), a GET again (back on
-    // the fast path), and a last GET that closes.
-    let request = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n\
+    // Two GETs in one write (pipelined), a POST with a small body (read whole by the fast path), a POST with a
+    // body above 64 KiB (streamed by pingora's path), a GET again (back on the fast path), and a last GET that
+    // closes.
+    let big = "y".repeat(70_000);
+    let request = format!(
+        "GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n\
 POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello\
-GET /d HTTP/1.1\r\nhost: x\r\n\r\nGET /e HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
-    let out = raw_exchange(addr, request).await;
+POST /large HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{big}\
+GET /d HTTP/1.1\r\nhost: x\r\n\r\nGET /e HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        big.len()
+    );
+    let out = raw_exchange(addr, request.as_bytes()).await;
     let bodies: Vec<&str> =
         out.split("\r\n\r\n").filter(|p| p.starts_with("path=")).map(|p| p.split("HTTP/1.1").next().unwrap()).collect();
-    assert_eq!(
-        bodies,
-        ["path=/a body=", "path=/b body=", "path=/c body=hello", "path=/d body=", "path=/e body="],
-        "all five answered in order on one connection: {out}"
-    );
-    assert_eq!(out.matches("HTTP/1.1 200").count(), 5, "{out}");
+    let big_answer = format!("path=/large body={big}");
+    let expected =
+        ["path=/a body=", "path=/b body=", "path=/c body=hello", &big_answer, "path=/d body=", "path=/e body="];
+    // (Compared without the 70,000 y's, which would drown a failure message.)
+    let short = |v: &[&str]| v.iter().map(|b| b.trim_end_matches('y').to_string()).collect::<Vec<_>>();
+    assert_eq!(short(&bodies), short(&expected), "all six answered in order on one connection");
+    assert_eq!(bodies[3].len(), big_answer.len());
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 6, "{out}");
 
     // HTTP/1.0 goes to pingora's path and is answered in kind.
     let out = raw_exchange(addr, b"GET /old HTTP/1.0\r\nhost: x\r\n\r\n").await;
@@ -246,4 +254,67 @@ async fn a_request_the_endpoint_may_have_acted_on_is_not_repeated_unless_its_met
         assert_eq!(now - seen, sends, "{method} reached the endpoint {} times", now - seen);
         seen = now;
     }
+}
+
+/// A proxy on one worker thread in front of `endpoints` (round robin), with `idle_timeout_ms`.
+async fn proxy_round_robin(endpoints: &[SocketAddr], idle_timeout_ms: u64) -> proxy::Proxy {
+    let reg = Arc::new(discovery::Registry::new());
+    let Object::Service(svc) = service("web") else { unreachable!() };
+    let mut svc = (*svc).clone();
+    svc.balance = discovery::BalancePolicy::RoundRobin;
+    reg.put(Object::Service(Arc::new(svc)));
+    for (i, addr) in endpoints.iter().enumerate() {
+        reg.put(Object::Endpoint(Arc::new(endpoint("web", &format!("e{i}"), *addr))));
+    }
+    reg.put(route("all", &[], vec![rule("/", "web")]));
+    let cfg = proxy::ProxyConfig { threads: 1, idle_timeout_ms, ..config() };
+    tokio::task::spawn_blocking(move || start(&reg, cfg)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_is_read_whole_and_goes_again_after_a_connect_failure() {
+    let backend = Scripted::start().await;
+    // An endpoint that refuses connections: a port that was just free.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let proxy = proxy_round_robin(&[dead_addr, backend.addr], 60_000).await;
+    let base = format!("http://{}", proxy.http_addr().unwrap());
+    let c = client();
+    // Round robin sends every other first attempt to the dead endpoint (until ejection takes it out); the body
+    // goes again, whole, to the live one.
+    let body = "z".repeat(40_000);
+    for i in 0..6 {
+        let r = c.post(format!("{base}/p{i}")).body(body.clone()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "POST {i}");
+        assert_eq!(r.text().await.unwrap(), format!("path=/p{i} body={body}"), "POST {i}");
+    }
+    let retries =
+        proxy.metrics_text().lines().find_map(|l| l.strip_prefix("berth_proxy_retries_total ")?.parse::<u64>().ok());
+    assert!(retries.is_some_and(|n| n >= 1), "no POST went to the dead endpoint first: {retries:?}");
+
+    // A body sent in pieces, with pauses, arrives whole.
+    let mut s = TcpStream::connect(proxy.http_addr().unwrap()).await.unwrap();
+    s.write_all(b"PUT /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\nconnection: close\r\n\r\n").await.unwrap();
+    for piece in [&b"01234"[..], b"5678", b"9"] {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        s.write_all(piece).await.unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("path=/slow body=0123456789"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_sending_its_body_gets_408() {
+    let backend = Scripted::start().await;
+    let proxy = proxy_round_robin(&[backend.addr], 300).await;
+    let mut s = TcpStream::connect(proxy.http_addr().unwrap()).await.unwrap();
+    s.write_all(b"POST /stalled HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert_eq!(backend.accepted.load(Ordering::Relaxed), 0, "nothing of the request went upstream");
 }
