@@ -10,6 +10,7 @@ DURATION="${BENCH_DURATION:-10s}"
 CONNS="${BENCH_CONNS:-64}"
 ROUNDS="${BENCH_ROUNDS:-5}"
 H2_REQUESTS="${BENCH_H2_REQUESTS:-200000}"
+POST_ROUNDS="${BENCH_POST_ROUNDS:-3}"
 
 need() {
   for tool in "$@"; do
@@ -197,6 +198,19 @@ for name in berth nginx haproxy; do
   RPS[$name]=$(median "$name" 3); P50[$name]=$(median "$name" 4); P99[$name]=$(median "$name" 5)
 done
 
+# POST with a 1 KiB body (not a target; shown because bodies take a different path in Berth).
+printf 'wrk.method = "POST"\nwrk.body = string.rep("p", 1024)\n' > "$TMP/post.lua"
+PROWS="$TMP/post-rounds.txt"
+: > "$PROWS"
+for round in $(seq 1 "$POST_ROUNDS"); do
+  for name in berth nginx haproxy; do
+    case $name in berth) port=$BERTH;; nginx) port=$NGX;; haproxy) port=$HAP;; esac
+    read -r rps p50 p99 < <(wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$TMP/post.lua" "http://127.0.0.1:$port/" | parse_wrk)
+    echo "$round $name $rps $p50 $p99" >> "$PROWS"
+  done
+done
+post_median() { ROWS="$PROWS" median "$1" "$2"; }
+
 h2() {
   h2load -n "$H2_REQUESTS" -c 16 -m 8 --connect-to="127.0.0.1:$1" "https://bench.test:$1/" 2>/dev/null \
     | awk '/^finished in/ { for (i=1;i<=NF;i++) if ($(i+1) ~ /^req\/s/) print $i }'
@@ -219,6 +233,7 @@ echo "berth/nginx   = $(ratio "${RPS[berth]}" "${RPS[nginx]}")"
 echo "berth/haproxy = $(ratio "${RPS[berth]}" "${RPS[haproxy]}")"
 echo "round by round, berth vs nginx:   $(paired nginx)"
 echo "round by round, berth vs haproxy: $(paired haproxy)"
+echo "POST 1 KiB body, median of $POST_ROUNDS rounds: berth $(post_median berth 3) req/s (p99 $(post_median berth 5) ms), nginx $(post_median nginx 3) (p99 $(post_median nginx 5)), haproxy $(post_median haproxy 3) (p99 $(post_median haproxy 5))"
 echo "h2 over TLS (h2load -c16 -m8): berth ${H2_BERTH} req/s, nginx ${H2_NGX} req/s, ratio $(ratio "$H2_BERTH" "$H2_NGX")"
 echo "$RSS_LINE"
 echo "$PROP_LINE   (registry write with an endpoint added -> routing table swapped; the next request reads it)"
