@@ -309,6 +309,15 @@ impl H1 {
                     conn.buf.copy_within(end..conn.filled, 0);
                     conn.filled -= end;
                     conn.reused = true;
+                    // Buffers a large body grew are not kept for the connection's life: idle keep-alive
+                    // connections are many.
+                    if conn.buf.len() > BODY_BUF && conn.filled <= HEAD_BUF {
+                        conn.buf.truncate(HEAD_BUF);
+                        conn.buf.shrink_to_fit();
+                    }
+                    if conn.io.out.capacity() > BODY_BUF {
+                        conn.io.out = Vec::new();
+                    }
                 }
                 Ok(Next::Close) => {
                     let _ = timeout(Duration::from_secs(1), AsyncWriteExt::shutdown(&mut conn.io.stream)).await;
@@ -381,13 +390,15 @@ impl H1 {
     ) -> Result<(usize, Option<usize>), Option<u16>> {
         let end = head_len + body_len;
         if conn.filled < end {
-            if conn.buf.len() < end {
-                conn.buf.resize(end, 0);
-            }
             let idle = Duration::from_millis(self.shared.config.idle_timeout_ms.max(1));
             conn.head_timer.as_mut().reset(Instant::now() + idle);
         }
         while conn.filled < end {
+            // Grown as the bytes come, not to the announced length at once: memory follows what clients send.
+            if conn.filled == conn.buf.len() {
+                let len = (conn.buf.len() * 2).min(end);
+                conn.buf.resize(len, 0);
+            }
             match before(&mut conn.head_timer, conn.io.stream.read(&mut conn.buf[conn.filled..])).await {
                 Some(Ok(0)) | Some(Err(_)) => return Err(None),
                 Some(Ok(n)) => conn.filled += n,
