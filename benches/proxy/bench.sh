@@ -170,21 +170,24 @@ parse_wrk() {
 # Each round runs the three proxies back to back, so a round's figures share the machine's state (other
 # tenants, CPU frequency); rounds vary more than proxies do. Reported: each figure's median over the rounds,
 # and, round by round, how often Berth did at least as well as each peer.
-ROWS="$TMP/rounds.txt"
-: > "$ROWS"
-for round in $(seq 1 "$ROUNDS"); do
-  for name in berth nginx haproxy; do
-    case $name in berth) port=$BERTH;; nginx) port=$NGX;; haproxy) port=$HAP;; esac
-    wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1 # warm-up
-    read -r rps p50 p99 < <(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port/" | parse_wrk)
-    printf "round %d  %-8s %10.0f req/s  p50 %6.2f ms  p99 %6.2f ms\n" "$round" "$name" "$rps" "$p50" "$p99"
-    echo "$round $name $rps $p50 $p99" >> "$ROWS"
+# rounds LABEL N FILE [wrk options]: N alternating rounds; rows "round name rps p50_ms p99_ms" into FILE.
+rounds() {
+  local label=$1 n=$2 file=$3 round name port rps p50 p99
+  shift 3
+  : > "$file"
+  for round in $(seq 1 "$n"); do
+    for name in berth nginx haproxy; do
+      case $name in berth) port=$BERTH;; nginx) port=$NGX;; haproxy) port=$HAP;; esac
+      wrk -t1 -c"$CONNS" -d2s "$@" "http://127.0.0.1:$port/" >/dev/null 2>&1 # warm-up
+      read -r rps p50 p99 < <(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$@" "http://127.0.0.1:$port/" | parse_wrk)
+      printf "%s round %d  %-8s %10.0f req/s  p50 %6.2f ms  p99 %6.2f ms\n" "$label" "$round" "$name" "$rps" "$p50" "$p99"
+      echo "$round $name $rps $p50 $p99" >> "$file"
+    done
   done
-done
-
-# median NAME COLUMN (3 = req/s, 4 = p50, 5 = p99)
+}
+# median FILE NAME COLUMN (3 = req/s, 4 = p50, 5 = p99)
 median() {
-  awk -v n="$1" -v c="$2" '$2==n {print $c}' "$ROWS" | sort -g \
+  awk -v n="$2" -v c="$3" '$2==n {print $c}' "$1" | sort -g \
     | awk '{v[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
 }
 # paired PEER: rounds where Berth's req/s >= the peer's, and rounds where Berth's p99 <= the peer's
@@ -193,23 +196,19 @@ paired() {
     END {for (k in r) if (k in pr) {n++; if (r[k]>=pr[k]) a++; if (l[k]<=pl[k]) b++}
          printf "req/s at least equal in %d of %d rounds, p99 at most equal in %d of %d", a, n, b, n}' "$ROWS"
 }
+
+ROWS="$TMP/rounds.txt"
+rounds GET "$ROUNDS" "$ROWS"
 declare -A RPS P50 P99
 for name in berth nginx haproxy; do
-  RPS[$name]=$(median "$name" 3); P50[$name]=$(median "$name" 4); P99[$name]=$(median "$name" 5)
+  RPS[$name]=$(median "$ROWS" "$name" 3); P50[$name]=$(median "$ROWS" "$name" 4); P99[$name]=$(median "$ROWS" "$name" 5)
 done
 
 # POST with a 1 KiB body (not a target; shown because bodies take a different path in Berth).
 printf 'wrk.method = "POST"\nwrk.body = string.rep("p", 1024)\n' > "$TMP/post.lua"
 PROWS="$TMP/post-rounds.txt"
-: > "$PROWS"
-for round in $(seq 1 "$POST_ROUNDS"); do
-  for name in berth nginx haproxy; do
-    case $name in berth) port=$BERTH;; nginx) port=$NGX;; haproxy) port=$HAP;; esac
-    read -r rps p50 p99 < <(wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$TMP/post.lua" "http://127.0.0.1:$port/" | parse_wrk)
-    echo "$round $name $rps $p50 $p99" >> "$PROWS"
-  done
-done
-post_median() { ROWS="$PROWS" median "$1" "$2"; }
+rounds POST "$POST_ROUNDS" "$PROWS" -s "$TMP/post.lua"
+post_median() { median "$PROWS" "$1" "$2"; }
 
 h2() {
   h2load -n "$H2_REQUESTS" -c 16 -m 8 --connect-to="127.0.0.1:$1" "https://bench.test:$1/" 2>/dev/null \

@@ -286,7 +286,9 @@ impl H1 {
                 conn.head_timer.as_mut().reset(Instant::now() + idle);
             }
             let read = match self.read_head(&mut conn).await {
-                Ok((head_len, Some(body_len))) => self.read_body(&mut conn, head_len, body_len).await,
+                Ok((head_len, Some(body_len))) => {
+                    self.read_body(&mut conn, head_len + body_len).await.map(|()| (head_len, Some(body_len)))
+                }
                 other => other,
             };
             let (head_len, body_len) = match read {
@@ -380,15 +382,9 @@ impl H1 {
         }
     }
 
-    /// Read until `conn.buf` holds the head and `body_len` body bytes after it. The body must keep coming:
-    /// the idle timeout applies to it as a whole (a client that stalls gets a 408).
-    async fn read_body(
-        &self,
-        conn: &mut Conn,
-        head_len: usize,
-        body_len: usize,
-    ) -> Result<(usize, Option<usize>), Option<u16>> {
-        let end = head_len + body_len;
+    /// Read until `conn.buf` holds `end` bytes: the head and its whole body. The body must keep coming: the
+    /// idle timeout applies to it as a whole (a client that stalls gets a 408). Errors as [`Self::read_head`].
+    async fn read_body(&self, conn: &mut Conn, end: usize) -> Result<(), Option<u16>> {
         if conn.filled < end {
             let idle = Duration::from_millis(self.shared.config.idle_timeout_ms.max(1));
             conn.head_timer.as_mut().reset(Instant::now() + idle);
@@ -405,7 +401,7 @@ impl H1 {
                 None => return Err(Some(408)),
             }
         }
-        Ok((head_len, Some(body_len)))
+        Ok(())
     }
 
     /// Serve one request.
@@ -1135,13 +1131,13 @@ impl AsyncRead for Replay {
             // bytes for an oversized body), so it sees nothing.
             return Poll::Pending;
         }
-        // The rest of the body, and not a byte more.
-        let mut part = [0u8; BODY_BUF];
-        let n = this.unread.min(buf.remaining()).min(part.len());
-        let mut part = ReadBuf::new(&mut part[..n]);
+        // The rest of the body, and not a byte more: the read is limited to it, straight into `buf`.
+        let n = this.unread.min(buf.remaining());
+        let mut part = ReadBuf::new(buf.initialize_unfilled_to(n));
         std::task::ready!(Pin::new(&mut *this.inner).poll_read(cx, &mut part))?;
-        buf.put_slice(part.filled());
-        this.unread -= part.filled().len();
+        let got = part.filled().len();
+        buf.advance(got);
+        this.unread -= got;
         Poll::Ready(Ok(()))
     }
 }
