@@ -73,10 +73,20 @@ enum Command {
     Rollout(cli::rollout::RolloutArgs),
     /// Set a Deployment's replicas: `scale deployment NAME --replicas N`.
     Scale(cli::rollout::ScaleArgs),
+    /// Internal: writes a process-runtime container's output to rotated files (started by the agent).
+    #[command(name = "log-keeper", hide = true)]
+    LogKeeper {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::LogKeeper { args } = &args.command {
+        // A long-lived process per container: no async runtime, no threads.
+        return log_keeper(args);
+    }
     let cmd_is_diff = matches!(args.command, Command::Diff(_));
     let prints_for_a_pipe = matches!(
         args.command,
@@ -116,6 +126,7 @@ fn main() -> ExitCode {
             Command::Drain(a) => cli::node::drain(a).await.map(|_| ExitCode::SUCCESS),
             Command::Rollout(a) => cli::rollout::rollout(a).await.map(|_| ExitCode::SUCCESS),
             Command::Scale(a) => cli::rollout::scale(a).await.map(|_| ExitCode::SUCCESS),
+            Command::LogKeeper { args } => Ok(log_keeper(&args)),
         }
     });
     match result {
@@ -125,6 +136,10 @@ fn main() -> ExitCode {
             ExitCode::from(if cmd_is_diff { 2 } else { 1 })
         }
     }
+}
+
+fn log_keeper(args: &[String]) -> ExitCode {
+    ExitCode::from(orchestrator::agent::runtime::log_keeper::main(args) as u8)
 }
 
 /// An error and its causes on one line.

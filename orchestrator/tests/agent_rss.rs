@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    kib_field("/proc/self/status", "VmRSS:")
+}
+
+fn kib_field(file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(file)
         .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -65,11 +67,28 @@ async fn agent_rss_with_100_process_pods() {
     // Let several probe rounds pass, then sample.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let rss = rss_kib();
+    // Each container's log keeper is a process of its own (see `runtime::log_keeper`): count them apart, by
+    // proportional set size (RSS would count the executable's shared pages once per keeper).
+    let keepers: Vec<u64> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid = e.ok()?.file_name().into_string().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            (cmdline.contains("log-keeper") && cmdline.contains(&*dir.path().to_string_lossy()))
+                .then(|| kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:"))
+        })
+        .collect();
+    let keepers_kib: u64 = keepers.iter().sum();
     println!(
-        "RESULT agent_rss pods={PODS} rss_mib={:.1} before_agent_mib={:.1}",
+        "RESULT agent_rss pods={PODS} rss_mib={:.1} before_agent_mib={:.1} log_keepers={} keepers_pss_mib={:.1}",
         rss as f64 / 1024.0,
-        before as f64 / 1024.0
+        before as f64 / 1024.0,
+        keepers.len(),
+        keepers_kib as f64 / 1024.0,
     );
+    assert_eq!(keepers.len(), PODS, "one log keeper per container");
+    assert!(keepers_kib < PODS as u64 * 1024, "log keepers take {keepers_kib} KiB, over 1 MiB each");
     let _ = tx.send(());
     task.await.unwrap();
     assert!(rss < 50 * 1024, "agent RSS {rss} KiB with {PODS} pods is over 50 MiB");

@@ -3,6 +3,10 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The process runtime starts its log keepers with its own executable, which this is in tests.
+    if args.first().map(String::as_str) == Some(orchestrator::agent::runtime::log_keeper::SUBCOMMAND) {
+        std::process::exit(orchestrator::agent::runtime::log_keeper::main(&args[1..]));
+    }
     let listen = match orchestrator::echo::parse_args(&args) {
         Ok(l) => l,
         Err(e) => {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 
 pub mod docker;
+pub mod log_keeper;
 pub mod process;
 
 pub use crate::agent::spec::{Limits, Mount, MountFile};

@@ -2,13 +2,14 @@
 //!
 //! Each container runs in its own process group (so a stop signals every process it forked) with a cleared
 //! environment plus the pod's, in a working directory under the agent's data dir, listening on a port taken
-//! from a range and passed in `PORT`. Its stdout and stderr go straight to a file opened in append mode, so the
-//! workload never depends on the agent being alive; the runtime rotates that file by copy-and-truncate when
-//! it grows past a size. Memory/CPU limits use a cgroup v2 child group when the host delegates one, and
-//! otherwise become a warning. Every record is kept in a JSON state file, replaced atomically on each change,
+//! from a range and passed in `PORT`. Its stdout and stderr go through a pipe to a [`log_keeper`] process
+//! that writes size-rotated files and, like the workload, does not depend on the agent being alive.
+//! Memory/CPU limits use a cgroup v2 child group when the host delegates one, and otherwise become a
+//! warning. Every record is kept in a JSON state file, replaced atomically on each change,
 //! so an agent restarted even after `kill -9` finds its processes again (checked by pid *and* start time, so a
 //! recycled pid is never mistaken for ours). It is not a sandbox: no namespaces, no image, no isolation.
 
+use super::log_keeper;
 use super::{Adopted, ExitInfo, LogOptions, LogStream, Runtime, RuntimeError, StartSpec, Started};
 use crate::agent::spec::Limits;
 use nix::sys::signal::{self, Signal};
@@ -32,14 +33,12 @@ pub struct ProcessConfig {
     /// What a command of `berth` runs (the running binary by default).
     pub self_exe: PathBuf,
     pub port_range: RangeInclusive<u16>,
-    /// Rotate a container's log past this size...
+    /// A container's log file never grows past this size: it is rotated first...
     pub log_max_bytes: u64,
     /// ...keeping this many files in all (current plus rotated).
     pub log_files: usize,
     /// Where child cgroups (v2) are created when the host allows it.
     pub cgroup_root: PathBuf,
-    /// How often log sizes are checked.
-    pub rotate_every: Duration,
 }
 
 impl ProcessConfig {
@@ -51,7 +50,6 @@ impl ProcessConfig {
             log_max_bytes: 10 << 20,
             log_files: 3,
             cgroup_root: PathBuf::from("/sys/fs/cgroup/berth"),
-            rotate_every: Duration::from_secs(2),
         }
     }
 }
@@ -170,7 +168,6 @@ impl ProcessRuntime {
             inner.procs.insert(rec.id.clone(), Proc { rec, exit: rx });
         }
         rt.persist().await?;
-        spawn_rotation(Arc::downgrade(&rt));
         Ok(rt)
     }
 
@@ -301,58 +298,6 @@ impl ProcessRuntime {
             inner.ports.remove(&port);
         }
     }
-
-    async fn rotate_logs(&self) {
-        let paths: Vec<PathBuf> = {
-            let inner = self.inner.lock();
-            inner.procs.values().filter(|p| p.rec.exit.is_none()).map(|p| p.rec.log_path.clone()).collect()
-        };
-        for path in paths {
-            let Ok(meta) = tokio::fs::metadata(&path).await else {
-                continue;
-            };
-            if meta.len() <= self.cfg.log_max_bytes {
-                continue;
-            }
-            if let Err(e) = rotate_one(&path, self.cfg.log_files).await {
-                tracing::warn!("log rotation of {} failed: {e}", path.display());
-            }
-        }
-    }
-}
-
-/// Copy-and-truncate rotation: `log.(n-1)` -> `log.n`, ..., `log` -> `log.1`, then truncate `log`. The
-/// writer keeps its append-mode descriptor, so its next write lands at the new end. Lines written between
-/// the copy and the truncation are lost; that is the price of never needing the agent in the log path.
-async fn rotate_one(path: &Path, files: usize) -> std::io::Result<()> {
-    let keep = files.max(1) - 1;
-    if keep == 0 {
-        return tokio::fs::OpenOptions::new().write(true).open(path).await?.set_len(0).await;
-    }
-    let numbered = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
-    for n in (1..keep).rev() {
-        let from = numbered(n);
-        if tokio::fs::try_exists(&from).await.unwrap_or(false) {
-            tokio::fs::rename(&from, numbered(n + 1)).await?;
-        }
-    }
-    tokio::fs::copy(path, numbered(1)).await?;
-    tokio::fs::OpenOptions::new().write(true).open(path).await?.set_len(0).await
-}
-
-fn spawn_rotation(rt: Weak<ProcessRuntime>) {
-    tokio::spawn(async move {
-        loop {
-            let every = match rt.upgrade() {
-                Some(rt) => {
-                    rt.rotate_logs().await;
-                    rt.cfg.rotate_every
-                }
-                None => return,
-            };
-            tokio::time::sleep(every).await;
-        }
-    });
 }
 
 /// An adopted process is not our child: we cannot wait(2) for it, so we look at /proc until it is gone.
@@ -466,12 +411,17 @@ impl Runtime for ProcessRuntime {
             spec.attempt
         );
         let log_path = logs.join(format!("{}-{}.log", spec.container, spec.attempt));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| RuntimeError::io(format!("open {}", log_path.display()), e))?;
-        let log2 = log.try_clone().map_err(|e| RuntimeError::io("duplicate log descriptor", e))?;
+        let (log_read, log_write) = std::io::pipe().map_err(|e| RuntimeError::io("create the log pipe", e))?;
+        let log_write2 = log_write.try_clone().map_err(|e| RuntimeError::io("duplicate the log pipe", e))?;
+        let mut keeper = {
+            let mut cmd = tokio::process::Command::new(&self.cfg.self_exe);
+            cmd.args(log_keeper::args(&log_path, self.cfg.log_max_bytes, self.cfg.log_files));
+            cmd.env_clear().stdin(log_read).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            // Not in the workload's group: a stop leaves it to drain the pipe; it ends when the pipe closes.
+            cmd.process_group(0).kill_on_drop(false);
+            cmd.spawn()
+                .map_err(|e| RuntimeError::io(format!("start the log keeper {}", self.cfg.self_exe.display()), e))?
+        };
         let port = self.allocate_port()?;
         let mut cmd = self.base_command(&exe, &workdir);
         cmd.args(spec.command.iter().skip(1)).args(&spec.args);
@@ -482,31 +432,33 @@ impl Runtime for ProcessRuntime {
         if let Some(cp) = spec.container_port {
             cmd.env("CONTAINER_PORT", cp.to_string());
         }
-        cmd.stdout(log).stderr(log2);
+        cmd.stdout(log_write).stderr(log_write2);
         // Own process group: a stop signals everything the workload forked, and a Ctrl-C aimed at the agent's
         // terminal does not reach the pods.
         cmd.process_group(0);
         cmd.kill_on_drop(false);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
+        let spawned = cmd.spawn();
+        // The command holds our copies of the pipe's write end: the keeper sees the end of its input only
+        // once they are closed too.
+        drop(cmd);
+        let cannot_run = |message: String, mut keeper: tokio::process::Child| {
+            self.inner.lock().ports.remove(&port);
+            tokio::spawn(async move { keeper.wait().await });
+            Err(RuntimeError::CannotRun { reason: "ContainerCannotRun", message })
+        };
+        let (mut child, pid) = match spawned {
+            Ok(c) => match c.id() {
+                Some(pid) => (c, pid as i32),
+                None => return cannot_run("the process exited before it could be recorded".into(), keeper),
+            },
             Err(e) => {
-                self.inner.lock().ports.remove(&port);
                 let message = match e.kind() {
                     std::io::ErrorKind::NotFound => format!("ExecNotFound: {}: {e}", exe.display()),
-                    std::io::ErrorKind::PermissionDenied => {
-                        format!("{}: permission denied", exe.display())
-                    }
+                    std::io::ErrorKind::PermissionDenied => format!("{}: permission denied", exe.display()),
                     _ => format!("{}: {e}", exe.display()),
                 };
-                return Err(RuntimeError::CannotRun { reason: "ContainerCannotRun", message });
+                return cannot_run(message, keeper);
             }
-        };
-        let Some(pid) = child.id().map(|p| p as i32) else {
-            self.inner.lock().ports.remove(&port);
-            return Err(RuntimeError::CannotRun {
-                reason: "ContainerCannotRun",
-                message: "the process exited before it could be recorded".into(),
-            });
         };
         let proc_start = proc_stat(pid).map(|(_, s)| s).unwrap_or(0);
         let (cgroup, warnings) = match self.setup_cgroup(&id, pid, &spec.limits) {
@@ -557,6 +509,9 @@ impl Runtime for ProcessRuntime {
             };
             // The main process is gone; anything it left behind in its group goes with it.
             kill_group(pid, Signal::SIGKILL);
+            // Its last lines are in the pipe: let the keeper write them before the exit is told, so logs read
+            // after an exit are whole. Bounded: a process outside the group may still hold the pipe.
+            let _ = tokio::time::timeout(Duration::from_secs(2), keeper.wait()).await;
             if let Some(inner) = inner.upgrade() {
                 {
                     let mut g = inner.lock();
@@ -622,11 +577,7 @@ impl Runtime for ProcessRuntime {
         };
         if let Some(rec) = rec {
             for n in 0..=self.cfg.log_files {
-                let p = if n == 0 {
-                    rec.log_path.clone()
-                } else {
-                    PathBuf::from(format!("{}.{n}", rec.log_path.display()))
-                };
+                let p = if n == 0 { rec.log_path.clone() } else { log_keeper::numbered(&rec.log_path, n) };
                 let _ = tokio::fs::remove_file(p).await;
             }
             if let Some(cg) = rec.cgroup {
@@ -738,7 +689,7 @@ async fn persist_snapshot(
 }
 
 /// Send a container's log: rotated files oldest first, then the current one; keep only the last `tail`
-/// lines when asked; with `follow`, keep reading the current file until the process has exited.
+/// lines when asked; with `follow`, keep reading until the process has exited, across rotations.
 async fn stream_file_logs(
     path: PathBuf,
     files: usize,
@@ -746,21 +697,18 @@ async fn stream_file_logs(
     mut exit: watch::Receiver<Option<ExitInfo>>,
     tx: &tokio::sync::mpsc::Sender<Result<bytes::Bytes, RuntimeError>>,
 ) -> Result<(), RuntimeError> {
+    let read_err = |e| RuntimeError::io("read log", e);
+    let (rotated, mut cur) = open_log_files(&path, files, None).await;
+    // The newest file read whole: a follower that loses the current file to a rotation goes on after it.
+    let mut done = None;
     let mut content = Vec::new();
-    for n in (1..files.max(1)).rev() {
-        let p = PathBuf::from(format!("{}.{n}", path.display()));
-        if let Ok(b) = tokio::fs::read(&p).await {
-            content.extend_from_slice(&b);
-        }
+    for mut f in rotated {
+        f.read_to_end(&mut content).await.map_err(read_err)?;
+        done = file_id(f.metadata().await);
     }
-    let mut f = match tokio::fs::File::open(&path).await {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(RuntimeError::io(format!("open {}", path.display()), e)),
-    };
     let mut offset = 0u64;
-    if let Some(f) = f.as_mut() {
-        offset = f.read_to_end(&mut content).await.map_err(|e| RuntimeError::io("read log", e))? as u64;
+    if let Some(f) = cur.as_mut() {
+        offset = f.read_to_end(&mut content).await.map_err(read_err)? as u64;
     }
     let start = match opts.tail {
         Some(n) => tail_start(&content, n),
@@ -775,38 +723,109 @@ async fn stream_file_logs(
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let exited = exit.borrow_and_update().is_some();
-        if f.is_none() {
-            f = tokio::fs::File::open(&path).await.ok();
-        }
         let mut got = 0;
-        if let Some(file) = f.as_mut() {
-            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-            if len < offset {
-                // Rotated (truncated) under us: continue from its new start.
+        loop {
+            if cur.is_none() {
+                let (rotated, c) = open_log_files(&path, files, done).await;
+                for mut f in rotated {
+                    let mut b = Vec::new();
+                    f.read_to_end(&mut b).await.map_err(read_err)?;
+                    done = file_id(f.metadata().await);
+                    got += b.len();
+                    if !b.is_empty() && tx.send(Ok(b.into())).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                (cur, offset) = (c, 0);
+            }
+            let Some(file) = cur.as_mut() else { break };
+            if files <= 1 && file.metadata().await.is_ok_and(|m| m.len() < offset) {
+                // With a single file the keeper truncates it in place.
                 offset = 0;
             }
-            file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| RuntimeError::io("seek log", e))?;
-            loop {
-                let n = file.read(&mut buf).await.map_err(|e| RuntimeError::io("read log", e))?;
-                if n == 0 {
-                    break;
-                }
-                offset += n as u64;
-                got += n;
-                if tx.send(Ok(bytes::Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                    return Ok(());
-                }
+            let Some(n) = send_rest(file, &mut offset, &mut buf, tx).await? else { return Ok(()) };
+            got += n;
+            // The keeper rotates by renaming the file away after its last write there: once the path names
+            // another file (or none yet), the one we hold is complete once read to its end again.
+            let ours = file_id(file.metadata().await);
+            if ours.is_none() || file_id(tokio::fs::metadata(&path).await) == ours {
+                break;
             }
+            let Some(n) = send_rest(file, &mut offset, &mut buf, tx).await? else { return Ok(()) };
+            got += n;
+            (done, cur) = (ours, None);
         }
         if exited && got == 0 {
             return Ok(());
         }
+        // Poll again soon while output flows, so a follower stays within the kept files.
+        let pause = if got > 0 { Duration::from_millis(20) } else { Duration::from_millis(200) };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = exit.changed() => {}
             _ = tx.closed() => return Ok(()),
         }
     }
+}
+
+/// Sends `file` from `offset` to its end; the number of bytes sent, or `None` when the receiver is gone.
+async fn send_rest(
+    file: &mut tokio::fs::File,
+    offset: &mut u64,
+    buf: &mut [u8],
+    tx: &tokio::sync::mpsc::Sender<Result<bytes::Bytes, RuntimeError>>,
+) -> Result<Option<usize>, RuntimeError> {
+    file.seek(std::io::SeekFrom::Start(*offset)).await.map_err(|e| RuntimeError::io("seek log", e))?;
+    let mut sent = 0;
+    loop {
+        let n = file.read(buf).await.map_err(|e| RuntimeError::io("read log", e))?;
+        if n == 0 {
+            return Ok(Some(sent));
+        }
+        *offset += n as u64;
+        sent += n;
+        if tx.send(Ok(bytes::Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+            return Ok(None);
+        }
+    }
+}
+
+/// Opens the rotated log files newer than `after` (all of them when `after` is `None` or has been rotated
+/// out), oldest first, and then the current file. Everything is opened before anything is read, and opened
+/// again when a rotation moved the files meanwhile, so no file is read twice or skipped.
+async fn open_log_files(
+    path: &Path,
+    files: usize,
+    after: Option<(u64, u64)>,
+) -> (Vec<tokio::fs::File>, Option<tokio::fs::File>) {
+    let mut tries = 0;
+    loop {
+        let mut newer = Vec::new();
+        for n in 1..files.max(1) {
+            let Ok(f) = tokio::fs::File::open(log_keeper::numbered(path, n)).await else { break };
+            if after.is_some() && file_id(f.metadata().await) == after {
+                break;
+            }
+            newer.push(f);
+        }
+        newer.reverse();
+        let cur = tokio::fs::File::open(path).await.ok();
+        let newest_held = match newer.last() {
+            Some(f) => file_id(f.metadata().await),
+            None => after,
+        };
+        // A rotation while we opened would have put a file we do not hold at `.1`.
+        let first = file_id(tokio::fs::metadata(log_keeper::numbered(path, 1)).await);
+        tries += 1;
+        if files <= 1 || first.is_none() || first == newest_held || tries == 5 {
+            return (newer, cur);
+        }
+    }
+}
+
+fn file_id(meta: std::io::Result<std::fs::Metadata>) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    meta.ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Byte offset where the last `n` lines of `content` begin.
