@@ -56,32 +56,20 @@ fn parse(args: &[String]) -> Result<(PathBuf, u64, usize), String> {
     let (mut path, mut max_bytes, mut files) = (None, None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
         match a.as_str() {
-            "--max-bytes" => {
-                let v = value("--max-bytes")?;
-                max_bytes = Some(
-                    v.parse::<u64>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("--max-bytes: {v:?} is not a positive number of bytes"))?,
-                );
-            }
-            "--files" => {
-                let v = value("--files")?;
-                files = Some(
-                    v.parse::<usize>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("--files: {v:?} is not a positive count"))?,
-                );
-            }
+            "--max-bytes" => max_bytes = Some(positive(a, it.next())?),
+            "--files" => files = Some(positive(a, it.next())?),
             flag if flag.starts_with("--") => return Err(format!("unknown flag {flag:?}")),
             p if path.is_none() => path = Some(PathBuf::from(p)),
             extra => return Err(format!("unexpected argument {extra:?}")),
         }
     }
     Ok((path.ok_or("missing the log file path")?, max_bytes.unwrap_or(10 << 20), files.unwrap_or(3)))
+}
+
+fn positive<T: std::str::FromStr + Default + PartialOrd>(flag: &str, value: Option<&String>) -> Result<T, String> {
+    let v = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    v.parse().ok().filter(|n| *n > T::default()).ok_or_else(|| format!("{flag}: {v:?} is not a positive number"))
 }
 
 /// Copy `input` to `path` until end of input, keeping each file at most `max_bytes` long and `files` files
