@@ -15,13 +15,19 @@ build:
 up: build
 	@scripts/up.sh
 
-## Every test this machine can run; says what it skipped and why.
+## Every test this machine can run; says what it skipped and why. With cargo-nextest (CI installs it) every
+## test of every crate runs in one pool (.config/nextest.toml); without it, plain cargo test, a crate at a time.
 test:
 	@scripts/prereqs.sh test
 	@mkdir -p target && rm -f $(BERTH_SKIP_LOG)
-	$(CARGO) build --bin berth $(FEATURES)
-	$(CARGO) test --workspace $(FEATURES) --no-fail-fast
-	BERTH_FUZZ_SECS=$${BERTH_FUZZ_SECS:-10} $(CARGO) test -p discovery --test dns fuzz_for_a_duration -- --exact
+	@export BERTH_FUZZ_SECS=$${BERTH_FUZZ_SECS:-10}; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  echo "$(CARGO) nextest run --workspace $(FEATURES)"; \
+	  $(CARGO) nextest run --workspace $(FEATURES); \
+	else \
+	  echo "cargo-nextest is not installed (cargo install --locked cargo-nextest): running cargo test, slower"; \
+	  $(CARGO) test --workspace $(FEATURES) --no-fail-fast; \
+	fi
 	@if [ -s $(BERTH_SKIP_LOG) ]; then echo "Skipped (install the component to run them):"; sort -u $(BERTH_SKIP_LOG) | sed 's/^/  - /'; else echo "Skipped: nothing"; fi
 
 lint:

@@ -2,6 +2,7 @@
 # Install (as root with apt) or name (otherwise) what Berth needs on a Debian machine.
 #   prereqs.sh build   cmake (pingora's zlib-ng), protoc (etcd-client)
 #   prereqs.sh test    build + the system components the test suite uses (etcd, dig, curl, nginx, haproxy)
+#   prereqs.sh ci      test + cargo-nextest (make test runs the suite with it when it is installed)
 #   prereqs.sh bench   test + the peers and load generators of the benchmarks (wrk, h2load, nsd, dnsperf)
 set -euo pipefail
 what=${1:-build}
@@ -18,6 +19,12 @@ case "$what" in
   bench) cmds=(cmake protoc etcd dig curl nginx haproxy wrk h2load nsd dnsperf) ;;
   *) echo "usage: $0 build|test|ci|bench" >&2; exit 2 ;;
 esac
+
+# CI runs the tests through cargo-nextest (one pool for every test binary); `make test` falls back to cargo test.
+if [ "$what" = ci ] && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "prereqs: installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
 
 missing=()
 for c in "${cmds[@]}"; do

@@ -2,10 +2,10 @@
 //! server, which relays them from the agent that runs the pod).
 
 use crate::{cli, datadir, ClientOpts};
+use agent::{self, Agent, AgentConfig, HttpControlPlane, RuntimeKind};
 use anyhow::{anyhow, Context, Result};
+use client::{Client, LogRequest};
 use futures::StreamExt;
-use orchestrator::agent::{self, Agent, AgentConfig, HttpControlPlane, RuntimeKind};
-use orchestrator::client::{Client, LogRequest};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;

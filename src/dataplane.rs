@@ -1,11 +1,11 @@
 //! `berth proxy` and `berth dns`: the data plane alone, apart from the control plane. Each keeps a local
-//! registry, either mirrored from a server (`--server`, see `orchestrator::client::mirror`) or, for the proxy,
+//! registry, either mirrored from a server (`--server`, see `client::mirror`) or, for the proxy,
 //! filled from a static file (`-c FILE`), and serves `/metrics` and `/healthz` on `--admin-listen`.
 
 use crate::datadir;
 use anyhow::{anyhow, bail, Context, Result};
+use client::mirror::{Mirror, MirrorConfig};
 use discovery::Registry;
-use orchestrator::client::mirror::{Mirror, MirrorConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! `berth echo`: the demo and test workload (see `orchestrator::echo`).
+//! `berth echo`: the demo and test workload (see `agent::echo`).
 
 use anyhow::Result;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ pub struct EchoArgs {
 }
 
 pub async fn echo(args: EchoArgs) -> Result<ExitCode> {
-    let listen = args.listen.unwrap_or_else(orchestrator::echo::default_listen);
-    let code = orchestrator::echo::run(&listen).await?;
+    let listen = args.listen.unwrap_or_else(agent::echo::default_listen);
+    let code = agent::echo::run(&listen).await?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

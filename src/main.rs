@@ -139,7 +139,7 @@ fn main() -> ExitCode {
 }
 
 fn log_keeper(args: &[String]) -> ExitCode {
-    ExitCode::from(orchestrator::agent::runtime::log_keeper::main(args) as u8)
+    ExitCode::from(agent::runtime::log_keeper::main(args) as u8)
 }
 
 /// An error and its causes on one line.

@@ -2,15 +2,15 @@
 //! `dataplane`, the agent in `agent_cmd`).
 
 use crate::datadir;
+use agent::{Agent, AgentConfig, HttpControlPlane};
 use anyhow::{Context, Result};
+use client::Client;
+use control_plane::api::{self, ApiState};
+use control_plane::controllers::{Controllers, ControllersConfig, LoadSample, LoadSource};
+use control_plane::scheduler::{Scheduler, SchedulingPolicy};
+use control_plane::store;
 use discovery::Registry;
-use orchestrator::agent::{Agent, AgentConfig, HttpControlPlane};
-use orchestrator::api::{self, ApiState};
-use orchestrator::client::Client;
-use orchestrator::clock::SystemClock;
-use orchestrator::controllers::{Controllers, ControllersConfig, LoadSample, LoadSource};
-use orchestrator::scheduler::{Scheduler, SchedulingPolicy};
-use orchestrator::store;
+use model::clock::SystemClock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -7,9 +7,9 @@ pub mod rollout;
 
 use crate::{datadir, ClientOpts};
 use anyhow::{anyhow, bail, Context, Result};
-use orchestrator::api::object::desired_view;
-use orchestrator::client::Client;
-use orchestrator::model::{self, Kind};
+use client::Client;
+use control_plane::api::object::desired_view;
+use model::{self, Kind};
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -9,8 +9,8 @@
 use super::connect;
 use crate::ClientOpts;
 use anyhow::{bail, Context, Result};
-use orchestrator::client::Client;
-use orchestrator::model::{self, Kind};
+use client::Client;
+use model::{self, Kind};
 use serde_json::Value;
 
 /// Read-modify-write attempts before giving up on a node that keeps changing.

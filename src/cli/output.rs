@@ -1,8 +1,8 @@
 //! Tables, JSON/YAML output and `describe` rendering, kubectl style.
 
 use anyhow::{bail, Result};
-use orchestrator::client::Client;
-use orchestrator::model::Kind;
+use client::Client;
+use model::Kind;
 use serde_json::{json, Value};
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};

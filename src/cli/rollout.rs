@@ -9,11 +9,11 @@
 use super::{connect, resource_name};
 use crate::ClientOpts;
 use anyhow::{anyhow, bail, Context, Result};
+use client::Client;
+use control_plane::controllers::deployment::{rollback_template, template_hash, RevisionRecord};
 use futures::StreamExt;
-use orchestrator::client::Client;
-use orchestrator::controllers::deployment::{rollback_template, template_hash, RevisionRecord};
-use orchestrator::controllers::rollout::{rollout_progress, RolloutProgress};
-use orchestrator::model::{Deployment, Kind, PodTemplateSpec};
+use model::rollout::{rollout_progress, RolloutProgress};
+use model::{Deployment, Kind, PodTemplateSpec};
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;

@@ -8,8 +8,7 @@
 //! Usage: `bench_autoscale [BERTH_BINARY]` (default `target/release/berth`). All load is on loopback and
 //! bounded (2400 requests per trial).
 
-#[path = "../../../tests/common/open_loop.rs"]
-mod load;
+use test_support::open_loop as load;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -8,11 +8,11 @@
 //! fsync'd, as `berth up`) and on the memory store (the same path without the disk). The last line is the redb
 //! figure: `RESULT propagation p50_ms=N p99_ms=N`.
 
+use control_plane::controllers::{Controllers, ControllersConfig};
+use control_plane::store::{Key, MemoryStore, RedbStore, Store};
 use discovery::Registry;
-use orchestrator::clock::SystemClock;
-use orchestrator::controllers::{Controllers, ControllersConfig};
-use orchestrator::model::{ConditionStatus, Kind, Pod};
-use orchestrator::store::{Key, MemoryStore, RedbStore, Store};
+use model::clock::SystemClock;
+use model::{ConditionStatus, Kind, Pod};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn object(kind: Kind, v: Value) -> BenchResult<Value> {
-    let mut o = orchestrator::model::decode(Some(kind), v)?.object;
+    let mut o = model::decode(Some(kind), v)?.object;
     o["metadata"]["uid"] = json!(format!("uid-{}", o["metadata"]["name"].as_str().unwrap_or("")));
     Ok(o)
 }

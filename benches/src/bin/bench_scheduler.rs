@@ -7,7 +7,7 @@
 //! pods/s. An ablation run with bounded sampling switched off is measured in the same process, and the
 //! peers' published figures are printed for scale (not measured here).
 
-use orchestrator::scheduler::{
+use control_plane::scheduler::{
     Allocatable, ClusterSnapshot, Cycle, NodeInfo, PodAffinityTerm, PodInfo, Requests, SchedulingPolicy, SeededRng,
     TopologySpreadConstraint, WhenUnsatisfiable,
 };

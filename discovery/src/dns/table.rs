@@ -10,7 +10,8 @@
 //! This is not the transport and does not read packets; `answer` does that against a `Table`.
 
 use super::key::{ancestors, NameKey};
-use crate::registry::{Object, ObjectKey, ObjectKind, Registry, Watch, WatchEvent};
+use crate::object::{Object, ObjectKey, ObjectKind, WatchEvent};
+use crate::registry::{Registry, Watch};
 use crate::selector::Selector;
 use crate::types::{Endpoint, Protocol, Service};
 use futures::FutureExt;

@@ -1,0 +1,547 @@
+//! The node agent (Berth's kubelet): registers a node, runs the pods bound to it through a [`Runtime`],
+//! probes and restarts them, reports their status, and serves their logs.
+//!
+//! Boundary: the agent talks to the control plane only through [`ControlPlane`] and to containers only
+//! through [`Runtime`]. It keeps no state of its own that it cannot rebuild: on start it asks the runtime what
+//! is already running (a state file for `process`, labels for `docker`), adopts the containers of pods still
+//! bound to it and removes the others. Stopping the agent leaves pods running unless
+//! [`AgentConfig::stop_pods_on_shutdown`] is set.
+//!
+//! Status contract: pod status carries `phase`, `conditions` (`Ready`, `ContainersReady`, ...; `LimitsEnforced`
+//! False with a message when limits cannot be enforced; each with `lastTransitionTime`, in microseconds), `hostIP`/`podIP` (127.0.0.1) and `containerStatuses`
+//! with `ready`, `started`, `restartCount`, `state`, `lastState`, `containerID` and **`ports[]`**
+//! (`{containerPort, hostPort, protocol}`): a pod's endpoint is `hostIP:hostPort`. The node's status carries `capacity`, `allocatable`, `addresses`, a `Ready`
+//! condition and `heartbeatTime`, renewed every [`AgentConfig::heartbeat`], and
+//! `daemonEndpoints.agentEndpoint.Port`, where `GET /logs/NS/POD?container=&follow=&tail=&previous=` answers.
+
+pub mod control;
+pub mod echo;
+pub mod http;
+pub mod logs;
+pub mod probe;
+pub mod restart;
+pub mod runtime;
+pub mod spec;
+pub mod worker;
+
+pub use control::{ControlPlane, ControlPlaneError, MemoryControlPlane, PodEvent};
+pub use http::HttpControlPlane;
+pub use restart::Backoff;
+pub use runtime::{Runtime, RuntimeError};
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use spec::PodView;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use worker::{PodWorker, WorkerContext};
+
+/// Which runtime the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    Process,
+    Docker,
+}
+
+impl std::str::FromStr for RuntimeKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "process" => Ok(RuntimeKind::Process),
+            "docker" => Ok(RuntimeKind::Docker),
+            other => Err(format!("unknown runtime {other:?} (process|docker)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// `cpu`, `memory`, `pods`, ... as Kubernetes quantities; reported as capacity and allocatable.
+    pub capacity: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub runtime: RuntimeKind,
+    pub data_dir: PathBuf,
+    /// Where a `berth` command resolves to for the process runtime (default: the running binary).
+    pub self_exe: Option<PathBuf>,
+    pub port_range: std::ops::RangeInclusive<u16>,
+    pub heartbeat: Duration,
+    pub backoff: Backoff,
+    /// Run pods that have no `spec.nodeName` (binding them to this node) until a scheduler exists.
+    pub claim_unbound: bool,
+    /// The logs listener (127.0.0.1:0 picks a port).
+    pub logs_listen: String,
+    /// When set, the logs endpoint requires this bearer token.
+    pub logs_token: Option<String>,
+    pub stop_pods_on_shutdown: bool,
+}
+
+impl AgentConfig {
+    pub fn new(node_name: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            capacity: parse_kv_list("cpu=2,memory=4Gi,pods=110").unwrap_or_default(),
+            labels: BTreeMap::new(),
+            runtime: RuntimeKind::Process,
+            data_dir: data_dir.into(),
+            self_exe: None,
+            port_range: 30000..=32767,
+            heartbeat: Duration::from_secs(5),
+            backoff: Backoff::default(),
+            claim_unbound: false,
+            logs_listen: "127.0.0.1:0".into(),
+            logs_token: None,
+            stop_pods_on_shutdown: false,
+        }
+    }
+}
+
+/// This host's name (the default node name).
+pub fn hostname() -> Option<String> {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty())
+}
+
+/// Parse `k=v,k2=v2` (capacity and label flags).
+pub fn parse_kv_list(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?}: expected key=value"))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() {
+            return Err(format!("{part:?}: empty key"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("runtime: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("control plane: {0}")]
+    ControlPlane(#[from] ControlPlaneError),
+    #[error("logs listener on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type PodKey = (String, String);
+
+/// The agent's live pods, shared with the logs server.
+#[derive(Default)]
+pub struct PodTable {
+    workers: Mutex<HashMap<PodKey, (PodView, PodWorker)>>,
+}
+
+impl PodTable {
+    /// The container id of `container` (first container when `None`) of a pod, or of its previous run.
+    pub fn container_id(&self, ns: &str, pod: &str, container: Option<&str>, previous: bool) -> Result<String, String> {
+        let w = self.workers.lock();
+        let (_, worker) = w
+            .get(&(ns.to_string(), pod.to_string()))
+            .ok_or_else(|| format!("pod {ns}/{pod} does not run on this node"))?;
+        let st = worker.state.lock();
+        let c = match container {
+            Some(name) => st
+                .containers
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| format!("container {name:?} is not in pod {pod}"))?,
+            None => st.containers.first().ok_or_else(|| format!("pod {pod} has no containers"))?,
+        };
+        let id = if previous { c.previous_id.clone() } else { c.container_id.clone() };
+        id.ok_or_else(|| {
+            if previous {
+                format!("previous terminated container {:?} in pod {pod} not found", c.name)
+            } else {
+                format!("container {:?} in pod {pod} has not started", c.name)
+            }
+        })
+    }
+}
+
+/// A running agent's handles, for in-process use (`berth up`) and tests.
+pub struct Agent;
+
+impl Agent {
+    /// Build the configured runtime and run until `shutdown` resolves.
+    pub async fn run(
+        config: AgentConfig,
+        control: Arc<dyn ControlPlane>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), AgentError> {
+        let runtime = build_runtime(&config).await?;
+        Self::run_with_runtime(config, control, runtime, shutdown, |_| {}).await
+    }
+
+    /// Run with a given runtime. `on_ready` receives the logs endpoint address once the node is registered.
+    pub async fn run_with_runtime(
+        config: AgentConfig,
+        control: Arc<dyn ControlPlane>,
+        runtime: Arc<dyn Runtime>,
+        shutdown: impl Future<Output = ()> + Send,
+        on_ready: impl FnOnce(std::net::SocketAddr) + Send,
+    ) -> Result<(), AgentError> {
+        let table = Arc::new(PodTable::default());
+        let listener = tokio::net::TcpListener::bind(&config.logs_listen)
+            .await
+            .map_err(|e| AgentError::Listen { addr: config.logs_listen.clone(), source: e })?;
+        let logs_addr =
+            listener.local_addr().map_err(|e| AgentError::Listen { addr: config.logs_listen.clone(), source: e })?;
+        let (logs_stop_tx, logs_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let logs_task = tokio::spawn(logs::serve(
+            listener,
+            table.clone(),
+            runtime.clone(),
+            config.logs_token.clone(),
+            async move {
+                let _ = logs_stop_rx.await;
+            },
+        ));
+
+        control.register_node(&node_object(&config)).await?;
+        let node_status =
+            move |cfg: &AgentConfig, kind: &str| node_status(cfg, kind, logs_addr.port(), SystemTime::now());
+        control.update_node_status(&config.node_name, &node_status(&config, runtime.kind())).await?;
+        let hb_control = control.clone();
+        let hb_config = config.clone();
+        let hb_kind = runtime.kind();
+        let heartbeat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(hb_config.heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) =
+                    hb_control.update_node_status(&hb_config.node_name, &node_status(&hb_config, hb_kind)).await
+                {
+                    tracing::warn!("heartbeat: {e}");
+                }
+            }
+        });
+
+        let (dirty_tx, dirty_rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(WorkerContext {
+            runtime: runtime.clone(),
+            control: control.clone(),
+            node: config.node_name.clone(),
+            backoff: config.backoff,
+            http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default(),
+            dirty: dirty_tx.clone(),
+        });
+        let status_task =
+            tokio::spawn(status_writer(dirty_rx, table.clone(), control.clone(), runtime.kind(), dirty_tx));
+        let mut reconciler =
+            Reconciler { cfg: config.clone(), ctx, table: table.clone(), adoptable: runtime.list().await? };
+        on_ready(logs_addr);
+        tokio::pin!(shutdown);
+        let mut first = true;
+        'outer: loop {
+            let pods = tokio::select! {
+                r = control.list_pods() => r,
+                _ = &mut shutdown => break 'outer,
+            };
+            let events = match pods {
+                Ok(pods) => {
+                    let watch = control.watch_pods().await;
+                    reconciler.resync(pods, first).await;
+                    first = false;
+                    watch
+                }
+                Err(e) => Err(e),
+            };
+            match events {
+                Ok(mut events) => loop {
+                    tokio::select! {
+                        ev = events.next() => match ev {
+                            Some(Ok(PodEvent::Upsert(p))) => reconciler.upsert(&p).await,
+                            Some(Ok(PodEvent::Deleted(p))) => reconciler.deleted(&p).await,
+                            Some(Err(e)) => { tracing::warn!("pod watch: {e}"); break; }
+                            None => break,
+                        },
+                        _ = &mut shutdown => break 'outer,
+                    }
+                },
+                Err(e) => tracing::warn!("cannot list/watch pods: {e}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = &mut shutdown => break 'outer,
+            }
+        }
+        heartbeat.abort();
+        let workers: Vec<(PodView, PodWorker)> = table.workers.lock().drain().map(|(_, v)| v).collect();
+        for (view, w) in workers {
+            if config.stop_pods_on_shutdown {
+                w.stop().await;
+                let _ = runtime.cleanup_pod(&view.metadata.namespace, &view.metadata.name, &view.metadata.uid).await;
+            } else {
+                w.detach();
+            }
+        }
+        status_task.abort();
+        let _ = logs_stop_tx.send(());
+        let _ = logs_task.await;
+        Ok(())
+    }
+}
+
+/// Build the runtime `config` asks for.
+pub async fn build_runtime(config: &AgentConfig) -> Result<Arc<dyn Runtime>, AgentError> {
+    Ok(match config.runtime {
+        RuntimeKind::Process => {
+            let mut pc = runtime::process::ProcessConfig::new(config.data_dir.join("process"));
+            if let Some(exe) = &config.self_exe {
+                pc.self_exe = exe.clone();
+            }
+            pc.port_range = config.port_range.clone();
+            runtime::process::ProcessRuntime::open(pc).await?
+        }
+        RuntimeKind::Docker => Arc::new(
+            runtime::docker::DockerRuntime::connect(&config.node_name, config.data_dir.join("docker-volumes")).await?,
+        ),
+    })
+}
+
+fn node_object(cfg: &AgentConfig) -> Value {
+    let mut labels = cfg.labels.clone();
+    labels.entry("kubernetes.io/hostname".into()).or_insert_with(|| cfg.node_name.clone());
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": cfg.node_name, "labels": labels},
+        "spec": {},
+    })
+}
+
+/// The node's status: capacity, addresses, the heartbeat condition and the agent's endpoint.
+pub fn node_status(cfg: &AgentConfig, runtime_kind: &str, agent_port: u16, now: SystemTime) -> Value {
+    let t = humantime::format_rfc3339_seconds(now).to_string();
+    json!({
+        "capacity": cfg.capacity,
+        "allocatable": cfg.capacity,
+        "addresses": [
+            {"type": "InternalIP", "address": "127.0.0.1"},
+            {"type": "Hostname", "address": cfg.node_name},
+        ],
+        "conditions": [{
+            "type": "Ready",
+            "status": "True",
+            "reason": "AgentReady",
+            "message": "berth agent is posting ready status",
+            "lastHeartbeatTime": t,
+        }],
+        "heartbeatTime": t,
+        "daemonEndpoints": {"agentEndpoint": {"Port": agent_port}},
+        "nodeInfo": {
+            "containerRuntimeVersion": runtime_kind,
+            "kubeletVersion": format!("berth-agent/{}", env!("CARGO_PKG_VERSION")),
+            "operatingSystem": std::env::consts::OS,
+            "architecture": std::env::consts::ARCH,
+        },
+    })
+}
+
+struct Reconciler {
+    cfg: AgentConfig,
+    ctx: Arc<WorkerContext>,
+    table: Arc<PodTable>,
+    /// Containers found at start, not yet claimed by a pod.
+    adoptable: Vec<runtime::Adopted>,
+}
+
+impl Reconciler {
+    fn mine(&self, pod: &PodView) -> bool {
+        pod.spec.node_name.as_deref() == Some(self.cfg.node_name.as_str())
+    }
+
+    /// Bring the local pods in line with a full list; on the first pass also remove orphaned containers.
+    async fn resync(&mut self, pods: Vec<Value>, first: bool) {
+        let mut seen = std::collections::HashSet::new();
+        for p in &pods {
+            if let Ok(v) = PodView::from_json(p) {
+                if self.mine(&v) && v.metadata.deletion_timestamp.is_none() {
+                    seen.insert((v.metadata.namespace.clone(), v.metadata.name.clone()));
+                }
+            }
+            self.upsert(p).await;
+        }
+        let gone: Vec<PodKey> = self.table.workers.lock().keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        for k in gone {
+            self.stop_pod(&k).await;
+        }
+        if first {
+            for a in std::mem::take(&mut self.adoptable) {
+                tracing::info!(id = %a.started.id, pod = %format!("{}/{}", a.namespace, a.pod), "removing orphaned container");
+                let _ = self.ctx.runtime.stop(&a.started.id, Duration::from_secs(10)).await;
+                let _ = self.ctx.runtime.remove(&a.started.id).await;
+                let _ = self.ctx.runtime.cleanup_pod(&a.namespace, &a.pod, &a.pod_uid).await;
+            }
+        }
+    }
+
+    async fn upsert(&mut self, p: &Value) {
+        let view = match PodView::from_json(p) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("ignoring undecodable pod: {e}");
+                return;
+            }
+        };
+        let key = (view.metadata.namespace.clone(), view.metadata.name.clone());
+        let unbound = view.spec.node_name.as_deref().is_none_or(str::is_empty);
+        if unbound && self.cfg.claim_unbound && view.metadata.deletion_timestamp.is_none() {
+            match self.ctx.control.bind_pod(&key.0, &key.1, &self.cfg.node_name).await {
+                Ok(true) => {
+                    tracing::info!(pod = %format!("{}/{}", key.0, key.1), "claimed unbound pod")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot bind {}/{}: {e}", key.0, key.1),
+            }
+            return;
+        }
+        let existing_uid = self.table.workers.lock().get(&key).map(|(v, _)| v.metadata.uid.clone());
+        if !self.mine(&view) || view.metadata.deletion_timestamp.is_some() {
+            if existing_uid.is_some() {
+                self.stop_pod(&key).await;
+            }
+            return;
+        }
+        match existing_uid {
+            Some(uid) if uid == view.metadata.uid => return,
+            Some(_) => self.stop_pod(&key).await,
+            None => {}
+        }
+        let (adopt, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.adoptable)
+            .into_iter()
+            .partition(|a| a.pod_uid == view.metadata.uid && a.namespace == key.0 && a.pod == key.1);
+        self.adoptable = rest;
+        if !adopt.is_empty() {
+            tracing::info!(pod = %format!("{}/{}", key.0, key.1), n = adopt.len(), "adopting running containers");
+        }
+        let worker = PodWorker::spawn(self.ctx.clone(), view.clone(), adopt);
+        self.table.workers.lock().insert(key, (view, worker));
+    }
+
+    async fn deleted(&mut self, p: &Value) {
+        if let Ok(view) = PodView::from_json(p) {
+            let key = (view.metadata.namespace.clone(), view.metadata.name.clone());
+            let ours = self.table.workers.lock().get(&key).is_some_and(|(v, _)| v.metadata.uid == view.metadata.uid);
+            if ours {
+                self.stop_pod(&key).await;
+            }
+        }
+    }
+
+    /// Stop a pod's containers (grace period), remove them and its working directory.
+    async fn stop_pod(&mut self, key: &PodKey) {
+        let Some((view, worker)) = self.table.workers.lock().remove(key) else {
+            return;
+        };
+        tracing::info!(pod = %format!("{}/{}", key.0, key.1), "stopping pod");
+        let runtime = self.ctx.runtime.clone();
+        // Stopping waits out grace periods: do it aside so the watch keeps flowing.
+        tokio::spawn(async move {
+            worker.stop().await;
+            if let Err(e) = runtime.cleanup_pod(&view.metadata.namespace, &view.metadata.name, &view.metadata.uid).await
+            {
+                tracing::warn!("cleanup of {}/{}: {e}", view.metadata.namespace, view.metadata.name);
+            }
+        });
+    }
+}
+
+/// Give each condition of `status` its `lastTransitionTime`: kept from `previous` (the status last written)
+/// while the condition's status is unchanged, else `now` (microseconds, so readers can order a pod's
+/// readiness against other events, e.g. which requests it may have served).
+fn stamp_transitions(previous: Option<&Value>, status: &mut Value, now: SystemTime) {
+    let stamp = humantime::format_rfc3339_micros(now).to_string();
+    let prev = previous.and_then(|p| p["conditions"].as_array());
+    let Some(conditions) = status["conditions"].as_array_mut() else {
+        return;
+    };
+    for c in conditions {
+        let kept = prev
+            .and_then(|p| p.iter().find(|o| o["type"] == c["type"] && o["status"] == c["status"]))
+            .and_then(|o| o.get("lastTransitionTime"))
+            .cloned();
+        c["lastTransitionTime"] = kept.unwrap_or_else(|| json!(stamp));
+    }
+}
+
+/// Writes pod status when a worker reports a change, coalescing bursts and skipping unchanged statuses.
+async fn status_writer(
+    mut dirty: mpsc::UnboundedReceiver<PodKey>,
+    table: Arc<PodTable>,
+    control: Arc<dyn ControlPlane>,
+    runtime_kind: &'static str,
+    retry: mpsc::UnboundedSender<PodKey>,
+) {
+    let mut last: HashMap<PodKey, Value> = HashMap::new();
+    while let Some(first) = dirty.recv().await {
+        let mut keys = vec![first];
+        while let Ok(k) = dirty.try_recv() {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        for key in keys {
+            let mut status = {
+                let w = table.workers.lock();
+                match w.get(&key) {
+                    Some((view, worker)) => worker::pod_status(view, &worker.state.lock(), runtime_kind),
+                    None => {
+                        last.remove(&key);
+                        continue;
+                    }
+                }
+            };
+            stamp_transitions(last.get(&key), &mut status, SystemTime::now());
+            if last.get(&key) == Some(&status) {
+                continue;
+            }
+            match control.update_pod_status(&key.0, &key.1, &status).await {
+                Ok(()) => {
+                    last.insert(key, status);
+                }
+                Err(e) => {
+                    tracing::warn!("status of {}/{}: {e} (retrying)", key.0, key.1);
+                    let retry = retry.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = retry.send(key);
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_transition_times_move_only_when_the_status_flips() {
+        let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let status = |ready: &str| json!({"conditions": [{"type": "Ready", "status": ready}, {"type": "PodScheduled", "status": "True"}]});
+        let mut first = status("False");
+        stamp_transitions(None, &mut first, t(10));
+        assert_eq!(first["conditions"][0]["lastTransitionTime"], "1970-01-01T00:00:10.000000Z");
+        let mut ready = status("True");
+        stamp_transitions(Some(&first), &mut ready, t(20));
+        assert_eq!(ready["conditions"][0]["lastTransitionTime"], "1970-01-01T00:00:20.000000Z");
+        assert_eq!(ready["conditions"][1]["lastTransitionTime"], "1970-01-01T00:00:10.000000Z", "unchanged: kept");
+        let mut again = status("True");
+        stamp_transitions(Some(&ready), &mut again, t(30));
+        assert_eq!(again, ready, "nothing flipped: the same status, so the writer skips it");
+    }
+}

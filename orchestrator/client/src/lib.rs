@@ -1,0 +1,308 @@
+//! A typed-enough HTTP client of the API server, used by the CLI and by node agents.
+
+pub mod mirror;
+
+use futures::{Stream, StreamExt};
+use model::Kind;
+use serde_json::Value;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the API server at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with an error `Status`.
+    #[error("{message}")]
+    Api { code: u16, reason: String, message: String },
+    #[error("unexpected answer from the API server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { code: 404, .. })
+    }
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ClientError::Api { code: 409, .. })
+    }
+}
+
+/// The outcome of a server-side apply.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// `created`, `configured` or `unchanged`.
+    pub result: String,
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+/// One watch event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// `ADDED`, `MODIFIED`, `DELETED` or `ERROR`.
+    pub kind: String,
+    pub object: Value,
+}
+
+/// What part of a pod's logs to read (see [`Client::pod_logs`]).
+#[derive(Debug, Clone, Default)]
+pub struct LogRequest {
+    /// The container (default: the pod's first).
+    pub container: Option<String>,
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<u64>,
+    /// The previous run of the container (after a restart).
+    pub previous: bool,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ClientError::Connect { url: server.to_string(), source: e })?;
+        Ok(Self { base: server.trim_end_matches('/').to_string(), token, http })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    /// The collection path of `kind` in `namespace` (`None`: every namespace, or cluster-scoped).
+    pub fn collection_path(kind: Kind, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if kind.namespaced() => format!("/api/v1/namespaces/{ns}/{}", kind.plural()),
+            _ => format!("/api/v1/{}", kind.plural()),
+        }
+    }
+
+    fn object_path(kind: Kind, namespace: &str, name: &str) -> String {
+        format!("{}/{name}", Self::collection_path(kind, Some(namespace)))
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let response = r.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()));
+        }
+        Err(api_error(status.as_u16(), &bytes))
+    }
+
+    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ClientError> {
+        self.send(self.request(reqwest::Method::GET, &Self::object_path(kind, namespace, name))).await
+    }
+
+    /// List objects; `namespace: None` lists every namespace.
+    pub async fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        selector: Option<&str>,
+    ) -> Result<Vec<Value>, ClientError> {
+        let mut r = self.request(reqwest::Method::GET, &Self::collection_path(kind, namespace));
+        if let Some(sel) = selector {
+            r = r.query(&[("labelSelector", sel)]);
+        }
+        let list = self.send(r).await?;
+        match list.get("items") {
+            Some(Value::Array(items)) => Ok(items.clone()),
+            _ => Err(ClientError::Protocol("list answer has no items".into())),
+        }
+    }
+
+    pub async fn create(&self, kind: Kind, namespace: &str, object: &Value) -> Result<Value, ClientError> {
+        let ns = if kind.namespaced() { Some(namespace) } else { None };
+        self.send(self.request(reqwest::Method::POST, &Self::collection_path(kind, ns)).json(object)).await
+    }
+
+    /// Replace an object (compare-and-swap when `object` carries `metadata.resourceVersion`).
+    pub async fn update(&self, kind: Kind, namespace: &str, name: &str, object: &Value) -> Result<Value, ClientError> {
+        self.send(self.request(reqwest::Method::PUT, &Self::object_path(kind, namespace, name)).json(object)).await
+    }
+
+    /// Replace only the status of an object.
+    pub async fn update_status(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        object: &Value,
+    ) -> Result<Value, ClientError> {
+        let path = format!("{}/status", Self::object_path(kind, namespace, name));
+        self.send(self.request(reqwest::Method::PUT, &path).json(object)).await
+    }
+
+    pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &Self::object_path(kind, namespace, name))).await
+    }
+
+    /// A Deployment's revision records, oldest first.
+    pub async fn deployment_revisions(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<model::RevisionRecord>, ClientError> {
+        let path = format!("{}/revisions", Self::object_path(Kind::Deployment, namespace, name));
+        let list = self.send(self.request(reqwest::Method::GET, &path)).await?;
+        let items =
+            list.get("items").cloned().ok_or_else(|| ClientError::Protocol("list answer has no items".into()))?;
+        serde_json::from_value(items).map_err(|e| ClientError::Protocol(format!("revision records: {e}")))
+    }
+
+    /// Server-side apply; `dry_run` validates and reports without writing.
+    pub async fn apply(&self, object: &Value, dry_run: bool) -> Result<Applied, ClientError> {
+        let mut r = self.request(reqwest::Method::POST, "/api/v1/apply").json(object);
+        if dry_run {
+            r = r.query(&[("dryRun", "true")]);
+        }
+        let v = self.send(r).await?;
+        Ok(Applied {
+            result: v.get("result").and_then(Value::as_str).unwrap_or("").to_string(),
+            object: v.get("object").cloned().unwrap_or(Value::Null),
+            warnings: v
+                .get("warnings")
+                .and_then(Value::as_array)
+                .map(|w| w.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Watch a collection from `resource_version` (or from now, after the current objects as `ADDED`).
+    pub async fn watch(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        resource_version: Option<u64>,
+        selector: Option<&str>,
+    ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+        let mut r =
+            self.request(reqwest::Method::GET, &Self::collection_path(kind, namespace)).query(&[("watch", "true")]);
+        if let Some(rv) = resource_version {
+            r = r.query(&[("resourceVersion", rv.to_string())]);
+        }
+        if let Some(sel) = selector {
+            r = r.query(&[("labelSelector", sel)]);
+        }
+        let response = r.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(api_error(status.as_u16(), &bytes));
+        }
+        Ok(ndjson(Box::pin(response.bytes_stream())).map(|line| {
+            let line: Vec<u8> = line?;
+            let v: Value = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            Ok(Event {
+                kind: v.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
+                object: v.get("object").cloned().unwrap_or(Value::Null),
+            })
+        }))
+    }
+
+    /// A pod's logs through the API server (`GET .../pods/NAME/log`), which relays them from the agent of the
+    /// pod's node; with `follow` the stream stays open while the container runs.
+    pub async fn pod_logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        opts: &LogRequest,
+    ) -> Result<impl Stream<Item = Result<bytes::Bytes, ClientError>> + use<>, ClientError> {
+        let mut r = self
+            .request(reqwest::Method::GET, &format!("{}/log", Self::object_path(Kind::Pod, namespace, name)))
+            .query(&[("follow", opts.follow), ("previous", opts.previous)]);
+        if let Some(c) = &opts.container {
+            r = r.query(&[("container", c)]);
+        }
+        if let Some(t) = opts.tail_lines {
+            r = r.query(&[("tailLines", t)]);
+        }
+        let response = r.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(api_error(status.as_u16(), &bytes));
+        }
+        let base = self.base.clone();
+        Ok(response.bytes_stream().map(move |c| c.map_err(|e| ClientError::Connect { url: base.clone(), source: e })))
+    }
+
+    /// Ready endpoints matching any of `selectors` from the discovery API.
+    pub async fn discovery_endpoints(
+        &self,
+        selectors: &[String],
+        namespace: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut r = self.request(reqwest::Method::GET, "/discovery/v1/endpoints");
+        for s in selectors {
+            r = r.query(&[("selector", s)]);
+        }
+        if let Some(ns) = namespace {
+            r = r.query(&[("namespace", ns)]);
+        }
+        self.send(r).await
+    }
+}
+
+fn api_error(code: u16, body: &[u8]) -> ClientError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let message = v
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {code}: {}", String::from_utf8_lossy(body).trim()));
+    let reason = v.get("reason").and_then(Value::as_str).unwrap_or("").to_string();
+    ClientError::Api { code, reason, message }
+}
+
+/// Split a byte stream into lines.
+fn ndjson(
+    body: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+) -> impl Stream<Item = Result<Vec<u8>, ClientError>> {
+    futures::stream::unfold((body, Vec::<u8>::new(), false), |(mut body, mut buf, done)| async move {
+        loop {
+            if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                if line.len() > 1 {
+                    return Some((Ok(line[..line.len() - 1].to_vec()), (body, buf, done)));
+                }
+                continue;
+            }
+            if done {
+                return None;
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Some((Err(ClientError::Protocol(e.to_string())), (body, buf, true))),
+                None => {
+                    if buf.is_empty() {
+                        return None;
+                    }
+                    return Some((Ok(std::mem::take(&mut buf)), (body, Vec::new(), true)));
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the control plane (store backends, scheduler, controllers, API and the registry mirror
+//! over it), in one test binary.
+
+mod controllers_config;
+mod controllers_deployment;
+mod controllers_pure;
+mod controllers_runner;
+mod mirror;
+mod scheduler_store;
+mod store_conformance;
+mod store_durability;

@@ -1,0 +1,3 @@
+//! Integration tests of the object model: manifests in, errors and normalized objects out.
+
+mod manifest;
