@@ -5,6 +5,7 @@
 use super::codec::{buffered_body, MAX_HEADERS};
 use super::handoff::hand_over;
 use super::pool::Upstreams;
+use crate::forward::IpText;
 use crate::Shared;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -44,7 +45,7 @@ struct Conn {
     filled: usize,
     client_ip: Option<IpAddr>,
     /// `client_ip` as text, for `X-Forwarded-For`.
-    client_ip_text: Option<String>,
+    client_ip_text: Option<IpText>,
     /// A request was served on this connection: the next wait is keep-alive idle time.
     reused: bool,
     /// The header-read (then keep-alive idle) deadline. One timer per connection, moved forward per request:
@@ -109,7 +110,7 @@ impl H1 {
             buf,
             filled,
             client_ip,
-            client_ip_text: client_ip.map(|ip| ip.to_string()),
+            client_ip_text: client_ip.map(IpText::new),
             reused,
             head_timer: Box::pin(sleep_until(deadline.unwrap_or_else(far))),
             stop,
@@ -138,7 +139,7 @@ impl H1 {
                 head: &conn.buf[..head_len],
                 body: body_len.map(|_| &conn.buf[head_len..end]),
                 client_ip: conn.client_ip,
-                client_ip_text: conn.client_ip_text.as_deref(),
+                client_ip_text: conn.client_ip_text.as_ref().map(IpText::as_str),
             };
             match self.one(&mut conn.io, request, shutdown).await {
                 Ok(Next::KeepAlive) => {

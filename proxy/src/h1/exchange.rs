@@ -1,9 +1,12 @@
 //! One request on the fast path: admission, the request head sent upstream, attempts on endpoints (a pooled
 //! connection first, retries within the budget), and the response relayed to the client as it comes.
 
-use super::codec::{build_request, has_token, parse_response, BadResponse, ChunkedEnd, Framing, Parsed, MAX_HEADERS};
+use super::codec::{
+    client_request, parse_response, write_upstream_head, BadResponse, ChunkedEnd, Framing, Parsed, SentId, MAX_HEADERS,
+};
 use super::connection::{before, write_flush, Handoff, Io, Next, Request, BODY_BUF, H1};
 use crate::balance::now_ns;
+use crate::forward::{Downstream, NO_EDITS};
 use crate::http::{retryable_method, Admission, Ctx, LogReq, ReqInfo};
 use crate::Shared;
 use pingora::server::ShutdownWatch;
@@ -107,45 +110,22 @@ impl H1 {
             return Err(Handoff);
         };
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
         // The same bytes parsed completely in read_head.
-        if !matches!(req.parse(request.head), Ok(httparse::Status::Complete(_))) {
-            return Err(Handoff);
-        }
-        let (Some(method_str), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        let Some(req) = client_request(request.head, &mut headers) else {
             return Err(Handoff);
         };
-        let headers: &[httparse::Header<'_>] = req.headers;
-        let mut host = None;
-        let mut client_close = false;
-        for h in headers {
-            let name = h.name;
-            if name.eq_ignore_ascii_case("host") {
-                host = std::str::from_utf8(h.value).ok();
-            } else if name.eq_ignore_ascii_case("upgrade") {
-                return Err(Handoff);
-            } else if name.eq_ignore_ascii_case("connection") {
-                client_close |= has_token(h.value, "close");
-            }
-        }
-        if !target.starts_with('/') {
-            return Err(Handoff);
-        }
-        let Ok(method) = http::Method::from_bytes(method_str.as_bytes()) else {
-            return Err(Handoff);
-        };
-        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        let path = req.path();
         let info = ReqInfo {
-            host: host.unwrap_or(""),
+            host: req.host.unwrap_or(""),
             path,
-            method: &method,
-            headers,
-            header_bytes: headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum(),
+            method: &req.method,
+            headers: req.headers,
+            header_bytes: req.headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum(),
             client_ip: request.client_ip,
         };
 
         let mut ctx = Ctx::starting_now();
-        let close = client_close || *shutdown.borrow();
+        let close = req.close || *shutdown.borrow();
         let mut request_id = None;
         let (status, error, next) = match shared.admit(&info, &mut ctx) {
             Admission::Reject(code) => {
@@ -154,11 +134,11 @@ impl H1 {
                 (code, None, if close || !ok { Next::Close } else { Next::KeepAlive })
             }
             Admission::Pass => {
-                let want_id = shared.config.access_log;
-                let ip = request.client_ip_text;
-                request_id = build_request(&mut io.out, self.tls, &ctx, &method, target, headers, host, ip, want_id);
+                let rules = ctx.rule.as_deref().map_or(&NO_EDITS, |r| &r.forward);
+                let from = Downstream { client: request.client_ip_text, tls: self.tls };
+                request_id = Some(write_upstream_head(&mut io.out, &req, rules, &from));
                 io.out.extend_from_slice(body);
-                match self.exchange(io, &mut ctx, &method).await {
+                match self.exchange(io, &mut ctx, &req.method).await {
                     Ok(up) => self.relay(io, up, close).await,
                     Err(e) => {
                         let code = e.status();
@@ -169,8 +149,8 @@ impl H1 {
                 }
             }
         };
-        let request_id_str = request_id.as_ref().map(|id| std::str::from_utf8(id).unwrap_or(""));
-        let log = LogReq { method: method_str, host, path, request_id: request_id_str };
+        let request_id = request_id.as_ref().filter(|_| shared.config.access_log).map(SentId::as_str);
+        let log = LogReq { method: req.method.as_str(), host: req.host, path, request_id };
         shared.finish(&mut ctx, status, error.as_ref().map(|e| e as &dyn std::fmt::Display), log);
         Ok(next)
     }
