@@ -2,7 +2,7 @@
 //! small body whole) under one deadline per request, has [`exchange`](super::exchange) serve it, and keeps
 //! the connection alive, closes it, or hands it to pingora for one request.
 
-use super::codec::{buffered_body, MAX_HEADERS};
+use super::codec::request_head;
 use super::handoff::hand_over;
 use super::pool::Upstreams;
 use crate::forward::IpText;
@@ -168,26 +168,21 @@ impl H1 {
     }
 
     /// Read until `conn.buf` holds a complete request head; its length, and the length of the body to read
-    /// whole ([`buffered_body`]). `Err(Some(status))`: answer that and close; `Err(None)`: close quietly
+    /// whole (see [`RequestHead`](super::codec::RequestHead)). `Err(Some(status))`: answer that and close; `Err(None)`: close quietly
     /// (client gone, deadline passed, proxy stopping while idle).
     async fn read_head(&self, conn: &mut Conn) -> Result<(usize, Option<usize>), Option<u16>> {
         let cfg = &self.shared.config;
         let max_head = if cfg.max_header_bytes == 0 { 1 << 20 } else { cfg.max_header_bytes + 8 * 1024 };
         loop {
             if conn.filled > 0 {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                match req.parse(&conn.buf[..conn.filled]) {
-                    Ok(httparse::Status::Complete(len)) => return Ok((len, buffered_body(req.headers))),
-                    Ok(httparse::Status::Partial) => {}
-                    Err(httparse::Error::TooManyHeaders) => return Err(Some(431)),
-                    Err(_) => return Err(Some(400)),
+                match request_head(&conn.buf[..conn.filled], max_head) {
+                    Ok(Some(head)) => return Ok((head.len, head.body)),
+                    Ok(None) => {}
+                    Err(e) => return Err(Some(e.status())),
                 }
             }
+            // `request_head` refuses a head before it outgrows `max_head`.
             if conn.filled == conn.buf.len() {
-                if conn.buf.len() >= max_head {
-                    return Err(Some(431));
-                }
                 let len = (conn.buf.len() * 2).min(max_head);
                 conn.buf.resize(len, 0);
             }

@@ -2,7 +2,8 @@
 //! connection first, retries within the budget), and the response relayed to the client as it comes.
 
 use super::codec::{
-    client_request, parse_response, write_upstream_head, BadResponse, ChunkedEnd, Framing, Parsed, SentId, MAX_HEADERS,
+    client_request, response_head, write_upstream_head, BadResponse, ChunkedEnd, Framing, ResponseHead, SentId,
+    MAX_HEADERS,
 };
 use super::connection::{before, write_flush, Handoff, Io, Next, Request, BODY_BUF, H1};
 use crate::balance::now_ns;
@@ -15,9 +16,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-
-/// Largest response head read; a larger one is answered 502.
-const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 
 /// What went wrong with an upstream attempt.
 #[derive(Debug)]
@@ -240,10 +238,8 @@ impl H1 {
         let rbuf = &mut io.rbuf;
         let mut filled = 0;
         loop {
+            // `response_head` refuses a head before it outgrows the buffer's largest size.
             if filled == rbuf.len() {
-                if rbuf.len() >= MAX_RESPONSE_HEAD {
-                    return Err(UpErr::BadResponse("response head too large"));
-                }
                 rbuf.resize(rbuf.len() * 2, 0);
             }
             let n = match before(&mut io.up_timer, conn.read(&mut rbuf[filled..])).await {
@@ -253,18 +249,9 @@ impl H1 {
                 None => return Err(UpErr::Timeout),
             };
             filled += n;
-            // Interim responses are dropped; what follows them may already be here.
-            while filled > 0 {
-                match parse_response(&rbuf[..filled], method, &mut io.head)? {
-                    None => break,
-                    Some(Parsed::Interim(len)) => {
-                        rbuf.copy_within(len..filled, 0);
-                        filled -= len;
-                    }
-                    Some(Parsed::Final { head_len, status, framing, keep_alive }) => {
-                        return Ok(Upstream { conn, addr, started, filled, head_len, status, framing, keep_alive });
-                    }
-                }
+            if let Some(head) = response_head(rbuf, &mut filled, method, &mut io.head)? {
+                let ResponseHead { len: head_len, status, framing, keep_alive } = head;
+                return Ok(Upstream { conn, addr, started, filled, head_len, status, framing, keep_alive });
             }
         }
     }
