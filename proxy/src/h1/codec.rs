@@ -47,11 +47,13 @@ pub(super) struct RequestHead {
 }
 
 /// The request head at the start of `buf`, the bytes a client sent so far; `None` while it is incomplete.
-/// A head not complete within `max_len` bytes is refused.
+/// A head longer than `max_len` bytes is refused, however its bytes arrived: once `max_len` bytes are not a
+/// complete head, or when a complete one is longer.
 pub(super) fn request_head(buf: &[u8], max_len: usize) -> Result<Option<RequestHead>, BadRequest> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > max_len => Err(BadRequest::TooLarge),
         Ok(httparse::Status::Complete(len)) => Ok(Some(RequestHead { len, body: buffered_body(req.headers) })),
         Ok(httparse::Status::Partial) if buf.len() >= max_len => Err(BadRequest::TooLarge),
         Ok(httparse::Status::Partial) => Ok(None),
@@ -162,10 +164,12 @@ fn parse_response(buf: &[u8], method: &http::Method, head: &mut Vec<u8>) -> Resu
     }
     let framing = response_framing(&resp, *method == http::Method::HEAD)?;
     head.clear();
-    // The status line as sent, in version 1.1 ("HTTP/1.x" is its first 8 bytes; httparse checked).
-    let line_end = buf.iter().position(|&b| b == b'\n').map_or(head_len, |i| i + 1);
+    // The status line as sent, in version 1.1. httparse skips empty lines before it, and checked that it
+    // starts with "HTTP/1.x".
+    let line_start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(0);
+    let line_end = buf[line_start..].iter().position(|&b| b == b'\n').map_or(head_len, |i| line_start + i + 1);
     head.extend_from_slice(b"HTTP/1.1");
-    head.extend_from_slice(&buf[8..line_end]);
+    head.extend_from_slice(&buf[line_start + 8..line_end]);
     if !head.ends_with(b"\r\n") {
         head.pop();
         head.extend_from_slice(b"\r\n");
@@ -198,34 +202,28 @@ fn hop_by_hop(name: &str) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Whether a comma-separated field value lists `token` (case-insensitive).
-fn has_token(value: &[u8], token: &str) -> bool {
-    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 /// How a response's body is framed and what its connection does after it (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct ResponseFraming {
     body: Framing,
     /// The endpoint keeps the connection open after the body.
     keep_alive: bool,
-    /// The body is chunked, so its `Content-Length` means nothing and is not relayed.
+    /// The response has a `Transfer-Encoding`, so its `Content-Length` means nothing and is not relayed
+    /// (RFC 9112 §6.3: an intermediary MUST remove it).
     drops_length: bool,
 }
 
 /// The framing of a response body and whether the endpoint keeps the connection open (RFC 9112 §6.3).
 fn response_framing(resp: &httparse::Response<'_, '_>, head_request: bool) -> Result<ResponseFraming, BadResponse> {
     let status = resp.code.unwrap_or(0);
-    let mut keep_alive = resp.version == Some(1);
+    let mut close = false;
+    let mut keep_alive_token = false;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(BadResponse("invalid content-length"))?;
+            let n = digits(h.value.trim_ascii()).ok_or(BadResponse("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(BadResponse("conflicting content-length"));
             }
@@ -238,10 +236,9 @@ fn response_framing(resp: &httparse::Response<'_, '_>, head_request: bool) -> Re
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("connection") {
-            if has_token(h.value, "close") {
-                keep_alive = false;
-            } else if has_token(h.value, "keep-alive") {
-                keep_alive = true;
+            for option in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= option.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= option.eq_ignore_ascii_case(b"keep-alive");
             }
         }
     }
@@ -256,11 +253,9 @@ fn response_framing(resp: &httparse::Response<'_, '_>, head_request: bool) -> Re
     } else {
         Framing::UntilClose
     };
-    Ok(ResponseFraming {
-        body,
-        keep_alive: keep_alive && body != Framing::UntilClose,
-        drops_length: body == Framing::Chunked,
-    })
+    // `close` wins wherever it is; HTTP/1.0 persists only when asked to (RFC 9112 §9.3).
+    let keep_alive = !close && (resp.version == Some(1) || keep_alive_token) && body != Framing::UntilClose;
+    Ok(ResponseFraming { body, keep_alive, drops_length: transfer_encoding })
 }
 
 /// Most `Connection` options pingora's path accepts in a request (it refuses more).
@@ -421,42 +416,59 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 #[derive(Default)]
 pub(super) struct ChunkedEnd {
     state: ChunkState,
-    /// A size or trailer line split across reads.
+    /// A size or trailer line split across pieces.
     line: Vec<u8>,
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy)]
 enum ChunkState {
     #[default]
     Size,
-    /// Bytes of chunk data and its CRLF still to come.
+    /// Bytes of chunk data still to come.
     Data(u64),
+    /// The CRLF after chunk data: how many of its bytes came.
+    DataEnd(u8),
     Trailer,
 }
 
-/// Longest chunk-size or trailer line accepted.
+/// A chunked body that is not one; `.0` says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BadChunk(pub(super) &'static str);
+
+/// Longest chunk-size or trailer line accepted, its line end included.
 const MAX_CHUNK_LINE: usize = 8 * 1024;
 
 impl ChunkedEnd {
     /// Feed the next bytes; `Some(n)`: the body ends after the first `n` of them.
-    pub(super) fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+    pub(super) fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, BadChunk> {
         let mut i = 0;
         while i < data.len() {
             match self.state {
                 ChunkState::Data(left) => {
                     let take = left.min((data.len() - i) as u64);
                     i += take as usize;
-                    self.state = if take == left { ChunkState::Size } else { ChunkState::Data(left - take) };
+                    self.state = if take == left { ChunkState::DataEnd(0) } else { ChunkState::Data(left - take) };
+                }
+                ChunkState::DataEnd(seen) => {
+                    if data[i] != b"\r\n"[usize::from(seen)] {
+                        return Err(BadChunk("chunk data not followed by CRLF"));
+                    }
+                    i += 1;
+                    self.state = if seen == 0 { ChunkState::DataEnd(1) } else { ChunkState::Size };
                 }
                 ChunkState::Size | ChunkState::Trailer => {
+                    // The limit counts the whole line, however it was split.
                     let Some(nl) = data[i..].iter().position(|&b| b == b'\n') else {
-                        self.line.extend_from_slice(&data[i..]);
-                        if self.line.len() > MAX_CHUNK_LINE {
-                            return Err(());
+                        if self.line.len() + (data.len() - i) > MAX_CHUNK_LINE {
+                            return Err(BadChunk("chunk line too long"));
                         }
+                        self.line.extend_from_slice(&data[i..]);
                         return Ok(None);
                     };
                     let end = i + nl + 1;
+                    if self.line.len() + (end - i) > MAX_CHUNK_LINE {
+                        return Err(BadChunk("chunk line too long"));
+                    }
                     let line: &[u8] = if self.line.is_empty() {
                         &data[i..end]
                     } else {
@@ -465,12 +477,14 @@ impl ChunkedEnd {
                     };
                     i = end;
                     match self.state {
+                        // httparse takes a line without digits for size 0: chunk-size is 1*HEXDIG.
+                        ChunkState::Size if !line.first().is_some_and(u8::is_ascii_hexdigit) => {
+                            return Err(BadChunk("malformed chunk size"));
+                        }
                         ChunkState::Size => match httparse::parse_chunk_size(line) {
                             Ok(httparse::Status::Complete((_, 0))) => self.state = ChunkState::Trailer,
-                            Ok(httparse::Status::Complete((_, size))) => {
-                                self.state = ChunkState::Data(size.checked_add(2).ok_or(())?)
-                            }
-                            _ => return Err(()),
+                            Ok(httparse::Status::Complete((_, size))) => self.state = ChunkState::Data(size),
+                            _ => return Err(BadChunk("malformed chunk size")),
                         },
                         _ => {
                             if line == b"\r\n" || line == b"\n" {
@@ -489,29 +503,38 @@ impl ChunkedEnd {
 
 /// Where the handed-over request ends, counted from the start of `buf` (its head is `head_len` bytes long;
 /// the end may lie beyond `buf`, in bytes not read yet): pingora gets no byte beyond it, so requests pipelined
-/// after it stay for this path. `None` when the end is not known: an upgrade, or a chunked body not complete
-/// in `buf`; pingora reads on from the socket then.
+/// after it stay for this path. `None` when the end is not known: an upgrade, a chunked body not complete in
+/// `buf`, a length pingora refuses (it answers 400 then); pingora reads on from the socket then. The length
+/// is read as pingora reads it: `Transfer-Encoding` wins, and repeated `Content-Length` values, also in one
+/// comma-separated field, must agree (RFC 9110 §8.6).
 pub(super) fn handoff_end(buf: &[u8], head_len: usize) -> Option<usize> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(&buf[..head_len]), Ok(httparse::Status::Complete(_))) {
+    if !matches!(req.parse(buf.get(..head_len)?), Ok(httparse::Status::Complete(_))) {
         return None;
     }
-    let mut end = head_len;
+    // `Err`: a length pingora refuses, unless a `Transfer-Encoding` makes it moot.
+    let mut length: Result<u64, ()> = Ok(0);
+    let mut seen_length = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("upgrade") {
             return None;
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok()?;
-            end = head_len.checked_add(n)?;
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return match ChunkedEnd::default().feed(&buf[head_len..]) {
                 Ok(Some(n)) => Some(head_len + n),
                 _ => None,
             };
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            for value in h.value.split(|&b| b == b',') {
+                length = match (length, digits(value.trim_ascii())) {
+                    (Ok(l), Some(n)) if !seen_length || l == n => Ok(n),
+                    _ => Err(()),
+                };
+                seen_length = true;
+            }
         }
     }
-    Some(end)
+    head_len.checked_add(usize::try_from(length.ok()?).ok()?)
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! connection first, retries within the budget), and the response relayed to the client as it comes.
 
 use super::codec::{
-    client_request, response_head, write_upstream_head, BadResponse, ChunkedEnd, Framing, ResponseHead, SentId,
-    MAX_HEADERS,
+    client_request, response_head, write_upstream_head, BadChunk, BadResponse, ChunkedEnd, Framing, ResponseHead,
+    SentId, MAX_HEADERS,
 };
 use super::connection::{before, write_flush, Handoff, Io, Next, Request, BODY_BUF, H1};
 use crate::balance::now_ns;
@@ -292,7 +292,7 @@ impl H1 {
                     true
                 }
                 Ok(None) => false,
-                Err(()) => return cut_short(status, UpErr::BadResponse("malformed chunked body")),
+                Err(BadChunk(why)) => return cut_short(status, UpErr::BadResponse(why)),
             },
             Framing::UntilClose => false,
         };
@@ -332,7 +332,7 @@ impl H1 {
                         done = true;
                     }
                     Ok(None) => {}
-                    Err(()) => return cut_short(status, UpErr::BadResponse("malformed chunked body")),
+                    Err(BadChunk(why)) => return cut_short(status, UpErr::BadResponse(why)),
                 },
                 _ => {}
             }
