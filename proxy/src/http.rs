@@ -15,7 +15,7 @@
 //!   (GET, HEAD, OPTIONS, PUT, DELETE), becomes a retry on another endpoint when the budget allows; the
 //!   response is dropped unread. Otherwise the response goes to the client, so the client always gets the
 //!   last attempt's answer.
-//! - `upstream_request_filter`: the forwarding rules of [`crate::forward`] (forwarding fields, request id, the
+//! - `upstream_request_filter`: the forwarding rules of `crate::forward` (forwarding fields, request id, the
 //!   rule's field edits and prefix rewrite), the same the fast path applies.
 //! - `logging`: close the endpoint attempt (latency sample, success/failure), record metrics.
 //!

@@ -168,8 +168,8 @@ impl H1 {
     }
 
     /// Read until `conn.buf` holds a complete request head; its length, and the length of the body to read
-    /// whole (see [`RequestHead`](super::codec::RequestHead)). `Err(Some(status))`: answer that and close; `Err(None)`: close quietly
-    /// (client gone, deadline passed, proxy stopping while idle).
+    /// whole (see [`RequestHead`](super::codec::RequestHead)). `Err(Some(status))`: answer that and close;
+    /// `Err(None)`: close quietly (client gone, deadline passed, proxy stopping while idle).
     async fn read_head(&self, conn: &mut Conn) -> Result<(usize, Option<usize>), Option<u16>> {
         let cfg = &self.shared.config;
         let max_head = if cfg.max_header_bytes == 0 { 1 << 20 } else { cfg.max_header_bytes + 8 * 1024 };

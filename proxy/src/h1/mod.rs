@@ -3,16 +3,18 @@
 //!
 //! Why: on these machines pingora's `HttpProxy` spends most of a request in per-request setup (session and
 //! context futures, header map copies, its pool's peer check), and measured 0.4x nginx in `make bench-proxy`.
-//! This path parses with `httparse`, routes and balances with the same [`Shared`] code as pingora's phases,
-//! keeps its own keep-alive pool of upstream connections, and relays the response bytes as they come.
+//! This path parses with `httparse`, routes and balances with the same [`Shared`](crate::Shared) code as
+//! pingora's phases, keeps its own keep-alive pool of upstream connections, and relays the response bytes as
+//! they come.
 //!
 //! Everything else is handed to pingora's `HttpProxy` on the same connection, the bytes read so far replayed
-//! ([`Replay`]): HTTP/1.0, request bodies above 64 KiB or chunked (streamed there, not buffered), `Expect`,
+//! ([`handoff`]): HTTP/1.0, request bodies above 64 KiB or chunked (streamed there, not buffered), `Expect`,
 //! `Upgrade` (WebSocket) and absolute-form targets. The connection comes back here for its next request.
 //!
 //! Semantics kept from pingora's path: admission, routing, balancing, retries (connect failures and, for
 //! idempotent methods, upstream failures before a response and the service's `retryOnStatuses`, within the
-//! budget), passive ejection, forwarding headers, rule header edits and rewrites, metrics and the access log.
+//! budget), passive ejection, metrics and the access log; the forwarding rules (forwarding fields, rule header
+//! edits and rewrites) are not kept alike but shared: both paths apply `crate::forward`.
 //! A request on a reused upstream connection that the endpoint closed meanwhile goes again on a new one (only
 //! if nothing reached the endpoint, or its method may be repeated).
 //!
