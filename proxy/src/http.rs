@@ -15,13 +15,15 @@
 //!   (GET, HEAD, OPTIONS, PUT, DELETE), becomes a retry on another endpoint when the budget allows; the
 //!   response is dropped unread. Otherwise the response goes to the client, so the client always gets the
 //!   last attempt's answer.
-//! - `upstream_request_filter`: forwarding headers, request id, rule header edits, prefix rewrite.
+//! - `upstream_request_filter`: the forwarding rules of `crate::forward` (forwarding fields, request id, the
+//!   rule's field edits and prefix rewrite), the same the fast path applies.
 //! - `logging`: close the endpoint attempt (latency sample, success/failure), record metrics.
 //!
 //! The hot path takes no lock and does not allocate beyond what pingora's API requires (the peer box, the
-//! `X-Forwarded-For` value).
+//! `X-Forwarded-For` and `X-Request-Id` values).
 
 use crate::balance::{now_ns, Pick, Rng};
+use crate::forward::{Added, ClientField, Downstream, Facts, Forwarding, IpText, RequestId, NO_EDITS};
 use crate::metrics::status_class;
 use crate::table::{CompiledRule, Headers, ServicePool};
 use crate::Shared;
@@ -72,6 +74,8 @@ pub struct Ctx {
     pub(crate) upstream_status: u16,
     /// Set when `upstream_response_filter` turned this status into a retry (read by `error_while_proxy`).
     status_retry: Option<u16>,
+    /// The id made for this request when the client sent none (pingora's path; the fast path keeps its own).
+    request_id: Option<RequestId>,
 }
 
 /// What admission reads from a request, whichever parser produced it.
@@ -435,33 +439,10 @@ impl ProxyHttp for HttpApp {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let value = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            req.insert_header("x-forwarded-for", value)?;
-        }
-        req.insert_header("x-forwarded-proto", HeaderValue::from_static(if self.tls { "https" } else { "http" }))?;
-        if let Some(host) = req.headers.get(http::header::HOST).cloned() {
-            req.insert_header("x-forwarded-host", host)?;
-        }
-        if !req.headers.contains_key("x-request-id") {
-            req.insert_header("x-request-id", request_id())?;
-        }
-        if let Some(rule) = &ctx.rule {
-            for name in &rule.remove_headers {
-                req.remove_header(name);
-            }
-            for (name, value) in &rule.add_headers {
-                req.insert_header(name.clone(), value.clone())?;
-            }
-            if let Some(new) = rule.rewrite(req.uri.path_and_query().map_or("/", |p| p.as_str())) {
-                let uri = http::Uri::try_from(new).map_err(|_| Error::new(InternalError))?;
-                req.set_uri(uri);
-            }
-        }
-        Ok(())
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| IpText::new(a.ip()));
+        let from = Downstream { client: client.as_ref().map(IpText::as_str), tls: self.tls };
+        let Ctx { rule, request_id, .. } = ctx;
+        forward_request(rule.as_deref().map_or(&NO_EDITS, |r| &r.forward), req, &from, request_id)
     }
 
     async fn upstream_response_filter(
@@ -484,20 +465,95 @@ impl ProxyHttp for HttpApp {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let made_id = ctx.request_id;
         let req = session.req_header();
         let log = LogReq {
             method: req.method.as_str(),
             host: req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()),
             path: req.uri.path(),
-            request_id: req.headers.get("x-request-id").and_then(|h| h.to_str().ok()),
+            request_id: match &made_id {
+                Some(id) => Some(id.as_str()),
+                None => req.headers.get("x-request-id").and_then(|h| h.to_str().ok()),
+            },
         };
         self.shared.finish(ctx, status, e.map(|e| e as &dyn std::fmt::Display), log);
     }
 }
 
-/// A fresh request id: 16 hex digits.
-pub(crate) fn request_id() -> String {
-    format!("{:016x}", with_rng(|r| r.next_u64()))
+/// Apply the forwarding rules ([`crate::forward`]) to the request head pingora sends upstream; the rule's
+/// path rewrite too. Pingora calls this again for each attempt on a fresh copy of the client's head: the id
+/// made for the request (`request_id`) is made once and kept for the others and the access log.
+pub(crate) fn forward_request(
+    forward: &Forwarding,
+    req: &mut RequestHeader,
+    from: &Downstream<'_>,
+    request_id: &mut Option<RequestId>,
+) -> Result<()> {
+    let mut client_id = false;
+    let mut forwarded_for = false;
+    // Rarely any: few clients send the proxy's own fields.
+    let mut dropped = Vec::new();
+    for name in req.headers.keys() {
+        match forward.client_field(name.as_str()) {
+            // Pingora's upstream request policy strips these, but for a WebSocket upgrade's own.
+            ClientField::Forward | ClientField::HopByHop => {}
+            ClientField::Drop => dropped.push(name.clone()),
+            ClientField::ForwardedFor => forwarded_for = true,
+            ClientField::RequestId { forward } => {
+                client_id = true;
+                if !forward {
+                    dropped.push(name.clone());
+                }
+            }
+        }
+    }
+    let prev = if forwarded_for { req.headers.get_all("x-forwarded-for").iter().next_back().cloned() } else { None };
+    // The host the client addressed: its `Host`, else (HTTP/2) the target's authority.
+    let host = match req.headers.get(http::header::HOST) {
+        Some(h) => std::str::from_utf8(h.as_bytes()).is_ok().then(|| h.clone()),
+        None => req.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    if forwarded_for {
+        req.remove_header("x-forwarded-for");
+    }
+    for name in &dropped {
+        req.remove_header(name);
+    }
+    if !client_id && request_id.is_none() {
+        *request_id = Some(RequestId::new());
+    }
+    let facts =
+        Facts { from: *from, host: host.as_ref(), forwarded_for: prev.as_ref(), new_request_id: request_id.as_ref() };
+    let mut result = Ok(());
+    forward.added(&facts, |field| {
+        let appended = match field {
+            Added::ForwardedFor { prev, client } => {
+                let len = prev.map_or(0, |p| p.len() + 2) + client.map_or(0, str::len);
+                let mut value = Vec::with_capacity(len);
+                if let Some(prev) = prev {
+                    value.extend_from_slice(prev.as_bytes());
+                }
+                if let (Some(_), Some(_)) = (prev, client) {
+                    value.extend_from_slice(b", ");
+                }
+                value.extend_from_slice(client.unwrap_or("").as_bytes());
+                req.append_header("x-forwarded-for", value)
+            }
+            Added::ForwardedProto(proto) => req.append_header("x-forwarded-proto", HeaderValue::from_static(proto)),
+            Added::ForwardedHost(host) => req.append_header("x-forwarded-host", host.clone()),
+            Added::RequestId(id) => req.append_header("x-request-id", id.as_bytes()),
+            Added::Rule(name, value) => req.append_header(name.clone(), value.clone()),
+        };
+        if let Err(e) = appended {
+            result = Err(e);
+        }
+    });
+    result?;
+    if let Some(parts) = forward.rewrite(req.uri.path_and_query().map_or("/", |p| p.as_str())) {
+        let uri = http::Uri::try_from(parts.concat()).map_err(|_| Error::new(InternalError))?;
+        req.set_uri(uri);
+    }
+    Ok(())
 }
 
 /// A random number from this thread's generator.

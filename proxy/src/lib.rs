@@ -4,14 +4,16 @@
 //! (HTTP/1.1 and HTTP/2 by ALPN, certificates by SNI) and plain TCP listeners. A background task follows the
 //! registry by watch events and publishes one immutable [`table::Table`] (routes and endpoint pools) through an
 //! `ArcSwap`; the request path only loads it. Balancing lives in [`balance`] (pure), routing in [`table`],
-//! pingora phases and the accounting both data paths share in [`http`], the HTTP/1.1 fast path in `h1`,
-//! counters in [`metrics`], static files in [`static_config`].
+//! pingora phases and the accounting both data paths share in [`http`], the HTTP/1.1 fast path in `h1`, the
+//! request forwarding rules both HTTP/1 paths apply in `forward`, counters in [`metrics`], static files in
+//! [`static_config`].
 //!
 //! Not here: the admin HTTP server (the caller serves [`Proxy::metrics_text`]), writing the registry.
 
 pub mod balance;
 pub mod config;
 mod conn;
+mod forward;
 mod h1;
 pub mod health;
 pub mod http;

@@ -10,6 +10,7 @@
 //! backend applies when none of its rules match.
 
 use crate::balance::{Ejection, EndpointState, Entry, Policy, Pool};
+use crate::forward::Forwarding;
 use crate::metrics::{MetricsRegistry, RequestMetrics};
 use discovery::{
     BackendRef, Endpoint, HashOn, HeaderMatch, Object, ObjectKind, PathMatch, Route, RouteRule, Service, Snapshot,
@@ -155,9 +156,9 @@ pub struct CompiledRule {
     pub headers: Vec<(HeaderName, Option<HeaderValue>)>,
     /// Index into [`Table::pools`]; `None` when the backend service does not exist (answered 503).
     pub backend: Option<usize>,
-    pub rewrite_prefix: Option<Box<str>>,
-    pub add_headers: Vec<(HeaderName, HeaderValue)>,
-    pub remove_headers: Vec<HeaderName>,
+    /// What the rule changes in the requests it forwards (its field edits and prefix rewrite), with the
+    /// forwarding fields of the proxy: computed here once, applied per request by both HTTP/1 paths.
+    pub(crate) forward: Forwarding,
     pub rate_limit: Option<Arc<RateLimiter>>,
     pub metrics: Arc<RequestMetrics>,
     order: (usize, usize),
@@ -172,32 +173,6 @@ impl CompiledRule {
                 (Some(v), Some(want)) => v == want.as_bytes(),
                 (None, _) => false,
             })
-    }
-
-    /// The upstream path after an optional prefix rewrite (query string kept).
-    pub fn rewrite(&self, path_and_query: &str) -> Option<String> {
-        let (PathRule::Prefix(prefix), Some(to)) = (&self.path, &self.rewrite_prefix) else {
-            return None;
-        };
-        let (path, query) = match path_and_query.find('?') {
-            Some(i) => path_and_query.split_at(i),
-            None => (path_and_query, ""),
-        };
-        let rest = &path[prefix.trim_end_matches('/').len().min(path.len())..];
-        let mut out = String::with_capacity(to.len() + rest.len() + query.len() + 1);
-        out.push_str(to);
-        if out.ends_with('/') && rest.starts_with('/') {
-            out.pop();
-        }
-        if !out.is_empty() && !out.ends_with('/') && !rest.is_empty() && !rest.starts_with('/') {
-            out.push('/');
-        }
-        out.push_str(rest);
-        if !out.starts_with('/') {
-            out.insert(0, '/');
-        }
-        out.push_str(query);
-        Some(out)
     }
 }
 
@@ -463,9 +438,7 @@ impl TableBuilder {
                     methods: Vec::new(),
                     headers: Vec::new(),
                     backend: resolve(&route.namespace, b),
-                    rewrite_prefix: None,
-                    add_headers: Vec::new(),
-                    remove_headers: Vec::new(),
+                    forward: Forwarding::new(&PathRule::Any, None, Vec::new(), Vec::new()),
                     rate_limit: None,
                     metrics: metrics.clone(),
                     order: (route_idx, usize::MAX),
@@ -532,7 +505,6 @@ impl TableBuilder {
         CompiledRule {
             route_namespace: route.namespace.as_str().into(),
             route_name: route.name.as_str().into(),
-            path,
             methods: rule
                 .methods
                 .iter()
@@ -540,13 +512,16 @@ impl TableBuilder {
                 .collect(),
             headers,
             backend,
-            rewrite_prefix: rule.rewrite_prefix.as_deref().map(Into::into),
-            add_headers: rule
-                .add_request_headers
-                .iter()
-                .filter_map(|(k, v)| Some((header_name(k)?, HeaderValue::from_str(v).ok()?)))
-                .collect(),
-            remove_headers: rule.remove_request_headers.iter().filter_map(|k| header_name(k)).collect(),
+            forward: Forwarding::new(
+                &path,
+                rule.rewrite_prefix.as_deref(),
+                rule.add_request_headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((header_name(k)?, HeaderValue::from_str(v).ok()?)))
+                    .collect(),
+                rule.remove_request_headers.iter().filter_map(|k| header_name(k)).collect(),
+            ),
+            path,
             rate_limit,
             metrics: metrics.clone(),
             order: (route_idx, idx),
@@ -677,34 +652,6 @@ mod tests {
         ];
         for (host, path, method, headers, want) in cases {
             assert_eq!(name(table.routes.find(host, path, method, headers)), want, "{host}{path} {method}");
-        }
-    }
-
-    #[test]
-    fn prefix_rewrite() {
-        let cases = [
-            ("/api", "/", "/api/users?x=1", "/users?x=1"),
-            ("/api", "/", "/api", "/"),
-            ("/api/", "/v2", "/api/users", "/v2/users"),
-            ("/api", "/v2/", "/api/users", "/v2/users"),
-            ("/", "/base", "/x", "/base/x"),
-        ];
-        for (prefix, to, input, want) in cases {
-            let r = CompiledRule {
-                route_namespace: "ns".into(),
-                route_name: "r".into(),
-                path: PathRule::Prefix(prefix.into()),
-                methods: vec![],
-                headers: vec![],
-                backend: None,
-                rewrite_prefix: Some(to.into()),
-                add_headers: vec![],
-                remove_headers: vec![],
-                rate_limit: None,
-                metrics: Default::default(),
-                order: (0, 0),
-            };
-            assert_eq!(r.rewrite(input).as_deref(), Some(want), "{prefix} -> {to} on {input}");
         }
     }
 
