@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 const STATIC_LABEL: &str = "berth.dev/static-service";
 const PORT_NAME: &str = "main";
@@ -238,7 +238,7 @@ struct ReloadStatus {
     last_error: Mutex<Option<String>>,
 }
 
-/// Polls a static file's modification time and re-applies it on change. A file that does not load (bad
+/// Polls a static file's content and re-applies it on change. A file that does not load (bad
 /// syntax, a wrong field, an unreadable certificate, or an empty file, typical of an editor's truncating
 /// save) is reported and ignored: the previous configuration stays in force. Stops on drop.
 pub struct Reloader {
@@ -266,12 +266,11 @@ impl Reloader {
         let thread = std::thread::Builder::new()
             .name("berth-static-reload".into())
             .spawn(move || {
-                let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-                let mut last: Option<SystemTime> = mtime(&path);
+                let mut last = fingerprint(&path);
                 let mut keys = initial;
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(every);
-                    let now = mtime(&path);
+                    let now = fingerprint(&path);
                     if now == last {
                         continue;
                     }
@@ -325,6 +324,17 @@ impl Reloader {
             u8::from(s.failing.load(Ordering::Relaxed)),
         )
     }
+}
+
+/// What tells one version of the file from another: a hash of its bytes. The modification time does not: a
+/// save that truncates and rewrites within one timestamp tick would leave the half-written file (read by a
+/// poll in between) in force for good.
+fn fingerprint(path: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
 
 /// Load for a reload: as [`StaticConfig::load`], but an empty file is an error rather than "no routes".

@@ -458,6 +458,38 @@ async fn static_file_is_served_and_reloaded() {
     drop(proxy);
 }
 
+/// An edit that keeps the file's modification time (a truncating save and its rewrite within one timestamp
+/// tick look like that to a poll in between) is still picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_file_rewritten_within_one_mtime_tick_is_reloaded() {
+    let a = Backend::start("ta");
+    let b = Backend::start("tb");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = |backend: &Backend| {
+        format!(
+            "proxy: {{httpListen: [\"127.0.0.1:{port}\"]}}\nservices:\n  - name: web\n    endpoints: [\"{}\"]\nroutes:\n  - {{namespace: default, name: all, rules: [{{path: {{prefix: /}}, backend: {{service: web}}}}]}}\n",
+            backend.addr
+        )
+    };
+    std::fs::write(&path, text(&a)).unwrap();
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let (proxy, _reloader) = proxy::static_config::start(&path).expect("static proxy starts");
+    let url = format!("http://127.0.0.1:{port}/");
+    let c = client();
+    assert_eq!(id_of(&c.get(&url).send().await.unwrap().text().await.unwrap()), "ta");
+    std::fs::write(&path, text(&b)).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+    test_support::eventually("the rewritten file in force", Duration::from_secs(10), async || {
+        let body = c.get(&url).send().await.ok()?.text().await.ok()?;
+        (id_of(&body) == "tb").then_some(())
+    })
+    .await;
+    drop(proxy);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_to_an_empty_service_are_held_until_an_endpoint_appears() {
     let a = Backend::start("a");
