@@ -13,6 +13,7 @@
 
 pub mod autoscaler;
 pub mod deployment;
+pub mod driver;
 pub mod endpoints;
 pub mod node;
 pub mod runner;
