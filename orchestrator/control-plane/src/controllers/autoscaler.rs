@@ -1,10 +1,11 @@
 //! The autoscaler's decision, HPA v2 style, on the request load the proxy sees.
 //!
 //! [`decide`] is a pure function of (the metric window, the target's replicas, the Autoscaler's spec and
-//! behaviour, the recommendation/scale history in [`ScalerState`], now). The runner (`runner.rs`) samples a
-//! [`LoadSource`] every `sample_period` into a [`MetricWindow`], calls [`decide`] every `period` (1 s by
-//! default) and, between periods, on every sample as a *fast path* that may only scale up, so a load step
-//! gets a decision within one sample period plus the rate window's share of the step.
+//! behaviour, the recommendation/scale history in [`ScalerState`], now). Its reconciler
+//! (`reconcilers/autoscaler.rs`) samples a [`LoadSource`] every `sample_period` into a [`MetricWindow`],
+//! calls [`decide`] every `period` (1 s by default) and, between periods, on every sample as a *fast path*
+//! that may only scale up, so a load step gets a decision within one sample period plus the rate window's
+//! share of the step.
 //!
 //! The algorithm, in order:
 //! 1. Each metric proposes a replica count. Request rate and concurrency are service totals divided by the
