@@ -356,7 +356,7 @@ pub fn decide(
         .metrics
         .iter()
         .filter_map(|m| m.target())
-        .map(|(name, target)| read_metric(name, target, fresh.map(|_| window), obs, current, up, down, config))
+        .map(|(name, target)| read_metric(name, target, fresh.map(|_| window), obs, up, down, config))
         .collect();
 
     let mut best: Option<(i32, Reason)> = None;
@@ -459,17 +459,16 @@ fn ratio(value: f64, target: f64, current: i32) -> f64 {
     value / (target * f64::from(current))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn read_metric(
     name: MetricName,
     target: f64,
     window: Result<&MetricWindow, Missing>,
     obs: &Observed<'_>,
-    current: i32,
     up: &ScalingRules,
     down: &ScalingRules,
     config: &AutoscalerConfig,
 ) -> Reading {
+    let current = obs.current.max(0);
     let mut r = Reading { name, target, value: None, per_replica: None, missing: None, proposal: None };
     let window = match (name, window) {
         (MetricName::Cpu, _) => {
