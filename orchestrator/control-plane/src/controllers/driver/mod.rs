@@ -73,7 +73,7 @@ pub trait Reconciler: Send + 'static {
     /// What one reconcile is about: usually the store key of the object reconciled.
     type Key: Clone + Eq + Hash + fmt::Display + Send + Sync + 'static;
 
-    /// The controller's name in logs.
+    /// The controller's name in logs (as Kubernetes names its own: `deployment-controller`).
     const NAME: &'static str;
 
     /// The kinds to list, watch and cache ([`Watch::of`]).
@@ -129,17 +129,7 @@ pub async fn run<R: Reconciler>(
             _ = stop.wait_for(|s| *s) => break,
             batch = informer::next_batch(&mut feed) => {
                 let Some(batch) = batch else { break };
-                for item in batch {
-                    match item {
-                        Feed::Listed { kind, objects } => {
-                            if let Some(cache) = caches.find_mut(kind) {
-                                cache.relist(objects);
-                            }
-                            relisted = true;
-                        }
-                        Feed::Event { kind, event } => queue.extend(affected(&reconciler, &mut caches, kind, event)),
-                    }
-                }
+                relisted |= take(batch, &reconciler, &mut caches, &mut queue);
             }
             _ = sleep_until(queue.next_timer()) => queue.fire(Instant::now()),
             _ = tick(&mut resync_timer) => periodic = true,
@@ -155,7 +145,12 @@ pub async fn run<R: Reconciler>(
             // Events that changed nothing (e.g. of our own writes): no pass.
             continue;
         }
-        while let Some(key) = queue.pop() {
+        loop {
+            // Checked before each key: the select above may have taken a batch although the stop was ready too.
+            if *stop.borrow() {
+                break 'run;
+            }
+            let Some(key) = queue.pop() else { break };
             let mut ctx = Context { store: &*store, clock: &*clock, caches: &mut caches };
             match reconciler.reconcile(&key, &mut ctx).await {
                 Ok(requeue) => queue.succeeded(key, requeue, Instant::now()),
@@ -165,14 +160,28 @@ pub async fn run<R: Reconciler>(
                     tracing::warn!(controller = R::NAME, %key, error = %e, retry_ms, "reconcile failed; retrying");
                 }
             }
-            if *stop.borrow() {
-                break 'run;
-            }
         }
         reconciler.after_pass();
     }
     drop(feed);
     informers.shutdown().await;
+}
+
+/// Apply a batch to the caches and queue the keys its changes affect; returns whether it held a relist.
+fn take<R: Reconciler>(batch: Vec<Feed>, r: &R, caches: &mut Caches, queue: &mut WorkQueue<R::Key>) -> bool {
+    let mut relisted = false;
+    for item in batch {
+        match item {
+            Feed::Listed { kind, objects } => {
+                if let Some(cache) = caches.find_mut(kind) {
+                    cache.relist(objects);
+                }
+                relisted = true;
+            }
+            Feed::Event { kind, event } => queue.extend(affected(r, caches, kind, event)),
+        }
+    }
+    relisted
 }
 
 /// Apply one event to its cache and map the change, if any, to the keys it affects.

@@ -43,7 +43,7 @@ const WATCHES: &[Watch] = &[Watch::of::<Autoscaler>(), Watch::of::<Deployment>()
 
 impl Reconciler for Autoscalers {
     type Key = Key;
-    const NAME: &'static str = "autoscalers";
+    const NAME: &'static str = "autoscaler-controller";
 
     fn watches(&self) -> &[Watch] {
         WATCHES

@@ -33,7 +33,7 @@ const WATCHES: &[Watch] = &[
 
 impl Reconciler for Deployments {
     type Key = Key;
-    const NAME: &'static str = "deployments";
+    const NAME: &'static str = "deployment-controller";
 
     fn watches(&self) -> &[Watch] {
         WATCHES

@@ -38,7 +38,7 @@ const WATCHES: &[Watch] =
 
 impl Reconciler for Endpoints {
     type Key = Key;
-    const NAME: &'static str = "endpoints";
+    const NAME: &'static str = "endpoints-controller";
 
     fn watches(&self) -> &[Watch] {
         WATCHES

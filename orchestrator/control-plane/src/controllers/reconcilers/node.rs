@@ -49,7 +49,7 @@ const WATCHES: &[Watch] = &[Watch::of::<Node>(), Watch::of::<Pod>()];
 
 impl Reconciler for NodeLifecycle {
     type Key = Evaluation;
-    const NAME: &'static str = "node-lifecycle";
+    const NAME: &'static str = "node-lifecycle-controller";
 
     fn watches(&self) -> &[Watch] {
         WATCHES
