@@ -1,10 +1,11 @@
 //! The autoscaler's decision, HPA v2 style, on the request load the proxy sees.
 //!
 //! [`decide`] is a pure function of (the metric window, the target's replicas, the Autoscaler's spec and
-//! behaviour, the recommendation/scale history in [`ScalerState`], now). The runner (`runner.rs`) samples a
-//! [`LoadSource`] every `sample_period` into a [`MetricWindow`], calls [`decide`] every `period` (1 s by
-//! default) and, between periods, on every sample as a *fast path* that may only scale up, so a load step
-//! gets a decision within one sample period plus the rate window's share of the step.
+//! behaviour, the recommendation/scale history in [`ScalerState`], now). Its reconciler
+//! (`reconcilers/autoscaler.rs`) samples a [`LoadSource`] every `sample_period` into a [`MetricWindow`],
+//! calls [`decide`] every `period` (1 s by default) and, between periods, on every sample as a *fast path*
+//! that may only scale up, so a load step gets a decision within one sample period plus the rate window's
+//! share of the step.
 //!
 //! The algorithm, in order:
 //! 1. Each metric proposes a replica count. Request rate and concurrency are service totals divided by the
@@ -355,7 +356,7 @@ pub fn decide(
         .metrics
         .iter()
         .filter_map(|m| m.target())
-        .map(|(name, target)| read_metric(name, target, fresh.map(|_| window), obs, current, up, down, config))
+        .map(|(name, target)| read_metric(name, target, fresh.map(|_| window), obs, up, down, config))
         .collect();
 
     let mut best: Option<(i32, Reason)> = None;
@@ -458,17 +459,16 @@ fn ratio(value: f64, target: f64, current: i32) -> f64 {
     value / (target * f64::from(current))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn read_metric(
     name: MetricName,
     target: f64,
     window: Result<&MetricWindow, Missing>,
     obs: &Observed<'_>,
-    current: i32,
     up: &ScalingRules,
     down: &ScalingRules,
     config: &AutoscalerConfig,
 ) -> Reading {
+    let current = obs.current.max(0);
     let mut r = Reading { name, target, value: None, per_replica: None, missing: None, proposal: None };
     let window = match (name, window) {
         (MetricName::Cpu, _) => {

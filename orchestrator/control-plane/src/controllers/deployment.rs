@@ -1,6 +1,6 @@
 //! The Deployment controller's pure decision: given a Deployment, the pods it owns, its revision records and
 //! the time, say which pods to create or delete, which revision records to write and what status to report.
-//! No IO happens here; the runner (`runner.rs`) executes the [`Action`]s against the store.
+//! No IO happens here; its reconciler (`reconcilers/deployment.rs`) executes the [`Action`]s against the store.
 //!
 //! Revisions. Each distinct pod template is a revision, identified by the `pod-template-hash` label its pods
 //! carry (a stable FNV-1a hash of the template's JSON). The templates themselves are kept as small

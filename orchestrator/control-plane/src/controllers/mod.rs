@@ -3,8 +3,9 @@
 //! replicas from request load ([`autoscaler`], reading a [`LoadSource`]).
 //!
 //! Each controller is a pure function over (desired, observed, now) returning actions, tested with a
-//! simulated clock; [`runner`] holds the thin level-triggered loops that list and watch the store, call those
-//! functions and execute their actions with compare-and-swap. [`Controllers::start`] starts them all.
+//! simulated clock. [`reconcilers`] adapts each one to the [`driver`], the one loop that lists and watches the
+//! store into typed caches, maps changes to keys, reconciles each key once per burst of events, requeues and
+//! backs off, and writes with compare-and-swap. [`Controllers`] starts and stops them all together.
 //!
 //! Contract with the node agent: a pod object deleted from the store must be stopped by its agent, including
 //! when the agent comes back after its node was declared lost and the pod was replaced elsewhere. A pod with
@@ -13,9 +14,11 @@
 
 pub mod autoscaler;
 pub mod deployment;
+pub mod driver;
 pub mod endpoints;
 pub mod node;
-pub mod runner;
+pub mod reconcilers;
+mod start;
 
 pub use autoscaler::{AutoscalerConfig, LoadSample, LoadSource};
-pub use runner::{Controllers, ControllersConfig};
+pub use start::{Controllers, ControllersConfig};
