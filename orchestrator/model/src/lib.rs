@@ -39,24 +39,36 @@
 pub mod auth;
 pub mod autoscaler;
 pub mod clock;
+pub mod config;
+pub mod container;
+pub mod deployment;
 pub mod key;
 pub mod manifest;
 pub mod meta;
+pub mod node;
+pub mod pod;
 pub mod quantity;
+pub mod resources;
 pub mod revision;
 pub mod rollout;
+pub mod scheduling;
 pub mod service;
 pub mod wire;
-pub mod workloads;
 
 pub use autoscaler::*;
+pub use config::*;
+pub use container::*;
+pub use deployment::*;
 pub use key::{Key, Prefix};
 pub use manifest::{decode, decode_in, Document, ManifestError, ManifestErrorKind};
 pub use meta::*;
+pub use node::*;
+pub use pod::*;
 pub use quantity::{Quantity, QuantityError};
+pub use resources::*;
 pub use revision::RevisionRecord;
+pub use scheduling::*;
 pub use service::*;
-pub use workloads::*;
 
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt;

@@ -10,7 +10,7 @@
 
 use super::meta::{field_err, join, validate_dns1035_label, validate_dns_label, validate_dns_subdomain};
 use super::meta::{Check, FieldError, ObjectMeta};
-use super::{autoscaler, service, workloads, Kind, Object};
+use super::{autoscaler, config, deployment, node, pod, service, Kind, Object};
 use serde::Deserialize;
 use serde_json::Value;
 use std::fmt;
@@ -346,33 +346,29 @@ fn decode_value(mut value: Value, expected: Option<Kind>, default_ns: &str, mode
     let mut cx = Check::default();
     let secret = kind == Kind::Secret;
     let object = match kind_text.as_str() {
-        "Node" => finish::<workloads::Node>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?,
-        "Deployment" => finish::<workloads::Deployment>(
+        "Node" => finish::<node::Node>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?,
+        "Deployment" => finish::<deployment::Deployment>(
             typed(value, secret)?,
             default_ns,
             &mut cx,
             |o, cx| o.check(cx),
-            workloads::normalize_deployment,
+            deployment::Deployment::normalize,
         )?,
-        "Pod" => finish::<workloads::Pod>(
-            typed(value, secret)?,
-            default_ns,
-            &mut cx,
-            |o, cx| o.check(cx),
-            workloads::normalize_pod,
-        )?,
+        "Pod" => {
+            finish::<pod::Pod>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), pod::Pod::normalize)?
+        }
         "Service" => {
             finish::<service::Service>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?
         }
         "ConfigMap" => {
-            finish::<workloads::ConfigMap>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?
+            finish::<config::ConfigMap>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?
         }
-        "Secret" => finish::<workloads::Secret>(
+        "Secret" => finish::<config::Secret>(
             typed(value, secret)?,
             default_ns,
             &mut cx,
             |o, cx| o.check(cx),
-            workloads::normalize_secret,
+            config::Secret::normalize,
         )?,
         "Route" => finish::<service::Route>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?,
         "Ingress" => {

@@ -515,6 +515,44 @@ pub fn condition_is_true(conditions: &[Condition], type_: &str) -> bool {
     find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Small rules and serde defaults the kinds share
+
+pub(crate) fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+pub(crate) fn default_one() -> i32 {
+    1
+}
+
+pub(crate) fn non_negative(path: &str, v: i32) -> CheckResult {
+    if v < 0 {
+        Err(field_err(path, format!("must be >= 0 (got {v})")))
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn at_least_one(path: &str, v: i32) -> CheckResult {
+    if v < 1 {
+        Err(field_err(path, format!("must be >= 1 (got {v})")))
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn check_port(path: &str, port: i32) -> CheckResult {
+    if !(1..=65535).contains(&port) {
+        return Err(field_err(path, format!("must be between 1 and 65535 (got {port})")));
+    }
+    Ok(())
+}
+
+pub(crate) fn is_http_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

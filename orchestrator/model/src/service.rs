@@ -6,7 +6,6 @@
 //! the endpoints controller and the registry publisher call them; the proxy never sees these types.
 
 use super::meta::*;
-use super::workloads::{check_port, is_http_token};
 use discovery::Protocol;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
