@@ -224,7 +224,7 @@ impl<'de> Deserialize<'de> for Time {
 
 /// Kubernetes `metadata`. `resourceVersion` is the store revision as a decimal string, as in Kubernetes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -291,7 +291,7 @@ impl ObjectMeta {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct OwnerReference {
     pub api_version: String,
     pub kind: String,
@@ -309,7 +309,7 @@ pub struct OwnerReference {
 
 /// Kubernetes `LabelSelector`: `matchLabels` AND every `matchExpressions` term.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: Labels,
@@ -318,7 +318,7 @@ pub struct LabelSelector {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LabelSelectorRequirement {
     pub key: String,
     pub operator: SelectorOperator,
@@ -486,7 +486,7 @@ pub enum ConditionStatus {
 /// A status condition (`Ready`, `PodScheduled`, `Available`, `Progressing`, ...). One shape for every kind;
 /// the timestamps a kind does not use stay empty.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,

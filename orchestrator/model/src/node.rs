@@ -6,9 +6,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Node {
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
     #[serde(default)]
     pub metadata: ObjectMeta,
@@ -19,7 +21,7 @@ pub struct Node {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
     /// Cordoned: the scheduler places no new pods here.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -35,7 +37,7 @@ pub struct NodeSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Taint {
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,7 +55,7 @@ pub enum TaintEffect {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
     /// `cpu`, `memory`, `pods` (and anything else the agent reports).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -80,7 +82,7 @@ pub struct NodeStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeAddress {
     /// `InternalIP`, `ExternalIP`, `Hostname`.
     #[serde(rename = "type")]
@@ -89,7 +91,7 @@ pub struct NodeAddress {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeSystemInfo {
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "machineID")]
     pub machine_id: Option<String>,

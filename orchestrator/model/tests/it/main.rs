@@ -1,3 +1,4 @@
 //! Integration tests of the object model: manifests in, errors and normalized objects out.
 
 mod manifest;
+mod unknown_fields;
