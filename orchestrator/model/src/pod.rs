@@ -137,6 +137,19 @@ impl PodSpec {
         r
     }
 
+    /// Every ConfigMap and Secret the pod names: all containers' `env` and `envFrom` sources and every volume,
+    /// mounted or not. A Deployment's config hash covers these.
+    pub fn config_references(&self) -> ConfigReferences {
+        ConfigReferences::of(&self.containers, self.volumes.iter())
+    }
+
+    /// The ConfigMaps and Secrets one container reads when it starts: its `env` and `envFrom` sources and the
+    /// volumes it mounts. The agent fetches these.
+    pub fn container_config_references(&self, container: &Container) -> ConfigReferences {
+        let mounted = container.volume_mounts.iter().filter_map(|m| self.volumes.iter().find(|v| v.name == m.name));
+        ConfigReferences::of(std::slice::from_ref(container), mounted)
+    }
+
     pub(crate) fn normalize(&mut self) {
         for c in &mut self.containers {
             // A limit without a request requests the limit (Kubernetes defaulting), so the stored object says
@@ -229,6 +242,47 @@ impl PodSpec {
             t.check(&index(p, "topologySpreadConstraints", i), cx)?;
         }
         Ok(())
+    }
+}
+
+/// ConfigMaps and Secrets referenced by name (see [`PodSpec::config_references`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigReferences {
+    pub config_maps: BTreeSet<String>,
+    pub secrets: BTreeSet<String>,
+}
+
+impl ConfigReferences {
+    /// The one walk over references: the containers' environments, then the given volumes.
+    fn of<'a>(containers: &[Container], volumes: impl Iterator<Item = &'a Volume>) -> ConfigReferences {
+        let mut refs = ConfigReferences::default();
+        for c in containers {
+            for source in c.env.iter().filter_map(|e| e.value_from.as_ref()) {
+                if let Some(r) = &source.config_map_key_ref {
+                    refs.config_maps.insert(r.name.clone());
+                }
+                if let Some(r) = &source.secret_key_ref {
+                    refs.secrets.insert(r.name.clone());
+                }
+            }
+            for source in &c.env_from {
+                if let Some(r) = &source.config_map_ref {
+                    refs.config_maps.insert(r.name.clone());
+                }
+                if let Some(r) = &source.secret_ref {
+                    refs.secrets.insert(r.name.clone());
+                }
+            }
+        }
+        for v in volumes {
+            if let Some(c) = &v.config_map {
+                refs.config_maps.insert(c.name.clone());
+            }
+            if let Some(s) = &v.secret {
+                refs.secrets.insert(s.secret_name.clone());
+            }
+        }
+        refs
     }
 }
 
