@@ -65,6 +65,24 @@ impl Container {
         self.ports.iter().find(|p| p.name.as_deref() == Some(name))
     }
 
+    /// The first declared container port, if any (the one the agent tells a process to listen on).
+    pub fn first_port(&self) -> Option<u16> {
+        self.ports.first().and_then(|p| u16::try_from(p.container_port).ok()).filter(|p| *p != 0)
+    }
+
+    /// A probe's port as a port number: a number, or the name of one of this container's ports. A string of
+    /// digits reads as its number.
+    pub fn resolve_port(&self, port: &IntOrString) -> Option<u16> {
+        let by_number = |n: i32| u16::try_from(n).ok();
+        match port {
+            IntOrString::Int(n) => by_number(*n),
+            IntOrString::String(s) => match s.parse::<u16>() {
+                Ok(n) => Some(n),
+                Err(_) => self.port_by_name(s).and_then(|p| by_number(p.container_port)),
+            },
+        }
+    }
+
     pub(crate) fn check(&self, p: &str, volumes: &BTreeSet<&str>, cx: &mut Check) -> CheckResult {
         validate_dns_label(&self.name).map_err(|m| field_err(join(p, "name"), m))?;
         if self.image.is_none() && self.command.is_empty() {

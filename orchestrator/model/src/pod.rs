@@ -137,6 +137,11 @@ impl PodSpec {
         r
     }
 
+    /// `terminationGracePeriodSeconds` (a negative value reads as zero).
+    pub fn termination_grace_period(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::try_from(self.termination_grace_period_seconds).unwrap_or(0))
+    }
+
     /// Every ConfigMap and Secret the pod names: all containers' `env` and `envFrom` sources and every volume,
     /// mounted or not. A Deployment's config hash covers these.
     pub fn config_references(&self) -> ConfigReferences {
@@ -527,6 +532,13 @@ impl Pod {
     /// Being deleted (`metadata.deletionTimestamp` is set).
     pub fn is_terminating(&self) -> bool {
         self.metadata.deletion_timestamp.is_some()
+    }
+
+    /// The restart count `status` last recorded for `container` (0 when none).
+    pub fn recorded_restart_count(&self, container: &str) -> u32 {
+        let statuses = self.status.iter().flat_map(|s| &s.container_statuses);
+        let count = statuses.filter(|c| c.name == container).map(|c| c.restart_count).next();
+        count.and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
     }
 
     pub(crate) fn normalize(&mut self) {

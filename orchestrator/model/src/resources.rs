@@ -8,6 +8,13 @@ use std::collections::BTreeMap;
 
 pub type ResourceList = BTreeMap<String, Quantity>;
 
+/// A container's memory and CPU limits as plain numbers; `None` where no limit is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+}
+
 /// CPU, memory and pod count as plain numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
@@ -53,12 +60,11 @@ impl ResourceRequirements {
         }
     }
 
-    /// Limits (0 = unlimited).
-    pub fn limits(&self) -> Resources {
-        Resources {
-            cpu_millis: self.limits.get("cpu").map(Quantity::millis).unwrap_or(0),
-            memory_bytes: self.limits.get("memory").map(Quantity::units).unwrap_or(0),
-            pods: 0,
+    /// The memory and CPU limits, as the runtimes enforce them.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.limits.get("memory").map(Quantity::units),
+            cpu_millis: self.limits.get("cpu").map(Quantity::millis),
         }
     }
 

@@ -1,5 +1,5 @@
 //! Integration tests of the object model: manifests in, errors and normalized objects out.
 
 mod manifest;
-mod references;
+mod pod;
 mod unknown_fields;
