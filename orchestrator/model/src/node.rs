@@ -47,10 +47,14 @@ pub struct Taint {
     pub time_added: Option<Time>,
 }
 
+/// How a taint repels pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TaintEffect {
+    /// Pods that do not tolerate it are not scheduled onto the node.
     NoSchedule,
+    /// The scheduler tries to avoid the node; a scoring input only.
     PreferNoSchedule,
+    /// Like `NoSchedule` for the scheduler (eviction of running pods is the node controller's business).
     NoExecute,
 }
 

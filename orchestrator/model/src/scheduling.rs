@@ -128,7 +128,9 @@ pub enum NodeSelectorOperator {
     NotIn,
     Exists,
     DoesNotExist,
+    /// The label value, parsed as an integer, is greater than the single value given.
     Gt,
+    /// The label value, parsed as an integer, is less than the single value given.
     Lt,
 }
 
@@ -225,6 +227,7 @@ pub struct WeightedPodAffinityTerm {
     pub pod_affinity_term: PodAffinityTerm,
 }
 
+/// A pod's toleration of node taints. `tolerationSeconds` is an eviction concern: placement ignores it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Toleration {
