@@ -8,9 +8,10 @@
 //! peers' published figures are printed for scale (not measured here).
 
 use control_plane::scheduler::{
-    Allocatable, ClusterSnapshot, Cycle, NodeInfo, PodAffinityTerm, PodInfo, Requests, SchedulingPolicy, SeededRng,
-    TopologySpreadConstraint, WhenUnsatisfiable,
+    AffinityTerm, Allocatable, ClusterSnapshot, Cycle, NodeInfo, PodInfo, Requests, SchedulingPolicy, SeededRng,
+    SpreadConstraint,
 };
+use model::WhenUnsatisfiable;
 use std::time::Instant;
 
 const HOST: &str = "kubernetes.io/hostname";
@@ -84,8 +85,8 @@ fn pods(count: usize, mix: Mix, seed: u64) -> Vec<PodInfo> {
             let app = match mix {
                 Mix::Anti if i % 10 == 0 => {
                     let app = format!("anti-{}", i / 10 / 20);
-                    p.pod_anti_affinity.required = vec![PodAffinityTerm {
-                        label_selector: Some(eq_selector("app", &app)),
+                    p.pod_anti_affinity.required = vec![AffinityTerm {
+                        selector: Some(eq_selector("app", &app)),
                         namespaces: vec![],
                         topology_key: HOST.into(),
                     }];
@@ -93,11 +94,11 @@ fn pods(count: usize, mix: Mix, seed: u64) -> Vec<PodInfo> {
                 }
                 Mix::Spread if i % 2 == 0 => {
                     let app = format!("spread-{}", i / 2 / 30);
-                    p.topology_spread_constraints = vec![TopologySpreadConstraint {
+                    p.topology_spread_constraints = vec![SpreadConstraint {
                         max_skew: 1,
                         topology_key: ZONE.into(),
                         when_unsatisfiable: WhenUnsatisfiable::DoNotSchedule,
-                        label_selector: Some(eq_selector("app", &app)),
+                        selector: Some(eq_selector("app", &app)),
                     }];
                     app
                 }

@@ -30,9 +30,10 @@ pub use restart::Backoff;
 pub use runtime::{Runtime, RuntimeError};
 
 use futures::StreamExt;
+use model::Pod;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use spec::PodView;
+use spec::{decode_pod, pod_uid};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
@@ -139,7 +140,7 @@ type PodKey = (String, String);
 /// The agent's live pods, shared with the logs server.
 #[derive(Default)]
 pub struct PodTable {
-    workers: Mutex<HashMap<PodKey, (PodView, PodWorker)>>,
+    workers: Mutex<HashMap<PodKey, (Pod, PodWorker)>>,
 }
 
 impl PodTable {
@@ -278,11 +279,11 @@ impl Agent {
             }
         }
         heartbeat.abort();
-        let workers: Vec<(PodView, PodWorker)> = table.workers.lock().drain().map(|(_, v)| v).collect();
-        for (view, w) in workers {
+        let workers: Vec<(Pod, PodWorker)> = table.workers.lock().drain().map(|(_, v)| v).collect();
+        for (pod, w) in workers {
             if config.stop_pods_on_shutdown {
                 w.stop().await;
-                let _ = runtime.cleanup_pod(&view.metadata.namespace, &view.metadata.name, &view.metadata.uid).await;
+                let _ = runtime.cleanup_pod(&pod.metadata.namespace, &pod.metadata.name, pod_uid(&pod)).await;
             } else {
                 w.detach();
             }
@@ -359,7 +360,7 @@ struct Reconciler {
 }
 
 impl Reconciler {
-    fn mine(&self, pod: &PodView) -> bool {
+    fn mine(&self, pod: &Pod) -> bool {
         pod.spec.node_name.as_deref() == Some(self.cfg.node_name.as_str())
     }
 
@@ -367,8 +368,8 @@ impl Reconciler {
     async fn resync(&mut self, pods: Vec<Value>, first: bool) {
         let mut seen = std::collections::HashSet::new();
         for p in &pods {
-            if let Ok(v) = PodView::from_json(p) {
-                if self.mine(&v) && v.metadata.deletion_timestamp.is_none() {
+            if let Ok(v) = decode_pod(p) {
+                if self.mine(&v) && !v.is_terminating() {
                     seen.insert((v.metadata.namespace.clone(), v.metadata.name.clone()));
                 }
             }
@@ -389,16 +390,16 @@ impl Reconciler {
     }
 
     async fn upsert(&mut self, p: &Value) {
-        let view = match PodView::from_json(p) {
+        let pod = match decode_pod(p) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!("ignoring undecodable pod: {e}");
                 return;
             }
         };
-        let key = (view.metadata.namespace.clone(), view.metadata.name.clone());
-        let unbound = view.spec.node_name.as_deref().is_none_or(str::is_empty);
-        if unbound && self.cfg.claim_unbound && view.metadata.deletion_timestamp.is_none() {
+        let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+        let unbound = pod.spec.node_name.as_deref().is_none_or(str::is_empty);
+        if unbound && self.cfg.claim_unbound && !pod.is_terminating() {
             match self.ctx.control.bind_pod(&key.0, &key.1, &self.cfg.node_name).await {
                 Ok(true) => {
                     tracing::info!(pod = %format!("{}/{}", key.0, key.1), "claimed unbound pod")
@@ -408,33 +409,33 @@ impl Reconciler {
             }
             return;
         }
-        let existing_uid = self.table.workers.lock().get(&key).map(|(v, _)| v.metadata.uid.clone());
-        if !self.mine(&view) || view.metadata.deletion_timestamp.is_some() {
+        let existing_uid = self.table.workers.lock().get(&key).map(|(p, _)| pod_uid(p).to_string());
+        if !self.mine(&pod) || pod.is_terminating() {
             if existing_uid.is_some() {
                 self.stop_pod(&key).await;
             }
             return;
         }
         match existing_uid {
-            Some(uid) if uid == view.metadata.uid => return,
+            Some(uid) if uid == pod_uid(&pod) => return,
             Some(_) => self.stop_pod(&key).await,
             None => {}
         }
         let (adopt, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.adoptable)
             .into_iter()
-            .partition(|a| a.pod_uid == view.metadata.uid && a.namespace == key.0 && a.pod == key.1);
+            .partition(|a| a.pod_uid == pod_uid(&pod) && a.namespace == key.0 && a.pod == key.1);
         self.adoptable = rest;
         if !adopt.is_empty() {
             tracing::info!(pod = %format!("{}/{}", key.0, key.1), n = adopt.len(), "adopting running containers");
         }
-        let worker = PodWorker::spawn(self.ctx.clone(), view.clone(), adopt);
-        self.table.workers.lock().insert(key, (view, worker));
+        let worker = PodWorker::spawn(self.ctx.clone(), pod.clone(), adopt);
+        self.table.workers.lock().insert(key, (pod, worker));
     }
 
     async fn deleted(&mut self, p: &Value) {
-        if let Ok(view) = PodView::from_json(p) {
-            let key = (view.metadata.namespace.clone(), view.metadata.name.clone());
-            let ours = self.table.workers.lock().get(&key).is_some_and(|(v, _)| v.metadata.uid == view.metadata.uid);
+        if let Ok(pod) = decode_pod(p) {
+            let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+            let ours = self.table.workers.lock().get(&key).is_some_and(|(p, _)| pod_uid(p) == pod_uid(&pod));
             if ours {
                 self.stop_pod(&key).await;
             }
@@ -443,7 +444,7 @@ impl Reconciler {
 
     /// Stop a pod's containers (grace period), remove them and its working directory.
     async fn stop_pod(&mut self, key: &PodKey) {
-        let Some((view, worker)) = self.table.workers.lock().remove(key) else {
+        let Some((pod, worker)) = self.table.workers.lock().remove(key) else {
             return;
         };
         tracing::info!(pod = %format!("{}/{}", key.0, key.1), "stopping pod");
@@ -451,9 +452,8 @@ impl Reconciler {
         // Stopping waits out grace periods: do it aside so the watch keeps flowing.
         tokio::spawn(async move {
             worker.stop().await;
-            if let Err(e) = runtime.cleanup_pod(&view.metadata.namespace, &view.metadata.name, &view.metadata.uid).await
-            {
-                tracing::warn!("cleanup of {}/{}: {e}", view.metadata.namespace, view.metadata.name);
+            if let Err(e) = runtime.cleanup_pod(&pod.metadata.namespace, &pod.metadata.name, pod_uid(&pod)).await {
+                tracing::warn!("cleanup of {}/{}: {e}", pod.metadata.namespace, pod.metadata.name);
             }
         });
     }
@@ -497,7 +497,7 @@ async fn status_writer(
             let mut status = {
                 let w = table.workers.lock();
                 match w.get(&key) {
-                    Some((view, worker)) => worker::pod_status(view, &worker.state.lock(), runtime_kind),
+                    Some((pod, worker)) => worker::pod_status(pod, &worker.state.lock(), runtime_kind),
                     None => {
                         last.remove(&key);
                         continue;

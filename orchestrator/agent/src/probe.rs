@@ -6,7 +6,7 @@
 //! worker, on tokio time, which tests pause and advance.
 
 use super::runtime::Runtime;
-use super::spec::{ContainerView, ProbeView};
+use model::{Container, IntOrString, Probe, Scheme};
 use std::time::Duration;
 
 /// What a probe does.
@@ -36,24 +36,31 @@ pub struct ProbeSpecError {
 }
 
 impl ProbeConfig {
-    /// Build from the manifest. `host_port_of` maps the probe's container port to where it answers on this
+    /// Build from the pod's probe. `host_port_of` maps the probe's container port to where it answers on this
     /// node (the allocated or published host port); the host is always loopback unless given.
-    pub fn from_view(
+    pub fn from_spec(
         which: &'static str,
-        v: &ProbeView,
-        container: &ContainerView,
+        v: &Probe,
+        container: &Container,
         host_port_of: impl Fn(u16) -> u16,
     ) -> Result<ProbeConfig, ProbeSpecError> {
         let err = |m: String| ProbeSpecError { probe: which, message: m };
-        let port_of = |p: &serde_json::Value| {
-            container.resolve_port(p).map(&host_port_of).ok_or_else(|| err(format!("cannot resolve port {p}")))
+        let port_of = |p: &IntOrString| {
+            container.resolve_port(p).map(&host_port_of).ok_or_else(|| {
+                // Written as JSON (`"admin"`, `8080`), as the pod's status has always shown it.
+                err(format!("cannot resolve port {}", serde_json::to_string(p).unwrap_or_default()))
+            })
         };
         let action = if let Some(h) = &v.http_get {
+            let scheme = match h.scheme {
+                Scheme::Http => "http",
+                Scheme::Https => "https",
+            };
             ProbeAction::Http {
-                scheme: h.scheme.clone().unwrap_or_else(|| "HTTP".into()).to_ascii_lowercase(),
+                scheme: scheme.into(),
                 host: h.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 port: port_of(&h.port)?,
-                path: h.path.clone().unwrap_or_else(|| "/".into()),
+                path: h.path.clone(),
             }
         } else if let Some(t) = &v.tcp_socket {
             ProbeAction::Tcp { host: t.host.clone().unwrap_or_else(|| "127.0.0.1".into()), port: port_of(&t.port)? }
@@ -65,15 +72,17 @@ impl ProbeConfig {
         } else {
             return Err(err("needs one of httpGet, tcpSocket, exec".into()));
         };
-        let secs = |v: Option<u32>, d: u32, min: u32| Duration::from_secs(u64::from(v.unwrap_or(d).max(min)));
+        // The model fills in Kubernetes' defaults (0 s delay, 10 s period, 1 s timeout, thresholds 3 and 1).
+        let at_least = |v: i32, min: u32| u32::try_from(v).unwrap_or(0).max(min);
+        let secs = |v: i32, min: u32| Duration::from_secs(u64::from(at_least(v, min)));
         Ok(ProbeConfig {
             action,
-            initial_delay: secs(v.initial_delay_seconds, 0, 0),
-            period: secs(v.period_seconds, 10, 1),
-            timeout: secs(v.timeout_seconds, 1, 1),
-            failure_threshold: v.failure_threshold.unwrap_or(3).max(1),
+            initial_delay: secs(v.initial_delay_seconds, 0),
+            period: secs(v.period_seconds, 1),
+            timeout: secs(v.timeout_seconds, 1),
+            failure_threshold: at_least(v.failure_threshold, 1),
             // Liveness and startup must use 1 in Kubernetes; we simply honour what is given.
-            success_threshold: v.success_threshold.unwrap_or(1).max(1),
+            success_threshold: at_least(v.success_threshold, 1),
         })
     }
 }
@@ -206,13 +215,13 @@ mod tests {
 
     #[test]
     fn defaults_and_ports() {
-        let c: ContainerView = serde_json::from_value(serde_json::json!({
+        let c: Container = serde_json::from_value(serde_json::json!({
             "name": "c", "ports": [{"containerPort": 8080, "name": "http"}]
         }))
         .unwrap();
-        let v: ProbeView =
+        let v: Probe =
             serde_json::from_value(serde_json::json!({"httpGet": {"path": "/healthz", "port": "http"}})).unwrap();
-        let p = ProbeConfig::from_view("readiness", &v, &c, |p| if p == 8080 { 31000 } else { p }).unwrap();
+        let p = ProbeConfig::from_spec("readiness", &v, &c, |p| if p == 8080 { 31000 } else { p }).unwrap();
         assert_eq!(p.period, Duration::from_secs(10));
         assert_eq!(p.timeout, Duration::from_secs(1));
         assert_eq!(p.failure_threshold, 3);
@@ -220,9 +229,10 @@ mod tests {
             p.action,
             ProbeAction::Http { scheme: "http".into(), host: "127.0.0.1".into(), port: 31000, path: "/healthz".into() }
         );
-        let bad: ProbeView = serde_json::from_value(serde_json::json!({"tcpSocket": {"port": "nope"}})).unwrap();
-        assert!(ProbeConfig::from_view("liveness", &bad, &c, |p| p).is_err());
-        let none: ProbeView = serde_json::from_value(serde_json::json!({})).unwrap();
-        assert!(ProbeConfig::from_view("liveness", &none, &c, |p| p).is_err());
+        let bad: Probe = serde_json::from_value(serde_json::json!({"tcpSocket": {"port": "nope"}})).unwrap();
+        let err = ProbeConfig::from_spec("liveness", &bad, &c, |p| p).unwrap_err();
+        assert_eq!(err.to_string(), "liveness probe: cannot resolve port \"nope\"");
+        let none: Probe = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert!(ProbeConfig::from_spec("liveness", &none, &c, |p| p).is_err());
     }
 }

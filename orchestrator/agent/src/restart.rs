@@ -1,7 +1,7 @@
 //! Restart policy and crash-loop back-off, as pure functions of an exit and a count.
 
 use super::runtime::ExitInfo;
-use super::spec::RestartPolicy;
+use model::RestartPolicy;
 use std::time::Duration;
 
 /// Exponential back-off between restarts (Kubernetes: the first restart at once, then 10 s doubling to 5 min,

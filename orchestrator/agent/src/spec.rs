@@ -1,303 +1,35 @@
-//! The agent's read-only view of a Pod: the fields it needs to run one, decoded leniently from the stored JSON.
+//! The agent's reading of a stored Pod: decoding it (leniently) into the model's own [`Pod`], and resolving a
+//! container's environment and volume files from already-fetched ConfigMaps and Secrets. It does no IO.
 //!
-//! The API server validates pods with the object model before they are stored; the agent only reads what it
-//! acts on (containers, env, ports, limits, probes, restart policy, node name) and ignores everything else, so
-//! a model field added later never breaks a running agent. This module also resolves a container's
-//! environment from already-fetched ConfigMaps and Secrets; it does no IO.
+//! The API server validated the pod with the same model types before it was stored; decoding ignores fields
+//! this version does not know, so a field added later never breaks a running agent.
 
-use model::Quantity;
-use serde::Deserialize;
+pub use model::Limits;
+use model::{Container, KeySelector, KeyToPath, Pod};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct PodView {
-    pub metadata: MetaView,
-    pub spec: PodSpecView,
-    pub status: Value,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct MetaView {
-    pub name: String,
-    pub namespace: String,
-    pub uid: String,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    pub deletion_timestamp: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct PodSpecView {
-    pub containers: Vec<ContainerView>,
-    pub restart_policy: Option<String>,
-    pub node_name: Option<String>,
-    pub termination_grace_period_seconds: Option<i64>,
-    pub volumes: Vec<VolumeView>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct VolumeView {
-    pub name: String,
-    pub config_map: Option<ConfigMapVolumeView>,
-    pub secret: Option<SecretVolumeView>,
-    pub empty_dir: Option<Value>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ConfigMapVolumeView {
-    pub name: String,
-    pub items: Vec<KeyToPathView>,
-    pub default_mode: Option<i64>,
-    pub optional: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct SecretVolumeView {
-    pub secret_name: String,
-    pub items: Vec<KeyToPathView>,
-    pub default_mode: Option<i64>,
-    pub optional: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct KeyToPathView {
-    pub key: String,
-    pub path: String,
-    pub mode: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct VolumeMountView {
-    pub name: String,
-    pub mount_path: String,
-    pub read_only: bool,
-    pub sub_path: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ContainerView {
-    pub name: String,
-    pub image: Option<String>,
-    pub command: Vec<String>,
-    pub args: Vec<String>,
-    pub env: Vec<EnvVarView>,
-    pub env_from: Vec<EnvFromView>,
-    pub ports: Vec<PortView>,
-    pub resources: ResourcesView,
-    pub liveness_probe: Option<ProbeView>,
-    pub readiness_probe: Option<ProbeView>,
-    pub startup_probe: Option<ProbeView>,
-    pub working_dir: Option<String>,
-    pub volume_mounts: Vec<VolumeMountView>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct EnvVarView {
-    pub name: String,
-    pub value: Option<String>,
-    pub value_from: Option<EnvSourceView>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct EnvSourceView {
-    pub config_map_key_ref: Option<KeyRefView>,
-    pub secret_key_ref: Option<KeyRefView>,
-    pub field_ref: Option<FieldRefView>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct KeyRefView {
-    pub name: String,
-    pub key: String,
-    pub optional: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct FieldRefView {
-    pub field_path: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct EnvFromView {
-    pub prefix: Option<String>,
-    pub config_map_ref: Option<NameRefView>,
-    pub secret_ref: Option<NameRefView>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct NameRefView {
-    pub name: String,
-    pub optional: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct PortView {
-    pub container_port: u16,
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ResourcesView {
-    pub limits: BTreeMap<String, Value>,
-    pub requests: BTreeMap<String, Value>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ProbeView {
-    pub http_get: Option<HttpGetView>,
-    pub tcp_socket: Option<TcpSocketView>,
-    pub exec: Option<ExecView>,
-    pub initial_delay_seconds: Option<u32>,
-    pub period_seconds: Option<u32>,
-    pub timeout_seconds: Option<u32>,
-    pub failure_threshold: Option<u32>,
-    pub success_threshold: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct HttpGetView {
-    pub path: Option<String>,
-    pub port: Value,
-    pub host: Option<String>,
-    pub scheme: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct TcpSocketView {
-    pub port: Value,
-    pub host: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ExecView {
-    pub command: Vec<String>,
-}
-
-/// Restart policy of a pod (`Always` when absent, as in Kubernetes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
-    Always,
-    OnFailure,
-    Never,
-}
-
-impl RestartPolicy {
-    pub fn parse(s: Option<&str>) -> RestartPolicy {
-        match s {
-            Some("OnFailure") => RestartPolicy::OnFailure,
-            Some("Never") => RestartPolicy::Never,
-            _ => RestartPolicy::Always,
-        }
-    }
-}
-
+/// A stored pod that does not decode into the model's [`Pod`] (the message names the field).
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum SpecError {
-    #[error("pod object: {0}")]
-    Decode(String),
-    #[error("{path}: {message}")]
-    Field { path: String, message: String },
+#[error("pod object: {0}")]
+pub struct DecodeError(String);
+
+/// Decode a stored pod, leniently (fields unknown to this version are ignored); a pod without a namespace is in
+/// `default`.
+pub fn decode_pod(v: &Value) -> Result<Pod, DecodeError> {
+    let mut pod: Pod = serde_path_to_error::deserialize(v).map_err(|e| match e.path().to_string().as_str() {
+        "." => DecodeError(e.inner().to_string()),
+        path => DecodeError(format!("{path}: {}", e.inner())),
+    })?;
+    if pod.metadata.namespace.is_empty() {
+        pod.metadata.namespace = "default".to_string();
+    }
+    Ok(pod)
 }
 
-impl PodView {
-    pub fn from_json(v: &Value) -> Result<PodView, SpecError> {
-        let mut pod: PodView = serde_json::from_value(v.clone()).map_err(|e| SpecError::Decode(e.to_string()))?;
-        if pod.metadata.namespace.is_empty() {
-            pod.metadata.namespace = "default".to_string();
-        }
-        Ok(pod)
-    }
-
-    pub fn restart_policy(&self) -> RestartPolicy {
-        RestartPolicy::parse(self.spec.restart_policy.as_deref())
-    }
-
-    /// `termination_grace_period_seconds` (default 30 s, as in Kubernetes).
-    pub fn grace(&self) -> std::time::Duration {
-        let s = self.spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64;
-        std::time::Duration::from_secs(s)
-    }
-
-    /// The restart count the API last recorded for `container` (so an adopting agent continues counting).
-    pub fn recorded_restart_count(&self, container: &str) -> u32 {
-        self.status
-            .get("containerStatuses")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(container)))
-            .and_then(|c| c.get("restartCount"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as u32
-    }
-}
-
-/// Memory and CPU limits of one container, already parsed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Limits {
-    pub memory_bytes: Option<u64>,
-    pub cpu_millis: Option<u64>,
-}
-
-impl ContainerView {
-    pub fn limits(&self) -> Result<Limits, SpecError> {
-        let q = |k: &str| -> Option<String> {
-            self.resources.limits.get(k).map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-        };
-        // The one quantity parser of the model: the API server already validated these with it.
-        let parse = |k: &str| -> Result<Option<Quantity>, SpecError> {
-            q(k).map(|s| {
-                Quantity::parse(&s).map_err(|e| SpecError::Field {
-                    path: format!("containers[{}].resources.limits.{k}", self.name),
-                    message: e.to_string(),
-                })
-            })
-            .transpose()
-        };
-        let memory_bytes = parse("memory")?.map(|q| q.units());
-        let cpu_millis = parse("cpu")?.map(|q| q.millis());
-        Ok(Limits { memory_bytes, cpu_millis })
-    }
-
-    /// The first declared container port, if any.
-    pub fn container_port(&self) -> Option<u16> {
-        self.ports.first().map(|p| p.container_port).filter(|p| *p != 0)
-    }
-
-    /// Resolve a probe port (number or named port) to a container port.
-    pub fn resolve_port(&self, port: &Value) -> Option<u16> {
-        match port {
-            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-            Value::String(s) => match s.parse::<u16>() {
-                Ok(n) => Some(n),
-                Err(_) => self.ports.iter().find(|p| p.name.as_deref() == Some(s.as_str())).map(|p| p.container_port),
-            },
-            _ => None,
-        }
-    }
+/// The pod's `metadata.uid` (empty when absent).
+pub fn pod_uid(pod: &Pod) -> &str {
+    pod.metadata.uid.as_deref().unwrap_or("")
 }
 
 /// ConfigMaps and Secrets the agent fetched for one pod: name -> (key -> value). Secret values are decoded.
@@ -305,45 +37,6 @@ impl ContainerView {
 pub struct EnvSources {
     pub config_maps: HashMap<String, BTreeMap<String, String>>,
     pub secrets: HashMap<String, BTreeMap<String, String>>,
-}
-
-/// The names of the ConfigMaps and Secrets a container refers to: its environment and the volumes it mounts.
-pub fn referenced_sources(pod: &PodView, c: &ContainerView) -> (Vec<String>, Vec<String>) {
-    let mut cms = Vec::new();
-    let mut secrets = Vec::new();
-    for e in &c.env {
-        if let Some(vf) = &e.value_from {
-            if let Some(r) = &vf.config_map_key_ref {
-                cms.push(r.name.clone());
-            }
-            if let Some(r) = &vf.secret_key_ref {
-                secrets.push(r.name.clone());
-            }
-        }
-    }
-    for ef in &c.env_from {
-        if let Some(r) = &ef.config_map_ref {
-            cms.push(r.name.clone());
-        }
-        if let Some(r) = &ef.secret_ref {
-            secrets.push(r.name.clone());
-        }
-    }
-    for m in &c.volume_mounts {
-        if let Some(v) = pod.spec.volumes.iter().find(|v| v.name == m.name) {
-            if let Some(cm) = &v.config_map {
-                cms.push(cm.name.clone());
-            }
-            if let Some(s) = &v.secret {
-                secrets.push(s.secret_name.clone());
-            }
-        }
-    }
-    cms.sort();
-    cms.dedup();
-    secrets.sort();
-    secrets.dedup();
-    (cms, secrets)
 }
 
 /// Why a container's environment cannot be built (Kubernetes: `CreateContainerConfigError`). Never contains
@@ -373,8 +66,8 @@ pub struct PodFacts {
 
 /// Build a container's environment in Kubernetes order: `envFrom` sources first, then `env` (later wins).
 pub fn resolve_env(
-    pod: &PodView,
-    c: &ContainerView,
+    pod: &Pod,
+    c: &Container,
     sources: &EnvSources,
     facts: &PodFacts,
 ) -> Result<Vec<(String, String)>, EnvError> {
@@ -391,14 +84,14 @@ pub fn resolve_env(
         if let Some(r) = &ef.config_map_ref {
             match sources.config_maps.get(&r.name) {
                 Some(m) => m.iter().for_each(|(k, v)| set(&mut out, format!("{prefix}{k}"), v.clone())),
-                None if r.optional == Some(true) => {}
+                None if r.optional => {}
                 None => return Err(EnvError::ConfigMapNotFound(r.name.clone())),
             }
         }
         if let Some(r) = &ef.secret_ref {
             match sources.secrets.get(&r.name) {
                 Some(m) => m.iter().for_each(|(k, v)| set(&mut out, format!("{prefix}{k}"), v.clone())),
-                None if r.optional == Some(true) => {}
+                None if r.optional => {}
                 None => return Err(EnvError::SecretNotFound(r.name.clone())),
             }
         }
@@ -415,7 +108,7 @@ pub fn resolve_env(
                 Some(match f.field_path.as_str() {
                     "metadata.name" => pod.metadata.name.clone(),
                     "metadata.namespace" => pod.metadata.namespace.clone(),
-                    "metadata.uid" => pod.metadata.uid.clone(),
+                    "metadata.uid" => pod_uid(pod).to_string(),
                     "spec.nodeName" => facts.node_name.clone(),
                     "status.podIP" | "status.hostIP" => facts.host_ip.clone(),
                     other => return Err(EnvError::UnsupportedField(e.name.clone(), other.to_string())),
@@ -471,7 +164,7 @@ pub struct Mount {
     pub files: Vec<MountFile>,
 }
 
-fn check_mode(path: String, mode: Option<i64>, default: u32) -> Result<u32, EnvError> {
+fn check_mode(path: String, mode: Option<i32>, default: u32) -> Result<u32, EnvError> {
     match mode {
         None => Ok(default),
         Some(m) if (0..=0o777).contains(&m) => Ok(m as u32),
@@ -484,7 +177,7 @@ fn volume_files(
     kind: &'static str,
     name: &str,
     values: Option<&BTreeMap<String, String>>,
-    items: &[KeyToPathView],
+    items: &[KeyToPath],
     default_mode: u32,
     optional: bool,
     vpath: &str,
@@ -525,7 +218,7 @@ fn volume_files(
 
 /// The volumes a container mounts, with their content resolved from already-fetched ConfigMaps and Secrets.
 /// A missing non-optional object or key is an error, as for the environment.
-pub fn resolve_mounts(pod: &PodView, c: &ContainerView, sources: &EnvSources) -> Result<Vec<Mount>, EnvError> {
+pub fn resolve_mounts(pod: &Pod, c: &Container, sources: &EnvSources) -> Result<Vec<Mount>, EnvError> {
     let mut out = Vec::new();
     for m in &c.volume_mounts {
         let (vi, v) = pod
@@ -556,7 +249,7 @@ pub fn resolve_mounts(pod: &PodView, c: &ContainerView, sources: &EnvSources) ->
             let vp = format!("{vpath}.configMap");
             let mode = check_mode(format!("{vp}.defaultMode"), cm.default_mode, CONFIG_MAP_DEFAULT_MODE)?;
             let values = sources.config_maps.get(&cm.name);
-            let optional = cm.optional == Some(true);
+            let optional = cm.optional;
             mount.files = volume_files("configmap", &cm.name, values, &cm.items, mode, optional, &vp)?;
             // ConfigMap and Secret volumes are read-only in Kubernetes whatever the mount says.
             mount.read_only = true;
@@ -564,7 +257,7 @@ pub fn resolve_mounts(pod: &PodView, c: &ContainerView, sources: &EnvSources) ->
             let vp = format!("{vpath}.secret");
             let mode = check_mode(format!("{vp}.defaultMode"), s.default_mode, SECRET_DEFAULT_MODE)?;
             let values = sources.secrets.get(&s.secret_name);
-            let optional = s.optional == Some(true);
+            let optional = s.optional;
             mount.files = volume_files("secret", &s.secret_name, values, &s.items, mode, optional, &vp)?;
             mount.read_only = true;
         } else if v.empty_dir.is_some() {
@@ -610,9 +303,9 @@ pub fn resolve_mounts(pod: &PodView, c: &ContainerView, sources: &EnvSources) ->
 fn lookup(
     maps: &HashMap<String, BTreeMap<String, String>>,
     kind: &'static str,
-    r: &KeyRefView,
+    r: &KeySelector,
 ) -> Result<Option<String>, EnvError> {
-    let optional = r.optional == Some(true);
+    let optional = r.optional;
     match maps.get(&r.name) {
         None if optional => Ok(None),
         None if kind == "secret" => Err(EnvError::SecretNotFound(r.name.clone())),
@@ -669,11 +362,10 @@ mod tests {
     #[test]
     fn limits_use_the_model_quantity_parser() {
         let view = |mem: &str, cpu: &str| {
-            PodView::from_json(&json!({
+            decode_pod(&json!({
                 "metadata": {"name": "p", "uid": "u"},
                 "spec": {"containers": [{"name": "c", "resources": {"limits": {"memory": mem, "cpu": cpu}}}]}
             }))
-            .unwrap()
         };
         let cases: &[(&str, &str, u64, u64)] = &[
             ("128Mi", "500m", 128 << 20, 500),
@@ -683,18 +375,20 @@ mod tests {
             ("1e3", "100m", 1000, 100),
         ];
         for (mem, cpu, bytes, millis) in cases {
-            let l = view(mem, cpu).spec.containers[0].limits().unwrap();
+            let l = view(mem, cpu).unwrap().spec.containers[0].resources.limits();
             assert_eq!(l, Limits { memory_bytes: Some(*bytes), cpu_millis: Some(*millis) }, "{mem} {cpu}");
         }
-        let err = view("12Q", "1").spec.containers[0].limits().unwrap_err().to_string();
-        assert!(err.contains("containers[c].resources.limits.memory") && err.contains("12Q"), "{err}");
-        let err = view("1Mi", "x").spec.containers[0].limits().unwrap_err().to_string();
-        assert!(err.contains("containers[c].resources.limits.cpu"), "{err}");
+        // Limits are parsed when the pod is decoded (the API server parsed them with the same Quantity before
+        // storing the pod): a bad one fails the decoding, naming the field.
+        let err = view("12Q", "1").unwrap_err().to_string();
+        assert!(err.contains("spec.containers[0].resources.limits.memory") && err.contains("12Q"), "{err}");
+        let err = view("1Mi", "x").unwrap_err().to_string();
+        assert!(err.contains("spec.containers[0].resources.limits.cpu"), "{err}");
     }
 
     #[test]
     fn env_resolution_order_and_errors() {
-        let pod = PodView::from_json(&json!({
+        let pod = decode_pod(&json!({
             "metadata": {"name": "p", "uid": "u1"},
             "spec": {"containers": [{
                 "name": "c",
@@ -726,6 +420,31 @@ mod tests {
     }
 
     #[test]
+    fn stored_pods_decode_leniently() {
+        // Fields a later version may add, at every level, are ignored; a pod without a namespace is in `default`.
+        let pod = decode_pod(&json!({
+            "metadata": {"name": "p", "future": 1},
+            "spec": {"future": {}, "containers": [{
+                "name": "c", "future": [1],
+                "readinessProbe": {"tcpSocket": {"port": 80, "future": true}, "future": 2}
+            }]},
+            "status": {"future": "x", "containerStatuses": [{"name": "c", "restartCount": 2, "future": {}}]},
+            "future": null
+        }))
+        .unwrap();
+        assert_eq!(pod.metadata.namespace, "default");
+        assert_eq!(pod.recorded_restart_count("c"), 2);
+        let probe = pod.spec.containers[0].readiness_probe.as_ref().unwrap();
+        assert_eq!(probe.period_seconds, 10, "defaults are the model's");
+        // What the model cannot read is refused with its path, never half-read.
+        let err = decode_pod(&json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": 1}]}})).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pod object: spec.containers[0].name: invalid type: integer `1`, expected a string"
+        );
+    }
+
+    #[test]
     fn secret_decoding() {
         let s = json!({"data": {"a": "aGVsbG8="}, "stringData": {"b": "plain"}});
         let v = secret_values(&s);
@@ -733,8 +452,8 @@ mod tests {
         assert_eq!(v.get("b").map(String::as_str), Some("plain"));
     }
 
-    fn mount_pod() -> PodView {
-        PodView::from_json(&json!({
+    fn mount_pod() -> Pod {
+        decode_pod(&json!({
             "metadata": {"name": "p"},
             "spec": {
                 "volumes": [
@@ -764,7 +483,9 @@ mod tests {
     fn mounts_resolve_items_modes_and_sub_paths() {
         let pod = mount_pod();
         let c = &pod.spec.containers[0];
-        let (cms, secrets) = referenced_sources(&pod, c);
+        let refs = pod.spec.container_config_references(c);
+        let (cms, secrets): (Vec<_>, Vec<_>) =
+            (refs.config_maps.into_iter().collect(), refs.secrets.into_iter().collect());
         assert_eq!((cms, secrets), (vec!["cm".to_string()], vec!["none".to_string(), "sec".to_string()]));
         let mut src = EnvSources::default();
         assert_eq!(resolve_mounts(&pod, c, &src), Err(EnvError::ConfigMapNotFound("cm".into())));
@@ -788,7 +509,7 @@ mod tests {
 
     #[test]
     fn mount_errors_name_the_key_or_field() {
-        let pod = PodView::from_json(&json!({
+        let pod = decode_pod(&json!({
             "metadata": {"name": "p"},
             "spec": {
                 "volumes": [{"name": "v", "configMap": {"name": "cm", "items": [{"key": "missing", "path": "x"}]}}],
@@ -800,7 +521,7 @@ mod tests {
         src.config_maps.insert("cm".into(), BTreeMap::new());
         let err = resolve_mounts(&pod, &pod.spec.containers[0], &src).unwrap_err();
         assert_eq!(err.to_string(), "key \"missing\" not found in configmap \"cm\"");
-        let bad_mode = PodView::from_json(&json!({
+        let bad_mode = decode_pod(&json!({
             "metadata": {"name": "p"},
             "spec": {
                 "volumes": [{"name": "v", "secret": {"secretName": "s", "defaultMode": 4095}}],

@@ -9,9 +9,8 @@ use super::control::ControlPlane;
 use super::probe::{run_probe, ProbeConfig, ProbeTracker};
 use super::restart::{should_restart, Backoff};
 use super::runtime::{Adopted, ExitInfo, Runtime, RuntimeError, StartSpec, Started};
-use super::spec::{
-    referenced_sources, resolve_env, resolve_mounts, ContainerView, EnvSources, Mount, PodFacts, PodView,
-};
+use super::spec::{pod_uid, resolve_env, resolve_mounts, EnvSources, Mount, PodFacts};
+use model::{Container, Pod};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -72,7 +71,7 @@ pub struct PodWorker {
 
 impl PodWorker {
     /// Start a worker for `pod`, adopting `adopted` containers (same pod uid) instead of starting new ones.
-    pub fn spawn(ctx: Arc<WorkerContext>, pod: PodView, adopted: Vec<Adopted>) -> PodWorker {
+    pub fn spawn(ctx: Arc<WorkerContext>, pod: Pod, adopted: Vec<Adopted>) -> PodWorker {
         let containers = pod
             .spec
             .containers
@@ -105,7 +104,7 @@ impl PodWorker {
                 ctx: ctx.clone(),
                 pod: pod.clone(),
                 idx,
-                view: c.clone(),
+                container: c.clone(),
                 state: state.clone(),
                 stop: stop_rx.clone(),
             };
@@ -117,7 +116,7 @@ impl PodWorker {
             }));
         }
         let _ = ctx.dirty.send((pod.metadata.namespace.clone(), pod.metadata.name.clone()));
-        PodWorker { uid: pod.metadata.uid.clone(), state, stop, tasks }
+        PodWorker { uid: pod_uid(&pod).to_string(), state, stop, tasks }
     }
 
     /// Stop every container with the pod's grace period and remove them; returns when done.
@@ -144,9 +143,9 @@ enum Outcome {
 
 struct ContainerWorker {
     ctx: Arc<WorkerContext>,
-    pod: Arc<PodView>,
+    pod: Arc<Pod>,
     idx: usize,
-    view: ContainerView,
+    container: Container,
     state: Arc<Mutex<PodRunState>>,
     stop: watch::Receiver<bool>,
 }
@@ -179,9 +178,9 @@ impl ContainerWorker {
     /// The container's environment and volumes, read from the ConfigMaps and Secrets it references now.
     async fn environment(&self) -> Result<(Vec<(String, String)>, Vec<Mount>), String> {
         let ns = &self.pod.metadata.namespace;
-        let (cms, secrets) = referenced_sources(&self.pod, &self.view);
+        let refs = self.pod.spec.container_config_references(&self.container);
         let mut sources = EnvSources::default();
-        for name in cms {
+        for name in refs.config_maps {
             match self.ctx.control.get_config_map(ns, &name).await {
                 Ok(Some(m)) => {
                     sources.config_maps.insert(name, m);
@@ -190,7 +189,7 @@ impl ContainerWorker {
                 Err(e) => return Err(format!("cannot read configmap {name:?}: {e}")),
             }
         }
-        for name in secrets {
+        for name in refs.secrets {
             match self.ctx.control.get_secret(ns, &name).await {
                 Ok(Some(m)) => {
                     sources.secrets.insert(name, m);
@@ -200,8 +199,8 @@ impl ContainerWorker {
             }
         }
         let facts = PodFacts { node_name: self.ctx.node.clone(), host_ip: "127.0.0.1".into() };
-        let user = resolve_env(&self.pod, &self.view, &sources, &facts).map_err(|e| e.to_string())?;
-        let mounts = resolve_mounts(&self.pod, &self.view, &sources).map_err(|e| e.to_string())?;
+        let user = resolve_env(&self.pod, &self.container, &sources, &facts).map_err(|e| e.to_string())?;
+        let mounts = resolve_mounts(&self.pod, &self.container, &sources).map_err(|e| e.to_string())?;
         let mut env = vec![
             ("POD_NAME".to_string(), self.pod.metadata.name.clone()),
             ("POD_NAMESPACE".to_string(), self.pod.metadata.namespace.clone()),
@@ -219,19 +218,19 @@ impl ContainerWorker {
 
     async fn start(&self, attempt: u32) -> Result<Started, (String, String)> {
         let (env, mounts) = self.environment().await.map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
-        let limits = self.view.limits().map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+        let c = &self.container;
         let spec = StartSpec {
             namespace: self.pod.metadata.namespace.clone(),
             pod: self.pod.metadata.name.clone(),
-            pod_uid: self.pod.metadata.uid.clone(),
-            container: self.view.name.clone(),
-            image: self.view.image.clone(),
-            command: self.view.command.clone(),
-            args: self.view.args.clone(),
+            pod_uid: pod_uid(&self.pod).to_string(),
+            container: c.name.clone(),
+            image: c.image.clone(),
+            command: c.command.clone(),
+            args: c.args.clone(),
             env,
-            working_dir: self.view.working_dir.clone(),
-            container_port: self.view.container_port(),
-            limits,
+            working_dir: c.working_dir.clone(),
+            container_port: c.first_port(),
+            limits: c.resources.limits(),
             attempt,
             mounts,
         };
@@ -242,14 +241,14 @@ impl ContainerWorker {
     }
 
     async fn run(mut self, mut adopted: Option<Adopted>, previous: Option<Adopted>) {
-        let name = self.view.name.clone();
+        let name = self.container.name.clone();
         if let Some(p) = previous {
             self.update(|c| c.previous_id = Some(p.started.id.clone()));
         }
         let mut attempt = adopted.as_ref().map(|a| a.attempt).unwrap_or_else(|| self.pod.recorded_restart_count(&name));
         let mut backoffs = 0u32;
-        let policy = self.pod.restart_policy();
-        let grace = self.pod.grace();
+        let policy = self.pod.spec.restart_policy;
+        let grace = self.pod.spec.termination_grace_period();
         loop {
             if self.stopping() {
                 break;
@@ -305,8 +304,8 @@ impl ContainerWorker {
             };
             let id = started.id.clone();
             let startup_cfg = self.probe_cfg("startup", &started);
-            let has_startup = self.view.startup_probe.is_some();
-            let has_readiness = self.view.readiness_probe.is_some();
+            let has_startup = self.container.startup_probe.is_some();
+            let has_readiness = self.container.readiness_probe.is_some();
             self.update(|c| {
                 if let Some(old) = c.container_id.replace(id.clone()) {
                     if old != id {
@@ -389,15 +388,15 @@ impl ContainerWorker {
     }
 
     fn probe_cfg(&self, which: &'static str, started: &Started) -> Option<Result<ProbeConfig, String>> {
-        let view = match which {
-            "startup" => self.view.startup_probe.as_ref(),
-            "liveness" => self.view.liveness_probe.as_ref(),
-            _ => self.view.readiness_probe.as_ref(),
+        let probe = match which {
+            "startup" => self.container.startup_probe.as_ref(),
+            "liveness" => self.container.liveness_probe.as_ref(),
+            _ => self.container.readiness_probe.as_ref(),
         }?;
-        let declared = self.view.container_port();
+        let declared = self.container.first_port();
         let host_port = started.host_port;
         Some(
-            ProbeConfig::from_view(which, view, &self.view, |p| {
+            ProbeConfig::from_spec(which, probe, &self.container, |p| {
                 if declared.is_none() || Some(p) == declared {
                     host_port
                 } else {
@@ -497,7 +496,7 @@ impl ContainerWorker {
                     if tr.record(&r) == Some(false) {
                         let message = format!(
                             "Container {} failed liveness probe, will be restarted: {}",
-                            self.view.name,
+                            self.container.name,
                             tr.last_failure.clone().unwrap_or_default()
                         );
                         return self.kill_for_probe(&id, message).await;
@@ -526,7 +525,7 @@ impl ContainerWorker {
 
     async fn kill_for_probe(&self, id: &str, message: String) -> Outcome {
         tracing::info!(pod = %self.pod.metadata.name, "{message}");
-        let _ = self.ctx.runtime.stop(id, self.pod.grace()).await;
+        let _ = self.ctx.runtime.stop(id, self.pod.spec.termination_grace_period()).await;
         let exit = self.ctx.runtime.wait(id).await.unwrap_or(ExitInfo {
             code: None,
             signal: Some(9),
@@ -573,7 +572,7 @@ fn state_json(s: &ContainerState) -> Value {
 /// Build a pod's `status` from its containers. Where each container answers is reported as
 /// `status.containerStatuses[].ports[] = {containerPort, hostPort, protocol}` (Berth extension of the model):
 /// endpoints are `status.hostIP:hostPort`.
-pub fn pod_status(pod: &PodView, state: &PodRunState, runtime_kind: &str) -> Value {
+pub fn pod_status(pod: &Pod, state: &PodRunState, runtime_kind: &str) -> Value {
     let cs = &state.containers;
     let all_terminated = !cs.is_empty() && cs.iter().all(|c| matches!(c.state, ContainerState::Terminated { .. }));
     let any_running = cs.iter().any(|c| matches!(c.state, ContainerState::Running { .. }));
@@ -624,7 +623,7 @@ pub fn pod_status(pod: &PodView, state: &PodRunState, runtime_kind: &str) -> Val
                 v["containerID"] = json!(format!("{runtime_kind}://{id}"));
             }
             if let Some(p) = c.host_port {
-                let declared = pod.spec.containers.get(i).and_then(|v| v.container_port()).unwrap_or(p);
+                let declared = pod.spec.containers.get(i).and_then(Container::first_port).unwrap_or(p);
                 v["ports"] = json!([{"containerPort": declared, "hostPort": p, "protocol": "TCP"}]);
             }
             v

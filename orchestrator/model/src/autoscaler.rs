@@ -19,9 +19,11 @@ use super::quantity::Quantity;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Autoscaler {
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
     #[serde(default)]
     pub metadata: ObjectMeta,
@@ -35,7 +37,7 @@ fn default_one() -> i32 {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AutoscalerSpec {
     pub scale_target_ref: ScaleTargetRef,
     /// 0 allows scale to zero (the proxy holds the first requests while a replica starts).
@@ -53,7 +55,7 @@ fn default_apps_v1() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ScaleTargetRef {
     #[serde(default = "default_apps_v1")]
     pub api_version: String,
@@ -63,7 +65,7 @@ pub struct ScaleTargetRef {
 
 /// One metric; exactly one field is set. With several metrics the largest desired replica count wins.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AutoscalerMetric {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<PerReplicaTarget>,
@@ -77,19 +79,19 @@ pub struct AutoscalerMetric {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PerReplicaTarget {
     pub target_per_replica: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LatencyCeiling {
     pub ceiling_milliseconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CpuTarget {
     /// Percent of the pods' CPU request.
     pub target_utilization_percent: i32,
@@ -123,7 +125,7 @@ impl AutoscalerMetric {
 
 /// HPA v2 `behavior`, with a per-direction tolerance (default 10%).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Behavior {
     #[serde(default = "ScalingRules::default_up")]
     pub scale_up: ScalingRules,
@@ -144,7 +146,7 @@ fn default_tolerance() -> f64 {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ScalingRules {
     pub stabilization_window_seconds: i32,
     #[serde(default)]
@@ -213,7 +215,7 @@ pub enum SelectPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ScalingPolicy {
     #[serde(rename = "type")]
     pub type_: ScalingPolicyType,
@@ -228,7 +230,7 @@ pub enum ScalingPolicyType {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AutoscalerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -255,7 +257,7 @@ pub const RECENT_DECISIONS: usize = 10;
 
 /// One scaling decision, as recorded in status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ScaleRecord {
     pub time: Time,
     pub from_replicas: i32,
@@ -265,7 +267,7 @@ pub struct ScaleRecord {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct MetricStatus {
     pub name: MetricName,
     /// Per replica (rps, concurrency), milliseconds (latency) or percent (cpu); absent when unknown.
@@ -357,9 +359,11 @@ impl Autoscaler {
 // HorizontalPodAutoscaler (autoscaling/v2)
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HorizontalPodAutoscaler {
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
     #[serde(default)]
     pub metadata: ObjectMeta,
@@ -369,7 +373,7 @@ pub struct HorizontalPodAutoscaler {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HpaSpec {
     pub scale_target_ref: ScaleTargetRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -382,7 +386,7 @@ pub struct HpaSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HpaMetricSpec {
     #[serde(rename = "type")]
     pub type_: HpaMetricType,
@@ -408,21 +412,21 @@ pub enum HpaMetricType {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HpaResourceMetric {
     pub name: String,
     pub target: HpaMetricTarget,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HpaPodsMetric {
     pub metric: HpaMetricIdentifier,
     pub target: HpaMetricTarget,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HpaObjectMetric {
     pub described_object: HpaObjectReference,
     pub metric: HpaMetricIdentifier,
@@ -430,7 +434,7 @@ pub struct HpaObjectMetric {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HpaObjectReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
@@ -439,7 +443,7 @@ pub struct HpaObjectReference {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HpaMetricIdentifier {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -447,7 +451,7 @@ pub struct HpaMetricIdentifier {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HpaMetricTarget {
     #[serde(rename = "type")]
     pub type_: HpaTargetType,
@@ -467,7 +471,7 @@ pub enum HpaTargetType {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HpaBehavior {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_up: Option<HpaScalingRules>,
@@ -476,7 +480,7 @@ pub struct HpaBehavior {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HpaScalingRules {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stabilization_window_seconds: Option<i32>,

@@ -15,6 +15,12 @@
 //! - `decode(kind, json) -> Result<Document, ManifestError>` validates one API body the same way.
 //! - A `Document`'s `object` is the normalized JSON that gets stored (apiVersion/kind/metadata/spec[/status]).
 //!
+//! Strict in, lenient out: [`manifest`] rejects fields a kind does not know (with their path), but the types
+//! themselves accept and drop them, so that agents and controllers decode stored objects with these very types
+//! (`serde_json::from_value`) and a field added by a later version never breaks them. For the same reason
+//! `apiVersion` and `kind` default to empty when absent; manifest decoding requires them on the raw document.
+//! Fields Kubernetes has and Berth does not implement are typed [`Ignored`], kept, and produce a warning.
+//!
 //! Normalized form: the typed object serialized back, with defaults filled in (replicas 1, RollingUpdate
 //! 25%/25%, probe periods, restart policy `Always`, protocol `TCP`, autoscaler behavior...), Secret
 //! `stringData` folded into base64 `data`, `metadata.namespace` set for namespaced kinds. ConfigMap and Secret
@@ -39,24 +45,36 @@
 pub mod auth;
 pub mod autoscaler;
 pub mod clock;
+pub mod config;
+pub mod container;
+pub mod deployment;
 pub mod key;
 pub mod manifest;
 pub mod meta;
+pub mod node;
+pub mod pod;
 pub mod quantity;
+pub mod resources;
 pub mod revision;
 pub mod rollout;
+pub mod scheduling;
 pub mod service;
 pub mod wire;
-pub mod workloads;
 
 pub use autoscaler::*;
+pub use config::*;
+pub use container::*;
+pub use deployment::*;
 pub use key::{Key, Prefix};
 pub use manifest::{decode, decode_in, Document, ManifestError, ManifestErrorKind};
 pub use meta::*;
+pub use node::*;
+pub use pod::*;
 pub use quantity::{Quantity, QuantityError};
+pub use resources::*;
 pub use revision::RevisionRecord;
+pub use scheduling::*;
 pub use service::*;
-pub use workloads::*;
 
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt;

@@ -5,12 +5,16 @@
 //! `web.yaml: document 2: spec.template.spec.containers[0].portz: unknown field`. Documents that are a
 //! Kubernetes `List` (`kind: List`, `items: [...]`) are expanded; paths inside them start with `items[N]`.
 //!
+//! Decoding here is strict, the model's types are not: a field its kind does not know is rejected
+//! (`ManifestErrorKind::UnknownField`) by this module, which records ignored fields while it deserializes
+//! (`serde_ignored`), so that agents and controllers can read stored objects with the same types leniently.
+//!
 //! In a manifest, `status` is dropped without a look (users export objects with it); an API body read by
 //! [`decode`] keeps and checks it, because agents and controllers write status through the API.
 
 use super::meta::{field_err, join, validate_dns1035_label, validate_dns_label, validate_dns_subdomain};
 use super::meta::{Check, FieldError, ObjectMeta};
-use super::{autoscaler, service, workloads, Kind, Object};
+use super::{autoscaler, config, deployment, node, pod, service, Kind, Object};
 use serde::Deserialize;
 use serde_json::Value;
 use std::fmt;
@@ -346,33 +350,29 @@ fn decode_value(mut value: Value, expected: Option<Kind>, default_ns: &str, mode
     let mut cx = Check::default();
     let secret = kind == Kind::Secret;
     let object = match kind_text.as_str() {
-        "Node" => finish::<workloads::Node>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?,
-        "Deployment" => finish::<workloads::Deployment>(
+        "Node" => finish::<node::Node>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?,
+        "Deployment" => finish::<deployment::Deployment>(
             typed(value, secret)?,
             default_ns,
             &mut cx,
             |o, cx| o.check(cx),
-            workloads::normalize_deployment,
+            deployment::Deployment::normalize,
         )?,
-        "Pod" => finish::<workloads::Pod>(
-            typed(value, secret)?,
-            default_ns,
-            &mut cx,
-            |o, cx| o.check(cx),
-            workloads::normalize_pod,
-        )?,
+        "Pod" => {
+            finish::<pod::Pod>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), pod::Pod::normalize)?
+        }
         "Service" => {
             finish::<service::Service>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?
         }
         "ConfigMap" => {
-            finish::<workloads::ConfigMap>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?
+            finish::<config::ConfigMap>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?
         }
-        "Secret" => finish::<workloads::Secret>(
+        "Secret" => finish::<config::Secret>(
             typed(value, secret)?,
             default_ns,
             &mut cx,
             |o, cx| o.check(cx),
-            workloads::normalize_secret,
+            config::Secret::normalize,
         )?,
         "Route" => finish::<service::Route>(typed(value, secret)?, default_ns, &mut cx, |o, cx| o.check(cx), |_| {})?,
         "Ingress" => {
@@ -414,9 +414,22 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Deserialize strictly, turning serde's message into a path and a short reason.
+/// Deserialize a document strictly: like Kubernetes, reject fields its type does not know. The model's types
+/// are lenient themselves (agents and controllers read stored objects with them, and a field added by a later
+/// version must not break those readers); strictness lives here. Unknown fields are collected while the
+/// document deserializes, and the first one wins if it came before the first deserialization error in
+/// document order, as `deny_unknown_fields` would have stopped there: serde visits the document in order and
+/// stops at the first error, so a field recorded before the error came first.
 fn typed<T: serde::de::DeserializeOwned>(value: Value, secret: bool) -> Result<T, Fail> {
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+    let mut unknown: Option<String> = None;
+    let mut record = |path: serde_ignored::Path<'_>| {
+        unknown.get_or_insert_with(|| ignored_path(&path));
+    };
+    let result = serde_path_to_error::deserialize::<_, T>(serde_ignored::Deserializer::new(value, &mut record));
+    if let Some(path) = unknown {
+        return Err(Fail { kind: ManifestErrorKind::UnknownField, path: Some(path), message: "unknown field".into() });
+    }
+    result.map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         let msg = e.inner().to_string();
@@ -424,12 +437,22 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value, secret: bool) -> Result<T
     })
 }
 
+/// An ignored field's path written as serde_path_to_error writes error paths (`spec.containers[0].portz`).
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => join(&ignored_path(parent), key),
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}
+
 fn classify(path: String, msg: &str, secret: bool) -> Fail {
     let backticked = |m: &str| m.split('`').nth(1).map(str::to_string);
     let some = |p: String| if p.is_empty() { None } else { Some(p) };
-    if msg.starts_with("unknown field") {
-        return Fail { kind: ManifestErrorKind::UnknownField, path: some(path), message: "unknown field".into() };
-    }
     if msg.starts_with("missing field") {
         let field = backticked(msg).unwrap_or_default();
         return Fail {

@@ -224,7 +224,7 @@ impl<'de> Deserialize<'de> for Time {
 
 /// Kubernetes `metadata`. `resourceVersion` is the store revision as a decimal string, as in Kubernetes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -291,7 +291,7 @@ impl ObjectMeta {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct OwnerReference {
     pub api_version: String,
     pub kind: String,
@@ -309,7 +309,7 @@ pub struct OwnerReference {
 
 /// Kubernetes `LabelSelector`: `matchLabels` AND every `matchExpressions` term.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: Labels,
@@ -318,7 +318,7 @@ pub struct LabelSelector {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LabelSelectorRequirement {
     pub key: String,
     pub operator: SelectorOperator,
@@ -486,7 +486,7 @@ pub enum ConditionStatus {
 /// A status condition (`Ready`, `PodScheduled`, `Available`, `Progressing`, ...). One shape for every kind;
 /// the timestamps a kind does not use stay empty.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
@@ -513,6 +513,44 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
 /// Whether the condition of type `type_` is present and `True`.
 pub fn condition_is_true(conditions: &[Condition], type_: &str) -> bool {
     find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Small rules and serde defaults the kinds share
+
+pub(crate) fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+pub(crate) fn default_one() -> i32 {
+    1
+}
+
+pub(crate) fn non_negative(path: &str, v: i32) -> CheckResult {
+    if v < 0 {
+        Err(field_err(path, format!("must be >= 0 (got {v})")))
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn at_least_one(path: &str, v: i32) -> CheckResult {
+    if v < 1 {
+        Err(field_err(path, format!("must be >= 1 (got {v})")))
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn check_port(path: &str, port: i32) -> CheckResult {
+    if !(1..=65535).contains(&port) {
+        return Err(field_err(path, format!("must be between 1 and 65535 (got {port})")));
+    }
+    Ok(())
+}
+
+pub(crate) fn is_http_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]

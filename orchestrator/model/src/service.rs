@@ -6,7 +6,6 @@
 //! the endpoints controller and the registry publisher call them; the proxy never sees these types.
 
 use super::meta::*;
-use super::workloads::{check_port, is_http_token};
 use discovery::Protocol;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -15,9 +14,11 @@ use std::collections::BTreeMap;
 // Service
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Service {
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
     #[serde(default)]
     pub metadata: ObjectMeta,
@@ -28,7 +29,7 @@ pub struct Service {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Pods whose labels include all of these are the service's endpoints. Empty: no endpoints are published.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -95,7 +96,7 @@ pub enum ServiceType {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -112,7 +113,7 @@ pub struct ServicePort {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LoadBalancing {
     #[serde(default)]
     pub policy: BalancePolicyName,
@@ -134,7 +135,7 @@ pub enum BalancePolicyName {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HashOnSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
@@ -159,7 +160,7 @@ fn default_unhealthy() -> u32 {
 
 /// Active health checking by the proxy: an HTTP GET of `path`, or a TCP connect when `path` is absent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceHealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -177,7 +178,7 @@ pub struct ServiceHealthCheck {
 /// answer has one of `onStatuses` is sent again to a different endpoint, within the proxy's retry budget; the
 /// client gets the last attempt's answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceRetry {
     #[serde(default)]
     pub on_statuses: Vec<u16>,
@@ -393,9 +394,11 @@ fn clamp_port(p: i32) -> u16 {
 // Route (berth.dev/v1)
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Route {
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
     #[serde(default)]
     pub metadata: ObjectMeta,
@@ -405,7 +408,7 @@ pub struct Route {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
     /// Exact names or `*.suffix` wildcards; empty matches any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -420,7 +423,7 @@ pub struct RouteSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteRule {
     /// Overrides `spec.hosts` for this rule (an Ingress with several hosts converts to rules with hosts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -460,7 +463,7 @@ impl RouteRule {
 
 /// Exactly one of `exact` and `prefix` (element-wise, as Kubernetes `Prefix`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PathMatchSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<String>,
@@ -469,7 +472,7 @@ pub struct PathMatchSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderMatchSpec {
     pub name: String,
     /// Exact value; absent means the header must be present.
@@ -478,7 +481,7 @@ pub struct HeaderMatchSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteBackend {
     pub service: String,
     /// Service port by number or name; absent uses the service's first port.
@@ -487,14 +490,14 @@ pub struct RouteBackend {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Rewrite {
     /// Replaces the matched path prefix.
     pub prefix: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderModifier {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub add: Vec<HeaderValue>,
@@ -503,21 +506,21 @@ pub struct HeaderModifier {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderValue {
     pub name: String,
     pub value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     /// Per proxy.
     pub requests_per_second: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteTls {
     pub hosts: Vec<String>,
     /// A `kubernetes.io/tls` Secret in the route's namespace.
@@ -698,9 +701,11 @@ impl Route {
 // Ingress (networking.k8s.io/v1), read as a Route
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Ingress {
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
     #[serde(default)]
     pub metadata: ObjectMeta,
@@ -711,7 +716,7 @@ pub struct Ingress {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_class_name: Option<Ignored>,
@@ -724,7 +729,7 @@ pub struct IngressSpec {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IngressBackend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<IngressServiceBackend>,
@@ -733,14 +738,14 @@ pub struct IngressBackend {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IngressServiceBackend {
     pub name: String,
     pub port: ServiceBackendPort,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceBackendPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<i32>,
@@ -749,7 +754,7 @@ pub struct ServiceBackendPort {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IngressTls {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
@@ -758,7 +763,7 @@ pub struct IngressTls {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IngressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -767,13 +772,13 @@ pub struct IngressRule {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpIngressRuleValue {
     pub paths: Vec<HttpIngressPath>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpIngressPath {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,

@@ -13,7 +13,8 @@ pub mod docker;
 pub mod log_keeper;
 pub mod process;
 
-pub use crate::spec::{Limits, Mount, MountFile};
+pub use crate::spec::{Mount, MountFile};
+pub use model::Limits;
 
 /// Everything needed to start one container (environment and volume contents already resolved). `Debug`
 /// prints environment names and mount paths only: values may be secrets.

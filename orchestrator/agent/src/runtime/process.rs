@@ -11,7 +11,7 @@
 
 use super::log_keeper;
 use super::{Adopted, ExitInfo, LogOptions, LogStream, Runtime, RuntimeError, StartSpec, Started};
-use crate::spec::Limits;
+use model::Limits;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use parking_lot::Mutex;

@@ -108,39 +108,11 @@ pub fn template_hash(template: &PodTemplateSpec) -> String {
     format!("{:010x}", h & 0xff_ffff_ffff)
 }
 
-/// The names of the ConfigMaps and Secrets a pod template references (env, envFrom, volumes).
+/// The names of the ConfigMaps and Secrets a pod template references (every container's env and envFrom,
+/// every volume, mounted or not): what its config hash covers.
 pub fn referenced_config(t: &PodTemplateSpec) -> (BTreeSet<String>, BTreeSet<String>) {
-    let mut cms = BTreeSet::new();
-    let mut secrets = BTreeSet::new();
-    for c in &t.spec.containers {
-        for e in &c.env {
-            if let Some(vf) = &e.value_from {
-                if let Some(r) = &vf.config_map_key_ref {
-                    cms.insert(r.name.clone());
-                }
-                if let Some(r) = &vf.secret_key_ref {
-                    secrets.insert(r.name.clone());
-                }
-            }
-        }
-        for ef in &c.env_from {
-            if let Some(r) = &ef.config_map_ref {
-                cms.insert(r.name.clone());
-            }
-            if let Some(r) = &ef.secret_ref {
-                secrets.insert(r.name.clone());
-            }
-        }
-    }
-    for v in &t.spec.volumes {
-        if let Some(c) = &v.config_map {
-            cms.insert(c.name.clone());
-        }
-        if let Some(s) = &v.secret {
-            secrets.insert(s.secret_name.clone());
-        }
-    }
-    (cms, secrets)
+    let refs = t.spec.config_references();
+    (refs.config_maps, refs.secrets)
 }
 
 /// Whether the Deployment asks to roll out when its ConfigMaps or Secrets change.

@@ -1,5 +1,6 @@
-//! The adapter from stored objects ([`model::Pod`], [`model::Node`]) to the scheduler's own input types
-//! ([`PodInfo`], [`NodeInfo`]).
+//! The adapter from stored objects ([`model::Pod`], [`model::Node`]) to placement's inputs ([`PodInfo`],
+//! [`NodeInfo`]): the model's own taints, tolerations and node affinity, label selectors parsed once, and
+//! resources as numbers.
 //!
 //! It is pure and total: every valid stored object converts, and the conversion decides only what the
 //! placement code cannot see in the model's shapes:
@@ -28,21 +29,13 @@ pub fn node_info(node: &model::Node) -> NodeInfo {
     let alloc = node.allocatable();
     let mut labels = node.metadata.labels.clone();
     labels.insert(NODE_NAME_LABEL.to_string(), node.metadata.name.clone());
-    let mut taints: Vec<s::Taint> = node
-        .spec
-        .taints
-        .iter()
-        .map(|t| s::Taint {
-            key: t.key.clone(),
-            value: t.value.clone().unwrap_or_default(),
-            effect: taint_effect(t.effect),
-        })
-        .collect();
+    let mut taints = node.spec.taints.clone();
     if !node.is_ready() {
-        taints.push(s::Taint {
+        taints.push(model::Taint {
             key: NOT_READY_TAINT_KEY.to_string(),
-            value: String::new(),
-            effect: s::TaintEffect::NoSchedule,
+            value: None,
+            effect: model::TaintEffect::NoSchedule,
+            time_added: None,
         });
     }
     NodeInfo {
@@ -70,96 +63,56 @@ pub fn pod_info(pod: &model::Pod) -> PodInfo {
         requests: s::Requests { cpu_millis: req.cpu_millis, memory_bytes: req.memory_bytes },
         node_selector: spec.node_selector.clone(),
         node_affinity: affinity.node_affinity.as_ref().map(node_affinity).unwrap_or_default(),
-        pod_affinity: affinity.pod_affinity.as_ref().map(pod_affinity).unwrap_or_default(),
-        pod_anti_affinity: affinity.pod_anti_affinity.as_ref().map(pod_affinity).unwrap_or_default(),
-        tolerations: spec.tolerations.iter().map(toleration).collect(),
+        pod_affinity: affinity.pod_affinity.as_ref().map(affinity_terms).unwrap_or_default(),
+        pod_anti_affinity: affinity.pod_anti_affinity.as_ref().map(affinity_terms).unwrap_or_default(),
+        tolerations: spec.tolerations.clone(),
         topology_spread_constraints: spec
             .topology_spread_constraints
             .iter()
-            .map(|c| s::TopologySpreadConstraint {
+            .map(|c| s::SpreadConstraint {
                 max_skew: u32::try_from(c.max_skew).unwrap_or(1).max(1),
                 topology_key: c.topology_key.clone(),
-                when_unsatisfiable: match c.when_unsatisfiable {
-                    model::WhenUnsatisfiable::DoNotSchedule => s::WhenUnsatisfiable::DoNotSchedule,
-                    model::WhenUnsatisfiable::ScheduleAnyway => s::WhenUnsatisfiable::ScheduleAnyway,
-                },
-                label_selector: c.label_selector.as_ref().map(|l| l.to_selector()),
+                when_unsatisfiable: c.when_unsatisfiable,
+                selector: c.label_selector.as_ref().map(|l| l.to_selector()),
             })
             .collect(),
     }
 }
 
-fn taint_effect(e: model::TaintEffect) -> s::TaintEffect {
-    match e {
-        model::TaintEffect::NoSchedule => s::TaintEffect::NoSchedule,
-        model::TaintEffect::PreferNoSchedule => s::TaintEffect::PreferNoSchedule,
-        model::TaintEffect::NoExecute => s::TaintEffect::NoExecute,
+/// The pod's node affinity with `matchFields` folded into `matchExpressions` on [`NODE_NAME_LABEL`].
+fn node_affinity(a: &model::NodeAffinity) -> model::NodeAffinity {
+    let mut a = a.clone();
+    let required =
+        a.required_during_scheduling_ignored_during_execution.iter_mut().flat_map(|r| &mut r.node_selector_terms);
+    let preferred = a.preferred_during_scheduling_ignored_during_execution.iter_mut().map(|p| &mut p.preference);
+    for term in required.chain(preferred) {
+        fold_match_fields(term);
     }
+    a
 }
 
-fn toleration(t: &model::Toleration) -> s::Toleration {
-    s::Toleration {
-        key: t.key.clone().unwrap_or_default(),
-        operator: match t.operator {
-            model::TolerationOperator::Exists => s::TolerationOperator::Exists,
-            model::TolerationOperator::Equal => s::TolerationOperator::Equal,
-        },
-        value: t.value.clone().unwrap_or_default(),
-        effect: t.effect.map(taint_effect),
-    }
-}
-
-fn node_affinity(a: &model::NodeAffinity) -> s::NodeAffinity {
-    s::NodeAffinity {
-        required: a
-            .required_during_scheduling_ignored_during_execution
-            .as_ref()
-            .map(|r| s::NodeSelector { node_selector_terms: r.node_selector_terms.iter().map(term).collect() }),
-        preferred: a
-            .preferred_during_scheduling_ignored_during_execution
-            .iter()
-            .map(|p| s::PreferredSchedulingTerm { weight: p.weight, preference: term(&p.preference) })
-            .collect(),
-    }
-}
-
-fn term(t: &model::NodeSelectorTerm) -> s::NodeSelectorTerm {
-    let expressions = t.match_expressions.iter().map(|r| (r.key.as_str(), r));
+fn fold_match_fields(t: &mut model::NodeSelectorTerm) {
     // Validation admits only `metadata.name` in matchFields.
-    let fields = t.match_fields.iter().map(|r| (NODE_NAME_LABEL, r));
-    s::NodeSelectorTerm {
-        match_expressions: expressions
-            .chain(fields)
-            .map(|(key, r)| s::NodeSelectorRequirement {
-                key: key.to_string(),
-                operator: match r.operator {
-                    model::NodeSelectorOperator::In => s::NodeSelectorOperator::In,
-                    model::NodeSelectorOperator::NotIn => s::NodeSelectorOperator::NotIn,
-                    model::NodeSelectorOperator::Exists => s::NodeSelectorOperator::Exists,
-                    model::NodeSelectorOperator::DoesNotExist => s::NodeSelectorOperator::DoesNotExist,
-                    model::NodeSelectorOperator::Gt => s::NodeSelectorOperator::Gt,
-                    model::NodeSelectorOperator::Lt => s::NodeSelectorOperator::Lt,
-                },
-                values: r.values.clone(),
-            })
-            .collect(),
+    for mut r in std::mem::take(&mut t.match_fields) {
+        r.key = NODE_NAME_LABEL.to_string();
+        t.match_expressions.push(r);
     }
 }
 
-fn pod_affinity(a: &model::PodAffinity) -> s::PodAffinity {
-    s::PodAffinity {
+fn affinity_terms(a: &model::PodAffinity) -> s::AffinityTerms {
+    s::AffinityTerms {
         required: a.required_during_scheduling_ignored_during_execution.iter().map(affinity_term).collect(),
         preferred: a
             .preferred_during_scheduling_ignored_during_execution
             .iter()
-            .map(|w| s::WeightedPodAffinityTerm { weight: w.weight, term: affinity_term(&w.pod_affinity_term) })
+            .map(|w| s::WeightedAffinityTerm { weight: w.weight, term: affinity_term(&w.pod_affinity_term) })
             .collect(),
     }
 }
 
-fn affinity_term(t: &model::PodAffinityTerm) -> s::PodAffinityTerm {
-    s::PodAffinityTerm {
-        label_selector: t.label_selector.as_ref().map(|l| l.to_selector()),
+fn affinity_term(t: &model::PodAffinityTerm) -> s::AffinityTerm {
+    s::AffinityTerm {
+        selector: t.label_selector.as_ref().map(|l| l.to_selector()),
         namespaces: t.namespaces.clone(),
         topology_key: t.topology_key.clone(),
     }
@@ -199,7 +152,12 @@ status:
         assert_eq!(n.labels.get(NODE_NAME_LABEL).map(String::as_str), Some("n1"));
         assert_eq!(
             n.taints,
-            vec![s::Taint { key: "gpu".into(), value: "yes".into(), effect: s::TaintEffect::NoSchedule }]
+            vec![model::Taint {
+                key: "gpu".into(),
+                value: Some("yes".into()),
+                effect: model::TaintEffect::NoSchedule,
+                time_added: None
+            }]
         );
         assert!(!n.unschedulable);
     }
@@ -269,21 +227,22 @@ spec:
         assert_eq!(i.requests, s::Requests { cpu_millis: 1250, memory_bytes: (64 << 20) + (1 << 30) });
         assert_eq!(i.node_selector.get("disk").map(String::as_str), Some("ssd"));
         assert_eq!(i.tolerations.len(), 2);
-        assert_eq!(i.tolerations[1].operator, s::TolerationOperator::Exists);
-        assert!(i.tolerations[1].key.is_empty());
-        let req = i.node_affinity.required.as_ref().expect("required");
+        assert_eq!(i.tolerations[1].operator, model::TolerationOperator::Exists);
+        assert!(i.tolerations[1].key.is_none());
+        let req = i.node_affinity.required_during_scheduling_ignored_during_execution.as_ref().expect("required");
         let exprs = &req.node_selector_terms[0].match_expressions;
         assert_eq!(exprs.len(), 2);
-        assert_eq!(exprs[0].operator, s::NodeSelectorOperator::Gt);
+        assert_eq!(exprs[0].operator, model::NodeSelectorOperator::Gt);
         assert_eq!(exprs[1].key, NODE_NAME_LABEL);
-        assert_eq!(i.node_affinity.preferred[0].weight, 5);
+        assert!(req.node_selector_terms[0].match_fields.is_empty());
+        assert_eq!(i.node_affinity.preferred_during_scheduling_ignored_during_execution[0].weight, 5);
         assert_eq!(i.pod_anti_affinity.required[0].topology_key, "kubernetes.io/hostname");
         assert_eq!(i.pod_affinity.preferred[0].weight, 7);
         assert_eq!(i.pod_affinity.preferred[0].term.namespaces, vec!["data"]);
         let c = &i.topology_spread_constraints[0];
         assert_eq!(c.max_skew, 2);
-        assert_eq!(c.when_unsatisfiable, s::WhenUnsatisfiable::ScheduleAnyway);
-        assert!(c.label_selector.is_some());
+        assert_eq!(c.when_unsatisfiable, model::WhenUnsatisfiable::ScheduleAnyway);
+        assert!(c.selector.is_some());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::intern::{
 use super::rng::SeededRng;
 use super::types::*;
 use super::verdict::{RejectReason, Unschedulable};
+use model::{TaintEffect, TolerationOperator, WhenUnsatisfiable};
 use std::sync::Arc;
 
 const NONE: u32 = u32::MAX;
@@ -55,12 +56,14 @@ pub fn fits(alloc: &Allocatable, used: &Usage, req: &Requests) -> Result<(), Rej
     Ok(())
 }
 
+/// A taint with its key and value interned (an absent value is the empty string).
 struct ITaint {
     key: Sym,
     value: Sym,
     effect: TaintEffect,
 }
 
+/// A toleration with its key and value interned; `tolerates` is `model::Toleration::tolerates` on symbols.
 struct ITol {
     key: Option<Sym>,
     exists: bool,
@@ -256,7 +259,7 @@ impl Cycle {
                     .iter()
                     .map(|t| ITaint {
                         key: interner.intern(&t.key),
-                        value: interner.intern(&t.value),
+                        value: interner.intern(t.value.as_deref().unwrap_or("")),
                         effect: t.effect,
                     })
                     .collect();
@@ -520,8 +523,8 @@ impl Cycle {
         id
     }
 
-    fn affinity_term(&mut self, t: &PodAffinityTerm, owner_ns: Sym) -> u32 {
-        let sel = t.label_selector.as_ref().map(|s| compile_selector(&mut self.interner, s));
+    fn affinity_term(&mut self, t: &AffinityTerm, owner_ns: Sym) -> u32 {
+        let sel = t.selector.as_ref().map(|s| compile_selector(&mut self.interner, s));
         let mut ns: Vec<Sym> = if t.namespaces.is_empty() {
             vec![owner_ns]
         } else {
@@ -603,15 +606,15 @@ impl Cycle {
         let (score_cpu, score_mem) = score_requests(&pod.requests);
         let node_selector: Box<[(Sym, Sym)]> =
             pod.node_selector.iter().map(|(k, v)| (self.interner.intern(k), self.interner.intern(v))).collect();
-        let required_node = pod.node_affinity.required.as_ref().map(|r| {
+        let node_affinity = &pod.node_affinity;
+        let required_node = node_affinity.required_during_scheduling_ignored_during_execution.as_ref().map(|r| {
             r.node_selector_terms
                 .iter()
                 .map(|t| compile_node_requirements(&mut self.interner, &t.match_expressions))
                 .collect::<Box<[_]>>()
         });
-        let preferred_node = pod
-            .node_affinity
-            .preferred
+        let preferred_node = node_affinity
+            .preferred_during_scheduling_ignored_during_execution
             .iter()
             .filter(|p| !p.preference.match_expressions.is_empty() && p.weight != 0)
             .map(|p| (p.weight as i64, compile_node_requirements(&mut self.interner, &p.preference.match_expressions)))
@@ -621,9 +624,9 @@ impl Cycle {
             .tolerations
             .iter()
             .map(|t| ITol {
-                key: (!t.key.is_empty()).then(|| self.interner.intern(&t.key)),
+                key: t.key.as_deref().filter(|k| !k.is_empty()).map(|k| self.interner.intern(k)),
                 exists: t.operator == TolerationOperator::Exists,
-                value: self.interner.intern(&t.value),
+                value: self.interner.intern(t.value.as_deref().unwrap_or("")),
                 effect: t.effect,
             })
             .collect();
@@ -695,7 +698,7 @@ impl Cycle {
         }
         let mut hard = Vec::new();
         for c in &pod.topology_spread_constraints {
-            let sel = c.label_selector.as_ref().map(|s| compile_selector(&mut self.interner, s));
+            let sel = c.selector.as_ref().map(|s| compile_selector(&mut self.interner, s));
             let topo_key = self.interner.intern(&c.topology_key);
             let term = self.term(TermKey { sel, ns: Box::new([ctx.ns]), topo_key });
             let t = &self.terms[term as usize];

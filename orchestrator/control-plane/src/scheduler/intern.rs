@@ -1,8 +1,8 @@
 //! Interned labels and compiled selectors: every label key and value the cycle sees becomes a `u32`, so
 //! matching is integer comparison and the topology tables are plain vectors.
 
-use super::types::{NodeSelectorOperator, NodeSelectorRequirement};
 use discovery::{Labels, Operator, Selector};
+use model::{NodeSelectorOperator, NodeSelectorRequirement};
 use std::collections::HashMap;
 
 /// A fixed, unseeded fast hasher: the cycle never iterates a map in an order that affects placement, and

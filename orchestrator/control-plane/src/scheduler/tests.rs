@@ -5,6 +5,10 @@ use super::bind::{BindError, Binder, Observe, Runner};
 use super::memory::MemoryCluster;
 use super::*;
 use discovery::{Labels, Operator, Requirement, Selector};
+use model::{
+    NodeSelector, NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm, PreferredSchedulingTerm, Taint,
+    TaintEffect, Toleration, TolerationOperator, WhenUnsatisfiable,
+};
 use proptest::prelude::*;
 
 const GI: u64 = 1 << 30;
@@ -39,8 +43,8 @@ fn eq(key: &str, value: &str) -> Selector {
     Selector { requirements: vec![Requirement { key: key.into(), op: Operator::Equals, values: vec![value.into()] }] }
 }
 
-fn term(app: &str, topology_key: &str) -> PodAffinityTerm {
-    PodAffinityTerm { label_selector: Some(eq("app", app)), namespaces: vec![], topology_key: topology_key.into() }
+fn term(app: &str, topology_key: &str) -> AffinityTerm {
+    AffinityTerm { selector: Some(eq("app", app)), namespaces: vec![], topology_key: topology_key.into() }
 }
 
 fn bound(p: PodInfo, node: &str) -> BoundPod {
@@ -51,13 +55,17 @@ fn nreq(key: &str, op: NodeSelectorOperator, values: &[&str]) -> NodeSelectorReq
     NodeSelectorRequirement { key: key.into(), operator: op, values: values.iter().map(|v| v.to_string()).collect() }
 }
 
-fn spread(key: &str, app: &str, max_skew: u32, when: WhenUnsatisfiable) -> TopologySpreadConstraint {
-    TopologySpreadConstraint {
-        max_skew,
-        topology_key: key.into(),
-        when_unsatisfiable: when,
-        label_selector: Some(eq("app", app)),
-    }
+fn spread(key: &str, app: &str, max_skew: u32, when: WhenUnsatisfiable) -> SpreadConstraint {
+    SpreadConstraint { max_skew, topology_key: key.into(), when_unsatisfiable: when, selector: Some(eq("app", app)) }
+}
+
+fn node_taint(key: &str, value: &str, effect: TaintEffect) -> Taint {
+    Taint { key: key.into(), value: Some(value.into()), effect, time_added: None }
+}
+
+/// A node selector term of expressions only.
+fn expressions(match_expressions: Vec<NodeSelectorRequirement>) -> NodeSelectorTerm {
+    NodeSelectorTerm { match_expressions, ..NodeSelectorTerm::default() }
 }
 
 fn three_zones() -> Vec<NodeInfo> {
@@ -135,9 +143,8 @@ fn node_selector_and_affinity_filters() {
     let nodes = vec![n1, gpu, node("n3", "c")];
     let with_required = |terms: Vec<Vec<NodeSelectorRequirement>>| {
         let mut p = pod("p", "x");
-        p.node_affinity.required = Some(NodeSelector {
-            node_selector_terms: terms.into_iter().map(|m| NodeSelectorTerm { match_expressions: m }).collect(),
-        });
+        p.node_affinity.required_during_scheduling_ignored_during_execution =
+            Some(NodeSelector { node_selector_terms: terms.into_iter().map(expressions).collect() });
         p
     };
     use NodeSelectorOperator as O;
@@ -222,13 +229,12 @@ fn node_selector_and_affinity_filters() {
 
 #[test]
 fn taint_and_unschedulable_filters() {
-    let taint = |key: &str, value: &str, effect| Taint { key: key.into(), value: value.into(), effect };
     let mut ns = node("n1", "a");
-    ns.taints = vec![taint("dedicated", "db", TaintEffect::NoSchedule)];
+    ns.taints = vec![node_taint("dedicated", "db", TaintEffect::NoSchedule)];
     let mut ne = node("n2", "a");
-    ne.taints = vec![taint("dedicated", "db", TaintEffect::NoExecute)];
+    ne.taints = vec![node_taint("dedicated", "db", TaintEffect::NoExecute)];
     let mut pref = node("n3", "a");
-    pref.taints = vec![taint("dedicated", "db", TaintEffect::PreferNoSchedule)];
+    pref.taints = vec![node_taint("dedicated", "db", TaintEffect::PreferNoSchedule)];
     let mut cordoned = node("n4", "a");
     cordoned.unschedulable = true;
     let nodes = vec![ns, ne, pref, cordoned];
@@ -238,10 +244,11 @@ fn taint_and_unschedulable_filters() {
         p
     };
     let equal_db = |effect| Toleration {
-        key: "dedicated".into(),
+        key: Some("dedicated".into()),
         operator: TolerationOperator::Equal,
-        value: "db".into(),
+        value: Some("db".into()),
         effect,
+        toleration_seconds: None,
     };
     run_filter_cases(vec![
         FilterCase {
@@ -269,7 +276,7 @@ fn taint_and_unschedulable_filters() {
             name: "wrong value",
             nodes: nodes.clone(),
             pods: vec![],
-            pod: tolerating(vec![Toleration { value: "web".into(), ..equal_db(None) }]),
+            pod: tolerating(vec![Toleration { value: Some("web".into()), ..equal_db(None) }]),
             expect: vec![Err(UntoleratedTaint), Err(UntoleratedTaint), OK, Err(NodeUnschedulable)],
         },
         FilterCase {
@@ -284,10 +291,11 @@ fn taint_and_unschedulable_filters() {
             nodes: nodes.clone(),
             pods: vec![],
             pod: tolerating(vec![Toleration {
-                key: UNSCHEDULABLE_TAINT_KEY.into(),
+                key: Some(UNSCHEDULABLE_TAINT_KEY.into()),
                 operator: TolerationOperator::Exists,
-                value: String::new(),
+                value: Some(String::new()),
                 effect: Some(TaintEffect::NoSchedule),
+                toleration_seconds: None,
             }]),
             expect: vec![Err(UntoleratedTaint), Err(UntoleratedTaint), OK, OK],
         },
@@ -316,7 +324,7 @@ fn inter_pod_affinity_filters() {
     let mut two_terms = pod("p", "web");
     two_terms.pod_affinity.required = vec![
         term("db", ZONE),
-        PodAffinityTerm { label_selector: Some(eq("tier", "cache")), namespaces: vec![], topology_key: HOST.into() },
+        AffinityTerm { selector: Some(eq("tier", "cache")), namespaces: vec![], topology_key: HOST.into() },
     ];
     let mut both = pod("both", "db");
     both.labels.insert("tier".into(), "cache".into());
@@ -484,22 +492,22 @@ fn scores() {
     let mut cpu_heavy = node("cpu-heavy", "a");
     cpu_heavy.allocatable.memory_bytes = 64 * GI;
     let mut preferred = pod("p", "x");
-    preferred.node_affinity.preferred = vec![PreferredSchedulingTerm {
+    preferred.node_affinity.preferred_during_scheduling_ignored_during_execution = vec![PreferredSchedulingTerm {
         weight: 50,
-        preference: NodeSelectorTerm { match_expressions: vec![nreq(ZONE, NodeSelectorOperator::In, &["b"])] },
+        preference: expressions(vec![nreq(ZONE, NodeSelectorOperator::In, &["b"])]),
     }];
     let mut likes_db = pod("p", "web");
-    likes_db.pod_affinity.preferred = vec![WeightedPodAffinityTerm { weight: 100, term: term("db", HOST) }];
+    likes_db.pod_affinity.preferred = vec![WeightedAffinityTerm { weight: 100, term: term("db", HOST) }];
     let mut avoids_db = pod("p", "web");
-    avoids_db.pod_anti_affinity.preferred = vec![WeightedPodAffinityTerm { weight: 100, term: term("db", ZONE) }];
+    avoids_db.pod_anti_affinity.preferred = vec![WeightedAffinityTerm { weight: 100, term: term("db", ZONE) }];
     let mut attracts_web = pod("db", "db");
-    attracts_web.pod_affinity.preferred = vec![WeightedPodAffinityTerm { weight: 100, term: term("web", ZONE) }];
+    attracts_web.pod_affinity.preferred = vec![WeightedAffinityTerm { weight: 100, term: term("web", ZONE) }];
     let mut repels_web = pod("db", "db");
-    repels_web.pod_anti_affinity.preferred = vec![WeightedPodAffinityTerm { weight: 100, term: term("web", ZONE) }];
+    repels_web.pod_anti_affinity.preferred = vec![WeightedAffinityTerm { weight: 100, term: term("web", ZONE) }];
     let mut soft_spread = pod("p", "web");
     soft_spread.topology_spread_constraints = vec![spread(ZONE, "web", 1, WhenUnsatisfiable::ScheduleAnyway)];
     let mut tainted = node("n1", "a");
-    tainted.taints = vec![Taint { key: "k".into(), value: "v".into(), effect: TaintEffect::PreferNoSchedule }];
+    tainted.taints = vec![node_taint("k", "v", TaintEffect::PreferNoSchedule)];
     let cases = vec![
         ScoreCase {
             name: "LeastAllocated prefers the emptiest node",
@@ -705,7 +713,7 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeInfo> {
                 .map(|e| {
                     let effect =
                         [TaintEffect::NoSchedule, TaintEffect::NoExecute, TaintEffect::PreferNoSchedule][e as usize];
-                    vec![Taint { key: "dedicated".into(), value: "x".into(), effect }]
+                    vec![node_taint("dedicated", "x", effect)]
                 })
                 .unwrap_or_default();
             NodeInfo {
@@ -753,7 +761,7 @@ fn arb_pod(prefix: &'static str, i: usize) -> impl Strategy<Value = PodInfo> {
             }
             if tolerate {
                 p.tolerations = vec![Toleration {
-                    key: "dedicated".into(),
+                    key: Some("dedicated".into()),
                     operator: TolerationOperator::Exists,
                     ..Toleration::default()
                 }];
@@ -773,16 +781,17 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
     })
 }
 
-fn term_matches_naive(t: &PodAffinityTerm, owner_ns: &str, p: &PodInfo) -> bool {
+fn term_matches_naive(t: &AffinityTerm, owner_ns: &str, p: &PodInfo) -> bool {
     let in_ns = if t.namespaces.is_empty() { p.namespace == owner_ns } else { t.namespaces.contains(&p.namespace) };
-    in_ns && t.label_selector.as_ref().is_some_and(|s| s.matches(&p.labels))
+    in_ns && t.selector.as_ref().is_some_and(|s| s.matches(&p.labels))
 }
 
 /// A deliberately simple, string-based reimplementation of the filters the generators exercise.
 fn naive_feasible(nodes: &[NodeInfo], placed: &[(PodInfo, usize)], p: &PodInfo, n: usize) -> bool {
     let node = &nodes[n];
     let domain = |i: usize, key: &str| nodes[i].labels.get(key).cloned();
-    if node.unschedulable && !p.tolerations.iter().any(|t| t.key.is_empty() || t.key == UNSCHEDULABLE_TAINT_KEY) {
+    let key = |t: &Toleration| t.key.clone().unwrap_or_default();
+    if node.unschedulable && !p.tolerations.iter().any(|t| key(t).is_empty() || key(t) == UNSCHEDULABLE_TAINT_KEY) {
         return false;
     }
     if !p.node_selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
@@ -827,7 +836,7 @@ fn naive_feasible(nodes: &[NodeInfo], placed: &[(PodInfo, usize)], p: &PodInfo, 
         let Some(d) = domain(n, &c.topology_key) else {
             return false;
         };
-        let sel = c.label_selector.as_ref().expect("generated with a selector");
+        let sel = c.selector.as_ref().expect("generated with a selector");
         let eligible_node = |i: usize| {
             p.node_selector.iter().all(|(k, v)| nodes[i].labels.get(k) == Some(v))
                 && p.topology_spread_constraints.iter().all(|c| domain(i, &c.topology_key).is_some())

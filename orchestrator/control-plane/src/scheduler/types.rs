@@ -1,63 +1,15 @@
-//! The scheduler's own input types, in Kubernetes shapes and with Kubernetes semantics.
+//! The scheduler's compact per-cycle inputs: a node and a pod as placement reads them, built by the adapter
+//! (`adapter.rs`) from the stored objects.
 //!
-//! They are deliberately independent of `model`: a thin adapter turns stored Pods and Nodes into these,
-//! so the placement code can be tested and benchmarked without the object model, the store or any IO.
+//! Kubernetes shapes are the model's own types (`model::Taint`, `model::Toleration`, `model::NodeAffinity`,
+//! `model::WhenUnsatisfiable`, ...), with their semantics (`model::Toleration::tolerates`); what is added here is
+//! only what placement precomputes: resource figures as numbers and label selectors parsed once
+//! ([`AffinityTerm`], [`SpreadConstraint`]). So the placement code is tested and benchmarked without the store
+//! or any IO.
 
 use discovery::{Labels, Selector};
+use model::{NodeAffinity, Taint, Toleration, WhenUnsatisfiable};
 use std::fmt;
-
-/// How a taint repels pods (`spec.taints[].effect`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TaintEffect {
-    /// Pods that do not tolerate it are not scheduled onto the node.
-    NoSchedule,
-    /// The scheduler tries to avoid the node; a scoring input only.
-    PreferNoSchedule,
-    /// Like `NoSchedule` for the scheduler (eviction of running pods is the node controller's business).
-    NoExecute,
-}
-
-/// A node taint (`spec.taints[]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Taint {
-    pub key: String,
-    pub value: String,
-    pub effect: TaintEffect,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TolerationOperator {
-    #[default]
-    Equal,
-    Exists,
-}
-
-/// A pod toleration (`spec.tolerations[]`). An empty `key` with `Exists` tolerates every taint; `effect: None`
-/// matches every effect. `tolerationSeconds` is an eviction concern and not modelled here.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Toleration {
-    pub key: String,
-    pub operator: TolerationOperator,
-    pub value: String,
-    pub effect: Option<TaintEffect>,
-}
-
-impl Toleration {
-    /// Kubernetes `Toleration.ToleratesTaint`.
-    pub fn tolerates(&self, taint: &Taint) -> bool {
-        if self.effect.is_some_and(|e| e != taint.effect) {
-            return false;
-        }
-        if !self.key.is_empty() && self.key != taint.key {
-            return false;
-        }
-        match self.operator {
-            TolerationOperator::Exists => true,
-            // An empty key is only meaningful with Exists.
-            TolerationOperator::Equal => !self.key.is_empty() && self.value == taint.value,
-        }
-    }
-}
 
 /// Quantities a node offers to pods (`status.allocatable`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,89 +37,38 @@ pub struct NodeInfo {
     pub unschedulable: bool,
 }
 
-/// `NodeSelectorRequirement.operator`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NodeSelectorOperator {
-    In,
-    NotIn,
-    Exists,
-    DoesNotExist,
-    /// The label value, parsed as an integer, is greater than the single value given.
-    Gt,
-    /// The label value, parsed as an integer, is less than the single value given.
-    Lt,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeSelectorRequirement {
-    pub key: String,
-    pub operator: NodeSelectorOperator,
-    pub values: Vec<String>,
-}
-
-/// A conjunction of requirements. An empty term matches no node (as in Kubernetes).
+/// A `model::PodAffinityTerm` with its label selector parsed. `selector: None` matches no pod; an empty selector
+/// matches every pod. Empty `namespaces` means the namespace of the pod that carries the term.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NodeSelectorTerm {
-    pub match_expressions: Vec<NodeSelectorRequirement>,
-}
-
-/// `requiredDuringSchedulingIgnoredDuringExecution`: the terms are ORed; no terms matches no node.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NodeSelector {
-    pub node_selector_terms: Vec<NodeSelectorTerm>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreferredSchedulingTerm {
-    /// 1..=100.
-    pub weight: i32,
-    pub preference: NodeSelectorTerm,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NodeAffinity {
-    pub required: Option<NodeSelector>,
-    pub preferred: Vec<PreferredSchedulingTerm>,
-}
-
-/// `PodAffinityTerm`. `label_selector: None` matches no pod; an empty selector matches every pod.
-/// Empty `namespaces` means the namespace of the pod that carries the term.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PodAffinityTerm {
-    pub label_selector: Option<Selector>,
+pub struct AffinityTerm {
+    pub selector: Option<Selector>,
     pub namespaces: Vec<String>,
     pub topology_key: String,
 }
 
+/// A `model::WeightedPodAffinityTerm` with its term parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WeightedPodAffinityTerm {
+pub struct WeightedAffinityTerm {
     /// 1..=100.
     pub weight: i32,
-    pub term: PodAffinityTerm,
+    pub term: AffinityTerm,
 }
 
-/// `podAffinity` or `podAntiAffinity`.
+/// A pod's `podAffinity` or `podAntiAffinity` with its terms parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PodAffinity {
-    pub required: Vec<PodAffinityTerm>,
-    pub preferred: Vec<WeightedPodAffinityTerm>,
+pub struct AffinityTerms {
+    pub required: Vec<AffinityTerm>,
+    pub preferred: Vec<WeightedAffinityTerm>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WhenUnsatisfiable {
-    #[default]
-    DoNotSchedule,
-    ScheduleAnyway,
-}
-
-/// `topologySpreadConstraints[]`. Matching pods are counted in the incoming pod's namespace, as in Kubernetes.
-/// `label_selector: None` matches no pod.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TopologySpreadConstraint {
+/// A `model::TopologySpreadConstraint` with its label selector parsed. Matching pods are counted in the incoming
+/// pod's namespace, as in Kubernetes; `selector: None` matches no pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpreadConstraint {
     pub max_skew: u32,
     pub topology_key: String,
     pub when_unsatisfiable: WhenUnsatisfiable,
-    pub label_selector: Option<Selector>,
+    pub selector: Option<Selector>,
 }
 
 /// A pod as the scheduler sees it.
@@ -178,11 +79,13 @@ pub struct PodInfo {
     pub labels: Labels,
     pub requests: Requests,
     pub node_selector: Labels,
+    /// The pod's node affinity, with `matchFields` on `metadata.name` already turned into `matchExpressions`
+    /// on the node-name label (see `adapter.rs`): placement reads `matchExpressions` only.
     pub node_affinity: NodeAffinity,
-    pub pod_affinity: PodAffinity,
-    pub pod_anti_affinity: PodAffinity,
+    pub pod_affinity: AffinityTerms,
+    pub pod_anti_affinity: AffinityTerms,
     pub tolerations: Vec<Toleration>,
-    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    pub topology_spread_constraints: Vec<SpreadConstraint>,
 }
 
 impl PodInfo {

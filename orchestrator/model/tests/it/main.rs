@@ -1,3 +1,5 @@
 //! Integration tests of the object model: manifests in, errors and normalized objects out.
 
 mod manifest;
+mod pod;
+mod unknown_fields;
