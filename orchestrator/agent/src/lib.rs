@@ -32,6 +32,7 @@ pub use runtime::{Runtime, RuntimeError};
 use futures::StreamExt;
 use model::Pod;
 use parking_lot::Mutex;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use spec::{decode_pod, pod_uid};
 use std::collections::{BTreeMap, HashMap};
@@ -351,6 +352,28 @@ pub fn node_status(cfg: &AgentConfig, runtime_kind: &str, agent_port: u16, now: 
     })
 }
 
+/// What the agent must know of a stored pod to decide whether it keeps running here: its key, uid, node and
+/// whether it is terminating. Read from the metadata and `spec.nodeName` alone, so keeping or stopping a pod
+/// never depends on understanding the rest of a version a newer server wrote (a pod that does not decode
+/// is not started, see [`decode_pod`], but one already running is stopped only when deleted or moved).
+struct Identity {
+    key: PodKey,
+    uid: String,
+    node: Option<String>,
+    terminating: bool,
+}
+
+fn identity(p: &Value) -> Option<Identity> {
+    let meta = model::ObjectMeta::deserialize(p.get("metadata")?).ok()?;
+    let namespace = if meta.namespace.is_empty() { "default".to_string() } else { meta.namespace };
+    Some(Identity {
+        key: (namespace, meta.name),
+        uid: meta.uid.unwrap_or_default(),
+        node: p.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string),
+        terminating: meta.deletion_timestamp.is_some(),
+    })
+}
+
 struct Reconciler {
     cfg: AgentConfig,
     ctx: Arc<WorkerContext>,
@@ -368,9 +391,9 @@ impl Reconciler {
     async fn resync(&mut self, pods: Vec<Value>, first: bool) {
         let mut seen = std::collections::HashSet::new();
         for p in &pods {
-            if let Ok(v) = decode_pod(p) {
-                if self.mine(&v) && !v.is_terminating() {
-                    seen.insert((v.metadata.namespace.clone(), v.metadata.name.clone()));
+            if let Some(id) = identity(p) {
+                if id.node.as_deref() == Some(self.cfg.node_name.as_str()) && !id.terminating {
+                    seen.insert(id.key);
                 }
             }
             self.upsert(p).await;
@@ -432,13 +455,12 @@ impl Reconciler {
         self.table.workers.lock().insert(key, (pod, worker));
     }
 
+    /// A deleted pod is stopped if it is the one running here.
     async fn deleted(&mut self, p: &Value) {
-        if let Ok(pod) = decode_pod(p) {
-            let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
-            let ours = self.table.workers.lock().get(&key).is_some_and(|(p, _)| pod_uid(p) == pod_uid(&pod));
-            if ours {
-                self.stop_pod(&key).await;
-            }
+        let Some(id) = identity(p) else { return };
+        let ours = self.table.workers.lock().get(&id.key).is_some_and(|(p, _)| pod_uid(p) == id.uid);
+        if ours {
+            self.stop_pod(&id.key).await;
         }
     }
 

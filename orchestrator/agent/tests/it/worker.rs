@@ -325,6 +325,25 @@ async fn never_policy_fails_and_deletion_stops() {
     h.shutdown().await;
 }
 
+/// A newer server may store a pod this agent cannot fully read (a new enum value, say). The agent keeps
+/// running what it runs, and a deletion still stops it: stopping reads only the metadata.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_pod_is_stopped_even_when_its_last_version_does_not_decode() {
+    let h = start_agent(MemoryControlPlane::new(), Arc::new(FakeRuntime::default()), false);
+    h.cp.put_pod(pod("skew", json!({"name": "app", "command": ["x"]})));
+    h.until("skew", "ready", ready).await;
+    let mut newer = h.cp.pod("default", "skew").unwrap();
+    newer["spec"]["restartPolicy"] = json!("SomeFutureValue");
+    h.cp.put_pod(newer);
+    h.cp.delete_pod("default", "skew");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.rt.live().contains(&"skew".to_string()) {
+        assert!(Instant::now() < deadline, "deleted pod still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn adopts_running_containers_and_removes_orphans() {
     let rt = Arc::new(FakeRuntime::default());
