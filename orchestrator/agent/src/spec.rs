@@ -6,6 +6,7 @@
 
 pub use model::Limits;
 use model::{Container, KeySelector, KeyToPath, Pod};
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
@@ -318,40 +319,23 @@ fn lookup(
     }
 }
 
-/// Decode a stored Secret's `data` (base64) and `stringData` into plain values.
+/// A Secret's values, decoded by the model (line-wrapped base64 included, as the API accepts and stores it).
+/// A Secret this agent cannot read has none.
 pub fn secret_values(secret: &Value) -> BTreeMap<String, String> {
-    use base64::Engine;
-    let mut out = BTreeMap::new();
-    if let Some(Value::Object(data)) = secret.get("data") {
-        for (k, v) in data {
-            if let Some(s) = v.as_str() {
-                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(s.trim()) {
-                    out.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
-                }
-            }
-        }
-    }
-    if let Some(Value::Object(data)) = secret.get("stringData") {
-        for (k, v) in data {
-            if let Some(s) = v.as_str() {
-                out.insert(k.clone(), s.to_string());
-            }
-        }
-    }
-    out
+    let Ok(secret) = model::Secret::deserialize(secret) else {
+        return BTreeMap::new();
+    };
+    secret
+        .data
+        .keys()
+        .chain(secret.string_data.keys())
+        .filter_map(|k| Some((k.clone(), String::from_utf8_lossy(&secret.get(k)?).into_owned())))
+        .collect()
 }
 
 /// A ConfigMap's `data` as plain values.
 pub fn config_map_values(cm: &Value) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    if let Some(Value::Object(data)) = cm.get("data") {
-        for (k, v) in data {
-            if let Some(s) = v.as_str() {
-                out.insert(k.clone(), s.to_string());
-            }
-        }
-    }
-    out
+    model::ConfigMap::deserialize(cm).map(|cm| cm.data).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -446,10 +430,12 @@ mod tests {
 
     #[test]
     fn secret_decoding() {
-        let s = json!({"data": {"a": "aGVsbG8="}, "stringData": {"b": "plain"}});
+        let s = json!({"data": {"a": "aGVsbG8=", "wrapped": "aGVs\nbG8g\nd29y\nbGQ=\n"}, "stringData": {"b": "plain"}});
         let v = secret_values(&s);
         assert_eq!(v.get("a").map(String::as_str), Some("hello"));
         assert_eq!(v.get("b").map(String::as_str), Some("plain"));
+        // Line-wrapped base64 (as `base64` prints it): the API accepts it and stores it as written.
+        assert_eq!(v.get("wrapped").map(String::as_str), Some("hello world"));
     }
 
     fn mount_pod() -> Pod {
