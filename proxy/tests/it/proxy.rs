@@ -425,6 +425,14 @@ async fn endpoint_added_is_used_by_the_next_request() {
     proxy.stop();
 }
 
+/// A static proxy file: one listener on `port`, every path to `backend`.
+fn static_config(port: u16, backend: &Backend) -> String {
+    format!(
+        "proxy: {{httpListen: [\"127.0.0.1:{port}\"]}}\nservices:\n  - name: web\n    endpoints: [\"{}\"]\nroutes:\n  - {{namespace: default, name: all, rules: [{{path: {{prefix: /}}, backend: {{service: web}}}}]}}\n",
+        backend.addr
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_file_is_served_and_reloaded() {
     let a = Backend::start("sa");
@@ -432,13 +440,7 @@ async fn static_file_is_served_and_reloaded() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.yaml");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let write = |backend: &Backend| {
-        let text = format!(
-            "proxy: {{httpListen: [\"127.0.0.1:{port}\"]}}\nservices:\n  - name: web\n    endpoints: [\"{}\"]\nroutes:\n  - {{namespace: default, name: all, rules: [{{path: {{prefix: /}}, backend: {{service: web}}}}]}}\n",
-            backend.addr
-        );
-        std::fs::write(&path, text).unwrap();
-    };
+    let write = |backend: &Backend| std::fs::write(&path, static_config(port, backend)).unwrap();
     write(&a);
     let (proxy, _reloader) = proxy::static_config::start(&path).expect("static proxy starts");
     let url = format!("http://127.0.0.1:{port}/");
@@ -467,12 +469,7 @@ async fn static_file_rewritten_within_one_mtime_tick_is_reloaded() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.yaml");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = |backend: &Backend| {
-        format!(
-            "proxy: {{httpListen: [\"127.0.0.1:{port}\"]}}\nservices:\n  - name: web\n    endpoints: [\"{}\"]\nroutes:\n  - {{namespace: default, name: all, rules: [{{path: {{prefix: /}}, backend: {{service: web}}}}]}}\n",
-            backend.addr
-        )
-    };
+    let text = |backend: &Backend| static_config(port, backend);
     std::fs::write(&path, text(&a)).unwrap();
     let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
     let (proxy, _reloader) = proxy::static_config::start(&path).expect("static proxy starts");
