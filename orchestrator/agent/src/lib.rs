@@ -32,9 +32,8 @@ pub use runtime::{Runtime, RuntimeError};
 use futures::StreamExt;
 use model::Pod;
 use parking_lot::Mutex;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use spec::{decode_pod, pod_uid};
+use spec::{decode_pod, identity, pod_uid};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
@@ -349,28 +348,6 @@ pub fn node_status(cfg: &AgentConfig, runtime_kind: &str, agent_port: u16, now: 
             "operatingSystem": std::env::consts::OS,
             "architecture": std::env::consts::ARCH,
         },
-    })
-}
-
-/// What the agent must know of a stored pod to decide whether it keeps running here: its key, uid, node and
-/// whether it is terminating. Read from the metadata and `spec.nodeName` alone, so keeping or stopping a pod
-/// never depends on understanding the rest of a version a newer server wrote (a pod that does not decode
-/// is not started, see [`decode_pod`], but one already running is stopped only when deleted or moved).
-struct Identity {
-    key: PodKey,
-    uid: String,
-    node: Option<String>,
-    terminating: bool,
-}
-
-fn identity(p: &Value) -> Option<Identity> {
-    let meta = model::ObjectMeta::deserialize(p.get("metadata")?).ok()?;
-    let namespace = if meta.namespace.is_empty() { "default".to_string() } else { meta.namespace };
-    Some(Identity {
-        key: (namespace, meta.name),
-        uid: meta.uid.unwrap_or_default(),
-        node: p.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string),
-        terminating: meta.deletion_timestamp.is_some(),
     })
 }
 

@@ -5,7 +5,7 @@
 //! this version does not know, so a field added later never breaks a running agent.
 
 pub use model::Limits;
-use model::{Container, KeySelector, KeyToPath, Pod};
+use model::{Container, KeySelector, KeyToPath, ObjectMeta, Pod};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -22,10 +22,38 @@ pub fn decode_pod(v: &Value) -> Result<Pod, DecodeError> {
         "." => DecodeError(e.inner().to_string()),
         path => DecodeError(format!("{path}: {}", e.inner())),
     })?;
-    if pod.metadata.namespace.is_empty() {
-        pod.metadata.namespace = "default".to_string();
-    }
+    in_default_namespace(&mut pod.metadata);
     Ok(pod)
+}
+
+/// A pod stored without a namespace is in `default`.
+fn in_default_namespace(meta: &mut ObjectMeta) {
+    if meta.namespace.is_empty() {
+        meta.namespace = "default".to_string();
+    }
+}
+
+/// What the agent must know of a stored pod to decide whether it keeps running here: its key, uid, node and
+/// whether it is terminating. Read from the metadata and `spec.nodeName` alone, so keeping or stopping a pod
+/// never depends on understanding the rest of a version a newer server wrote (a pod that does not decode
+/// is not started, see [`decode_pod`], but one already running is stopped only when deleted or moved).
+pub struct Identity {
+    pub key: (String, String),
+    pub uid: String,
+    pub node: Option<String>,
+    pub terminating: bool,
+}
+
+/// The [`Identity`] of a stored pod; `None` when even its metadata does not decode.
+pub fn identity(p: &Value) -> Option<Identity> {
+    let mut meta = ObjectMeta::deserialize(p.get("metadata")?).ok()?;
+    in_default_namespace(&mut meta);
+    Some(Identity {
+        key: (meta.namespace, meta.name),
+        uid: meta.uid.unwrap_or_default(),
+        node: p.pointer("/spec/nodeName").and_then(Value::as_str).map(str::to_string),
+        terminating: meta.deletion_timestamp.is_some(),
+    })
 }
 
 /// The pod's `metadata.uid` (empty when absent).
