@@ -149,7 +149,7 @@ fn bad_manifests_are_rejected_with_their_place_and_store_nothing() {
 async fn api_rejects_bad_requests_without_crashing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let http = reqwest::Client::new();
+    let http = test_support::http().build().unwrap();
     let url = format!("{}/api/v1/namespaces/default/configmaps", server.url);
 
     let no_token = http.get(&url).send().await.unwrap();

@@ -39,7 +39,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn get(url: &str, host: &str) -> Option<u16> {
-    let c = reqwest::Client::builder().timeout(Duration::from_secs(40)).build().ok()?;
+    let c = test_support::http().timeout(Duration::from_secs(40)).build().ok()?;
     c.get(url).header("Host", host).send().await.ok().map(|r| r.status().as_u16())
 }
 

@@ -86,7 +86,7 @@ spec:
 fn get(url: &str, token: Option<&str>) -> Option<(u16, String)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;
+        let client = test_support::http().timeout(Duration::from_secs(5)).build().ok()?;
         let mut req = client.get(url);
         if let Some(t) = token {
             req = req.bearer_auth(t);

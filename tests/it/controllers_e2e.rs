@@ -207,7 +207,7 @@ fn env_version(pod: &Value) -> String {
 async fn echo(endpoint: &Value) -> Option<Value> {
     let port = endpoint["ports"][0]["port"].as_u64()?;
     let url = format!("http://{}:{port}/", endpoint["address"].as_str()?);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;
+    let http = test_support::http().timeout(Duration::from_secs(5)).build().ok()?;
     http.get(url).send().await.ok()?.json().await.ok()
 }
 

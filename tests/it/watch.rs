@@ -22,7 +22,7 @@ async fn watch_sees_every_change_once_across_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--no-controllers"]);
     let token = server.token();
-    let http = reqwest::Client::new();
+    let http = test_support::http().build().unwrap();
     let pods = format!("{}/api/v1/namespaces/default/pods", server.url);
     let start: Value = http.get(&pods).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     let from: u64 = start["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();

@@ -235,7 +235,13 @@ impl Agent {
             control: control.clone(),
             node: config.node_name.clone(),
             backoff: config.backoff,
-            http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default(),
+            http: {
+                pki::install_crypto_provider();
+                reqwest::Client::builder()
+            }
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default(),
             dirty: dirty_tx.clone(),
         });
         let status_task =

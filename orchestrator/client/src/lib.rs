@@ -69,11 +69,14 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ClientError::Connect { url: server.to_string(), source: e })?;
+        let http = {
+            pki::install_crypto_provider();
+            reqwest::Client::builder()
+        }
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| ClientError::Connect { url: server.to_string(), source: e })?;
         Ok(Self { base: server.trim_end_matches('/').to_string(), token, http })
     }
 

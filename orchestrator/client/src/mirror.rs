@@ -132,11 +132,14 @@ impl Mirror {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(MirrorError::Url { url: config.server.clone(), reason: "expected http:// or https://".into() });
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(MirrorError::Client)?;
+        let http = {
+            pki::install_crypto_provider();
+            reqwest::Client::builder()
+        }
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(MirrorError::Client)?;
         let status = Arc::new(Status {
             synced: AtomicBool::new(false),
             connected: AtomicBool::new(false),

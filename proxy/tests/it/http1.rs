@@ -131,7 +131,7 @@ async fn every_response_framing_is_relayed_intact() {
     let proxy = proxy_to(&backend).await;
     let base = format!("http://{}", proxy.http_addr().unwrap());
     // One connection for everything, so each answer also proves the connection stayed in step.
-    let c = reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(10)).build().unwrap();
+    let c = test_support::http().pool_max_idle_per_host(1).timeout(Duration::from_secs(10)).build().unwrap();
     for _ in 0..3 {
         let r = c.get(format!("{base}/chunked")).send().await.unwrap();
         assert_eq!(r.status(), 200);

@@ -102,7 +102,7 @@ async fn configured_statuses_are_retried_for_idempotent_methods_only() {
 
 /// A client with its own connection pool, i.e. its own keep-alive connection.
 fn own_connection_client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).pool_max_idle_per_host(1).build().unwrap()
+    test_support::http().timeout(Duration::from_secs(20)).pool_max_idle_per_host(1).build().unwrap()
 }
 
 fn connections_open(proxy: &proxy::Proxy) -> u64 {

@@ -37,7 +37,7 @@ impl Load {
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let client = test_support::http().timeout(Duration::from_secs(10)).build().unwrap();
                 let start = tokio::time::Instant::now();
                 let mut tasks = Vec::with_capacity(count);
                 for i in 0..count {
@@ -96,7 +96,7 @@ pub fn failures(samples: &[Sample]) -> Vec<String> {
 pub fn get_once(proxy: &str, host: &str) -> Result<Answer, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+        let client = test_support::http().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
         one(&client, &format!("http://{proxy}/"), host).await
     })
 }

@@ -7,6 +7,14 @@
 #[cfg(feature = "load")]
 pub mod open_loop;
 
+/// A reqwest client builder for tests. reqwest is built with rustls but no crypto provider of its own, so
+/// ring is installed as the process-wide provider first.
+#[cfg(feature = "http")]
+pub fn http() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};

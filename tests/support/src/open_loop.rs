@@ -23,11 +23,8 @@ pub struct LoadReport {
 /// Send `rps` requests per second for `duration` to `url` with `Host: host`. At most 512 requests are in
 /// flight and each has a 10 s timeout.
 pub async fn run(url: &str, host: &str, rps: u32, duration: Duration) -> LoadReport {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(128)
-        .build()
-        .expect("HTTP client");
+    let client =
+        crate::http().timeout(Duration::from_secs(10)).pool_max_idle_per_host(128).build().expect("HTTP client");
     let total = (f64::from(rps) * duration.as_secs_f64()) as u64;
     let start = Instant::now();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(512));

@@ -297,10 +297,17 @@ async fn agent_runs_echo_readopts_after_restart_and_restarts_on_exit() {
     assert_eq!(again["pid"], first["pid"], "no duplicate: the adopted process keeps serving");
 
     // A failing /healthz makes it un-ready (the TCP liveness probe keeps passing).
-    reqwest::Client::new().post(format!("http://127.0.0.1:{port}/control/fail-health")).send().await.unwrap();
+    test_support::http()
+        .build()
+        .unwrap()
+        .post(format!("http://127.0.0.1:{port}/control/fail-health"))
+        .send()
+        .await
+        .unwrap();
     eventually("un-ready", Duration::from_secs(20), async || cp.pod("default", "web").filter(|p| !ready(p))).await;
     // Exit with a code: restarted with the exit code in lastState.
-    let _ = reqwest::Client::new().post(format!("http://127.0.0.1:{port}/control/exit?code=3")).send().await;
+    let _ =
+        test_support::http().build().unwrap().post(format!("http://127.0.0.1:{port}/control/exit?code=3")).send().await;
     let p = eventually("restarted", Duration::from_secs(30), async || {
         cp.pod("default", "web").filter(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1))
     })
@@ -315,7 +322,12 @@ async fn agent_runs_echo_readopts_after_restart_and_restarts_on_exit() {
     })
     .await;
     assert_ne!(v["pid"], first["pid"]);
-    let _ = reqwest::Client::new().post(format!("http://127.0.0.1:{new_port}/control/exit?code=4")).send().await;
+    let _ = test_support::http()
+        .build()
+        .unwrap()
+        .post(format!("http://127.0.0.1:{new_port}/control/exit?code=4"))
+        .send()
+        .await;
     let p = eventually("restarted twice", Duration::from_secs(30), async || {
         cp.pod("default", "web").filter(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(2))
     })

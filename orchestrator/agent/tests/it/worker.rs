@@ -395,7 +395,7 @@ async fn logs_endpoint_serves_current_container() {
     let addr = (&mut h.logs).await.expect("agent ready");
     h.cp.put_pod(pod("logme", json!({"name": "app", "command": ["x"]})));
     h.until("logme", "ready", ready).await;
-    let client = reqwest::Client::new();
+    let client = test_support::http().build().unwrap();
     let body = client.get(format!("http://{addr}/logs/default/logme")).send().await.unwrap().text().await.unwrap();
     assert!(body.starts_with("log of c"), "{body}");
     let r = client.get(format!("http://{addr}/logs/default/nope")).send().await.unwrap();

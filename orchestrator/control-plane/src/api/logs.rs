@@ -158,7 +158,14 @@ pub(super) async fn pod_log(
 
 /// The HTTP client the API uses to call agents: a connect timeout, no overall timeout (follow streams).
 pub(super) fn agent_client() -> reqwest::Client {
-    reqwest::Client::builder().connect_timeout(AGENT_CONNECT_TIMEOUT).tcp_nodelay(true).build().unwrap_or_default()
+    {
+        pki::install_crypto_provider();
+        reqwest::Client::builder()
+    }
+    .connect_timeout(AGENT_CONNECT_TIMEOUT)
+    .tcp_nodelay(true)
+    .build()
+    .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ pub fn start(reg: &Arc<Registry>, cfg: ProxyConfig) -> Proxy {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
+    test_support::http().timeout(Duration::from_secs(20)).build().unwrap()
 }
 
 pub fn id_of(body: &str) -> &str {
