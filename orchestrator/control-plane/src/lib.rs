@@ -6,6 +6,7 @@
 //! [`controllers::LoadSource`].
 
 pub mod api;
+pub mod ca;
 pub mod controllers;
 pub mod scheduler;
 pub mod store;
