@@ -5,7 +5,7 @@ CARGO ?= cargo
 FEATURES ?= --features etcd
 export BERTH_SKIP_LOG := $(CURDIR)/target/skipped.txt
 
-.PHONY: up test build lint fmt bench-registry bench-scheduler bench-dns bench-proxy bench-propagation bench-autoscale
+.PHONY: up test build lint fmt bench-registry bench-scheduler bench-dns bench-proxy bench-propagation bench-autoscale bench-api
 
 build:
 	@scripts/prereqs.sh build
@@ -44,6 +44,11 @@ bench-registry:
 bench-scheduler:
 	@scripts/prereqs.sh build
 	$(CARGO) run --release -p berth-benches --bin bench_scheduler
+
+## GET and LIST over HTTPS beside plain HTTP, and the handshake's cost.
+bench-api:
+	@scripts/prereqs.sh build
+	$(CARGO) run --release -p berth-benches --bin bench_api
 
 bench-propagation:
 	@scripts/prereqs.sh build
