@@ -231,3 +231,66 @@ async fn follow_once(auth: &Weak<Authenticator>, store: &dyn Store) -> Result<()
     }
     Err((StoreError::Backend("the watch of token records ended".into()), true))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use model::auth::Role;
+    use model::Time;
+
+    fn record(id: &str, secret: &str, usage: Usage) -> Vec<u8> {
+        serde_json::to_vec(&TokenRecord {
+            id: id.into(),
+            role: Role::Proxy,
+            usage,
+            secret_hash: hash_secret(secret),
+            node: None,
+            expires: None,
+            created: Time(SystemTime::UNIX_EPOCH),
+            description: None,
+            issued_by: None,
+        })
+        .unwrap()
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cache_follows_the_store_and_its_task_stops_with_it() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (id, secret) = ("0123456789ab", "ab".repeat(32));
+        store.create(&token_key("aaaaaaaaaaaa"), record("aaaaaaaaaaaa", &secret, Usage::Join)).await.unwrap();
+        let auth = Arc::new(Authenticator::new("b".repeat(64)));
+        auth.follow(store.clone());
+        auth.follow(store.clone());
+        wait_for("the listed record", || auth.cache.read().contains_key("aaaaaaaaaaaa")).await;
+        store.create(&token_key(id), record(id, &secret, Usage::Credential)).await.unwrap();
+        wait_for("the created record", || auth.cache.read().contains_key(id)).await;
+        let header = HeaderValue::from_str(&format!("Bearer {id}.{secret}")).unwrap();
+        let who = auth.authenticate(store.as_ref(), Some(&header), SystemTime::now()).await.unwrap();
+        assert_eq!(who, Identity::Proxy { token_id: id.into() });
+        store.delete(&token_key(id), None).await.unwrap();
+        wait_for("the deletion", || !auth.cache.read().contains_key(id)).await;
+        let err = auth.authenticate(store.as_ref(), Some(&header), SystemTime::now()).await.unwrap_err();
+        assert!(matches!(err, AuthError::Unknown), "{err}");
+        // The join token authenticates nothing here; the bootstrap token is admin.
+        let join = HeaderValue::from_str(&format!("Bearer aaaaaaaaaaaa.{secret}")).unwrap();
+        let err = auth.authenticate(store.as_ref(), Some(&join), SystemTime::now()).await.unwrap_err();
+        assert!(matches!(err, AuthError::JoinTokenElsewhere), "{err}");
+        let boot = HeaderValue::from_str(&format!("Bearer {}", "b".repeat(64))).unwrap();
+        let who = auth.authenticate(store.as_ref(), Some(&boot), SystemTime::now()).await.unwrap();
+        assert_eq!(who.to_string(), model::auth::BOOTSTRAP_IDENTITY);
+
+        // Dropping the authenticator ends the follower, which releases its handle on the store.
+        assert_eq!(Arc::strong_count(&store), 2, "the test's and the follower's");
+        drop(auth);
+        wait_for("the follower to stop", || Arc::strong_count(&store) == 1).await;
+    }
+}
