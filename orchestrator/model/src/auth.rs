@@ -43,6 +43,11 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Whether `id` is spelled like a token id ([`ID_LEN`] lowercase hex), e.g. before it names a store key.
+pub fn is_token_id(id: &str) -> bool {
+    is_lower_hex(id, ID_LEN)
+}
+
 /// Why a token text is not a token. Names the part at fault and never repeats what was given: the text may be
 /// a secret, or a secret with a typo.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,7 +81,7 @@ impl BearerToken {
 
     /// A token from an id and a secret, both checked (the control plane builds fresh ones this way).
     pub fn from_parts(id: &str, secret: &str) -> Result<BearerToken, TokenFormatError> {
-        if !is_lower_hex(id, ID_LEN) {
+        if !is_token_id(id) {
             return Err(TokenFormatError::Id);
         }
         if !is_lower_hex(secret, SECRET_LEN) {

@@ -63,7 +63,12 @@ pub enum AuthError {
 
 fn bearer(header: Option<&HeaderValue>) -> Result<&str, AuthError> {
     let text = header.ok_or(AuthError::Missing)?.to_str().map_err(|_| AuthError::NotBearer)?;
-    let token = text.strip_prefix("Bearer ").ok_or(AuthError::NotBearer)?.trim();
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
+    let (scheme, token) = text.split_once(' ').ok_or(AuthError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::NotBearer);
+    }
+    let token = token.trim();
     if token.is_empty() {
         return Err(AuthError::Missing);
     }

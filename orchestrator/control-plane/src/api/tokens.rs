@@ -200,7 +200,7 @@ pub(super) async fn list_tokens(State(s): State<ApiState>) -> ApiResult {
 
 /// `DELETE /api/v1/tokens/{id}` (admin): revocation.
 pub(super) async fn delete_token(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
-    if BearerToken::from_parts(&id, &"0".repeat(model::auth::SECRET_LEN)).is_err() {
+    if !model::auth::is_token_id(&id) {
         return Err(ApiError::bad_request(format!("id: expected {} lowercase hex characters", model::auth::ID_LEN)));
     }
     let key = token_key(&id);

@@ -109,6 +109,7 @@ fn identity_names() {
     assert_eq!(node.to_string(), node_identity("n1"));
     assert_eq!((node.role(), node.node()), (Role::Node, Some("n1")));
     assert_eq!(to_hex(&[0, 0xab, 0x10]), "00ab10");
+    assert!(model::auth::is_token_id(ID) && !model::auth::is_token_id("0123456789AB"));
     for r in [Role::Node, Role::Proxy, Role::Admin] {
         assert_eq!(Role::parse(r.as_str()), Some(r));
         assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
