@@ -1,12 +1,21 @@
 //! The HTTP/JSON API server (axum): Kubernetes-style resource paths over the [`Store`], server-side apply,
 //! watches as newline-delimited JSON, the discovery endpoints API over the registry, pod logs relayed from
-//! the agents, `/healthz`, `/metrics`.
+//! the agents, `/healthz`, `/metrics`; tokens, joining and node certificates (`tokens.rs`).
+//!
+//! Every route but `/healthz`, `/metrics`, `/cacerts` and `/api/v1/join` passes [`authz::guard`]:
+//! authentication (`auth.rs`: the bootstrap token or a stored credential) then authorization (`authz.rs`: per
+//! role).
 //!
 //! Boundary: the API validates and stores; it never schedules, runs or routes anything. Controllers and agents
 //! are its clients (in-process or over HTTP); the one call it makes to an agent is relaying a pod's logs.
 
+pub mod auth;
+pub mod authz;
 mod logs;
 pub mod object;
+mod tokens;
+
+pub use tokens::{CertificateAuthority, SignError};
 
 use crate::store::{Key, Prefix, Store, StoreError, StoreEvent, Versioned};
 use axum::body::{Body, Bytes};
@@ -18,7 +27,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use discovery::{Registry, Selector};
 use futures::StreamExt;
-use model::auth::constant_time_eq;
+use model::clock::{Clock, SystemClock};
 use model::wire::{DiscoverySnapshot, DISCOVERY_HEARTBEAT};
 use model::{self, Kind};
 use serde_json::{json, Value};
@@ -36,11 +45,17 @@ pub struct ApiState {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     store: Arc<dyn Store>,
+    /// The bootstrap admin token; also what the log relay presents to agents.
     token: Option<String>,
+    /// `None` when authentication is disabled.
+    auth: Option<Arc<auth::Authenticator>>,
+    authority: Option<Arc<dyn CertificateAuthority>>,
+    clock: Arc<dyn Clock>,
     registry: Option<Arc<Registry>>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Calls agents for pod logs.
     agent_http: reqwest::Client,
 }
@@ -52,17 +67,34 @@ struct Metrics {
 }
 
 impl ApiState {
-    /// `token: None` disables authentication (tests and in-process use only).
+    /// `token: None` disables authentication and authorization (tests and in-process use only).
+    /// `Some(t)`: `t` is the bootstrap admin token, and stored token records are honoured too.
     pub fn new(store: Arc<dyn Store>, token: Option<String>, registry: Option<Arc<Registry>>) -> Self {
         Self {
             inner: Arc::new(Inner {
+                auth: token.clone().map(|t| Arc::new(auth::Authenticator::new(t))),
                 store,
                 token,
+                authority: None,
+                clock: Arc::new(SystemClock),
                 registry,
-                metrics: Metrics::default(),
+                metrics: Arc::default(),
                 agent_http: logs::agent_client(),
             }),
         }
+    }
+
+    /// The cluster CA: `/cacerts`, node certificates, and the CA hash in join tokens. Without it those
+    /// endpoints answer that there is none.
+    pub fn with_authority(mut self, authority: Arc<dyn CertificateAuthority>) -> Self {
+        Arc::make_mut(&mut self.inner).authority = Some(authority);
+        self
+    }
+
+    /// The clock token expiry and creation times are read from (tests use a `ManualClock`).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        Arc::make_mut(&mut self.inner).clock = clock;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -82,12 +114,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/{plural}", get(list_all).post(create_cluster))
         .route("/api/v1/{plural}/{name}", get(get_cluster).put(update_cluster).delete(delete_cluster))
         .route("/api/v1/{plural}/{name}/status", axum::routing::put(status_cluster))
+        .route("/api/v1/{plural}/{name}/certificate", post(tokens::node_certificate))
+        .route("/api/v1/tokens", get(tokens::list_tokens).post(tokens::create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::delete_token))
         .route("/discovery/v1/endpoints", get(discovery_endpoints))
         .route("/discovery/v1/snapshot", get(discovery_snapshot))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authz::guard));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route("/cacerts", get(tokens::cacerts))
+        .route("/api/v1/join", post(tokens::join))
         .merge(api)
         // Checks Content-Length up front, so an oversized upload is refused before it is read.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES))
@@ -102,6 +139,11 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Follow token records from the start rather than on the first request; the follower stops when the
+    // router (the last holder of the state) is dropped.
+    if let Some(auth) = &state.inner.auth {
+        auth.follow(state.inner.store.clone());
+    }
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
@@ -114,11 +156,18 @@ pub struct ApiError {
     code: StatusCode,
     reason: &'static str,
     message: String,
+    /// The Status's `details` (`{name, kind}` of a 403).
+    details: Option<Value>,
+    /// A 401, which carries `WWW-Authenticate: Bearer`.
+    challenge: bool,
 }
 
 impl ApiError {
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into() }
+        Self { code, reason, message: message.into(), details: None, challenge: false }
+    }
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self { challenge: true, ..Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", message) }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
@@ -148,8 +197,15 @@ fn status_body(code: StatusCode, reason: &str, message: &str) -> Value {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = status_body(self.code, self.reason, &self.message);
-        (self.code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        let mut body = status_body(self.code, self.reason, &self.message);
+        if let Some(details) = self.details {
+            body["details"] = details;
+        }
+        let mut response = (self.code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        if self.challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
@@ -161,28 +217,6 @@ fn json_response(code: StatusCode, value: &Value) -> Response {
 
 // ---------------------------------------------------------------------------------------------------------
 // Middleware
-
-async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.inner.token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
-        if !ok {
-            let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "a valid bearer token is required (Authorization: Bearer TOKEN)",
-            )
-            .into_response();
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
-        }
-    }
-    next.run(request).await
-}
 
 async fn count(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let method = request.method().as_str().to_string();
@@ -221,6 +255,25 @@ struct Query {
     revision: Option<u64>,
     epoch: Option<String>,
     dry_run: bool,
+    /// `fieldSelector=spec.nodeName=NAME`: only pods bound to NAME (`""`: unbound pods).
+    node_name: Option<String>,
+}
+
+/// The one field selector served: `spec.nodeName=NAME` (or `==`), what an agent watches its pods with.
+fn parse_field_selector(v: &str) -> Result<Option<String>, ApiError> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        ApiError::bad_request(
+            "query parameter fieldSelector: only spec.nodeName=NAME is supported (one requirement, = or ==)",
+        )
+    };
+    let (field, value) = v.split_once("==").or_else(|| v.split_once('=')).ok_or_else(bad)?;
+    if field.trim() != "spec.nodeName" || value.contains([',', '=', '!']) {
+        return Err(bad());
+    }
+    Ok(Some(value.trim().to_string()))
 }
 
 fn parse_query(raw: Option<String>) -> Result<Query, ApiError> {
@@ -242,6 +295,7 @@ fn parse_query(raw: Option<String>) -> Result<Query, ApiError> {
             "revision" => q.revision = Some(parse_u64("revision")?),
             "epoch" if !v.is_empty() => q.epoch = Some(v.into_owned()),
             "dryRun" => q.dry_run = !matches!(v.as_ref(), "false" | "0"),
+            "fieldSelector" => q.node_name = parse_field_selector(&v)?,
             _ => {}
         }
     }
@@ -315,12 +369,19 @@ async fn list_all(State(s): State<ApiState>, Path(plural): Path<String>, RawQuer
 }
 
 async fn list(s: ApiState, kind: Kind, namespace: Option<String>, q: Query) -> ApiResult {
+    if q.node_name.is_some() && kind != Kind::Pod {
+        return Err(ApiError::bad_request(format!(
+            "query parameter fieldSelector: {} have no field selector (only pods: spec.nodeName)",
+            kind.plural()
+        )));
+    }
     let prefix = Prefix { kind: kind.plural().to_string(), namespace };
     if q.watch {
         return watch(s, prefix, q).await;
     }
     let (items, revision) = s.inner.store.list(&prefix, q.label_selector.as_ref()).await?;
     let items = items.iter().map(present).collect::<Result<Vec<_>, _>>()?;
+    let items: Vec<Value> = items.into_iter().filter(|v| on_node(q.node_name.as_deref(), v)).collect();
     Ok(json_response(
         StatusCode::OK,
         &json!({"apiVersion": "v1", "kind": format!("{}List", kind.kind_name()),
@@ -617,14 +678,21 @@ impl Drop for WatchGuard {
     }
 }
 
+/// Whether a pod passes `fieldSelector=spec.nodeName=node` (`None`: no field selector).
+fn on_node(node: Option<&str>, pod: &Value) -> bool {
+    node.is_none_or(|n| pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("") == n)
+}
+
 /// Stream `ADDED|MODIFIED|DELETED` events after `resourceVersion`; without one, the current objects come
-/// first as `ADDED`. An expired revision ends the stream with an `ERROR` event carrying a 410 Status.
+/// first as `ADDED`. An expired revision ends the stream with an `ERROR` event carrying a 410 Status. With a
+/// label or field selector, an object that stops matching is sent as `DELETED` and one that starts as `ADDED`.
 async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
     let selector = q.label_selector.clone();
+    let node = q.node_name.clone();
     let matches = move |v: &Value| {
         let labels: discovery::Labels =
             v.pointer("/metadata/labels").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();
-        selector.as_ref().is_none_or(|sel| sel.matches(&labels))
+        selector.as_ref().is_none_or(|sel| sel.matches(&labels)) && on_node(node.as_deref(), v)
     };
     let (initial, from) = match q.resource_version {
         Some(rv) => (Vec::new(), rv),
@@ -636,8 +704,11 @@ async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
     let mut visible: HashSet<Key> = HashSet::new();
     let mut first = Vec::with_capacity(initial.len());
     for v in &initial {
-        visible.insert(v.key.clone());
-        first.push(Ok::<_, std::io::Error>(event_line("ADDED", &present(v)?)));
+        let value = present(v)?;
+        if matches(&value) {
+            visible.insert(v.key.clone());
+            first.push(Ok::<_, std::io::Error>(event_line("ADDED", &value)));
+        }
     }
     let events = match s.inner.store.watch(&prefix, from).await {
         Ok(events) => events,
@@ -650,7 +721,7 @@ async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
     };
     s.inner.metrics.watches_open.fetch_add(1, Ordering::Relaxed);
     let guard = WatchGuard(s.clone());
-    let filtered = q.label_selector.is_some();
+    let filtered = q.label_selector.is_some() || q.node_name.is_some();
     let stream = events.filter_map(move |event| {
         let _ = &guard;
         let line = match event {
@@ -673,11 +744,17 @@ async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
             },
             Ok(StoreEvent::Delete { key, revision, prev }) => {
                 let was_visible = visible.remove(&key) || !filtered;
-                let mut value = prev
-                    .and_then(|p| serde_json::from_slice::<Value>(&p).ok())
-                    .unwrap_or_else(|| json!({"metadata": {"name": key.name, "namespace": key.namespace}}));
+                let prev = prev.and_then(|p| serde_json::from_slice::<Value>(&p).ok());
+                // The last value decides: it is what the client last saw matching (in this stream or, for a
+                // watch resumed from a revision, before it).
+                let send = match &prev {
+                    Some(value) => matches(value),
+                    None => was_visible,
+                };
+                let mut value =
+                    prev.unwrap_or_else(|| json!({"metadata": {"name": key.name, "namespace": key.namespace}}));
                 object::set_resource_version(&mut value, revision);
-                (was_visible && matches(&value)).then(|| event_line("DELETED", &value))
+                send.then(|| event_line("DELETED", &value))
             }
         };
         futures::future::ready(line.map(Ok::<_, std::io::Error>))

@@ -1,5 +1,6 @@
-//! Secret encryption at rest: a [`Store`] wrapper that seals the values of every `secrets` object with
-//! AES-256-GCM before they reach the backend, and opens them again on every read and watch event.
+//! Secret encryption at rest: a [`Store`] wrapper that seals the values of every `secrets` object (and the
+//! private key of the cluster CA, `berthpki`) with AES-256-GCM before they reach the backend, and opens them
+//! again on every read and watch event.
 //!
 //! Why a wrapper and not the API layer: the API is not the only reader. The controllers and the scheduler
 //! share the same `Arc<dyn Store>` in process (the Deployment controller hashes Secret data for
@@ -9,7 +10,8 @@
 //!
 //! What is sealed: a stored Secret keeps `apiVersion`, `kind`, `metadata` (so label selectors still work) and
 //! `type` in clear; `data` and `stringData` are replaced by `encryptedData: "v1:" + base64(nonce || ciphertext
-//! || tag)`, the ciphertext being the JSON of `{"data":…, "stringData":…}`. The additional authenticated data
+//! || tag)`, the ciphertext being the JSON of `{"data":…, "stringData":…}`. A `berthpki` value has its `key`
+//! sealed the same way (its `cert` stays in clear: it is public). The additional authenticated data
 //! is the store key (`secrets/NS/NAME`), so a sealed value copied to another key does not open. Each write
 //! draws a fresh 96-bit nonce from the system RNG. A Secret written before encryption existed (no
 //! `encryptedData`) is read as it is and sealed on its next write.
@@ -28,6 +30,8 @@ use std::sync::Arc;
 
 /// The store kind whose values are sealed.
 pub const SECRETS_KIND: &str = "secrets";
+/// The store kind of the cluster CA (`{"cert": PEM, "key": PEM}`), whose `key` is sealed.
+pub const PKI_KIND: &str = "berthpki";
 /// File name of the key in the data dir.
 pub const KEY_FILE: &str = "secret-encryption.key";
 /// The field that replaces `data`/`stringData` in a stored Secret.
@@ -136,7 +140,17 @@ fn decode_hex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Seals `secrets` values on the way in and opens them on the way out; other kinds pass through untouched.
+/// The fields sealed in values of `kind`; empty for kinds stored in clear.
+fn sealed_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        SECRETS_KIND => &["data", "stringData"],
+        PKI_KIND => &["key"],
+        _ => &[],
+    }
+}
+
+/// Seals `secrets` and `berthpki` values on the way in and opens them on the way out; other kinds pass
+/// through untouched.
 pub struct EncryptingStore {
     inner: Arc<dyn Store>,
     key: Arc<SecretKey>,
@@ -154,13 +168,14 @@ impl EncryptingStore {
 }
 
 fn seal(sk: &SecretKey, key: &Key, value: Vec<u8>) -> StoreResult<Vec<u8>> {
-    if key.kind != SECRETS_KIND {
+    let fields = sealed_fields(&key.kind);
+    if fields.is_empty() {
         return Ok(value);
     }
-    let bad = || StoreError::Backend(format!("{key}: a Secret must be a JSON object"));
+    let bad = || StoreError::Backend(format!("{key}: a sealed value must be a JSON object"));
     let mut obj: Map<String, Value> = serde_json::from_slice(&value).map_err(|_| bad())?;
     let mut payload = Map::new();
-    for field in ["data", "stringData"] {
+    for &field in fields {
         if let Some(v) = obj.remove(field) {
             payload.insert(field.to_string(), v);
         }
@@ -171,7 +186,7 @@ fn seal(sk: &SecretKey, key: &Key, value: Vec<u8>) -> StoreResult<Vec<u8>> {
 }
 
 fn unseal(sk: &SecretKey, key: &Key, value: Vec<u8>) -> StoreResult<Vec<u8>> {
-    if key.kind != SECRETS_KIND {
+    if sealed_fields(&key.kind).is_empty() {
         return Ok(value);
     }
     let Ok(mut obj) = serde_json::from_slice::<Map<String, Value>>(&value) else {
@@ -182,12 +197,10 @@ fn unseal(sk: &SecretKey, key: &Key, value: Vec<u8>) -> StoreResult<Vec<u8>> {
         return Ok(value);
     };
     let plain = sealed.as_str().and_then(|s| sk.open(&key.to_string(), s)).ok_or_else(|| {
-        StoreError::Backend(format!(
-            "{key}: cannot decrypt the stored Secret (was the data dir's {KEY_FILE} replaced?)"
-        ))
+        StoreError::Backend(format!("{key}: cannot decrypt the stored value (was the data dir's {KEY_FILE} replaced?)"))
     })?;
     let payload: Map<String, Value> = serde_json::from_slice(&plain)
-        .map_err(|_| StoreError::Backend(format!("{key}: decrypted Secret is not a JSON object")))?;
+        .map_err(|_| StoreError::Backend(format!("{key}: decrypted value is not a JSON object")))?;
     obj.extend(payload);
     serde_json::to_vec(&obj).map_err(|e| StoreError::Backend(format!("{key}: {e}")))
 }
@@ -229,7 +242,7 @@ impl Store for EncryptingStore {
 
     async fn watch(&self, prefix: &Prefix, from_revision: u64) -> StoreResult<WatchStream> {
         let events = self.inner.watch(prefix, from_revision).await?;
-        if prefix.kind != SECRETS_KIND {
+        if sealed_fields(&prefix.kind).is_empty() {
             return Ok(events);
         }
         let sk = self.key.clone();
@@ -341,6 +354,32 @@ mod tests {
         raw.create(&old, secret_json("Yg==")).await.unwrap();
         let v: Value = serde_json::from_slice(&store.get(&old).await.unwrap().unwrap().value).unwrap();
         assert_eq!(v["data"]["password"], "Yg==");
+    }
+
+    #[tokio::test]
+    async fn the_ca_private_key_is_sealed_and_its_certificate_is_not() {
+        let raw = Arc::new(MemoryStore::new());
+        let store = EncryptingStore::new(raw.clone(), SecretKey::from_bytes(&[3; 32]));
+        let k = Key::new(PKI_KIND, "", "cluster-ca");
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIBcert\n-----END CERTIFICATE-----\n";
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIGHkeymaterial\n-----END PRIVATE KEY-----\n";
+        let value = serde_json::to_vec(&serde_json::json!({"cert": cert, "key": pem})).unwrap();
+        let mut w = store.watch(&Prefix { kind: PKI_KIND.into(), namespace: None }, 0).await.unwrap();
+        store.create(&k, value).await.unwrap();
+        let stored = String::from_utf8(raw.get(&k).await.unwrap().unwrap().value).unwrap();
+        assert!(!stored.contains("PRIVATE KEY") && !stored.contains("MIGHkeymaterial"), "{stored}");
+        assert!(stored.contains("MIIBcert") && stored.contains(SEALED_FIELD), "{stored}");
+        let read: Value = serde_json::from_slice(&store.get(&k).await.unwrap().unwrap().value).unwrap();
+        assert_eq!((read["cert"].as_str(), read["key"].as_str()), (Some(cert), Some(pem)));
+        match w.next().await.unwrap().unwrap() {
+            StoreEvent::Put { object, .. } => {
+                let v: Value = serde_json::from_slice(&object.value).unwrap();
+                assert_eq!(v["key"], pem);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (listed, _) = store.list(&Prefix { kind: PKI_KIND.into(), namespace: None }, None).await.unwrap();
+        assert!(String::from_utf8_lossy(&listed[0].value).contains("PRIVATE KEY"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Integration tests of the control plane (store backends, scheduler, controllers, API and the registry mirror
 //! over it), in one test binary.
 
+mod api_auth;
 mod cluster_ca;
 mod controllers_config;
 mod controllers_deployment;
