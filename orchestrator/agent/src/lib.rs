@@ -29,7 +29,7 @@ pub use http::HttpControlPlane;
 pub use restart::Backoff;
 pub use runtime::{Runtime, RuntimeError};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use model::Pod;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -77,8 +77,11 @@ pub struct AgentConfig {
     pub claim_unbound: bool,
     /// The logs listener (127.0.0.1:0 picks a port).
     pub logs_listen: String,
-    /// When set, the logs endpoint requires this bearer token.
+    /// When set (and `ca` is not), the plain-HTTP logs endpoint requires this bearer token.
     pub logs_token: Option<String>,
+    /// The cluster CA. When set, the logs endpoint serves TLS with a certificate the control plane signs for
+    /// this node, and accepts only the API server's client certificate (`logs_token` is then unused).
+    pub ca: Option<pki::CaCert>,
     pub stop_pods_on_shutdown: bool,
 }
 
@@ -97,6 +100,7 @@ impl AgentConfig {
             claim_unbound: false,
             logs_listen: "127.0.0.1:0".into(),
             logs_token: None,
+            ca: None,
             stop_pods_on_shutdown: false,
         }
     }
@@ -199,15 +203,22 @@ impl Agent {
         let logs_addr =
             listener.local_addr().map_err(|e| AgentError::Listen { addr: config.logs_listen.clone(), source: e })?;
         let (logs_stop_tx, logs_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let logs_task = tokio::spawn(logs::serve(
-            listener,
-            table.clone(),
-            runtime.clone(),
-            config.logs_token.clone(),
-            async move {
-                let _ = logs_stop_rx.await;
-            },
-        ));
+        let logs_stop = async move {
+            let _ = logs_stop_rx.await;
+        };
+        let served = match &config.ca {
+            Some(ca) => {
+                let mtls =
+                    logs::MtlsConfig { control: control.clone(), node: config.node_name.clone(), ca: ca.clone() };
+                logs::serve_mtls(listener, table.clone(), runtime.clone(), mtls, logs_stop).boxed()
+            }
+            None => logs::serve(listener, table.clone(), runtime.clone(), config.logs_token.clone(), logs_stop).boxed(),
+        };
+        let logs_task = tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::error!("logs listener on {logs_addr}: {e}");
+            }
+        });
 
         control.register_node(&node_object(&config)).await?;
         let node_status =
@@ -251,14 +262,16 @@ impl Agent {
         on_ready(logs_addr);
         tokio::pin!(shutdown);
         let mut first = true;
+        // Only an agent that claims unbound pods needs to see them (and only an admin credential may).
+        let pods_of = (!config.claim_unbound).then_some(config.node_name.as_str());
         'outer: loop {
             let pods = tokio::select! {
-                r = control.list_pods() => r,
+                r = control.list_pods(pods_of) => r,
                 _ = &mut shutdown => break 'outer,
             };
             let events = match pods {
                 Ok(pods) => {
-                    let watch = control.watch_pods().await;
+                    let watch = control.watch_pods(pods_of).await;
                     reconciler.resync(pods, first).await;
                     first = false;
                     watch

@@ -318,6 +318,18 @@ impl Client {
         Ok(response.bytes_stream().map(move |c| c.map_err(|e| ClientError::Connect { url: base.clone(), source: e })))
     }
 
+    /// A serving certificate for `node`'s own listener, signed by the cluster CA from the PKCS#10 request
+    /// `csr_pem` (`POST /api/v1/nodes/NODE/certificate`). The private key never leaves the caller.
+    pub async fn node_certificate(&self, node: &str, csr_pem: &str) -> Result<String, ClientError> {
+        let path = format!("{}/certificate", Self::object_path(Kind::Node, "", node));
+        let answer =
+            self.send(self.request(reqwest::Method::POST, &path).json(&serde_json::json!({"csr": csr_pem}))).await?;
+        match answer.get("certificate") {
+            Some(Value::String(pem)) => Ok(pem.clone()),
+            _ => Err(ClientError::Protocol("certificate answer has no \"certificate\"".into())),
+        }
+    }
+
     /// Ready endpoints matching any of `selectors` from the discovery API.
     pub async fn discovery_endpoints(
         &self,
