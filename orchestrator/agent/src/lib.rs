@@ -60,7 +60,8 @@ impl std::str::FromStr for RuntimeKind {
     }
 }
 
-#[derive(Debug, Clone)]
+/// What an agent runs with. `Debug` omits `logs_token`.
+#[derive(Clone)]
 pub struct AgentConfig {
     pub node_name: String,
     /// `cpu`, `memory`, `pods`, ... as Kubernetes quantities; reported as capacity and allocatable.
@@ -103,6 +104,27 @@ impl AgentConfig {
             ca: None,
             stop_pods_on_shutdown: false,
         }
+    }
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("node_name", &self.node_name)
+            .field("capacity", &self.capacity)
+            .field("labels", &self.labels)
+            .field("runtime", &self.runtime)
+            .field("data_dir", &self.data_dir)
+            .field("self_exe", &self.self_exe)
+            .field("port_range", &self.port_range)
+            .field("heartbeat", &self.heartbeat)
+            .field("backoff", &self.backoff)
+            .field("claim_unbound", &self.claim_unbound)
+            .field("logs_listen", &self.logs_listen)
+            .field("logs_token", &self.logs_token.as_ref().map(|_| "****"))
+            .field("ca", &self.ca)
+            .field("stop_pods_on_shutdown", &self.stop_pods_on_shutdown)
+            .finish()
     }
 }
 
@@ -546,6 +568,14 @@ async fn status_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_debug_omits_the_logs_token() {
+        let mut cfg = AgentConfig::new("n", "/tmp");
+        cfg.logs_token = Some("s3cr3t-token".into());
+        let dbg = format!("{cfg:?}");
+        assert!(dbg.contains("node_name") && !dbg.contains("s3cr3t-token"), "{dbg}");
+    }
 
     #[test]
     fn condition_transition_times_move_only_when_the_status_flips() {
