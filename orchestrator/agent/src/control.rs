@@ -4,12 +4,13 @@
 //! The agent never touches the store: it registers its node, posts heartbeats and pod status, watches pods
 //! and reads ConfigMaps/Secrets through [`ControlPlane`]. The HTTP implementation over the API client lives
 //! beside the client; [`MemoryControlPlane`] keeps everything in maps and emits watch events like the API
-//! server does (including `MODIFIED` for status writes).
+//! server does (including `MODIFIED` for status writes, and `DELETED`/`ADDED` when a pod leaves/enters a
+//! node-filtered watch).
 
 use futures::stream::BoxStream;
 use parking_lot::Mutex;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -39,10 +40,13 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn register_node(&self, node: &Value) -> Result<(), ControlPlaneError>;
     /// Replace the node's status (heartbeat, capacity, endpoint).
     async fn update_node_status(&self, name: &str, status: &Value) -> Result<(), ControlPlaneError>;
-    /// Every pod (the agent filters by node itself).
-    async fn list_pods(&self) -> Result<Vec<Value>, ControlPlaneError>;
-    /// Changes to pods from now on. The stream may end; the agent then lists and watches again.
-    async fn watch_pods(&self) -> Result<PodEvents, ControlPlaneError>;
+    /// The pods bound to `node`, or every pod (`None`: only an agent that claims unbound pods needs them, and
+    /// only an admin credential may list them).
+    async fn list_pods(&self, node: Option<&str>) -> Result<Vec<Value>, ControlPlaneError>;
+    /// Changes to pods from now on, of the pods bound to `node` (or of every pod). A pod that leaves the node
+    /// comes as [`PodEvent::Deleted`], one that arrives as an upsert. The stream may end; the agent then lists
+    /// and watches again.
+    async fn watch_pods(&self, node: Option<&str>) -> Result<PodEvents, ControlPlaneError>;
     async fn update_pod_status(&self, namespace: &str, name: &str, status: &Value) -> Result<(), ControlPlaneError>;
     /// Set `spec.nodeName` of an unbound pod (compare-and-swap). `Ok(false)` when someone else bound it.
     async fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> Result<bool, ControlPlaneError>;
@@ -57,12 +61,31 @@ pub trait ControlPlane: Send + Sync + 'static {
         namespace: &str,
         name: &str,
     ) -> Result<Option<BTreeMap<String, String>>, ControlPlaneError>;
+    /// The node's serving certificate (PEM) for the PKCS#10 request `csr_pem`, signed by the cluster CA.
+    async fn node_certificate(&self, node: &str, csr_pem: &str) -> Result<String, ControlPlaneError>;
 }
 
 fn key_of(pod: &Value) -> (String, String) {
     let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("default");
     let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     (ns.to_string(), name.to_string())
+}
+
+fn on_node(pod: &Value, node: &str) -> bool {
+    pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+}
+
+/// What a watch of the pods on `node` sends for `event`, given the pods it has sent as on the node
+/// (`matching`), as the API server's field-selected watch does.
+fn select(event: PodEvent, node: &str, matching: &mut HashSet<(String, String)>) -> Option<PodEvent> {
+    match event {
+        PodEvent::Upsert(p) if on_node(&p, node) => {
+            matching.insert(key_of(&p));
+            Some(PodEvent::Upsert(p))
+        }
+        PodEvent::Upsert(p) => matching.remove(&key_of(&p)).then_some(PodEvent::Deleted(p)),
+        PodEvent::Deleted(p) => (matching.remove(&key_of(&p)) || on_node(&p, node)).then_some(PodEvent::Deleted(p)),
+    }
 }
 
 #[derive(Default)]
@@ -72,6 +95,7 @@ struct Mem {
     config_maps: HashMap<(String, String), BTreeMap<String, String>>,
     secrets: HashMap<(String, String), BTreeMap<String, String>>,
     status_writes: u64,
+    ca: Option<Arc<pki::ClusterCa>>,
 }
 
 /// An in-memory control plane: pods, nodes, ConfigMaps and Secrets in maps, events on a broadcast channel.
@@ -131,6 +155,11 @@ impl MemoryControlPlane {
     pub fn status_writes(&self) -> u64 {
         self.mem.lock().status_writes
     }
+
+    /// Sign node certificates with `ca` from now on (until then, [`ControlPlane::node_certificate`] fails).
+    pub fn set_ca(&self, ca: Arc<pki::ClusterCa>) {
+        self.mem.lock().ca = Some(ca);
+    }
 }
 
 #[async_trait::async_trait]
@@ -154,19 +183,39 @@ impl ControlPlane for MemoryControlPlane {
         Ok(())
     }
 
-    async fn list_pods(&self) -> Result<Vec<Value>, ControlPlaneError> {
-        Ok(self.mem.lock().pods.values().cloned().collect())
+    async fn list_pods(&self, node: Option<&str>) -> Result<Vec<Value>, ControlPlaneError> {
+        let mem = self.mem.lock();
+        Ok(mem.pods.values().filter(|p| node.is_none_or(|n| on_node(p, n))).cloned().collect())
     }
 
-    async fn watch_pods(&self) -> Result<PodEvents, ControlPlaneError> {
-        let rx = self.events.subscribe();
-        let s = futures::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(e) => Some((Ok(e), rx)),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    Some((Err(ControlPlaneError::Unavailable(format!("watch lagged by {n} events"))), rx))
+    async fn watch_pods(&self, node: Option<&str>) -> Result<PodEvents, ControlPlaneError> {
+        // Subscribing under the lock: a write after this point is in `rx`, one before it in `matching`.
+        let (rx, matching) = {
+            let mem = self.mem.lock();
+            let matching: HashSet<_> = match node {
+                Some(n) => mem.pods.values().filter(|p| on_node(p, n)).map(key_of).collect(),
+                None => HashSet::new(),
+            };
+            (self.events.subscribe(), matching)
+        };
+        let node = node.map(str::to_string);
+        let s = futures::stream::unfold((rx, node, matching), |(mut rx, node, mut matching)| async move {
+            loop {
+                let event = match rx.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let e = ControlPlaneError::Unavailable(format!("watch lagged by {n} events"));
+                        return Some((Err(e), (rx, node, matching)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                };
+                let selected = match &node {
+                    Some(n) => select(event, n, &mut matching),
+                    None => Some(event),
+                };
+                if let Some(e) = selected {
+                    return Some((Ok(e), (rx, node, matching)));
                 }
-                Err(broadcast::error::RecvError::Closed) => None,
             }
         });
         Ok(Box::pin(s))
@@ -221,5 +270,62 @@ impl ControlPlane for MemoryControlPlane {
         name: &str,
     ) -> Result<Option<BTreeMap<String, String>>, ControlPlaneError> {
         Ok(self.mem.lock().secrets.get(&(namespace.to_string(), name.to_string())).cloned())
+    }
+
+    async fn node_certificate(&self, node: &str, csr_pem: &str) -> Result<String, ControlPlaneError> {
+        let what = format!("nodes/{node}/certificate");
+        let ca = self.mem.lock().ca.clone().ok_or_else(|| ControlPlaneError::Unavailable(format!("{what}: no CA")))?;
+        ca.sign_server_csr(csr_pem, node).map_err(|e| ControlPlaneError::Unavailable(format!("{what}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use serde_json::json;
+
+    fn pod(name: &str, node: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "default", "uid": name}, "spec": {"nodeName": node}})
+    }
+
+    #[tokio::test]
+    async fn a_node_watch_sees_pods_arrive_as_upserts_and_leave_as_deletions() {
+        let cp = MemoryControlPlane::new();
+        cp.put_pod(pod("here", "a"));
+        cp.put_pod(pod("there", "b"));
+        let listed = cp.list_pods(Some("a")).await.unwrap();
+        assert_eq!(listed, [pod("here", "a")]);
+        assert_eq!(cp.list_pods(None).await.unwrap().len(), 2);
+
+        let mut watch = cp.watch_pods(Some("a")).await.unwrap();
+        cp.put_pod(pod("here", "b"));
+        cp.put_pod(pod("elsewhere", "c"));
+        cp.put_pod(pod("there", "a"));
+        cp.delete_pod("default", "elsewhere");
+        cp.delete_pod("default", "there");
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(
+                tokio::time::timeout(std::time::Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap(),
+            );
+        }
+        assert_eq!(
+            seen,
+            [
+                PodEvent::Deleted(pod("here", "b")),
+                PodEvent::Upsert(pod("there", "a")),
+                PodEvent::Deleted(pod("there", "a"))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn node_certificates_need_a_ca_and_name_the_node() {
+        let cp = MemoryControlPlane::new();
+        let (csr, _key) = pki::generate_csr("n1").unwrap();
+        assert!(cp.node_certificate("n1", &csr).await.is_err(), "no CA yet");
+        cp.set_ca(Arc::new(pki::ClusterCa::generate("berth-ca").unwrap()));
+        assert!(cp.node_certificate("n1", &csr).await.unwrap().contains("BEGIN CERTIFICATE"));
     }
 }

@@ -75,12 +75,21 @@ impl ControlPlane for HttpControlPlane {
             .map_err(|e| err(&format!("nodes/{name}/status"), e))
     }
 
-    async fn list_pods(&self) -> Result<Vec<Value>, ControlPlaneError> {
-        self.client.list(Kind::Pod, None, None).await.map_err(|e| err("pods", e))
+    async fn list_pods(&self, node: Option<&str>) -> Result<Vec<Value>, ControlPlaneError> {
+        match node {
+            Some(n) => self.client.list_pods_on_node(n).await,
+            None => self.client.list(Kind::Pod, None, None).await,
+        }
+        .map_err(|e| err("pods", e))
     }
 
-    async fn watch_pods(&self) -> Result<PodEvents, ControlPlaneError> {
-        let s = self.client.watch(Kind::Pod, None, None, None).await.map_err(|e| err("watch pods", e))?;
+    async fn watch_pods(&self, node: Option<&str>) -> Result<PodEvents, ControlPlaneError> {
+        let s = match node {
+            Some(n) => self.client.watch_pods_on_node(n, None).await.map(StreamExt::boxed),
+            None => self.client.watch(Kind::Pod, None, None, None).await.map(StreamExt::boxed),
+        }
+        .map_err(|e| err("watch pods", e))?;
+        // With a node's field selector, `DELETED` also means "left the node" and `ADDED` "arrived on it".
         Ok(Box::pin(s.map(|ev| match ev {
             Ok(ev) => match ev.kind.as_str() {
                 "ADDED" | "MODIFIED" => Ok(PodEvent::Upsert(ev.object)),
@@ -147,5 +156,9 @@ impl ControlPlane for HttpControlPlane {
             // Never echo a secret: the error names only the object.
             Err(e) => Err(err(&format!("secrets/{namespace}/{name}"), e)),
         }
+    }
+
+    async fn node_certificate(&self, node: &str, csr_pem: &str) -> Result<String, ControlPlaneError> {
+        self.client.node_certificate(node, csr_pem).await.map_err(|e| err(&format!("nodes/{node}/certificate"), e))
     }
 }

@@ -29,7 +29,7 @@ pub use http::HttpControlPlane;
 pub use restart::Backoff;
 pub use runtime::{Runtime, RuntimeError};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use model::Pod;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -60,7 +60,8 @@ impl std::str::FromStr for RuntimeKind {
     }
 }
 
-#[derive(Debug, Clone)]
+/// What an agent runs with. `Debug` omits `logs_token`.
+#[derive(Clone)]
 pub struct AgentConfig {
     pub node_name: String,
     /// `cpu`, `memory`, `pods`, ... as Kubernetes quantities; reported as capacity and allocatable.
@@ -77,8 +78,11 @@ pub struct AgentConfig {
     pub claim_unbound: bool,
     /// The logs listener (127.0.0.1:0 picks a port).
     pub logs_listen: String,
-    /// When set, the logs endpoint requires this bearer token.
+    /// When set (and `ca` is not), the plain-HTTP logs endpoint requires this bearer token.
     pub logs_token: Option<String>,
+    /// The cluster CA. When set, the logs endpoint serves TLS with a certificate the control plane signs for
+    /// this node, and accepts only the API server's client certificate (`logs_token` is then unused).
+    pub ca: Option<pki::CaCert>,
     pub stop_pods_on_shutdown: bool,
 }
 
@@ -97,8 +101,30 @@ impl AgentConfig {
             claim_unbound: false,
             logs_listen: "127.0.0.1:0".into(),
             logs_token: None,
+            ca: None,
             stop_pods_on_shutdown: false,
         }
+    }
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("node_name", &self.node_name)
+            .field("capacity", &self.capacity)
+            .field("labels", &self.labels)
+            .field("runtime", &self.runtime)
+            .field("data_dir", &self.data_dir)
+            .field("self_exe", &self.self_exe)
+            .field("port_range", &self.port_range)
+            .field("heartbeat", &self.heartbeat)
+            .field("backoff", &self.backoff)
+            .field("claim_unbound", &self.claim_unbound)
+            .field("logs_listen", &self.logs_listen)
+            .field("logs_token", &self.logs_token.as_ref().map(|_| "****"))
+            .field("ca", &self.ca)
+            .field("stop_pods_on_shutdown", &self.stop_pods_on_shutdown)
+            .finish()
     }
 }
 
@@ -199,15 +225,22 @@ impl Agent {
         let logs_addr =
             listener.local_addr().map_err(|e| AgentError::Listen { addr: config.logs_listen.clone(), source: e })?;
         let (logs_stop_tx, logs_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let logs_task = tokio::spawn(logs::serve(
-            listener,
-            table.clone(),
-            runtime.clone(),
-            config.logs_token.clone(),
-            async move {
-                let _ = logs_stop_rx.await;
-            },
-        ));
+        let logs_stop = async move {
+            let _ = logs_stop_rx.await;
+        };
+        let served = match &config.ca {
+            Some(ca) => {
+                let mtls =
+                    logs::MtlsConfig { control: control.clone(), node: config.node_name.clone(), ca: ca.clone() };
+                logs::serve_mtls(listener, table.clone(), runtime.clone(), mtls, logs_stop).boxed()
+            }
+            None => logs::serve(listener, table.clone(), runtime.clone(), config.logs_token.clone(), logs_stop).boxed(),
+        };
+        let logs_task = tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::error!("logs listener on {logs_addr}: {e}");
+            }
+        });
 
         control.register_node(&node_object(&config)).await?;
         let node_status =
@@ -251,14 +284,16 @@ impl Agent {
         on_ready(logs_addr);
         tokio::pin!(shutdown);
         let mut first = true;
+        // Only an agent that claims unbound pods needs to see them (and only an admin credential may).
+        let pods_of = (!config.claim_unbound).then_some(config.node_name.as_str());
         'outer: loop {
             let pods = tokio::select! {
-                r = control.list_pods() => r,
+                r = control.list_pods(pods_of) => r,
                 _ = &mut shutdown => break 'outer,
             };
             let events = match pods {
                 Ok(pods) => {
-                    let watch = control.watch_pods().await;
+                    let watch = control.watch_pods(pods_of).await;
                     reconciler.resync(pods, first).await;
                     first = false;
                     watch
@@ -533,6 +568,14 @@ async fn status_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_debug_omits_the_logs_token() {
+        let mut cfg = AgentConfig::new("n", "/tmp");
+        cfg.logs_token = Some("s3cr3t-token".into());
+        let dbg = format!("{cfg:?}");
+        assert!(dbg.contains("node_name") && !dbg.contains("s3cr3t-token"), "{dbg}");
+    }
 
     #[test]
     fn condition_transition_times_move_only_when_the_status_flips() {

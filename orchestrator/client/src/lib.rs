@@ -1,6 +1,13 @@
-//! A typed-enough HTTP client of the API server, used by the CLI and by node agents.
+//! A typed-enough HTTP client of the API server, used by the CLI and by node agents, the registry mirror, and
+//! the join flow that turns a join token into the cluster CA and a credential.
+//!
+//! TLS: an `https://` server is reached only with the cluster CA ([`Client::with_ca`]); there is no insecure
+//! mode. Tokens travel only in the `Authorization` header and never appear in errors or `Debug` output.
 
+pub mod join;
 pub mod mirror;
+
+pub use join::{join, JoinError, Joined};
 
 use futures::{Stream, StreamExt};
 use model::Kind;
@@ -20,6 +27,14 @@ pub enum ClientError {
     Api { code: u16, reason: String, message: String },
     #[error("unexpected answer from the API server: {0}")]
     Protocol(String),
+    #[error("{url}: https:// needs the cluster CA: give the client the CA certificate (ca.crt)")]
+    NeedsCa { url: String },
+    #[error("TLS configuration for {url}: {source}")]
+    Tls {
+        url: String,
+        #[source]
+        source: pki::PkiError,
+    },
 }
 
 impl ClientError {
@@ -67,16 +82,35 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// Whether `url` asks for TLS (scheme compared as URLs do, without case).
+pub(crate) fn is_https(url: &str) -> bool {
+    url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
+/// A reqwest builder with the crypto provider installed, as every reqwest client of this crate needs.
+pub(crate) fn http_builder() -> reqwest::ClientBuilder {
+    pki::install_crypto_provider();
+    reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).tcp_nodelay(true)
+}
+
 impl Client {
+    /// A client of a plain-HTTP server. An `https://` URL is refused: it needs [`Client::with_ca`].
     pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let http = {
-            pki::install_crypto_provider();
-            reqwest::Client::builder()
+        if is_https(server) {
+            return Err(ClientError::NeedsCa { url: server.to_string() });
         }
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|e| ClientError::Connect { url: server.to_string(), source: e })?;
+        Self::build(server, token, http_builder())
+    }
+
+    /// A client that trusts only the cluster CA `ca` for an `https://` server (a plain `http://` URL stays
+    /// plain).
+    pub fn with_ca(server: &str, ca: &pki::CaCert, token: Option<String>) -> Result<Self, ClientError> {
+        let tls = pki::client_config(ca, None).map_err(|e| ClientError::Tls { url: server.to_string(), source: e })?;
+        Self::build(server, token, http_builder().tls_backend_preconfigured(tls))
+    }
+
+    fn build(server: &str, token: Option<String>, builder: reqwest::ClientBuilder) -> Result<Self, ClientError> {
+        let http = builder.build().map_err(|e| ClientError::Connect { url: server.to_string(), source: e })?;
         Ok(Self { base: server.trim_end_matches('/').to_string(), token, http })
     }
 
@@ -125,10 +159,23 @@ impl Client {
         namespace: Option<&str>,
         selector: Option<&str>,
     ) -> Result<Vec<Value>, ClientError> {
-        let mut r = self.request(reqwest::Method::GET, &Self::collection_path(kind, namespace));
-        if let Some(sel) = selector {
-            r = r.query(&[("labelSelector", sel)]);
-        }
+        self.list_selected(kind, namespace, selector, None).await
+    }
+
+    /// The pods bound to `node` in every namespace (`fieldSelector=spec.nodeName=NODE`): all a node's
+    /// credential may list.
+    pub async fn list_pods_on_node(&self, node: &str) -> Result<Vec<Value>, ClientError> {
+        self.list_selected(Kind::Pod, None, None, Some(&node_selector(node))).await
+    }
+
+    async fn list_selected(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        labels: Option<&str>,
+        fields: Option<&str>,
+    ) -> Result<Vec<Value>, ClientError> {
+        let r = selected(self.request(reqwest::Method::GET, &Self::collection_path(kind, namespace)), labels, fields);
         let list = self.send(r).await?;
         match list.get("items") {
             Some(Value::Array(items)) => Ok(items.clone()),
@@ -201,14 +248,33 @@ impl Client {
         resource_version: Option<u64>,
         selector: Option<&str>,
     ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+        self.watch_selected(kind, namespace, resource_version, selector, None).await
+    }
+
+    /// Watch the pods bound to `node`: a pod that arrives on the node comes as `ADDED`, one that leaves it as
+    /// `DELETED`.
+    pub async fn watch_pods_on_node(
+        &self,
+        node: &str,
+        resource_version: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+        self.watch_selected(Kind::Pod, None, resource_version, None, Some(&node_selector(node))).await
+    }
+
+    async fn watch_selected(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        resource_version: Option<u64>,
+        labels: Option<&str>,
+        fields: Option<&str>,
+    ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
         let mut r =
             self.request(reqwest::Method::GET, &Self::collection_path(kind, namespace)).query(&[("watch", "true")]);
         if let Some(rv) = resource_version {
             r = r.query(&[("resourceVersion", rv.to_string())]);
         }
-        if let Some(sel) = selector {
-            r = r.query(&[("labelSelector", sel)]);
-        }
+        let r = selected(r, labels, fields);
         let response = r.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
         let status = response.status();
         if !status.is_success() {
@@ -252,6 +318,18 @@ impl Client {
         Ok(response.bytes_stream().map(move |c| c.map_err(|e| ClientError::Connect { url: base.clone(), source: e })))
     }
 
+    /// A serving certificate for `node`'s own listener, signed by the cluster CA from the PKCS#10 request
+    /// `csr_pem` (`POST /api/v1/nodes/NODE/certificate`). The private key never leaves the caller.
+    pub async fn node_certificate(&self, node: &str, csr_pem: &str) -> Result<String, ClientError> {
+        let path = format!("{}/certificate", Self::object_path(Kind::Node, "", node));
+        let answer =
+            self.send(self.request(reqwest::Method::POST, &path).json(&serde_json::json!({"csr": csr_pem}))).await?;
+        match answer.get("certificate") {
+            Some(Value::String(pem)) => Ok(pem.clone()),
+            _ => Err(ClientError::Protocol("certificate answer has no \"certificate\"".into())),
+        }
+    }
+
     /// Ready endpoints matching any of `selectors` from the discovery API.
     pub async fn discovery_endpoints(
         &self,
@@ -267,6 +345,20 @@ impl Client {
         }
         self.send(r).await
     }
+}
+
+fn node_selector(node: &str) -> String {
+    format!("spec.nodeName={node}")
+}
+
+fn selected(mut r: reqwest::RequestBuilder, labels: Option<&str>, fields: Option<&str>) -> reqwest::RequestBuilder {
+    if let Some(sel) = labels {
+        r = r.query(&[("labelSelector", sel)]);
+    }
+    if let Some(sel) = fields {
+        r = r.query(&[("fieldSelector", sel)]);
+    }
+    r
 }
 
 fn api_error(code: u16, body: &[u8]) -> ClientError {

@@ -34,6 +34,12 @@ pub enum MirrorError {
     Url { url: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("TLS configuration for {url}: {source}")]
+    Tls {
+        url: String,
+        #[source]
+        source: pki::PkiError,
+    },
     #[error("cannot reach {url}: {source}")]
     Connect {
         url: String,
@@ -58,12 +64,14 @@ pub enum MirrorError {
     Gap { url: String, expected: u64, got: u64 },
 }
 
-/// Where and how to mirror.
-#[derive(Debug, Clone)]
+/// Where and how to mirror. `Debug` omits the token.
+#[derive(Clone)]
 pub struct MirrorConfig {
-    /// The API server, e.g. `http://127.0.0.1:7070`.
+    /// The API server, e.g. `https://127.0.0.1:7070`.
     pub server: String,
     pub token: Option<String>,
+    /// The cluster CA, the only trust an `https://` server is checked against (required for https).
+    pub ca: Option<pki::CaCert>,
     /// First reconnect delay; doubles per failure up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -76,10 +84,24 @@ impl MirrorConfig {
         Self {
             server: server.trim_end_matches('/').to_string(),
             token,
+            ca: None,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             idle_timeout: model::wire::DISCOVERY_HEARTBEAT * 3,
         }
+    }
+}
+
+impl std::fmt::Debug for MirrorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorConfig")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "****"))
+            .field("ca", &self.ca)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
     }
 }
 
@@ -132,14 +154,20 @@ impl Mirror {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(MirrorError::Url { url: config.server.clone(), reason: "expected http:// or https://".into() });
         }
-        let http = {
-            pki::install_crypto_provider();
-            reqwest::Client::builder()
-        }
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .build()
-        .map_err(MirrorError::Client)?;
+        let builder = crate::http_builder();
+        let builder = match (&config.ca, url.scheme()) {
+            (Some(ca), _) => builder.tls_backend_preconfigured(
+                pki::client_config(ca, None).map_err(|e| MirrorError::Tls { url: config.server.clone(), source: e })?,
+            ),
+            (None, "https") => {
+                return Err(MirrorError::Url {
+                    url: config.server.clone(),
+                    reason: "https:// needs the cluster CA (MirrorConfig::ca)".into(),
+                })
+            }
+            (None, _) => builder,
+        };
+        let http = builder.build().map_err(MirrorError::Client)?;
         let status = Arc::new(Status {
             synced: AtomicBool::new(false),
             connected: AtomicBool::new(false),

@@ -1,7 +1,9 @@
 //! rustls configurations: one policy for every Berth endpoint.
 
 use crate::{provider, CaCert, PkiError};
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
@@ -91,6 +93,86 @@ pub fn client_config(ca: &CaCert, identity: Option<&Identity>) -> Result<ClientC
         Some(id) => {
             builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key()).map_err(tls_err("client certificate"))
         }
+    }
+}
+
+/// A client configuration for a client that holds only the CA's hash (a join token's): the server must
+/// present, after its leaf, the certificate with that hash, and the leaf must verify against it alone (webpki:
+/// chain, validity, usage, and the name the client connects to). So the first connection of a joining client,
+/// the one that fetches the CA, is already authenticated.
+pub fn pinned_client_config(ca_hash: &str) -> Result<ClientConfig, PkiError> {
+    let valid = ca_hash.len() == 64 && ca_hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !valid {
+        return Err(PkiError::Hash(ca_hash.to_string()));
+    }
+    let verifier = PinnedServerVerifier { ca_hash: ca_hash.to_string(), provider: provider() };
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(tls_err("TLS versions"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+/// The server's chain holds no certificate with the pinned hash.
+#[derive(Debug, thiserror::Error)]
+#[error("the server's certificate chain does not hold the CA with SHA-256 {0}")]
+struct PinnedCaNotInServerChain(String);
+
+/// Finds the pinned CA in the presented chain, then hands the rest to webpki with that CA as the only root.
+struct PinnedServerVerifier {
+    ca_hash: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for PinnedServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedServerVerifier").field("ca_hash", &self.ca_hash).finish()
+    }
+}
+
+impl ServerCertVerifier for PinnedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let pinned = intermediates.iter().find(|c| crate::sha256_hex(c) == self.ca_hash).ok_or_else(|| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                PinnedCaNotInServerChain(self.ca_hash.clone()),
+            ))))
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pinned.clone().into_owned())?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -16,7 +16,7 @@ mod config;
 mod serve;
 
 pub use ca::{generate_csr, CaCert, ClusterCa, Issued};
-pub use config::{client_config, server_config, ClientAuth, Identity};
+pub use config::{client_config, pinned_client_config, server_config, ClientAuth, Identity};
 pub use serve::serve_tls;
 
 /// The DNS name in the API server's client certificate; agents accept only this client.
@@ -42,6 +42,8 @@ pub enum PkiError {
     },
     #[error("{0:?} is not a valid DNS name or IP address for a certificate")]
     Name(String),
+    #[error("{0:?} is not a CA hash (64 lowercase hex digits of SHA-256)")]
+    Hash(String),
 }
 
 /// The crypto provider of every Berth TLS endpoint.

@@ -22,7 +22,7 @@ struct FakeContainer {
 /// A runtime whose containers run until the test (or a stop) ends them. Exec probes answer with the code
 /// stored for the container's pod in `exec_codes` (0 when unset).
 #[derive(Default)]
-struct FakeRuntime {
+pub(crate) struct FakeRuntime {
     containers: Mutex<HashMap<String, FakeContainer>>,
     starts: Mutex<Vec<(String, Instant)>>,
     exec_codes: Mutex<HashMap<String, i32>>,
@@ -149,12 +149,12 @@ impl Runtime for FakeRuntime {
     }
 }
 
-struct Harness {
-    cp: MemoryControlPlane,
+pub(crate) struct Harness {
+    pub(crate) cp: MemoryControlPlane,
     rt: Arc<FakeRuntime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
-    logs: tokio::sync::oneshot::Receiver<std::net::SocketAddr>,
+    pub(crate) logs: tokio::sync::oneshot::Receiver<std::net::SocketAddr>,
 }
 
 fn start_agent(cp: MemoryControlPlane, rt: Arc<FakeRuntime>, claim: bool) -> Harness {
@@ -165,6 +165,11 @@ fn start_agent(cp: MemoryControlPlane, rt: Arc<FakeRuntime>, claim: bool) -> Har
         reset_after: Duration::from_secs(600),
     };
     cfg.claim_unbound = claim;
+    start_agent_with(cfg, cp, rt)
+}
+
+/// Run an agent with `cfg` on the fake runtime; `Harness::logs` yields its logs address once it is ready.
+pub(crate) fn start_agent_with(cfg: AgentConfig, cp: MemoryControlPlane, rt: Arc<FakeRuntime>) -> Harness {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let cp2: Arc<dyn ControlPlane> = Arc::new(cp.clone());
@@ -190,7 +195,7 @@ fn start_agent(cp: MemoryControlPlane, rt: Arc<FakeRuntime>, claim: bool) -> Har
 }
 
 impl Harness {
-    async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -198,7 +203,7 @@ impl Harness {
     }
 
     /// Wait (virtual time) until `f` holds for the pod's object.
-    async fn until(&self, pod: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn until(&self, pod: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(3600);
         loop {
             if let Some(p) = self.cp.pod("default", pod) {
@@ -216,7 +221,7 @@ impl Harness {
     }
 }
 
-fn pod(name: &str, container: Value) -> Value {
+pub(crate) fn pod(name: &str, container: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default"},
@@ -228,7 +233,7 @@ fn cstatus(p: &Value) -> Value {
     p.pointer("/status/containerStatuses/0").cloned().unwrap_or(Value::Null)
 }
 
-fn ready(p: &Value) -> bool {
+pub(crate) fn ready(p: &Value) -> bool {
     p.pointer("/status/conditions")
         .and_then(Value::as_array)
         .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
@@ -375,6 +380,31 @@ async fn adopts_running_containers_and_removes_orphans() {
     assert_eq!(node.pointer("/status/capacity/pods"), Some(&json!("110")));
     assert!(node.pointer("/status/heartbeatTime").is_some());
     assert!(node.pointer("/status/daemonEndpoints/agentEndpoint/Port").and_then(Value::as_u64).is_some_and(|p| p > 0));
+    h.shutdown().await;
+}
+
+/// The agent watches only its node's pods: a pod moved away comes as a deletion, one moved here as an addition.
+#[tokio::test(start_paused = true)]
+async fn a_pod_that_leaves_the_node_is_stopped_and_one_that_arrives_runs() {
+    let h = start_agent(MemoryControlPlane::new(), Arc::new(FakeRuntime::default()), false);
+    h.cp.put_pod(pod("leaver", json!({"name": "app", "command": ["x"]})));
+    let mut elsewhere = pod("arriver", json!({"name": "app", "command": ["x"]}));
+    elsewhere["spec"]["nodeName"] = json!("node-b");
+    h.cp.put_pod(elsewhere.clone());
+    let mut leaving = h.until("leaver", "ready", ready).await;
+    assert!(!h.rt.live().contains(&"arriver".to_string()), "another node's pod does not run here");
+
+    leaving["spec"]["nodeName"] = json!("node-b");
+    h.cp.put_pod(leaving);
+    let mut arriving = h.cp.pod("default", "arriver").unwrap();
+    arriving["spec"]["nodeName"] = json!("node-a");
+    h.cp.put_pod(arriving);
+    h.until("arriver", "ready", ready).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.rt.live().contains(&"leaver".to_string()) {
+        assert!(Instant::now() < deadline, "a pod that left the node still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     h.shutdown().await;
 }
 

@@ -104,3 +104,73 @@ fn a_plain_http_client_builds_once_the_provider_is_installed() {
     pki::install_crypto_provider();
     reqwest::Client::new();
 }
+
+/// A server presenting `[leaf, CA]`, as the API server does.
+fn chained_identity(ca: &ClusterCa) -> Identity {
+    let issued = ca.issue_server(&["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)]).unwrap();
+    Identity::from_pem(&format!("{}{}", issued.cert_pem, ca.cert().pem()), &issued.key_pem).unwrap()
+}
+
+fn pinned(hash: &str) -> reqwest::Client {
+    pki::install_crypto_provider();
+    let tls = pki::pinned_client_config(hash).unwrap();
+    reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap()
+}
+
+/// An error with its sources, as an operator reads it.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out = format!("{out}: {e}");
+        source = e.source();
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_client_pinned_to_the_ca_hash_reaches_a_server_that_presents_that_ca() {
+    let ca = ClusterCa::generate("berth-ca").unwrap();
+    let (port, _stop) = serve(server_config(&chained_identity(&ca), ClientAuth::None).unwrap()).await;
+    for host in ["localhost", "127.0.0.1"] {
+        let body = pinned(&ca.cert().hash()).get(format!("https://{host}:{port}/")).send().await.unwrap();
+        assert_eq!(body.text().await.unwrap(), "hello", "via {host}");
+    }
+}
+
+#[tokio::test]
+async fn a_pinned_client_refuses_another_hash_another_name_and_another_ca() {
+    let ca = ClusterCa::generate("berth-ca").unwrap();
+    let (port, _stop) = serve(server_config(&chained_identity(&ca), ClientAuth::None).unwrap()).await;
+    let other = ClusterCa::generate("berth-ca").unwrap();
+    let err = pinned(&other.cert().hash()).get(format!("https://localhost:{port}/")).send().await.unwrap_err();
+    // rustls prints the verifier's error with Debug.
+    let expected = format!("PinnedCaNotInServerChain(\"{}\")", other.cert().hash());
+    assert!(chain(&err).contains(&expected), "pinned to another CA's hash: {}", chain(&err));
+
+    // The right CA, but the leaf is not valid for the name the client connects to.
+    let wrong_name = reqwest::Client::builder()
+        .tls_backend_preconfigured(pki::pinned_client_config(&ca.cert().hash()).unwrap())
+        .resolve("berth.example", std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .build()
+        .unwrap();
+    assert!(wrong_name.get(format!("https://berth.example:{port}/")).send().await.is_err(), "the name is checked");
+
+    // A server of another CA that presents the pinned CA too: its leaf does not verify against it.
+    let foreign = other.issue_server(&["localhost".into()], &[]).unwrap();
+    let foreign = Identity::from_pem(&format!("{}{}", foreign.cert_pem, ca.cert().pem()), &foreign.key_pem).unwrap();
+    let (port, _stop2) = serve(server_config(&foreign, ClientAuth::None).unwrap()).await;
+    let err = pinned(&ca.cert().hash()).get(format!("https://localhost:{port}/")).send().await.unwrap_err();
+    assert!(err.is_connect(), "a leaf the pinned CA did not sign: {err:?}");
+
+    assert!(pki::pinned_client_config("abc").is_err());
+    assert!(pki::pinned_client_config(&ca.cert().hash().to_uppercase()).is_err());
+}
+
+#[tokio::test]
+async fn a_pinned_client_refuses_a_server_whose_chain_omits_the_ca() {
+    let ca = ClusterCa::generate("berth-ca").unwrap();
+    let (port, _stop) = serve(server_config(&localhost_identity(&ca), ClientAuth::None).unwrap()).await;
+    let err = pinned(&ca.cert().hash()).get(format!("https://localhost:{port}/")).send().await.unwrap_err();
+    assert!(chain(&err).contains("PinnedCaNotInServerChain"), "the leaf alone proves nothing: {}", chain(&err));
+}
