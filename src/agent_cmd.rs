@@ -4,7 +4,7 @@
 use crate::{cli, datadir, ClientOpts};
 use agent::{self, Agent, AgentConfig, HttpControlPlane, RuntimeKind};
 use anyhow::{anyhow, Context, Result};
-use client::{Client, LogRequest};
+use client::LogRequest;
 use futures::StreamExt;
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,9 +15,13 @@ pub struct AgentArgs {
     /// API server URL (default: the address recorded in the data dir).
     #[arg(long, env = "BERTH_SERVER")]
     pub server: Option<String>,
-    /// Bearer token file (default: DATA_DIR/token). The logs endpoint requires the same token.
+    /// Bearer token file (default: DATA_DIR/token), used when the agent has no credential of its own.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Join token of role `node` (from `berth token create --role node`): exchanged once for this node's
+    /// own credential, kept in DATA_DIR/agent-NAME.
+    #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
     /// Node name (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
@@ -52,24 +56,37 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         .clone()
         .or_else(|| datadir::recorded_address(&dir))
         .ok_or_else(|| anyhow!("no --server given and no API address recorded in {}", dir.display()))?;
-    let token_file = args.token_file.clone().unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
-    let token = datadir::read_token(&token_file)
-        .ok_or_else(|| anyhow!("cannot read a token from {} (--token-file)", token_file.display()))?;
     let name = match args.name.clone() {
         Some(n) => n,
         None => agent::hostname().ok_or_else(|| anyhow!("cannot read the host name: pass --name"))?,
     };
-    let mut cfg = AgentConfig::new(name.clone(), dir.join(format!("agent-{name}")));
+    let state = dir.join(format!("agent-{name}"));
+    let credentials = crate::credentials::resolve(
+        &server,
+        &dir,
+        &state,
+        args.join.as_deref(),
+        Some(&name),
+        args.token_file.as_deref(),
+    )
+    .await?;
+    let mut cfg = AgentConfig::new(name.clone(), state);
     cfg.capacity = agent::parse_kv_list(&args.capacity).map_err(|e| anyhow!("--capacity: {e}"))?;
     cfg.labels = agent::parse_kv_list(&args.labels).map_err(|e| anyhow!("--labels: {e}"))?;
     cfg.runtime = args.runtime;
     cfg.claim_unbound = args.claim_unbound;
     cfg.logs_listen = args.logs_listen.clone();
-    cfg.logs_token = Some(token.clone());
+    // Over TLS the listener admits only the API server's certificate; plain HTTP keeps the bearer token.
+    cfg.logs_token = if credentials.ca.is_none() { credentials.token.clone() } else { None };
+    cfg.ca = credentials.ca.clone();
     cfg.stop_pods_on_shutdown = args.stop_pods_on_exit;
-    let client = Client::new(&server, Some(token))?;
-    let control = Arc::new(HttpControlPlane::new(client));
-    println!("berth agent: node {name}, runtime {:?}, API {server}, state in {}", args.runtime, cfg.data_dir.display());
+    let control = Arc::new(HttpControlPlane::new(credentials.client(&server)?));
+    println!(
+        "berth agent: node {name}, runtime {:?}, API {server} ({}), state in {}",
+        args.runtime,
+        credentials.source,
+        cfg.data_dir.display()
+    );
     Agent::run(cfg, control, crate::roles::shutdown_signal()).await.context("agent failed")?;
     println!("berth agent: stopped");
     Ok(())

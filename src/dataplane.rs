@@ -4,7 +4,7 @@
 
 use crate::datadir;
 use anyhow::{anyhow, bail, Context, Result};
-use client::mirror::{Mirror, MirrorConfig};
+use client::mirror::Mirror;
 use discovery::Registry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,15 +20,20 @@ pub struct MirrorArgs {
     /// Bearer token file (default: DATA_DIR/token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Data dir holding the token and the recorded API address.
+    /// Data dir holding the token, the CA and the recorded API address; a joined proxy keeps its
+    /// credential in DATA_DIR/dataplane.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Join token of role `proxy` (from `berth token create --role proxy`), exchanged once for this
+    /// machine's own credential.
+    #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
     /// Serve routes and services from this YAML/JSON file instead of a server (reloaded when it changes).
-    #[arg(short = 'c', long = "config", conflicts_with_all = ["server", "token_file", "data_dir"])]
+    #[arg(short = 'c', long = "config", conflicts_with_all = ["server", "token_file", "data_dir", "join"])]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub mirror: MirrorArgs,
@@ -97,12 +102,17 @@ async fn start_mirror(args: &MirrorArgs, role: &str) -> Result<Mirror> {
         .clone()
         .or_else(|| datadir::recorded_address(&dir))
         .ok_or_else(|| anyhow!("no --server given and no API address recorded in {}", dir.display()))?;
-    let token_file = args.token_file.clone().unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
-    let token = datadir::read_token(&token_file)
-        .ok_or_else(|| anyhow!("cannot read a token from {} (--token-file)", token_file.display()))?;
-    let mirror =
-        Mirror::start(MirrorConfig::new(&server, Some(token)), Arc::new(Registry::new())).context("--server")?;
-    println!("berth {role}: mirroring the registry of {server}");
+    let credentials = crate::credentials::resolve(
+        &server,
+        &dir,
+        &dir.join("dataplane"),
+        args.join.as_deref(),
+        None,
+        args.token_file.as_deref(),
+    )
+    .await?;
+    let mirror = Mirror::start(credentials.mirror(&server), Arc::new(Registry::new())).context("--server")?;
+    println!("berth {role}: mirroring the registry of {server} ({})", credentials.source);
     let timeout = Duration::from_secs(30);
     if !mirror.wait_synced(timeout).await {
         let why = mirror.status().last_error.unwrap_or_else(|| "no answer".into());

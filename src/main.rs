@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod cli;
+mod credentials;
 mod datadir;
 mod dataplane;
 mod echo_cmd;
@@ -32,9 +33,12 @@ pub struct ClientOpts {
     /// Bearer token (default: the data dir's token file).
     #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
-    /// Use this data dir's token and recorded API address.
+    /// Use this data dir's token, CA and recorded API address.
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// The cluster CA certificate to verify an https:// server with (default: DATA_DIR/ca.crt).
+    #[arg(long, env = "BERTH_CA", global = true)]
+    certificate_authority: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +65,10 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Print a pod's logs (from the agent that runs it).
     Logs(agent_cmd::LogsArgs),
+    /// Create, list and revoke join tokens and credentials.
+    Token(cli::token::TokenArgs),
+    /// Print a kubeconfig (https URL, the cluster CA, a new admin credential) for kubectl and other clients.
+    Kubeconfig(cli::token::KubeconfigArgs),
     /// A tiny HTTP workload for demos and tests.
     Echo(echo_cmd::EchoArgs),
     /// Mark a node unschedulable (running pods stay).
@@ -90,7 +98,13 @@ fn main() -> ExitCode {
     let cmd_is_diff = matches!(args.command, Command::Diff(_));
     let prints_for_a_pipe = matches!(
         args.command,
-        Command::Get(_) | Command::Describe(_) | Command::Diff(_) | Command::Logs(_) | Command::Rollout(_)
+        Command::Get(_)
+            | Command::Describe(_)
+            | Command::Diff(_)
+            | Command::Logs(_)
+            | Command::Rollout(_)
+            | Command::Token(_)
+            | Command::Kubeconfig(_)
     );
     if prints_for_a_pipe {
         // `berth get pods | head`: end quietly when the reader goes away, as Unix tools do, instead of
@@ -122,6 +136,8 @@ fn main() -> ExitCode {
             Command::Agent(a) => agent_cmd::agent(a).await.map(|_| ExitCode::SUCCESS),
             Command::Logs(a) => agent_cmd::logs(a).await.map(|_| ExitCode::SUCCESS),
             Command::Echo(a) => echo_cmd::echo(a).await,
+            Command::Token(a) => cli::token::token(a).await.map(|_| ExitCode::SUCCESS),
+            Command::Kubeconfig(a) => cli::token::kubeconfig(a).await.map(|_| ExitCode::SUCCESS),
             Command::Cordon(a) => cli::node::cordon(a).await.map(|_| ExitCode::SUCCESS),
             Command::Uncordon(a) => cli::node::uncordon(a).await.map(|_| ExitCode::SUCCESS),
             Command::Drain(a) => cli::node::drain(a).await.map(|_| ExitCode::SUCCESS),

@@ -35,6 +35,13 @@ pub struct ServerArgs {
     /// Serve the API and store only: run no scheduler and no controllers in this process.
     #[arg(long)]
     pub no_controllers: bool,
+    /// Another name or address the API's certificate is valid for (repeatable); localhost, 127.0.0.1, ::1,
+    /// the listen address and the host name are always in it.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// Serve the API over plain HTTP instead of HTTPS: only on a loopback --api-listen.
+    #[arg(long)]
+    pub plain_http: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,12 +78,26 @@ pub struct UpArgs {
 /// A running control plane: the API over the store.
 struct ControlPlane {
     url: String,
+    /// The cluster CA clients verify the API with; `None` with `--plain-http`.
+    ca: Option<pki::CaCert>,
     token: String,
     store_url: String,
     token_file: PathBuf,
     dir: PathBuf,
     registry: Arc<Registry>,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ControlPlane {
+    /// An admin client of this control plane.
+    fn client(&self) -> Result<Client> {
+        let credentials = crate::credentials::Credentials {
+            ca: self.ca.clone(),
+            token: Some(self.token.clone()),
+            source: String::new(),
+        };
+        credentials.client(&self.url)
+    }
 }
 
 /// A shutdown signal shared by every part of one process.
@@ -147,13 +168,36 @@ async fn start_control_plane(
         store::open_store(&store_url).await.with_context(|| format!("cannot open store {store_url}"))?;
     // Secrets are sealed at rest with the key in the data dir, whatever the backend (see store/encrypt.rs).
     let store = store::EncryptingStore::open(store, &dir).context("cannot start the control plane")?;
+    anyhow::ensure!(
+        !args.plain_http || args.api_listen.ip().is_loopback(),
+        "--plain-http: only on a loopback address (bearer tokens must not cross a network in clear), \
+         not {}",
+        args.api_listen
+    );
+    let ca = control_plane::ca::load_or_create(store.as_ref(), &dir).await.context("cannot set up the cluster CA")?;
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;
-    let url = format!("http://{}", listener.local_addr()?);
-    datadir::record_address(&dir, &url)?;
+    let addr = listener.local_addr()?;
+    // An unspecified listen address is reached locally through loopback.
+    let local = if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { addr };
     let state = ApiState::new(store.clone(), Some(token.clone()), Some(registry.clone()));
-    let serving = tokio::spawn(api::serve(listener, state, stop.wait()));
+    let (url, client_ca, serving) = if args.plain_http {
+        let url = format!("http://{local}");
+        (url, None, tokio::spawn(api::serve(listener, state, stop.wait())))
+    } else {
+        let tls = serving_tls(&ca, addr, &args.tls_san)?;
+        let apiserver = ca.issue_client(pki::APISERVER_NAME)?;
+        let state = state
+            .with_authority(Arc::new(control_plane::ca::Authority::new(pki::ClusterCa::from_pem(
+                ca.cert().pem(),
+                ca.key_pem(),
+            )?)))
+            .with_agent_tls(ca.cert(), &pki::Identity::from_pem(&apiserver.cert_pem, &apiserver.key_pem)?)?;
+        let url = format!("https://{local}");
+        (url, Some(ca.cert().clone()), tokio::spawn(pki::serve_tls(listener, tls, api::router(state), stop.wait())))
+    };
+    datadir::record_address(&dir, &url)?;
     if !args.no_controllers {
         let config = ControllersConfig::default();
         Controllers::start_with_load(store.clone(), registry.clone(), Arc::new(SystemClock), config, load, stop.wait());
@@ -164,7 +208,24 @@ async fn start_control_plane(
             }
         });
     }
-    Ok(ControlPlane { url, token, store_url, token_file, dir, registry, serving })
+    Ok(ControlPlane { url, ca: client_ca, token, store_url, token_file, dir, registry, serving })
+}
+
+/// The API's serving configuration: a certificate from the cluster CA for every name a client may use,
+/// sent with the CA (a joining client pins the CA by its hash before it trusts it).
+fn serving_tls(ca: &pki::ClusterCa, addr: SocketAddr, extra: &[String]) -> Result<Arc<rustls::ServerConfig>> {
+    let mut names = vec!["localhost".to_string()];
+    if let Some(host) = agent::hostname() {
+        names.push(host);
+    }
+    names.extend(extra.iter().cloned());
+    let mut ips: Vec<std::net::IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    if !addr.ip().is_unspecified() {
+        ips.push(addr.ip());
+    }
+    let issued = ca.issue_server(&names, &ips).context("--tls-san")?;
+    let chain = format!("{}{}", issued.cert_pem, ca.cert().pem());
+    Ok(pki::server_config(&pki::Identity::from_pem(&chain, &issued.key_pem)?, pki::ClientAuth::None)?)
 }
 
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -201,6 +262,18 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let load = Arc::new(ProxyLoad { proxy: proxy.clone(), last: Mutex::new(HashMap::new()) });
     let cp = start_control_plane(&args.server, &stop, registry, Some(load)).await?;
 
+    // The local agents join as any node does: a node join token, exchanged for each node's own credential.
+    let admin = cp.client()?;
+    let join = match &cp.ca {
+        Some(_) => Some(
+            admin
+                .create_token(&serde_json::json!({"role": "node", "usage": "join", "ttlSeconds": 600,
+                                                   "description": "berth up: local agents"}))
+                .await
+                .context("cannot create a join token for the local agents")?,
+        ),
+        None => None,
+    };
     let mut agents = Vec::new();
     for i in 0..args.agents {
         let name = format!("node-{}", i + 1);
@@ -210,8 +283,20 @@ pub async fn up(args: UpArgs) -> Result<()> {
         config.labels.insert("kubernetes.io/hostname".into(), name.clone());
         config.claim_unbound = false; // the scheduler binds pods
         config.stop_pods_on_shutdown = true;
-        config.logs_token = Some(cp.token.clone());
-        let control = Arc::new(HttpControlPlane::new(Client::new(&cp.url, Some(cp.token.clone()))?));
+        let credentials = match &join {
+            Some(join) => {
+                let state = config.data_dir.clone();
+                crate::credentials::resolve(&cp.url, &cp.dir, &state, Some(join), Some(&name), None).await?
+            }
+            None => crate::credentials::Credentials {
+                ca: None,
+                token: Some(cp.token.clone()),
+                source: "bootstrap token".into(),
+            },
+        };
+        config.logs_token = if credentials.ca.is_none() { credentials.token.clone() } else { None };
+        config.ca = credentials.ca.clone();
+        let control = Arc::new(HttpControlPlane::new(credentials.client(&cp.url)?));
         let agent_stop = stop.wait();
         agents.push(tokio::spawn(async move {
             if let Err(e) = Agent::run(config, control, agent_stop).await {
@@ -245,7 +330,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     );
     println!("berth up: {} agent(s) running the process runtime", args.agents);
     if !args.files.is_empty() {
-        let client = Client::new(&cp.url, Some(cp.token.clone()))?;
+        let client = cp.client()?;
         for doc in crate::cli::parse_all(&args.files)? {
             let applied = client.apply(&doc.object, false).await.with_context(|| doc.display_name())?;
             println!("berth up: {} {}", doc.display_name(), applied.result);

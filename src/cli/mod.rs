@@ -4,6 +4,7 @@
 pub mod node;
 mod output;
 pub mod rollout;
+pub mod token;
 
 use crate::{datadir, ClientOpts};
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,9 +23,14 @@ pub fn connect(opts: &ClientOpts) -> Result<Client> {
         .server
         .clone()
         .or_else(|| datadir::recorded_address(&dir))
-        .unwrap_or_else(|| "http://127.0.0.1:7070".to_string());
+        .unwrap_or_else(|| "https://127.0.0.1:7070".to_string());
     let token = opts.token.clone().or_else(|| datadir::read_token(&dir.join(datadir::TOKEN_FILE)));
-    Ok(Client::new(&server, token)?)
+    let credentials = crate::credentials::Credentials {
+        ca: crate::credentials::server_ca(&server, opts.certificate_authority.as_deref(), &dir)?,
+        token,
+        source: String::new(),
+    };
+    credentials.client(&server)
 }
 
 // ---------------------------------------------------------------------------------------------------------

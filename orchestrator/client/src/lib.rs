@@ -330,6 +330,27 @@ impl Client {
         }
     }
 
+    /// Create a join token or credential (`POST /api/v1/tokens`; admins only): `request` is
+    /// `{"role", "usage", "ttlSeconds", "description", "nodeName"}`. Returns the token, shown only this once.
+    pub async fn create_token(&self, request: &Value) -> Result<String, ClientError> {
+        let answer = self.send(self.request(reqwest::Method::POST, "/api/v1/tokens").json(request)).await?;
+        match answer.get("token") {
+            Some(Value::String(token)) => Ok(token.clone()),
+            _ => Err(ClientError::Protocol("token answer has no \"token\"".into())),
+        }
+    }
+
+    /// Every join token and credential (never their secrets).
+    pub async fn list_tokens(&self) -> Result<Vec<Value>, ClientError> {
+        let answer = self.send(self.request(reqwest::Method::GET, "/api/v1/tokens")).await?;
+        Ok(answer.get("items").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+
+    /// Revoke a token or credential by id: refused by every server at once.
+    pub async fn revoke_token(&self, id: &str) -> Result<Value, ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/api/v1/tokens/{id}"))).await
+    }
+
     /// Ready endpoints matching any of `selectors` from the discovery API.
     pub async fn discovery_endpoints(
         &self,

@@ -4,12 +4,13 @@
 //! (0600) so an operator can back it up; a data dir that already holds a CA when the store has none gives
 //! that CA to the cluster (bring your own CA).
 
+use crate::api::{CertificateAuthority, SignError};
 use crate::store::{Key, Store, StoreError};
 use pki::ClusterCa;
 use std::path::{Path, PathBuf};
 
-/// The store kind of the CA record (not an API kind: no resource route serves it).
-pub const PKI_KIND: &str = "berthpki";
+/// The store kind of the CA record (not an API kind: no resource route serves it; the store seals its key).
+pub use crate::store::encrypt::PKI_KIND;
 /// The record's name.
 pub const CA_NAME: &str = "cluster-ca";
 /// The CA certificate in the data dir.
@@ -145,4 +146,38 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// The cluster CA as the API server uses it: `/cacerts`, join tokens' CA hash, node certificates.
+pub struct Authority {
+    ca: ClusterCa,
+    hash: String,
+}
+
+impl Authority {
+    pub fn new(ca: ClusterCa) -> Self {
+        let hash = ca.cert().hash();
+        Self { ca, hash }
+    }
+
+    pub fn ca(&self) -> &ClusterCa {
+        &self.ca
+    }
+}
+
+impl CertificateAuthority for Authority {
+    fn ca_pem(&self) -> &str {
+        self.ca.cert().pem()
+    }
+
+    fn ca_hash(&self) -> &str {
+        &self.hash
+    }
+
+    fn sign_node_csr(&self, node: &str, csr_pem: &str) -> Result<String, SignError> {
+        self.ca.sign_server_csr(csr_pem, node).map_err(|e| match e {
+            pki::PkiError::Certificate { .. } => SignError::InvalidCsr(e.to_string()),
+            other => SignError::Failed(other.to_string()),
+        })
+    }
 }

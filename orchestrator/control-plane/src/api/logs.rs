@@ -60,7 +60,7 @@ fn unavailable(reason: &'static str, message: String) -> ApiError {
 }
 
 /// `http://IP:PORT` of the agent of `node`, from the status the agent wrote.
-pub(super) fn agent_base_url(node_name: &str, node: &Value) -> Result<String, ApiError> {
+pub(super) fn agent_address(node_name: &str, node: &Value) -> Result<std::net::SocketAddr, ApiError> {
     let port = node
         .pointer("/status/daemonEndpoints/agentEndpoint/Port")
         .and_then(Value::as_u64)
@@ -83,7 +83,7 @@ pub(super) fn agent_base_url(node_name: &str, node: &Value) -> Result<String, Ap
                 format!("node {node_name} advertises no InternalIP address (status.addresses)"),
             )
         })?;
-    Ok(format!("http://{}", std::net::SocketAddr::new(ip, port as u16)))
+    Ok(std::net::SocketAddr::new(ip, port as u16))
 }
 
 pub(super) async fn pod_log(
@@ -109,23 +109,35 @@ pub(super) async fn pod_log(
             return Err(unavailable("NodeNotFound", format!("node {node_name} of pod {ns}/{name} is not registered")))
         }
     };
-    let base = agent_base_url(&node_name, &node)?;
+    let addr = agent_address(&node_name, &node)?;
+    let (http, base) = match &s.inner.agent_tls {
+        // The agent's certificate names its node, not its address: connect to the address, verify the name.
+        Some(tls) => {
+            let http = agent_tls_client(tls, &node_name, addr).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("agent client: {e}"))
+            })?;
+            (http, format!("https://{node_name}:{}", addr.port()))
+        }
+        None => (s.inner.agent_http.clone(), format!("http://{addr}")),
+    };
     let url = format!("{base}/logs/{ns}/{name}");
-    let mut req = s.inner.agent_http.get(&url).query(&[("follow", q.follow), ("previous", q.previous)]);
+    let mut req = http.get(&url).query(&[("follow", q.follow), ("previous", q.previous)]);
     if let Some(c) = &q.container {
         req = req.query(&[("container", c)]);
     }
     if let Some(t) = q.tail_lines {
         req = req.query(&[("tail", t)]);
     }
-    if let Some(t) = &s.inner.token {
-        req = req.bearer_auth(t);
+    if s.inner.agent_tls.is_none() {
+        if let Some(t) = &s.inner.token {
+            req = req.bearer_auth(t);
+        }
     }
     let resp = req.send().await.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "AgentUnreachable",
-            format!("cannot reach the agent of node {node_name} at {base}: {e}"),
+            format!("cannot reach the agent of node {node_name} at {addr}: {e}"),
         )
     })?;
     let status = resp.status();
@@ -137,7 +149,7 @@ pub(super) async fn pod_log(
             401 | 403 => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "AgentRefused",
-                format!("the agent of node {node_name} refused the API server's token: {text}"),
+                format!("the agent of node {node_name} refused the API server's credential: {text}"),
             ),
             404 => ApiError::not_found(format!("node {node_name}: {text}")),
             400 => ApiError::bad_request(format!("node {node_name}: {text}")),
@@ -154,6 +166,22 @@ pub(super) async fn pod_log(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(body)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
+}
+
+/// A client for one agent over mutual TLS: `node` resolves to `addr`, so the certificate is checked for the
+/// node's name. Built per request: log reads are rare, and each node has its own name to resolve.
+fn agent_tls_client(
+    tls: &rustls::ClientConfig,
+    node: &str,
+    addr: std::net::SocketAddr,
+) -> Result<reqwest::Client, reqwest::Error> {
+    pki::install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(AGENT_CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .tls_backend_preconfigured(tls.clone())
+        .resolve(node, addr)
+        .build()
 }
 
 /// The HTTP client the API uses to call agents: a connect timeout, no overall timeout (follow streams).
@@ -188,13 +216,13 @@ mod tests {
     fn agent_url_from_node_status() {
         let node = json!({"status": {"addresses": [{"type": "Hostname", "address": "n1"},
             {"type": "InternalIP", "address": "127.0.0.1"}], "daemonEndpoints": {"agentEndpoint": {"Port": 4100}}}});
-        assert_eq!(agent_base_url("n1", &node).unwrap(), "http://127.0.0.1:4100");
+        assert_eq!(agent_address("n1", &node).unwrap().to_string(), "127.0.0.1:4100");
         let v6 = json!({"status": {"addresses": [{"type": "InternalIP", "address": "::1"}],
             "daemonEndpoints": {"agentEndpoint": {"Port": 4100}}}});
-        assert_eq!(agent_base_url("n1", &v6).unwrap(), "http://[::1]:4100");
-        let e = agent_base_url("n1", &json!({"status": {}})).unwrap_err();
+        assert_eq!(agent_address("n1", &v6).unwrap().to_string(), "[::1]:4100");
+        let e = agent_address("n1", &json!({"status": {}})).unwrap_err();
         assert!(e.message.contains("node n1") && e.code == StatusCode::SERVICE_UNAVAILABLE, "{}", e.message);
         let no_ip = json!({"status": {"daemonEndpoints": {"agentEndpoint": {"Port": 4100}}}});
-        assert!(agent_base_url("n1", &no_ip).unwrap_err().message.contains("InternalIP"));
+        assert!(agent_address("n1", &no_ip).unwrap_err().message.contains("InternalIP"));
     }
 }

@@ -58,6 +58,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Calls agents for pod logs.
     agent_http: reqwest::Client,
+    /// With a cluster CA: the TLS configuration agents are called with (the CA as the only root, the
+    /// API server's client certificate as identity).
+    agent_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Default)]
@@ -80,6 +83,7 @@ impl ApiState {
                 registry,
                 metrics: Arc::default(),
                 agent_http: logs::agent_client(),
+                agent_tls: None,
             }),
         }
     }
@@ -89,6 +93,14 @@ impl ApiState {
     pub fn with_authority(mut self, authority: Arc<dyn CertificateAuthority>) -> Self {
         Arc::make_mut(&mut self.inner).authority = Some(authority);
         self
+    }
+
+    /// Call agents over TLS, verifying each against `ca` as its node's name and presenting `identity` (a
+    /// certificate for [`pki::APISERVER_NAME`]), instead of plain HTTP with the bootstrap token.
+    pub fn with_agent_tls(mut self, ca: &pki::CaCert, identity: &pki::Identity) -> Result<Self, pki::PkiError> {
+        let config = pki::client_config(ca, Some(identity))?;
+        Arc::make_mut(&mut self.inner).agent_tls = Some(Arc::new(config));
+        Ok(self)
     }
 
     /// The clock token expiry and creation times are read from (tests use a `ManualClock`).

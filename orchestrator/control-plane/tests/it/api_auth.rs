@@ -60,7 +60,7 @@ impl Api {
         tokio::spawn(api::serve(listener, state, async move {
             let _ = stopped.await;
         }));
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let http = test_support::http().timeout(Duration::from_secs(10)).build().unwrap();
         Api { base, http, clock, _stop: stop }
     }
 
