@@ -22,6 +22,9 @@ pub struct AgentArgs {
     /// own credential, kept in DATA_DIR/agent-NAME.
     #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
     pub join: Option<String>,
+    /// The cluster CA certificate to verify an https:// server with when not joining (default: DATA_DIR/ca.crt).
+    #[arg(long, env = "BERTH_CA")]
+    pub certificate_authority: Option<PathBuf>,
     /// Node name (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
@@ -68,6 +71,7 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         args.join.as_deref(),
         Some(&name),
         args.token_file.as_deref(),
+        args.certificate_authority.as_deref(),
     )
     .await?;
     let mut cfg = AgentConfig::new(name.clone(), state);

@@ -87,6 +87,7 @@ pub async fn resolve(
     join: Option<&str>,
     node: Option<&str>,
     token_file: Option<&Path>,
+    ca_file: Option<&Path>,
 ) -> Result<Credentials> {
     let stored = state_dir.join(CREDENTIAL_FILE);
     if let Some(token) = datadir::read_token(&stored) {
@@ -119,6 +120,6 @@ pub async fn resolve(
             token_file.display()
         )
     })?;
-    let ca = server_ca(server, None, data_dir)?;
+    let ca = server_ca(server, ca_file, data_dir)?;
     Ok(Credentials { ca, token: Some(token), source: format!("token in {}", token_file.display()) })
 }

@@ -28,12 +28,15 @@ pub struct MirrorArgs {
     /// machine's own credential.
     #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
     pub join: Option<String>,
+    /// The cluster CA certificate to verify an https:// server with when not joining (default: DATA_DIR/ca.crt).
+    #[arg(long, env = "BERTH_CA")]
+    pub certificate_authority: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
     /// Serve routes and services from this YAML/JSON file instead of a server (reloaded when it changes).
-    #[arg(short = 'c', long = "config", conflicts_with_all = ["server", "token_file", "data_dir", "join"])]
+    #[arg(short = 'c', long = "config", conflicts_with_all = ["server", "token_file", "data_dir", "join", "certificate_authority"])]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub mirror: MirrorArgs,
@@ -109,6 +112,7 @@ async fn start_mirror(args: &MirrorArgs, role: &str) -> Result<Mirror> {
         args.join.as_deref(),
         None,
         args.token_file.as_deref(),
+        args.certificate_authority.as_deref(),
     )
     .await?;
     let mirror = Mirror::start(credentials.mirror(&server), Arc::new(Registry::new())).context("--server")?;

@@ -149,7 +149,7 @@ fn bad_manifests_are_rejected_with_their_place_and_store_nothing() {
 async fn api_rejects_bad_requests_without_crashing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let http = test_support::http().build().unwrap();
+    let http = common::api_http(dir.path()).build().unwrap();
     let url = format!("{}/api/v1/namespaces/default/configmaps", server.url);
 
     let no_token = http.get(&url).send().await.unwrap();
@@ -177,7 +177,11 @@ async fn api_rejects_bad_requests_without_crashing() {
     // Oversized body: the server answers 413 from the declared length, before reading the body.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = server.url.trim_start_matches("http://");
+        // Raw bytes need plain HTTP: a second server with --plain-http (loopback), same API.
+        let plain_dir = tempfile::tempdir().unwrap();
+        let plain = Server::start(plain_dir.path(), &["--plain-http"]);
+        let token = plain.token();
+        let addr = plain.url.trim_start_matches("http://");
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         let head = format!(
             "POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",

@@ -84,9 +84,13 @@ spec:
 }
 
 fn get(url: &str, token: Option<&str>) -> Option<(u16, String)> {
+    get_via(test_support::http(), url, token)
+}
+
+fn get_via(builder: reqwest::ClientBuilder, url: &str, token: Option<&str>) -> Option<(u16, String)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let client = test_support::http().timeout(Duration::from_secs(5)).build().ok()?;
+        let client = builder.timeout(Duration::from_secs(5)).build().ok()?;
         let mut req = client.get(url);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -191,11 +195,15 @@ fn config_maps_and_secrets_reach_pods_roll_deployments_and_stay_sealed() {
     let _up = Up::start(data, &[]);
     let url = std::fs::read_to_string(data.join("api-address")).unwrap().trim().to_string();
     let token = std::fs::read_to_string(data.join("token")).unwrap().trim().to_string();
-    let (code, body) = get(&format!("{url}/api/v1/namespaces/default/secrets/db"), Some(&token)).expect("API answers");
+    let (code, body) =
+        get_via(crate::common::api_http(data), &format!("{url}/api/v1/namespaces/default/secrets/db"), Some(&token))
+            .expect("API answers");
     assert_eq!(code, 200, "{body}");
     let s: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(s["data"]["password"], b64, "decrypted after restart");
     assert!(s.get("encryptedData").is_none());
-    let (code, _) = get(&format!("{url}/api/v1/namespaces/default/secrets/db"), None).expect("API answers");
+    let (code, _) =
+        get_via(crate::common::api_http(data), &format!("{url}/api/v1/namespaces/default/secrets/db"), None)
+            .expect("API answers");
     assert_eq!(code, 401, "only authenticated clients read Secrets");
 }

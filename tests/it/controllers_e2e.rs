@@ -75,7 +75,7 @@ impl Cluster {
     async fn start(nodes: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(dir.path(), &[]);
-        let client = Client::new(&server.url, Some(server.token())).unwrap();
+        let client = server.client();
         let agents = nodes.iter().map(|n| Agent::start(&server, n)).collect();
         let c = Cluster { agents, server, client, dir };
         let want = nodes.len();
@@ -459,7 +459,7 @@ fn a_rollout_survives_a_control_plane_restart() {
             .filter_map(|n| humantime::parse_rfc3339_weak(n["status"]["heartbeatTime"].as_str()?).ok())
             .max()
             .expect("nodes report heartbeats");
-        let listen = c.server.url.trim_start_matches("http://").to_string();
+        let listen = c.server.url.trim_start_matches("https://").to_string();
         c.server.kill9();
         let grace = control_plane::controllers::node::DEFAULT_GRACE;
         wait_until("every heartbeat older than the node grace period", grace * 2, async || {

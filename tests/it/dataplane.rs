@@ -194,35 +194,70 @@ fn standalone_proxy_and_dns_mirror_a_server_and_survive_its_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let mut server = Server::start(&dir, &[]);
-    let api = server.url.trim_start_matches("http://").to_string();
+    let api = server.url.trim_start_matches("https://").to_string();
     let agent_dir = tmp.path().join("agent");
     let agent_data = agent_dir.to_str().unwrap();
     std::fs::create_dir_all(&agent_dir).unwrap();
     let token_file = dir.join("token");
     let token = token_file.to_str().unwrap();
+    let ca = server.dir.join("ca.crt").to_str().unwrap().to_string();
     let _agent = Proc::spawn(
-        &["agent", "--server", &server.url, "--token-file", token, "--data-dir", agent_data, "--name", "n1"]
-            .into_iter()
-            .chain(["--stop-pods-on-exit"])
-            .collect::<Vec<_>>(),
+        &[
+            "agent",
+            "--server",
+            &server.url,
+            "--token-file",
+            token,
+            "--certificate-authority",
+            &ca,
+            "--data-dir",
+            agent_data,
+            "--name",
+            "n1",
+        ]
+        .into_iter()
+        .chain(["--stop-pods-on-exit"])
+        .collect::<Vec<_>>(),
         &[],
     );
     apply(&server, &dir, 1);
 
     let proxy = Proc::spawn(
-        &["proxy", "--server", &server.url, "--token-file", token, "--http-listen", "127.0.0.1:0"]
-            .into_iter()
-            .chain(["--admin-listen", "127.0.0.1:0"])
-            .collect::<Vec<_>>(),
+        &[
+            "proxy",
+            "--server",
+            &server.url,
+            "--token-file",
+            token,
+            "--certificate-authority",
+            &ca,
+            "--http-listen",
+            "127.0.0.1:0",
+        ]
+        .into_iter()
+        .chain(["--admin-listen", "127.0.0.1:0"])
+        .collect::<Vec<_>>(),
         &[],
     );
     let line = proxy.line_with("proxy on http://");
     let (proxy_addr, proxy_admin) = (field(&line, "proxy on http://"), field(&line, "admin on http://"));
     let dns = Proc::spawn(
-        &["dns", "--server", &server.url, "--token-file", token, "--dns-listen", "127.0.0.1:0", "--dns-ttl", "0"]
-            .into_iter()
-            .chain(["--admin-listen", "127.0.0.1:0"])
-            .collect::<Vec<_>>(),
+        &[
+            "dns",
+            "--server",
+            &server.url,
+            "--token-file",
+            token,
+            "--certificate-authority",
+            &ca,
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--dns-ttl",
+            "0",
+        ]
+        .into_iter()
+        .chain(["--admin-listen", "127.0.0.1:0"])
+        .collect::<Vec<_>>(),
         &[],
     );
     let line = dns.line_with("DNS on ");

@@ -30,7 +30,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let kill_after = 200 + seed % (TOTAL - 400);
     eprintln!("durability: kill -9 after {kill_after} acknowledged writes");
     let acked = Arc::new(AtomicUsize::new(0));
-    let http = test_support::http().build().unwrap();
+    let http = crate::common::api_http(&server.dir).build().unwrap();
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         let (http, url, token, acked) = (http.clone(), url.clone(), token.clone(), acked.clone());

@@ -65,8 +65,8 @@ fn script(lines: &[String], data: &Path) -> String {
             .replace("/tmp/berth", &data)
             .replace("--api-listen 127.0.0.1:7070", "--api-listen 127.0.0.1:0")
             // Inside single quotes the command substitution needs the quote closed around it.
-            .replace("'http://127.0.0.1:7070", &format!("\"{api}\"'"))
-            .replace("http://127.0.0.1:7070", &api);
+            .replace("'https://127.0.0.1:7070", &format!("\"{api}\"'"))
+            .replace("https://127.0.0.1:7070", &api);
         commands += 1;
         let shown = shell_quote(line);
         if let Some(bg) = cmd.strip_suffix('&') {

@@ -1,7 +1,7 @@
 //! Watch: a client watching pods from revision N sees every later change exactly once, in order, across a
 //! forced reconnect that resumes from the last revision it saw, while many writers run.
 
-use crate::common::Server;
+use crate::common::{self, Server};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -22,7 +22,7 @@ async fn watch_sees_every_change_once_across_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--no-controllers"]);
     let token = server.token();
-    let http = test_support::http().build().unwrap();
+    let http = common::api_http(dir.path()).build().unwrap();
     let pods = format!("{}/api/v1/namespaces/default/pods", server.url);
     let start: Value = http.get(&pods).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     let from: u64 = start["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();

@@ -54,6 +54,11 @@ impl Server {
         std::fs::read_to_string(self.dir.join("token")).expect("token file").trim().to_string()
     }
 
+    /// An admin API client that verifies the server against its cluster CA.
+    pub fn client(&self) -> client::Client {
+        client::Client::with_ca(&self.url, &ca(&self.dir), Some(self.token())).expect("API client")
+    }
+
     /// Run a client command against this server.
     pub fn berth(&self, args: &[&str]) -> Output {
         berth_with_data_dir(&self.dir, args)
@@ -74,6 +79,16 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The cluster CA of the server whose data dir is `dir`.
+pub fn ca(dir: &Path) -> pki::CaCert {
+    pki::CaCert::from_pem(&std::fs::read_to_string(dir.join("ca.crt")).expect("ca.crt in the data dir")).expect("CA")
+}
+
+/// A reqwest builder for the API of the server whose data dir is `dir`: it trusts that cluster's CA only.
+pub fn api_http(dir: &Path) -> reqwest::ClientBuilder {
+    test_support::http().tls_backend_preconfigured(pki::client_config(&ca(dir), None).expect("TLS client config"))
 }
 
 /// A client command that finds its server through `dir` (never through the caller's environment).

@@ -72,7 +72,7 @@ async fn docker_runtime_runs_echo_with_limits_logs_and_removal() {
     let s = rt.start(&spec).await.expect("start container");
     let url = format!("http://127.0.0.1:{}/", s.host_port);
     let body: Value = eventually("echo in docker answers", Duration::from_secs(30), async || {
-        reqwest::get(&url).await.ok()?.json().await.ok()
+        test_support::http().build().unwrap().get(&url).send().await.ok()?.json().await.ok()
     })
     .await;
     assert_eq!(body["pod"], "dweb");
@@ -149,7 +149,7 @@ async fn agent_with_docker_runtime_runs_and_deletes_a_pod() {
     let port = p["status"]["containerStatuses"][0]["ports"][0]["hostPort"].as_u64().expect("host port");
     let read = async |path: &str| -> String {
         let url = format!("http://127.0.0.1:{port}/file?path={path}");
-        reqwest::get(&url).await.expect("echo answers").text().await.expect("body")
+        test_support::http().build().unwrap().get(&url).send().await.expect("echo answers").text().await.expect("body")
     };
     assert_eq!(read("/etc/cfg/greeting").await, "hello-docker");
     assert_eq!(read("/run/sec/token").await, "t0ken");

@@ -36,7 +36,7 @@ fn spec(pod: &str, command: &[&str]) -> StartSpec {
 }
 
 async fn get_json(url: &str) -> Option<Value> {
-    let r = reqwest::get(url).await.ok()?;
+    let r = test_support::http().build().unwrap().get(url).send().await.ok()?;
     r.json().await.ok()
 }
 
