@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install (as root with apt) or name (otherwise) what Berth needs on a Debian machine.
 #   prereqs.sh build   cmake (pingora's zlib-ng), protoc (etcd-client)
-#   prereqs.sh test    build + the system components the test suite uses (etcd, dig, curl, nginx, haproxy)
+#   prereqs.sh test    build + the system components the test suite uses (etcd, dig, curl, nginx, haproxy, testssl)
 #   prereqs.sh ci      test + cargo-nextest (make test runs the suite with it when it is installed)
 #   prereqs.sh bench   test + the peers and load generators of the benchmarks (wrk, h2load, nsd, dnsperf)
 set -euo pipefail
@@ -10,13 +10,13 @@ what=${1:-build}
 # command -> Debian package
 declare -A pkg=(
   [cmake]=cmake [protoc]=protobuf-compiler
-  [etcd]=etcd-server [dig]=bind9-dnsutils [curl]=curl [nginx]=nginx [haproxy]=haproxy
+  [etcd]=etcd-server [dig]=bind9-dnsutils [curl]=curl [nginx]=nginx [haproxy]=haproxy [testssl]=testssl.sh
   [wrk]=wrk [h2load]=nghttp2-client [nsd]=nsd [dnsperf]=dnsperf
 )
 case "$what" in
   build) cmds=(cmake protoc) ;;
-  test|ci) cmds=(cmake protoc etcd dig curl nginx haproxy) ;;
-  bench) cmds=(cmake protoc etcd dig curl nginx haproxy wrk h2load nsd dnsperf) ;;
+  test|ci) cmds=(cmake protoc etcd dig curl nginx haproxy testssl) ;;
+  bench) cmds=(cmake protoc etcd dig curl nginx haproxy testssl wrk h2load nsd dnsperf) ;;
   *) echo "usage: $0 build|test|ci|bench" >&2; exit 2 ;;
 esac
 

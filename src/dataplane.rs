@@ -90,7 +90,7 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 }
 
 /// Log lines (mirror connection changes, reloads) go to stderr; `RUST_LOG` overrides the `info` default.
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();

@@ -122,6 +122,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The long-running roles of the control plane log only when asked (`RUST_LOG`), so their stderr stays as
+    // quiet as before by default; the proxy and DNS server always log (see `dataplane`).
+    if matches!(args.command, Command::Server(_) | Command::Up(_) | Command::Agent(_))
+        && std::env::var_os("RUST_LOG").is_some()
+    {
+        dataplane::init_logging();
+    }
     let result = runtime.block_on(async move {
         match args.command {
             Command::Server(a) => roles::server(a).await.map(|_| ExitCode::SUCCESS),

@@ -65,7 +65,7 @@ fn http_get(port: u64, path: &str) -> Option<Value> {
 /// `berth echo` processes started by this test's agent: those whose working directory (the pod's, which
 /// the process runtime creates under the agent's data dir) is inside `data_dir`. Other tests running at the
 /// same time have their own data dirs, so their echo processes are not counted.
-fn own_echo_pids(data_dir: &Path) -> Vec<String> {
+pub(crate) fn own_echo_pids(data_dir: &Path) -> Vec<String> {
     let root = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
     procs

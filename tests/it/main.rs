@@ -13,6 +13,7 @@ mod durability;
 mod e2e;
 mod node_cli;
 mod scheduling;
+mod security;
 mod tour;
 mod up;
 mod watch;

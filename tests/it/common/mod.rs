@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 pub use test_support::{require_tool, wait_for};
 
@@ -133,6 +133,8 @@ pub struct Up {
     pub dns: String,
     /// Every line `berth up` printed so far is also sent here.
     pub lines: mpsc::Receiver<String>,
+    /// And appended here (with a newline each), for tests that inspect the whole output.
+    pub printed: Arc<Mutex<String>>,
 }
 
 fn after(line: &str, marker: &str) -> Option<String> {
@@ -143,21 +145,33 @@ impl Up {
     /// Start `berth up` with data dir `dir` and `extra` arguments (e.g. `-f config/demo/`, `--agents 2`);
     /// returns once it printed where it listens.
     pub fn start(dir: &Path, extra: &[&str]) -> Up {
+        Self::start_with(dir, extra, &[], Stdio::inherit())
+    }
+
+    /// [`Up::start`] with extra environment variables and `stderr` going where the caller says (e.g. a file).
+    pub fn start_with(dir: &Path, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Up {
         let mut child = Command::new(BERTH)
             .args(["up", "--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .args(["--dns-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
+            .envs(env.iter().copied())
             .current_dir(repo())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn berth up");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
+        let printed = Arc::new(Mutex::new(String::new()));
+        let sink = printed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 println!("{line}");
+                if let Ok(mut all) = sink.lock() {
+                    all.push_str(&line);
+                    all.push('\n');
+                }
                 let _ = tx.send(line);
             }
         });
@@ -168,6 +182,7 @@ impl Up {
             proxy: String::new(),
             dns: String::new(),
             lines: rx,
+            printed,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while up.api.is_empty() || up.proxy.is_empty() {

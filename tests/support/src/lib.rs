@@ -67,6 +67,7 @@ fn debian_package(tool: &str) -> Option<&'static str> {
         "haproxy" => "haproxy",
         "docker" => "docker.io",
         "kubectl" => "kubectl",
+        "testssl" => "testssl.sh",
         _ => return None,
     })
 }
