@@ -7,7 +7,7 @@
 use crate::datadir;
 use anyhow::{anyhow, bail, Context, Result};
 use client::mirror::MirrorConfig;
-use client::Client;
+use client::{is_https, Client};
 use pki::CaCert;
 use std::path::Path;
 
@@ -42,11 +42,6 @@ impl Credentials {
         config.ca = self.ca.clone();
         config
     }
-}
-
-/// Whether `server` is an `https://` URL.
-pub fn is_https(server: &str) -> bool {
-    server.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
 }
 
 /// The CA in `path`, when the file exists.

@@ -91,7 +91,7 @@ pub struct KubeconfigArgs {
 pub async fn kubeconfig(args: KubeconfigArgs) -> Result<()> {
     let client = connect(&args.client)?;
     anyhow::ensure!(
-        crate::credentials::is_https(client.server()),
+        client::is_https(client.server()),
         "{} is plain HTTP: Kubernetes clients send no credentials there; restart the server without --plain-http",
         client.server()
     );

@@ -83,7 +83,7 @@ pub struct Client {
 }
 
 /// Whether `url` asks for TLS (scheme compared as URLs do, without case).
-pub(crate) fn is_https(url: &str) -> bool {
+pub fn is_https(url: &str) -> bool {
     url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
 }
 

@@ -14,7 +14,7 @@
 use crate::store::{Key, Prefix, Store, StoreError, StoreEvent};
 use axum::http::HeaderValue;
 use futures::StreamExt;
-use model::auth::{constant_time_eq, to_hex, BearerToken, Identity, TokenRecord, Usage, JOIN_PREFIX};
+use model::auth::{constant_time_eq, BearerToken, Identity, TokenRecord, Usage, JOIN_PREFIX};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -35,7 +35,7 @@ pub(crate) fn tokens_prefix() -> Prefix {
 
 /// Lowercase hex sha256 of a secret's text, as a record's `secretHash` holds it.
 pub fn hash_secret(secret: &str) -> String {
-    to_hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+    pki::sha256_hex(secret.as_bytes())
 }
 
 /// Why a request is not authenticated. The messages are safe to send back: none repeats the token.
