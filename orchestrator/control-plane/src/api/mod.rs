@@ -196,7 +196,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
             StoreError::Compacted { .. } => (StatusCode::GONE, "Expired"),
-            StoreError::Backend(_) => (StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable"),
+            StoreError::Backend(_) | StoreError::Fenced(_) => (StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable"),
         };
         Self::new(code, reason, e.to_string())
     }
