@@ -95,11 +95,11 @@ impl Elector {
             Ok(l) => l.id(),
             Err(e) => return Ended::Again(format!("cannot grant a lease: {e}")),
         };
-        let mut clock = LeaseClock::new(granted_at.into_std(), self.timing.renew_deadline);
-        let (mut keeper, mut acks) = match self.keep_alive_stream(lease, &mut clock).await {
-            Ok(k) => k,
-            Err(e) => return self.abandon(lease, e).await,
-        };
+        let clock = LeaseClock::new(granted_at.into_std(), self.timing.renew_deadline);
+        let mut alive = KeepAlive { client: client.clone(), lease, stream: None, clock };
+        if let Err(e) = alive.open(REQUEST_TIMEOUT).await {
+            return self.abandon(lease, e.to_string()).await;
+        }
         if let Err(e) = self.announce(lease).await {
             tracing::warn!(error = %e, "cannot announce this replica under {MEMBERS_PREFIX}");
         }
@@ -123,15 +123,15 @@ impl Elector {
                     Err(e) => return self.abandon(lease, format!("campaign failed: {e}")).await,
                 },
                 _ = ticker.tick() => {
-                    if let Err(why) = send_keep_alive(&mut keeper, &mut clock).await {
+                    if let Err(why) = alive.tick(self.timing.retry_period).await {
                         return self.abandon(lease, why.to_string()).await;
                     }
                 }
-                _ = tokio::time::sleep_until(Instant::from_std(clock.deadline())) => {
+                _ = tokio::time::sleep_until(alive.deadline()) => {
                     return self.abandon(lease, StepDown::RenewDeadline.to_string()).await;
                 }
-                ack = acks.message() => {
-                    if let Err(why) = take_ack(ack, &mut clock) {
+                ack = alive.next_ack() => {
+                    if let Err(why) = ack {
                         return self.abandon(lease, why.to_string()).await;
                     }
                 }
@@ -162,14 +162,14 @@ impl Elector {
                 _ = &mut *shutdown => break None,
                 true = async { fenced.wait_for(|lost| *lost).await.is_ok() } => break Some(StepDown::Fenced),
                 _ = &mut loops => break Some(StepDown::LoopsEnded),
-                _ = tokio::time::sleep_until(Instant::from_std(clock.deadline())) => break Some(StepDown::RenewDeadline),
-                ack = acks.message() => {
-                    if let Err(why) = take_ack(ack, &mut clock) {
+                _ = tokio::time::sleep_until(alive.deadline()) => break Some(StepDown::RenewDeadline),
+                ack = alive.next_ack() => {
+                    if let Err(why) = ack {
                         break Some(why);
                     }
                 }
                 _ = ticker.tick() => {
-                    if let Err(why) = send_keep_alive(&mut keeper, &mut clock).await {
+                    if let Err(why) = alive.tick(self.timing.retry_period).await {
                         break Some(why);
                     }
                     // A bounded read: a slow answer is no verdict (the renew deadline covers an unreachable
@@ -203,20 +203,6 @@ impl Elector {
                 Ended::Again(why.to_string())
             }
         }
-    }
-
-    /// Open the keep-alive stream of `lease`; opening it sends (and waits for the answer to) one keep-alive.
-    async fn keep_alive_stream(
-        &self,
-        lease: i64,
-        clock: &mut LeaseClock,
-    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), String> {
-        let sent = Instant::now().into_std();
-        let opened = timed(self.store.client().lease_client().keep_alive(lease)).await;
-        let (keeper, acks) = opened.map_err(|e| format!("cannot keep the lease alive: {e}"))?;
-        clock.sent(sent);
-        clock.answered(1).map_err(|why| why.to_string())?;
-        Ok((keeper, acks))
     }
 
     /// Write this replica's member record under `lease`.
@@ -257,25 +243,88 @@ impl Elector {
     }
 }
 
-/// Send one keep-alive (when the stream is not stuck) and record it.
-async fn send_keep_alive(keeper: &mut LeaseKeeper, clock: &mut LeaseClock) -> Result<(), StepDown> {
-    if !clock.should_send() {
-        return Ok(());
-    }
-    let at = Instant::now().into_std();
-    keeper.keep_alive().await.map_err(|_| StepDown::KeepAliveLost)?;
-    clock.sent(at);
-    Ok(())
+/// Why a keep-alive stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("{}", StepDown::LeaseExpired)]
+    LeaseGone,
+    #[error("cannot keep the lease alive: {0}")]
+    Unreachable(String),
 }
 
-/// Record one message of the keep-alive stream.
-fn take_ack(
-    ack: Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error>,
-    clock: &mut LeaseClock,
-) -> Result<(), StepDown> {
-    match ack {
-        Ok(Some(resp)) => clock.answered(resp.ttl()),
-        Ok(None) | Err(_) => Err(StepDown::KeepAliveLost),
+/// The keep-alives of one lease: our own loop (etcd-client's keeper sends one request per call), a stream
+/// that is opened again when it breaks (e.g. its etcd member went away) while the lease lives, and the
+/// [`LeaseClock`] that decides when the term is over.
+struct KeepAlive {
+    client: Client,
+    lease: i64,
+    stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    clock: LeaseClock,
+}
+
+impl KeepAlive {
+    /// Open the stream; opening it sends one keep-alive and waits for its answer.
+    async fn open(&mut self, limit: Duration) -> Result<(), OpenError> {
+        let sent = Instant::now().into_std();
+        let mut leases = self.client.lease_client();
+        match tokio::time::timeout(limit, leases.keep_alive(self.lease)).await {
+            Ok(Ok(stream)) => {
+                self.stream = Some(stream);
+                self.clock.sent(sent);
+                self.clock.answered(1).map_err(|_| OpenError::LeaseGone)
+            }
+            // etcd-client's name for an answer with no TTL: the lease does not exist.
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Err(OpenError::LeaseGone),
+            Ok(Err(e)) => Err(OpenError::Unreachable(e.to_string())),
+            Err(_) => Err(OpenError::Unreachable(format!("no answer within {} ms", limit.as_millis()))),
+        }
+    }
+
+    /// Every retry period: one keep-alive, or a new stream when the last one broke. Only a lease etcd says
+    /// is gone ends the term here; an unreachable etcd ends it at the renew deadline.
+    async fn tick(&mut self, retry_period: Duration) -> Result<(), StepDown> {
+        match &mut self.stream {
+            Some((keeper, _)) => {
+                if !self.clock.should_send() {
+                    return Ok(());
+                }
+                let at = Instant::now().into_std();
+                if keeper.keep_alive().await.is_ok() {
+                    self.clock.sent(at);
+                } else {
+                    self.stream = None;
+                }
+                Ok(())
+            }
+            None => match self.open(retry_period).await {
+                Err(OpenError::LeaseGone) => Err(StepDown::LeaseExpired),
+                Err(e) => {
+                    tracing::debug!(error = %e, "keep-alive stream not reopened yet");
+                    Ok(())
+                }
+                Ok(()) => Ok(()),
+            },
+        }
+    }
+
+    /// The next answer; a broken stream is dropped (to be reopened by [`KeepAlive::tick`]).
+    async fn next_ack(&mut self) -> Result<(), StepDown> {
+        let Some((_, acks)) = &mut self.stream else {
+            return std::future::pending().await;
+        };
+        match acks.message().await {
+            Ok(Some(resp)) => self.clock.answered(resp.ttl()),
+            Ok(None) | Err(_) => {
+                self.stream = None;
+                // A new stream starts with no request in flight.
+                self.clock = LeaseClock::new(self.clock.renewed_at(), self.clock.renew_deadline());
+                Ok(())
+            }
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::from_std(self.clock.deadline())
     }
 }
 

@@ -19,8 +19,6 @@ pub enum StepDown {
     RenewDeadline,
     /// etcd answered a keep-alive with a TTL of zero or less: the lease is gone.
     LeaseExpired,
-    /// The keep-alive stream ended or failed.
-    KeepAliveLost,
     /// The leader key is gone: deleted, expired with its lease, or resigned.
     LeaderKeyGone,
     /// The leader key exists but belongs to another term (another replica leads).
@@ -36,7 +34,6 @@ impl fmt::Display for StepDown {
         f.write_str(match self {
             StepDown::RenewDeadline => "no keep-alive acknowledged within the renew deadline",
             StepDown::LeaseExpired => "the lease expired",
-            StepDown::KeepAliveLost => "the keep-alive stream ended",
             StepDown::LeaderKeyGone => "the leader key is gone",
             StepDown::OtherLeader => "another replica leads",
             StepDown::Fenced => "a fenced write was refused",
@@ -90,6 +87,10 @@ impl LeaseClock {
     /// The send time of the last acknowledged keep-alive.
     pub fn renewed_at(&self) -> Instant {
         self.renewed_at
+    }
+
+    pub fn renew_deadline(&self) -> Duration {
+        self.renew_deadline
     }
 
     /// When the term ends unless another keep-alive is acknowledged.
