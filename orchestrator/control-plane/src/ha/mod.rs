@@ -168,10 +168,8 @@ impl Election {
     /// give leadership up (resign) so another replica takes over at once.
     pub async fn run(self, work: LeaderWork, shutdown: impl Future<Output = ()> + Send + 'static) {
         match self {
-            Election::Sole { store } => {
-                // The status is set by `open`'s caller through `Opened::status` for the sole replica.
-                work(store, shutdown.boxed()).await;
-            }
+            // `open` already shows the sole replica as leader: it has no one to wait for.
+            Election::Sole { store } => work(store, shutdown.boxed()).await,
             #[cfg(feature = "etcd")]
             Election::Etcd(elector) => elector.run(work, shutdown).await,
         }
