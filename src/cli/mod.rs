@@ -19,18 +19,15 @@ use std::process::ExitCode;
 /// Connect as the options (or their defaults) say.
 pub fn connect(opts: &ClientOpts) -> Result<Client> {
     let dir = opts.data_dir.clone().unwrap_or_else(datadir::default_dir);
-    let server = opts
-        .server
-        .clone()
-        .or_else(|| datadir::recorded_address(&dir))
-        .unwrap_or_else(|| "https://127.0.0.1:7070".to_string());
+    let servers = crate::credentials::servers_or_recorded(&opts.server, &dir)
+        .unwrap_or_else(|| vec!["https://127.0.0.1:7070".to_string()]);
     let token = opts.token.clone().or_else(|| datadir::read_token(&dir.join(datadir::TOKEN_FILE)));
     let credentials = crate::credentials::Credentials {
-        ca: crate::credentials::server_ca(&server, opts.certificate_authority.as_deref(), &dir)?,
+        ca: crate::credentials::server_ca(&servers[0], opts.certificate_authority.as_deref(), &dir)?,
         token,
         source: String::new(),
     };
-    credentials.client(&server)
+    credentials.client_of(&servers)
 }
 
 // ---------------------------------------------------------------------------------------------------------
