@@ -1,6 +1,10 @@
 //! A typed-enough HTTP client of the API server, used by the CLI and by node agents, the registry mirror, and
 //! the join flow that turns a join token into the cluster CA and a credential.
 //!
+//! Several servers: [`Client::with_servers`] takes the replicas of one control plane and fails over between
+//! them (policy in [`servers`]); [`Watch`] streams ask for bookmarks, so that a watch knows the revision to
+//! resume from on another replica and can tell a dead server from an idle collection.
+//!
 //! TLS: an `https://` server is reached only with the cluster CA ([`Client::with_ca`]); there is no insecure
 //! mode. Tokens travel only in the `Authorization` header and never appear in errors or `Debug` output.
 
@@ -48,9 +52,9 @@ pub enum ClientError {
     /// A watch that had sent bookmarks went silent: the server is gone or stalled.
     #[error("watch on {url} silent for {silence:?}")]
     WatchSilent { url: String, silence: Duration },
-    /// The client moved to another server (this one failed a request or its readiness probe): the watch
-    /// on it ends so the caller resumes elsewhere.
-    #[error("watch on {url} ended: the client failed over to {now}")]
+    /// The client moved to another server (this one failed a request or its readiness probe) while a watch
+    /// or request was under way on it: the watch ends so the caller resumes elsewhere; the request is retried.
+    #[error("{url} abandoned: the client failed over to {now}")]
     FailedOver { url: String, now: String },
 }
 
@@ -294,7 +298,17 @@ impl Client {
     /// One attempt at server `index`: the response (its status is a success) or why it failed.
     async fn attempt(&self, index: usize, call: &Call) -> Result<reqwest::Response, Failure> {
         let base = self.servers.url(index);
-        let response = match self.builder(base, call).send().await {
+        // When the client moves off this server meanwhile (its readiness probe failed, or another request
+        // did), waiting out this request's timeout gains nothing: give up and retry where the client went.
+        let mut moved = self.servers.subscribe();
+        let sent = tokio::select! {
+            sent = self.builder(base, call).send() => sent,
+            now = moved.wait_for(|cur| *cur != index) => {
+                let now = now.map(|n| self.servers.url(*n).to_string()).unwrap_or_default();
+                return Err(Failure::Server(ClientError::FailedOver { url: base.to_string(), now }));
+            }
+        };
+        let response = match sent {
             Ok(r) => r,
             Err(e) if e.is_connect() => return Err(Failure::Connect(e)),
             Err(e) => return Err(Failure::Server(ClientError::Connect { url: base.to_string(), source: e })),

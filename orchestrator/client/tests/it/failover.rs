@@ -325,3 +325,19 @@ fn servers_are_given_repeated_or_comma_separated_and_of_one_scheme() {
         ClientError::NeedsCa { .. }
     ));
 }
+
+#[tokio::test]
+async fn a_request_hanging_on_a_server_the_probe_leaves_is_retried_where_the_client_went() {
+    let store = Arc::new(AtomicBool::new(false));
+    let (a, b) = (FakeApi::start(store.clone()).await, FakeApi::start(store.clone()).await);
+    a.set_mode(Mode::Hang);
+    a.state.ready.store(false, Ordering::SeqCst);
+    let urls = [a.url.clone(), b.url.clone()];
+    // A request timeout far longer than the probe needs to give up on `a`.
+    let client = Client::with_servers(&urls, None, None).unwrap().with_timeouts(BOUND, Duration::from_secs(3));
+    client.probe_readiness();
+    let t = Instant::now();
+    bounded(client.get(model::Kind::Pod, "default", "p")).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!((a.seen().len(), b.seen().len()), (1, 1));
+}
