@@ -11,6 +11,7 @@ mod controllers_e2e;
 mod dataplane;
 mod durability;
 mod e2e;
+mod multi_server;
 mod node_cli;
 mod scheduling;
 mod security;
