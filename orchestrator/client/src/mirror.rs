@@ -65,6 +65,10 @@ pub enum MirrorError {
     Idle { url: String, idle: Duration },
     #[error("revision gap from {url}: expected {expected}, got {got}")]
     Gap { url: String, expected: u64, got: u64 },
+    /// The server keeps the watch open but says it is not ready (e.g. cut off from its store, so its
+    /// registry no longer moves) while another one is.
+    #[error("{url} is not ready (/readyz); {ready} is")]
+    NotReady { url: String, ready: String, index: usize },
 }
 
 impl MirrorError {
@@ -77,6 +81,7 @@ impl MirrorError {
                 | MirrorError::Stream { .. }
                 | MirrorError::Ended { .. }
                 | MirrorError::Idle { .. }
+                | MirrorError::NotReady { .. }
         )
     }
 }
@@ -351,8 +356,10 @@ impl Runner {
                 }
                 Err((err, progress)) => {
                     self.lost(&err);
-                    if err.server_failed() {
-                        self.fail_over();
+                    if let MirrorError::NotReady { index, .. } = err {
+                        self.fail_over_to(index);
+                    } else if err.server_failed() {
+                        self.fail_over_to((self.current + 1) % self.config.servers.len());
                     }
                     if let Some(next) = progress {
                         position = next;
@@ -383,12 +390,12 @@ impl Runner {
         *self.status.last_error.lock() = Some(message);
     }
 
-    /// The round failed: the next one goes to the next server (and resumes there; see the module doc).
-    fn fail_over(&mut self) {
-        if self.config.servers.len() < 2 {
+    /// The round failed: the next one goes to server `index` (and resumes there; see the module doc).
+    fn fail_over_to(&mut self, index: usize) {
+        if index == self.current {
             return;
         }
-        self.current = (self.current + 1) % self.config.servers.len();
+        self.current = index;
         let next = self.config.servers[self.current].clone();
         tracing::info!(server = %next, "registry mirror: trying the next server");
         *self.status.server.lock() = next;
@@ -463,13 +470,40 @@ impl Runner {
         let mut buf: Vec<u8> = Vec::new();
         let mut at = revision;
         let resume = |at: u64| Some(Position::Resume { epoch: epoch.to_string(), revision: at });
+        // With other servers to go to, ask this one's /readyz meanwhile: a replica cut off from its store keeps
+        // its watch open (heartbeats flow) while its registry stands still.
+        let mut probe = tokio::time::interval(crate::servers::PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe.reset();
+        let mut unready = 0u32;
+        let mut last_data = tokio::time::Instant::now();
         loop {
-            let first = match tokio::time::timeout(self.config.idle_timeout, body.next()).await {
+            let idle_at = last_data + self.config.idle_timeout;
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(idle_at, body.next()) => next,
+                _ = probe.tick(), if self.config.servers.len() > 1 => {
+                    if crate::servers::ready(&self.http, &self.config.servers[self.current]).await {
+                        unready = 0;
+                    } else {
+                        unready += 1;
+                        if unready >= crate::servers::PROBE_FAILURES {
+                            if let Some(index) = self.ready_elsewhere().await {
+                                let ready = self.config.servers[index].clone();
+                                let url = self.config.servers[self.current].clone();
+                                return Err((MirrorError::NotReady { url, ready, index }, resume(at)));
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
+            let first = match next {
                 Err(_) => return Err((MirrorError::Idle { url, idle: self.config.idle_timeout }, resume(at))),
                 Ok(None) => return Err((MirrorError::Ended { url }, resume(at))),
                 Ok(Some(Err(source))) => return Err((MirrorError::Stream { url, source }, resume(at))),
                 Ok(Some(Ok(chunk))) => chunk,
             };
+            last_data = tokio::time::Instant::now();
             buf.extend_from_slice(&first);
             // Whatever else has already arrived joins this batch.
             while let Some(Some(Ok(chunk))) = body.next().now_or_never() {
@@ -505,6 +539,18 @@ impl Runner {
                 return Ok(Position::Snapshot);
             }
         }
+    }
+
+    /// The first other server, in order after the current one, whose /readyz says ready.
+    async fn ready_elsewhere(&self) -> Option<usize> {
+        let n = self.config.servers.len();
+        for step in 1..n {
+            let index = (self.current + step) % n;
+            if crate::servers::ready(&self.http, &self.config.servers[index]).await {
+                return Some(index);
+            }
+        }
+        None
     }
 
     /// Apply one batch of consecutive server changes after server revision `at`.

@@ -95,7 +95,7 @@ impl Servers {
 
 /// Whether `base` answers `/readyz` with 200. A 404 counts as ready: a server from before `/readyz` existed
 /// can only be judged by its answers to real requests, which fail over on their own.
-async fn ready(http: &reqwest::Client, base: &str) -> bool {
+pub(crate) async fn ready(http: &reqwest::Client, base: &str) -> bool {
     match http.get(format!("{base}/readyz")).timeout(PROBE_INTERVAL).send().await {
         Ok(r) => r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND,
         Err(_) => false,

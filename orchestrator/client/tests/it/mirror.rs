@@ -1,6 +1,6 @@
 //! The registry mirror across several servers (fake discovery APIs, each a replica with its own registry
-//! epoch): it fails over when its server stalls, relists from the next one as a single batch, and never
-//! empties the local registry meanwhile, not even with every server gone.
+//! epoch): it fails over when its server stalls or stops being ready, relists from the next one as a single
+//! batch, and never empties the local registry meanwhile, not even with every server gone.
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -46,6 +46,8 @@ struct Replica {
     stall: AtomicBool,
     /// Snapshots answer 503.
     down: AtomicBool,
+    /// `/readyz` answers 200 (else 503).
+    ready: AtomicBool,
 }
 
 async fn handle(State(r): State<Arc<Replica>>, request: Request) -> Response {
@@ -54,6 +56,8 @@ async fn handle(State(r): State<Arc<Replica>>, request: Request) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
     }
     match request.uri().path() {
+        "/readyz" if r.ready.load(Ordering::SeqCst) => "ok".into_response(),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response(),
         "/discovery/v1/snapshot" => axum::Json(r.snapshot.clone()).into_response(),
         "/discovery/v1/endpoints" => {
             if !query.contains(&format!("epoch={}", r.snapshot.epoch)) {
@@ -79,6 +83,7 @@ async fn replica(epoch: &str, revision: u64, objects: Vec<Object>) -> (String, A
         snapshot: DiscoverySnapshot { epoch: epoch.into(), revision, objects },
         stall: AtomicBool::new(false),
         down: AtomicBool::new(false),
+        ready: AtomicBool::new(true),
     });
     let app = axum::Router::new().fallback(handle).with_state(r.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -128,4 +133,31 @@ async fn the_mirror_fails_over_relists_in_one_batch_and_never_empties_the_regist
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(ports(&local).len(), 3);
     assert!(!mirror.status().connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_leaves_a_server_that_stops_being_ready_for_one_that_is() {
+    let (a_url, a) = replica("aaaa", 3, vec![endpoint("x", 1)]).await;
+    let (b_url, b) = replica("bbbb", 5, vec![endpoint("x", 2)]).await;
+    let mut config = MirrorConfig::with_servers(&[&a_url, &b_url], None);
+    config.backoff_max = Duration::from_millis(200);
+    let local = Arc::new(Registry::new());
+    let mirror = Mirror::start(config, local.clone()).unwrap();
+    assert!(mirror.wait_synced(Duration::from_secs(20)).await, "{:?}", mirror.status());
+    assert_eq!(ports(&local), [("x".into(), 1)]);
+
+    // Not ready while the other is not either: stay (heartbeats still flow, nothing better to go to).
+    a.ready.store(false, Ordering::SeqCst);
+    b.ready.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(mirror.status().server, a_url);
+    // The other becomes ready: move there within a few probe periods.
+    b.ready.store(true, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ports(&local) != [("x".into(), 2)] {
+        assert!(tokio::time::Instant::now() < deadline, "no failover: {:?}", mirror.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mirror.status().server, b_url);
+    assert!(mirror.status().last_error.is_some_and(|e| e.contains("not ready")));
 }
