@@ -332,7 +332,9 @@ impl Client {
         let n = self.servers.urls().len();
         let mut index = self.servers.current();
         let mut slow_retried = false;
-        for attempt in 1.. {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let failure = match self.attempt(index, call).await {
                 Ok(response) => return Ok((index, response)),
                 Err(f) => f,
@@ -355,7 +357,6 @@ impl Client {
             // Someone else may have moved the client already; never try the failed server twice in a row.
             index = if next == index { self.servers.next(index) } else { next };
         }
-        unreachable!("the attempt loop returns")
     }
 
     async fn send(&self, call: Call) -> Result<Value, ClientError> {
