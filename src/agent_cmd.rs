@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    /// API server URL (default: the address recorded in the data dir).
-    #[arg(long, env = "BERTH_SERVER")]
-    pub server: Option<String>,
+    /// API server URL (default: the address recorded in the data dir). Repeat it or give a comma-separated
+    /// list for several replicas: the agent fails over between them and resumes its watch on the next one.
+    #[arg(long, env = "BERTH_SERVER", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// Bearer token file (default: DATA_DIR/token), used when the agent has no credential of its own.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -43,9 +44,15 @@ pub struct AgentArgs {
     /// Run pods that have no `spec.nodeName` by binding them to this node (until a scheduler runs).
     #[arg(long)]
     pub claim_unbound: bool,
-    /// Listen address of the logs endpoint (port 0 picks one; advertised in the node's status).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub logs_listen: String,
+    /// This node's address, reachable from the servers and proxies of other hosts: the node's InternalIP,
+    /// the pods' hostIP/podIP, and where process-runtime workloads listen (`HOST`, `BERTH_POD_IP`) and Docker
+    /// publishes container ports.
+    #[arg(long, env = "BERTH_NODE_IP", default_value = "127.0.0.1")]
+    pub node_ip: std::net::IpAddr,
+    /// Listen address of the logs endpoint (port 0 picks one; advertised in the node's status; default:
+    /// NODE_IP:0).
+    #[arg(long)]
+    pub logs_listen: Option<String>,
     /// Stop the pods when the agent stops (default: leave them running for the next agent to adopt).
     #[arg(long)]
     pub stop_pods_on_exit: bool,
@@ -54,18 +61,15 @@ pub struct AgentArgs {
 pub async fn agent(args: AgentArgs) -> Result<()> {
     let dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
     datadir::ensure(&dir)?;
-    let server = args
-        .server
-        .clone()
-        .or_else(|| datadir::recorded_address(&dir))
+    let servers = crate::credentials::servers_or_recorded(&args.server, &dir)
         .ok_or_else(|| anyhow!("no --server given and no API address recorded in {}", dir.display()))?;
     let name = match args.name.clone() {
         Some(n) => n,
         None => agent::hostname().ok_or_else(|| anyhow!("cannot read the host name: pass --name"))?,
     };
     let state = dir.join(format!("agent-{name}"));
-    let credentials = crate::credentials::resolve(
-        &server,
+    let credentials = crate::credentials::resolve_any(
+        &servers,
         &dir,
         &state,
         args.join.as_deref(),
@@ -79,15 +83,22 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
     cfg.labels = agent::parse_kv_list(&args.labels).map_err(|e| anyhow!("--labels: {e}"))?;
     cfg.runtime = args.runtime;
     cfg.claim_unbound = args.claim_unbound;
-    cfg.logs_listen = args.logs_listen.clone();
+    cfg.node_ip = args.node_ip;
+    cfg.logs_listen =
+        args.logs_listen.clone().unwrap_or_else(|| std::net::SocketAddr::new(args.node_ip, 0).to_string());
     // Over TLS the listener admits only the API server's certificate; plain HTTP keeps the bearer token.
     cfg.logs_token = if credentials.ca.is_none() { credentials.token.clone() } else { None };
     cfg.ca = credentials.ca.clone();
     cfg.stop_pods_on_shutdown = args.stop_pods_on_exit;
-    let control = Arc::new(HttpControlPlane::new(credentials.client(&server)?));
+    let client = credentials.client_of(&servers)?;
+    // Long-running: move off a replica as soon as it stops being ready, not only when a request fails.
+    client.probe_readiness();
+    let control = Arc::new(HttpControlPlane::new(client));
     println!(
-        "berth agent: node {name}, runtime {:?}, API {server} ({}), state in {}",
+        "berth agent: node {name} at {}, runtime {:?}, API {} ({}), state in {}",
+        args.node_ip,
         args.runtime,
+        servers.join(","),
         credentials.source,
         cfg.data_dir.display()
     );

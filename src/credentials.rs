@@ -3,6 +3,9 @@
 //! In order: the role's own stored credential (`STATE/credential`, 0600, with `STATE/ca.crt`); else a join
 //! token given on the command line, exchanged once and stored; else the data dir's bootstrap admin token and
 //! `ca.crt` (a role started on the server's own machine, as before tokens existed).
+//!
+//! Several servers (replicas of one control plane) share one CA and one credential store, so a role's
+//! credential works with all of them; a join is tried on each in turn until one answers.
 
 use crate::datadir;
 use anyhow::{anyhow, bail, Context, Result};
@@ -31,17 +34,55 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     pub fn client(&self, server: &str) -> Result<Client> {
-        Ok(match &self.ca {
-            Some(ca) => Client::with_ca(server, ca, self.token.clone())?,
-            None => Client::new(server, self.token.clone())?,
-        })
+        self.client_of(&[server.to_string()])
     }
 
-    pub fn mirror(&self, server: &str) -> MirrorConfig {
-        let mut config = MirrorConfig::new(server, self.token.clone());
+    /// A client that fails over between `servers`.
+    pub fn client_of(&self, servers: &[String]) -> Result<Client> {
+        Ok(Client::with_servers(servers, self.ca.as_ref(), self.token.clone())?)
+    }
+
+    /// A registry mirror that fails over between `servers`.
+    pub fn mirror(&self, servers: &[String]) -> MirrorConfig {
+        let mut config = MirrorConfig::with_servers(servers, self.token.clone());
         config.ca = self.ca.clone();
         config
     }
+}
+
+/// The servers of `--server` (each value may list several, comma-separated), else the data dir's recorded
+/// API address; `None` when there is neither.
+pub fn servers_or_recorded(flags: &[String], data_dir: &Path) -> Option<Vec<String>> {
+    let servers = client::split_servers(flags);
+    if !servers.is_empty() {
+        return Some(servers);
+    }
+    datadir::recorded_address(data_dir).map(|a| vec![a])
+}
+
+/// Join through the first of `servers` that answers. A refusal (a bad token, a CA that does not match the
+/// token's hash) is final: every replica would say the same, and a pinned-CA mismatch must not be retried
+/// elsewhere in the hope of a different answer.
+async fn join_any(servers: &[String], token: &str, node: Option<&str>) -> Result<client::Joined> {
+    let mut last = None;
+    for server in servers {
+        match client::join(server, token, node).await {
+            Ok(joined) => return Ok(joined),
+            Err(e @ client::JoinError::Connect { .. }) => {
+                eprintln!("berth: cannot join through {server}: {e}; trying the next server");
+                last = Some(e);
+            }
+            Err(client::JoinError::Api { code, url, reason, message }) if code >= 500 => {
+                eprintln!("berth: cannot join through {server}: {url} answered {code}; trying the next server");
+                last = Some(client::JoinError::Api { code, url, reason, message });
+            }
+            Err(e) => return Err(anyhow!(e).context("cannot join (--join)")),
+        }
+    }
+    Err(match last {
+        Some(e) => anyhow!(e).context("cannot join (--join) through any server"),
+        None => anyhow!("cannot join (--join): no server given"),
+    })
 }
 
 /// The CA in `path`, when the file exists.
@@ -73,8 +114,7 @@ pub fn server_ca(server: &str, explicit: Option<&Path>, data_dir: &Path) -> Resu
     }
 }
 
-/// The credential of a role whose own state lives in `state_dir` (see the module doc). `node` names the node
-/// a node join token is exchanged for.
+/// [`resolve_any`] with one server.
 pub async fn resolve(
     server: &str,
     data_dir: &Path,
@@ -84,6 +124,21 @@ pub async fn resolve(
     token_file: Option<&Path>,
     ca_file: Option<&Path>,
 ) -> Result<Credentials> {
+    resolve_any(&[server.to_string()], data_dir, state_dir, join, node, token_file, ca_file).await
+}
+
+/// The credential of a role whose own state lives in `state_dir` (see the module doc), for any of `servers`
+/// (one CA, one credential store). `node` names the node a node join token is exchanged for.
+pub async fn resolve_any(
+    servers: &[String],
+    data_dir: &Path,
+    state_dir: &Path,
+    join: Option<&str>,
+    node: Option<&str>,
+    token_file: Option<&Path>,
+    ca_file: Option<&Path>,
+) -> Result<Credentials> {
+    let server = servers.first().map(String::as_str).ok_or_else(|| anyhow!("no API server given (--server)"))?;
     let stored = state_dir.join(CREDENTIAL_FILE);
     if let Some(token) = datadir::read_token(&stored) {
         let ca = if is_https(server) {
@@ -96,7 +151,7 @@ pub async fn resolve(
         return Ok(Credentials { ca, token: Some(token), source: format!("credential in {}", stored.display()) });
     }
     if let Some(join) = join {
-        let joined = client::join(server, join, node).await.context("cannot join (--join)")?;
+        let joined = join_any(servers, join, node).await?;
         std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
         let ca_path = state_dir.join(CA_FILE);
         std::fs::write(&ca_path, joined.ca.pem()).with_context(|| format!("cannot write {}", ca_path.display()))?;

@@ -14,9 +14,10 @@ use std::time::Duration;
 /// Where a standalone data plane gets its registry from.
 #[derive(clap::Args, Debug)]
 pub struct MirrorArgs {
-    /// API server to mirror the registry from (default: the address recorded in the data dir).
-    #[arg(long, env = "BERTH_SERVER")]
-    pub server: Option<String>,
+    /// API server to mirror the registry from (default: the address recorded in the data dir). Repeat it or
+    /// give a comma-separated list for several replicas: the mirror fails over between them.
+    #[arg(long, env = "BERTH_SERVER", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// Bearer token file (default: DATA_DIR/token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -100,13 +101,10 @@ pub(crate) fn init_logging() {
 /// start, while later outages only make the mirror stale.
 async fn start_mirror(args: &MirrorArgs, role: &str) -> Result<Mirror> {
     let dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
-    let server = args
-        .server
-        .clone()
-        .or_else(|| datadir::recorded_address(&dir))
+    let servers = crate::credentials::servers_or_recorded(&args.server, &dir)
         .ok_or_else(|| anyhow!("no --server given and no API address recorded in {}", dir.display()))?;
-    let credentials = crate::credentials::resolve(
-        &server,
+    let credentials = crate::credentials::resolve_any(
+        &servers,
         &dir,
         &dir.join("dataplane"),
         args.join.as_deref(),
@@ -115,7 +113,8 @@ async fn start_mirror(args: &MirrorArgs, role: &str) -> Result<Mirror> {
         args.certificate_authority.as_deref(),
     )
     .await?;
-    let mirror = Mirror::start(credentials.mirror(&server), Arc::new(Registry::new())).context("--server")?;
+    let mirror = Mirror::start(credentials.mirror(&servers), Arc::new(Registry::new())).context("--server")?;
+    let server = servers.join(",");
     println!("berth {role}: mirroring the registry of {server} ({})", credentials.source);
     let timeout = Duration::from_secs(30);
     if !mirror.wait_synced(timeout).await {

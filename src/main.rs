@@ -27,9 +27,10 @@ struct Args {
 /// How a client command finds and authenticates to the API server.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ClientOpts {
-    /// API server URL (default: the address recorded in the data dir, else http://127.0.0.1:7070).
-    #[arg(long, env = "BERTH_SERVER", global = true)]
-    server: Option<String>,
+    /// API server URL (default: the address recorded in the data dir, else https://127.0.0.1:7070). Repeat
+    /// it or give a comma-separated list for several replicas: requests fail over between them.
+    #[arg(long, env = "BERTH_SERVER", global = true, value_delimiter = ',')]
+    server: Vec<String>,
     /// Bearer token (default: the data dir's token file).
     #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,

@@ -18,48 +18,16 @@ use std::process::ExitCode;
 
 /// Connect as the options (or their defaults) say.
 pub fn connect(opts: &ClientOpts) -> Result<Client> {
-    let (server, credentials) = resolve(opts)?;
-    credentials.client(&server)
-}
-
-/// The server and the credentials the options (or their defaults) name.
-fn resolve(opts: &ClientOpts) -> Result<(String, crate::credentials::Credentials)> {
     let dir = opts.data_dir.clone().unwrap_or_else(datadir::default_dir);
-    let server = opts
-        .server
-        .clone()
-        .or_else(|| datadir::recorded_address(&dir))
-        .unwrap_or_else(|| "https://127.0.0.1:7070".to_string());
+    let servers = crate::credentials::servers_or_recorded(&opts.server, &dir)
+        .unwrap_or_else(|| vec!["https://127.0.0.1:7070".to_string()]);
     let token = opts.token.clone().or_else(|| datadir::read_token(&dir.join(datadir::TOKEN_FILE)));
     let credentials = crate::credentials::Credentials {
-        ca: crate::credentials::server_ca(&server, opts.certificate_authority.as_deref(), &dir)?,
+        ca: crate::credentials::server_ca(&servers[0], opts.certificate_authority.as_deref(), &dir)?,
         token,
         source: String::new(),
     };
-    Ok((server, credentials))
-}
-
-/// `GET /api/v1/controlplane`. The client crate has no call for it yet, so this one request is made here with
-/// the same CA and token a `Client` would use.
-async fn control_plane_members(opts: &ClientOpts) -> Result<Value> {
-    let (server, credentials) = resolve(opts)?;
-    let builder = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
-    let builder = match &credentials.ca {
-        Some(ca) => builder.tls_backend_preconfigured(pki::client_config(ca, None)?),
-        None => builder,
-    };
-    let url = format!("{}/api/v1/controlplane", server.trim_end_matches('/'));
-    let mut request = builder.build()?.get(&url);
-    if let Some(token) = &credentials.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.with_context(|| format!("cannot reach {server}"))?;
-    let status = response.status();
-    let body: Value = response.json().await.with_context(|| format!("{url}: the answer is not JSON"))?;
-    if !status.is_success() {
-        bail!("{url}: {status}: {}", body.get("message").and_then(Value::as_str).unwrap_or(""));
-    }
-    Ok(body)
+    credentials.client_of(&servers)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -185,7 +153,7 @@ pub struct GetArgs {
 pub async fn get(args: GetArgs) -> Result<()> {
     let format = output::Format::parse(args.output.as_deref())?;
     if matches!(args.kind.as_str(), "controlplane" | "controlplanes" | "cp") {
-        return output::control_plane(&control_plane_members(&args.client).await?, format);
+        return output::control_plane(&connect(&args.client)?.control_plane().await?, format);
     }
     let client = connect(&args.client)?;
     let kind = match model::Resource::from_cli_name(&args.kind) {

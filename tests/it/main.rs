@@ -12,6 +12,7 @@ mod dataplane;
 mod durability;
 mod e2e;
 mod ha;
+mod multi_server;
 mod node_cli;
 mod scheduling;
 mod security;

@@ -20,6 +20,21 @@ pub enum PodEvent {
     /// Added or modified: the pod's current object.
     Upsert(Value),
     Deleted(Value),
+    /// Nothing changed up to this store revision (a watch bookmark): resume from here.
+    Progress(u64),
+}
+
+impl PodEvent {
+    /// The store revision this event brings the watcher to, when the control plane has revisions
+    /// (`metadata.resourceVersion`).
+    pub fn revision(&self) -> Option<u64> {
+        match self {
+            PodEvent::Upsert(p) | PodEvent::Deleted(p) => {
+                p.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|v| v.parse().ok())
+            }
+            PodEvent::Progress(r) => Some(*r),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +45,9 @@ pub enum ControlPlaneError {
     NotFound(String),
     #[error("conflict writing {0}")]
     Conflict(String),
+    /// A watch cannot resume from the revision asked for (history compacted, or none kept): list again.
+    #[error("{0}: resume revision expired")]
+    Expired(String),
 }
 
 pub type PodEvents = BoxStream<'static, Result<PodEvent, ControlPlaneError>>;
@@ -43,10 +61,12 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// The pods bound to `node`, or every pod (`None`: only an agent that claims unbound pods needs them, and
     /// only an admin credential may list them).
     async fn list_pods(&self, node: Option<&str>) -> Result<Vec<Value>, ControlPlaneError>;
-    /// Changes to pods from now on, of the pods bound to `node` (or of every pod). A pod that leaves the node
-    /// comes as [`PodEvent::Deleted`], one that arrives as an upsert. The stream may end; the agent then lists
-    /// and watches again.
-    async fn watch_pods(&self, node: Option<&str>) -> Result<PodEvents, ControlPlaneError>;
+    /// Changes to pods, of the pods bound to `node` (or of every pod): from now on, or after store revision
+    /// `since` ([`PodEvent::revision`] of the last event seen; [`ControlPlaneError::Expired`] when that is no
+    /// longer possible). A pod that leaves the node comes as [`PodEvent::Deleted`], one that arrives as an
+    /// upsert. The stream may end or fail; the agent then resumes from the last revision it saw, or lists and
+    /// watches again.
+    async fn watch_pods(&self, node: Option<&str>, since: Option<u64>) -> Result<PodEvents, ControlPlaneError>;
     async fn update_pod_status(&self, namespace: &str, name: &str, status: &Value) -> Result<(), ControlPlaneError>;
     /// Set `spec.nodeName` of an unbound pod (compare-and-swap). `Ok(false)` when someone else bound it.
     async fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> Result<bool, ControlPlaneError>;
@@ -85,6 +105,7 @@ fn select(event: PodEvent, node: &str, matching: &mut HashSet<(String, String)>)
         }
         PodEvent::Upsert(p) => matching.remove(&key_of(&p)).then_some(PodEvent::Deleted(p)),
         PodEvent::Deleted(p) => (matching.remove(&key_of(&p)) || on_node(&p, node)).then_some(PodEvent::Deleted(p)),
+        PodEvent::Progress(r) => Some(PodEvent::Progress(r)),
     }
 }
 
@@ -99,10 +120,13 @@ struct Mem {
 }
 
 /// An in-memory control plane: pods, nodes, ConfigMaps and Secrets in maps, events on a broadcast channel.
+/// It keeps no history (a watch cannot resume: [`ControlPlaneError::Expired`]) and can be made unavailable
+/// ([`MemoryControlPlane::set_available`]) to play an outage of every server.
 #[derive(Clone)]
 pub struct MemoryControlPlane {
     mem: Arc<Mutex<Mem>>,
     events: broadcast::Sender<PodEvent>,
+    available: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for MemoryControlPlane {
@@ -114,7 +138,23 @@ impl Default for MemoryControlPlane {
 impl MemoryControlPlane {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(4096);
-        Self { mem: Arc::new(Mutex::new(Mem::default())), events }
+        let available = Arc::new(tokio::sync::watch::Sender::new(true));
+        Self { mem: Arc::new(Mutex::new(Mem::default())), events, available }
+    }
+
+    /// Play an outage of the whole control plane (`false`): every call fails with
+    /// [`ControlPlaneError::Unavailable`] and open watches end with it; the state is kept (and tests may still
+    /// change it through the inherent methods) until `true` ends the outage.
+    pub fn set_available(&self, up: bool) {
+        self.available.send_replace(up);
+    }
+
+    fn check(&self, what: &str) -> Result<(), ControlPlaneError> {
+        if *self.available.borrow() {
+            Ok(())
+        } else {
+            Err(ControlPlaneError::Unavailable(format!("{what}: control plane unavailable")))
+        }
     }
 
     /// Create or replace a pod (a uid is made up when it has none).
@@ -165,6 +205,7 @@ impl MemoryControlPlane {
 #[async_trait::async_trait]
 impl ControlPlane for MemoryControlPlane {
     async fn register_node(&self, node: &Value) -> Result<(), ControlPlaneError> {
+        self.check("register node")?;
         let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
         let mut mem = self.mem.lock();
         let entry = mem.nodes.entry(name).or_insert_with(|| node.clone());
@@ -175,6 +216,7 @@ impl ControlPlane for MemoryControlPlane {
     }
 
     async fn update_node_status(&self, name: &str, status: &Value) -> Result<(), ControlPlaneError> {
+        self.check("node status")?;
         let mut mem = self.mem.lock();
         let node = mem.nodes.get_mut(name).ok_or_else(|| ControlPlaneError::NotFound(format!("nodes/{name}")))?;
         if let Some(o) = node.as_object_mut() {
@@ -184,11 +226,18 @@ impl ControlPlane for MemoryControlPlane {
     }
 
     async fn list_pods(&self, node: Option<&str>) -> Result<Vec<Value>, ControlPlaneError> {
+        self.check("list pods")?;
         let mem = self.mem.lock();
         Ok(mem.pods.values().filter(|p| node.is_none_or(|n| on_node(p, n))).cloned().collect())
     }
 
-    async fn watch_pods(&self, node: Option<&str>) -> Result<PodEvents, ControlPlaneError> {
+    async fn watch_pods(&self, node: Option<&str>, since: Option<u64>) -> Result<PodEvents, ControlPlaneError> {
+        self.check("watch pods")?;
+        if since.is_some() {
+            return Err(ControlPlaneError::Expired("watch pods: the memory control plane keeps no history".into()));
+        }
+        let mut up = self.available.subscribe();
+        up.mark_unchanged();
         // Subscribing under the lock: a write after this point is in `rx`, one before it in `matching`.
         let (rx, matching) = {
             let mem = self.mem.lock();
@@ -199,13 +248,24 @@ impl ControlPlane for MemoryControlPlane {
             (self.events.subscribe(), matching)
         };
         let node = node.map(str::to_string);
-        let s = futures::stream::unfold((rx, node, matching), |(mut rx, node, mut matching)| async move {
+        let s = futures::stream::unfold(Some((rx, node, matching, up)), |state| async move {
+            let (mut rx, node, mut matching, mut up) = state?;
             loop {
-                let event = match rx.recv().await {
+                // An outage wins over pending events: nothing reaches a watcher while the plane is down.
+                let received = tokio::select! {
+                    biased;
+                    _ = up.wait_for(|up| !*up) => None,
+                    r = rx.recv() => Some(r),
+                };
+                let Some(received) = received.filter(|_| *up.borrow()) else {
+                    let e = ControlPlaneError::Unavailable("watch pods: control plane unavailable".into());
+                    return Some((Err(e), None));
+                };
+                let event = match received {
                     Ok(e) => e,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         let e = ControlPlaneError::Unavailable(format!("watch lagged by {n} events"));
-                        return Some((Err(e), (rx, node, matching)));
+                        return Some((Err(e), Some((rx, node, matching, up))));
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 };
@@ -214,7 +274,7 @@ impl ControlPlane for MemoryControlPlane {
                     None => Some(event),
                 };
                 if let Some(e) = selected {
-                    return Some((Ok(e), (rx, node, matching)));
+                    return Some((Ok(e), Some((rx, node, matching, up))));
                 }
             }
         });
@@ -222,6 +282,7 @@ impl ControlPlane for MemoryControlPlane {
     }
 
     async fn update_pod_status(&self, namespace: &str, name: &str, status: &Value) -> Result<(), ControlPlaneError> {
+        self.check("pod status")?;
         let pod = {
             let mut mem = self.mem.lock();
             mem.status_writes += 1;
@@ -239,6 +300,7 @@ impl ControlPlane for MemoryControlPlane {
     }
 
     async fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> Result<bool, ControlPlaneError> {
+        self.check("bind pod")?;
         let pod = {
             let mut mem = self.mem.lock();
             let Some(pod) = mem.pods.get_mut(&(namespace.to_string(), name.to_string())) else {
@@ -261,6 +323,7 @@ impl ControlPlane for MemoryControlPlane {
         namespace: &str,
         name: &str,
     ) -> Result<Option<BTreeMap<String, String>>, ControlPlaneError> {
+        self.check("config map")?;
         Ok(self.mem.lock().config_maps.get(&(namespace.to_string(), name.to_string())).cloned())
     }
 
@@ -269,11 +332,13 @@ impl ControlPlane for MemoryControlPlane {
         namespace: &str,
         name: &str,
     ) -> Result<Option<BTreeMap<String, String>>, ControlPlaneError> {
+        self.check("secret")?;
         Ok(self.mem.lock().secrets.get(&(namespace.to_string(), name.to_string())).cloned())
     }
 
     async fn node_certificate(&self, node: &str, csr_pem: &str) -> Result<String, ControlPlaneError> {
         let what = format!("nodes/{node}/certificate");
+        self.check(&what)?;
         let ca = self.mem.lock().ca.clone().ok_or_else(|| ControlPlaneError::Unavailable(format!("{what}: no CA")))?;
         ca.sign_server_csr(csr_pem, node).map_err(|e| ControlPlaneError::Unavailable(format!("{what}: {e}")))
     }
@@ -298,7 +363,7 @@ mod tests {
         assert_eq!(listed, [pod("here", "a")]);
         assert_eq!(cp.list_pods(None).await.unwrap().len(), 2);
 
-        let mut watch = cp.watch_pods(Some("a")).await.unwrap();
+        let mut watch = cp.watch_pods(Some("a"), None).await.unwrap();
         cp.put_pod(pod("here", "b"));
         cp.put_pod(pod("elsewhere", "c"));
         cp.put_pod(pod("there", "a"));

@@ -22,13 +22,19 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// The default listen address: `$HOST:$PORT`, where the agent sets `PORT`; `HOST` defaults to 127.0.0.1
-/// (the echo image sets 0.0.0.0, since a published container port arrives on the container's interface)
-/// and `PORT` to 8081.
+/// The default listen address: `$HOST:$PORT`, where the agent sets `PORT` and `HOST` (the node's address,
+/// `berth agent --node-ip`); `HOST` defaults to `$BERTH_POD_IP`, then 127.0.0.1 (the echo image sets 0.0.0.0,
+/// since a published container port arrives on the container's interface), and `PORT` to 8081.
 pub fn default_listen() -> String {
-    let host = std::env::var("HOST").ok().filter(|h| !h.trim().is_empty()).unwrap_or_else(|| "127.0.0.1".into());
-    let port = std::env::var("PORT").ok().filter(|p| !p.trim().is_empty()).unwrap_or_else(|| "8081".into());
-    format!("{}:{}", host.trim(), port.trim())
+    let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let host = var("HOST").or_else(|| var("BERTH_POD_IP")).unwrap_or_else(|| "127.0.0.1".into());
+    let port = var("PORT").unwrap_or_else(|| "8081".into());
+    // An IPv6 address needs brackets before the port.
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The name this instance reports: `$POD_NAME`, else the host name.

@@ -83,22 +83,33 @@ impl ControlPlane for HttpControlPlane {
         .map_err(|e| err("pods", e))
     }
 
-    async fn watch_pods(&self, node: Option<&str>) -> Result<PodEvents, ControlPlaneError> {
-        let s = match node {
-            Some(n) => self.client.watch_pods_on_node(n, None).await.map(StreamExt::boxed),
-            None => self.client.watch(Kind::Pod, None, None, None).await.map(StreamExt::boxed),
+    async fn watch_pods(&self, node: Option<&str>, since: Option<u64>) -> Result<PodEvents, ControlPlaneError> {
+        let watch = match node {
+            Some(n) => self.client.watch_pods_on_node(n, since).await,
+            None => self.client.watch(Kind::Pod, None, since, None).await,
         }
         .map_err(|e| err("watch pods", e))?;
         // With a node's field selector, `DELETED` also means "left the node" and `ADDED` "arrived on it".
-        Ok(Box::pin(s.map(|ev| match ev {
-            Ok(ev) => match ev.kind.as_str() {
-                "ADDED" | "MODIFIED" => Ok(PodEvent::Upsert(ev.object)),
-                "DELETED" => Ok(PodEvent::Deleted(ev.object)),
-                other => Err(ControlPlaneError::Unavailable(format!(
-                    "watch pods: {other}: {}",
-                    ev.object.get("message").and_then(Value::as_str).unwrap_or("")
-                ))),
-            },
+        // Bookmarks become progress, so that the agent resumes from them on another server.
+        Ok(Box::pin(watch.with_bookmarks().map(|ev| match ev {
+            Ok(ev) => {
+                match ev.kind.as_str() {
+                    "ADDED" | "MODIFIED" => Ok(PodEvent::Upsert(ev.object)),
+                    "DELETED" => Ok(PodEvent::Deleted(ev.object)),
+                    "BOOKMARK" => ev.revision().map(PodEvent::Progress).ok_or_else(|| {
+                        ControlPlaneError::Unavailable("watch pods: a bookmark without a revision".into())
+                    }),
+                    other => {
+                        let message = ev.object.get("message").and_then(Value::as_str).unwrap_or("");
+                        let what = format!("watch pods: {other}: {message}");
+                        if ev.object.get("code").and_then(Value::as_u64) == Some(410) {
+                            Err(ControlPlaneError::Expired(what))
+                        } else {
+                            Err(ControlPlaneError::Unavailable(what))
+                        }
+                    }
+                }
+            }
             Err(e) => Err(err("watch pods", e)),
         })))
     }

@@ -8,7 +8,7 @@
 //! [`AgentConfig::stop_pods_on_shutdown`] is set.
 //!
 //! Status contract: pod status carries `phase`, `conditions` (`Ready`, `ContainersReady`, ...; `LimitsEnforced`
-//! False with a message when limits cannot be enforced; each with `lastTransitionTime`, in microseconds), `hostIP`/`podIP` (127.0.0.1) and `containerStatuses`
+//! False with a message when limits cannot be enforced; each with `lastTransitionTime`, in microseconds), `hostIP`/`podIP` ([`AgentConfig::node_ip`]) and `containerStatuses`
 //! with `ready`, `started`, `restartCount`, `state`, `lastState`, `containerID` and **`ports[]`**
 //! (`{containerPort, hostPort, protocol}`): a pod's endpoint is `hostIP:hostPort`. The node's status carries `capacity`, `allocatable`, `addresses`, a `Ready`
 //! condition and `heartbeatTime`, renewed every [`AgentConfig::heartbeat`], and
@@ -64,6 +64,9 @@ impl std::str::FromStr for RuntimeKind {
 #[derive(Clone)]
 pub struct AgentConfig {
     pub node_name: String,
+    /// The node's address (default 127.0.0.1): its `InternalIP`, the pods' `hostIP`/`podIP`, and where
+    /// workloads listen, so that a proxy on another host reaches `node_ip:hostPort`.
+    pub node_ip: std::net::IpAddr,
     /// `cpu`, `memory`, `pods`, ... as Kubernetes quantities; reported as capacity and allocatable.
     pub capacity: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
@@ -90,6 +93,7 @@ impl AgentConfig {
     pub fn new(node_name: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             node_name: node_name.into(),
+            node_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             capacity: parse_kv_list("cpu=2,memory=4Gi,pods=110").unwrap_or_default(),
             labels: BTreeMap::new(),
             runtime: RuntimeKind::Process,
@@ -111,6 +115,7 @@ impl std::fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConfig")
             .field("node_name", &self.node_name)
+            .field("node_ip", &self.node_ip)
             .field("capacity", &self.capacity)
             .field("labels", &self.labels)
             .field("runtime", &self.runtime)
@@ -162,6 +167,10 @@ pub enum AgentError {
 }
 
 type PodKey = (String, String);
+
+/// First and longest wait between attempts to watch pods while the control plane is unreachable.
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(200);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The agent's live pods, shared with the logs server.
 #[derive(Default)]
@@ -267,6 +276,7 @@ impl Agent {
             runtime: runtime.clone(),
             control: control.clone(),
             node: config.node_name.clone(),
+            node_ip: config.node_ip,
             backoff: config.backoff,
             http: {
                 pki::install_crypto_provider();
@@ -277,8 +287,14 @@ impl Agent {
             .unwrap_or_default(),
             dirty: dirty_tx.clone(),
         });
-        let status_task =
-            tokio::spawn(status_writer(dirty_rx, table.clone(), control.clone(), runtime.kind(), dirty_tx));
+        let status_task = tokio::spawn(status_writer(
+            dirty_rx,
+            table.clone(),
+            control.clone(),
+            runtime.kind(),
+            config.node_ip.to_string(),
+            dirty_tx,
+        ));
         let mut reconciler =
             Reconciler { cfg: config.clone(), ctx, table: table.clone(), adoptable: runtime.list().await? };
         on_ready(logs_addr);
@@ -286,38 +302,92 @@ impl Agent {
         let mut first = true;
         // Only an agent that claims unbound pods needs to see them (and only an admin credential may).
         let pods_of = (!config.claim_unbound).then_some(config.node_name.as_str());
+        // Static stability: losing the control plane never touches running pods. The agent resumes its watch
+        // from the last revision it saw (on whichever server the client fails over to), lists again only
+        // when that revision is gone, and retries forever with capped back-off meanwhile. A relist stops only
+        // pods no longer bound here; pods it already runs (same uid) are left alone.
+        let mut resume: Option<u64> = None;
+        let mut retry = WATCH_RETRY_MIN;
+        let mut down_since: Option<std::time::Instant> = None;
         'outer: loop {
-            let pods = tokio::select! {
-                r = control.list_pods(pods_of) => r,
-                _ = &mut shutdown => break 'outer,
-            };
-            let events = match pods {
-                Ok(pods) => {
-                    let watch = control.watch_pods(pods_of).await;
-                    reconciler.resync(pods, first).await;
-                    first = false;
-                    watch
-                }
-                Err(e) => Err(e),
-            };
-            match events {
-                Ok(mut events) => loop {
-                    tokio::select! {
-                        ev = events.next() => match ev {
-                            Some(Ok(PodEvent::Upsert(p))) => reconciler.upsert(&p).await,
-                            Some(Ok(PodEvent::Deleted(p))) => reconciler.deleted(&p).await,
-                            Some(Err(e)) => { tracing::warn!("pod watch: {e}"); break; }
-                            None => break,
-                        },
-                        _ = &mut shutdown => break 'outer,
-                    }
+            let opened = match resume {
+                Some(rev) => tokio::select! {
+                    r = control.watch_pods(pods_of, Some(rev)) => r,
+                    _ = &mut shutdown => break 'outer,
                 },
-                Err(e) => tracing::warn!("cannot list/watch pods: {e}"),
+                None => {
+                    let pods = tokio::select! {
+                        r = control.list_pods(pods_of) => r,
+                        _ = &mut shutdown => break 'outer,
+                    };
+                    match pods {
+                        Ok(pods) => {
+                            let watch = control.watch_pods(pods_of, None).await;
+                            reconciler.resync(pods, first).await;
+                            first = false;
+                            watch
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match opened {
+                Ok(mut events) => {
+                    if let Some(since) = down_since.take() {
+                        tracing::info!(after = ?since.elapsed(), resumed_from = ?resume, "pod watch back");
+                    }
+                    let mut delivered = false;
+                    loop {
+                        let ev = tokio::select! {
+                            ev = events.next() => ev,
+                            _ = &mut shutdown => break 'outer,
+                        };
+                        let ev = match ev {
+                            Some(Ok(ev)) => ev,
+                            Some(Err(e)) => {
+                                tracing::warn!("pod watch: {e}; resuming");
+                                break;
+                            }
+                            None => break,
+                        };
+                        if !delivered {
+                            delivered = true;
+                            retry = WATCH_RETRY_MIN;
+                        }
+                        if let Some(rev) = ev.revision() {
+                            resume = Some(resume.map_or(rev, |r| r.max(rev)));
+                        }
+                        match ev {
+                            PodEvent::Upsert(p) => reconciler.upsert(&p).await,
+                            PodEvent::Deleted(p) => reconciler.deleted(&p).await,
+                            PodEvent::Progress(_) => {}
+                        }
+                    }
+                    // A watch that ended after delivering is resumed at once (the client has failed over); one
+                    // that ended empty-handed waits like a failed attempt, so a failing server is not spun on.
+                    if delivered {
+                        continue;
+                    }
+                }
+                Err(ControlPlaneError::Expired(e)) => {
+                    tracing::info!("{e}; listing pods again");
+                    resume = None;
+                    continue;
+                }
+                Err(e) => {
+                    if down_since.is_none() {
+                        down_since = Some(std::time::Instant::now());
+                        tracing::warn!("cannot list/watch pods: {e}; pods keep running, retrying");
+                    } else {
+                        tracing::debug!("cannot list/watch pods: {e}");
+                    }
+                }
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(retry) => {}
                 _ = &mut shutdown => break 'outer,
             }
+            retry = (retry * 2).min(WATCH_RETRY_MAX);
         }
         heartbeat.abort();
         let workers: Vec<(Pod, PodWorker)> = table.workers.lock().drain().map(|(_, v)| v).collect();
@@ -371,7 +441,7 @@ pub fn node_status(cfg: &AgentConfig, runtime_kind: &str, agent_port: u16, now: 
         "capacity": cfg.capacity,
         "allocatable": cfg.capacity,
         "addresses": [
-            {"type": "InternalIP", "address": "127.0.0.1"},
+            {"type": "InternalIP", "address": cfg.node_ip.to_string()},
             {"type": "Hostname", "address": cfg.node_name},
         ],
         "conditions": [{
@@ -523,6 +593,7 @@ async fn status_writer(
     table: Arc<PodTable>,
     control: Arc<dyn ControlPlane>,
     runtime_kind: &'static str,
+    host_ip: String,
     retry: mpsc::UnboundedSender<PodKey>,
 ) {
     let mut last: HashMap<PodKey, Value> = HashMap::new();
@@ -537,7 +608,7 @@ async fn status_writer(
             let mut status = {
                 let w = table.workers.lock();
                 match w.get(&key) {
-                    Some((pod, worker)) => worker::pod_status(pod, &worker.state.lock(), runtime_kind),
+                    Some((pod, worker)) => worker::pod_status(pod, &worker.state.lock(), runtime_kind, &host_ip),
                     None => {
                         last.remove(&key);
                         continue;

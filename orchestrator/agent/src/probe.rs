@@ -37,11 +37,13 @@ pub struct ProbeSpecError {
 
 impl ProbeConfig {
     /// Build from the pod's probe. `host_port_of` maps the probe's container port to where it answers on this
-    /// node (the allocated or published host port); the host is always loopback unless given.
+    /// node (the allocated or published host port); the host is `default_host` (the node's address, where
+    /// workloads listen) unless the probe names one.
     pub fn from_spec(
         which: &'static str,
         v: &Probe,
         container: &Container,
+        default_host: &str,
         host_port_of: impl Fn(u16) -> u16,
     ) -> Result<ProbeConfig, ProbeSpecError> {
         let err = |m: String| ProbeSpecError { probe: which, message: m };
@@ -58,12 +60,15 @@ impl ProbeConfig {
             };
             ProbeAction::Http {
                 scheme: scheme.into(),
-                host: h.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                host: h.host.clone().unwrap_or_else(|| default_host.to_string()),
                 port: port_of(&h.port)?,
                 path: h.path.clone(),
             }
         } else if let Some(t) = &v.tcp_socket {
-            ProbeAction::Tcp { host: t.host.clone().unwrap_or_else(|| "127.0.0.1".into()), port: port_of(&t.port)? }
+            ProbeAction::Tcp {
+                host: t.host.clone().unwrap_or_else(|| default_host.to_string()),
+                port: port_of(&t.port)?,
+            }
         } else if let Some(e) = &v.exec {
             if e.command.is_empty() {
                 return Err(err("exec.command is empty".into()));
@@ -221,7 +226,8 @@ mod tests {
         .unwrap();
         let v: Probe =
             serde_json::from_value(serde_json::json!({"httpGet": {"path": "/healthz", "port": "http"}})).unwrap();
-        let p = ProbeConfig::from_spec("readiness", &v, &c, |p| if p == 8080 { 31000 } else { p }).unwrap();
+        let p =
+            ProbeConfig::from_spec("readiness", &v, &c, "127.0.0.1", |p| if p == 8080 { 31000 } else { p }).unwrap();
         assert_eq!(p.period, Duration::from_secs(10));
         assert_eq!(p.timeout, Duration::from_secs(1));
         assert_eq!(p.failure_threshold, 3);
@@ -230,9 +236,9 @@ mod tests {
             ProbeAction::Http { scheme: "http".into(), host: "127.0.0.1".into(), port: 31000, path: "/healthz".into() }
         );
         let bad: Probe = serde_json::from_value(serde_json::json!({"tcpSocket": {"port": "nope"}})).unwrap();
-        let err = ProbeConfig::from_spec("liveness", &bad, &c, |p| p).unwrap_err();
+        let err = ProbeConfig::from_spec("liveness", &bad, &c, "127.0.0.1", |p| p).unwrap_err();
         assert_eq!(err.to_string(), "liveness probe: cannot resolve port \"nope\"");
         let none: Probe = serde_json::from_value(serde_json::json!({})).unwrap();
-        assert!(ProbeConfig::from_spec("liveness", &none, &c, |p| p).is_err());
+        assert!(ProbeConfig::from_spec("liveness", &none, &c, "127.0.0.1", |p| p).is_err());
     }
 }

@@ -55,6 +55,8 @@ pub struct WorkerContext {
     pub runtime: Arc<dyn Runtime>,
     pub control: Arc<dyn ControlPlane>,
     pub node: String,
+    /// The node's address: where workloads listen, the pods' `hostIP`/`podIP`, the probes' default host.
+    pub node_ip: std::net::IpAddr,
     pub backoff: Backoff,
     pub http: reqwest::Client,
     /// Told the pod's key whenever its state changes.
@@ -198,7 +200,7 @@ impl ContainerWorker {
                 Err(e) => return Err(format!("cannot read secret {name:?}: {e}")),
             }
         }
-        let facts = PodFacts { node_name: self.ctx.node.clone(), host_ip: "127.0.0.1".into() };
+        let facts = PodFacts { node_name: self.ctx.node.clone(), host_ip: self.ctx.node_ip.to_string() };
         let user = resolve_env(&self.pod, &self.container, &sources, &facts).map_err(|e| e.to_string())?;
         let mounts = resolve_mounts(&self.pod, &self.container, &sources).map_err(|e| e.to_string())?;
         let mut env = vec![
@@ -233,6 +235,7 @@ impl ContainerWorker {
             limits: c.resources.limits(),
             attempt,
             mounts,
+            host_ip: Some(self.ctx.node_ip),
         };
         self.ctx.runtime.start(&spec).await.map_err(|e| match e {
             RuntimeError::CannotRun { reason, message } => (reason.to_string(), message),
@@ -396,7 +399,7 @@ impl ContainerWorker {
         let declared = self.container.first_port();
         let host_port = started.host_port;
         Some(
-            ProbeConfig::from_spec(which, probe, &self.container, |p| {
+            ProbeConfig::from_spec(which, probe, &self.container, &self.ctx.node_ip.to_string(), |p| {
                 if declared.is_none() || Some(p) == declared {
                     host_port
                 } else {
@@ -571,8 +574,8 @@ fn state_json(s: &ContainerState) -> Value {
 
 /// Build a pod's `status` from its containers. Where each container answers is reported as
 /// `status.containerStatuses[].ports[] = {containerPort, hostPort, protocol}` (Berth extension of the model):
-/// endpoints are `status.hostIP:hostPort`.
-pub fn pod_status(pod: &Pod, state: &PodRunState, runtime_kind: &str) -> Value {
+/// endpoints are `status.hostIP:hostPort`, with `host_ip` the node's address.
+pub fn pod_status(pod: &Pod, state: &PodRunState, runtime_kind: &str, host_ip: &str) -> Value {
     let cs = &state.containers;
     let all_terminated = !cs.is_empty() && cs.iter().all(|c| matches!(c.state, ContainerState::Terminated { .. }));
     let any_running = cs.iter().any(|c| matches!(c.state, ContainerState::Running { .. }));
@@ -632,8 +635,8 @@ pub fn pod_status(pod: &Pod, state: &PodRunState, runtime_kind: &str) -> Value {
     let mut status = json!({
         "phase": phase,
         "conditions": conditions,
-        "hostIP": "127.0.0.1",
-        "podIP": "127.0.0.1",
+        "hostIP": host_ip,
+        "podIP": host_ip,
         "containerStatuses": statuses,
     });
     if let Some(t) = state.start_time {

@@ -1,18 +1,28 @@
 //! A typed-enough HTTP client of the API server, used by the CLI and by node agents, the registry mirror, and
 //! the join flow that turns a join token into the cluster CA and a credential.
 //!
+//! Several servers: [`Client::with_servers`] takes the replicas of one control plane and fails over between
+//! them (policy in [`servers`]); [`Watch`] streams ask for bookmarks, so that a watch knows the revision to
+//! resume from on another replica and can tell a dead server from an idle collection.
+//!
 //! TLS: an `https://` server is reached only with the cluster CA ([`Client::with_ca`]); there is no insecure
 //! mode. Tokens travel only in the `Authorization` header and never appear in errors or `Debug` output.
 
 pub mod join;
 pub mod mirror;
+pub mod servers;
+mod watch;
 
 pub use join::{join, JoinError, Joined};
+pub use watch::Watch;
 
 use futures::{Stream, StreamExt};
 use model::Kind;
 use serde_json::Value;
+use servers::Servers;
+use std::sync::Arc;
 use std::time::Duration;
+use watch::WatchSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -35,6 +45,17 @@ pub enum ClientError {
         #[source]
         source: pki::PkiError,
     },
+    #[error("no API server given")]
+    NoServer,
+    #[error("API servers {first} and {other} differ in scheme: give all https:// or all http://")]
+    MixedSchemes { first: String, other: String },
+    /// A watch that had sent bookmarks went silent: the server is gone or stalled.
+    #[error("watch on {url} silent for {silence:?}")]
+    WatchSilent { url: String, silence: Duration },
+    /// The client moved to another server (this one failed a request or its readiness probe) while a watch
+    /// or request was under way on it: the watch ends so the caller resumes elsewhere; the request is retried.
+    #[error("{url} abandoned: the client failed over to {now}")]
+    FailedOver { url: String, now: String },
 }
 
 impl ClientError {
@@ -58,9 +79,19 @@ pub struct Applied {
 /// One watch event.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// `ADDED`, `MODIFIED`, `DELETED` or `ERROR`.
+    /// `ADDED`, `MODIFIED`, `DELETED`, `ERROR`, or `BOOKMARK` (only from a [`Watch::with_bookmarks`]).
     pub kind: String,
     pub object: Value,
+}
+
+impl Event {
+    /// The store revision this event brings the watcher to (`metadata.resourceVersion`; none for `ERROR`).
+    pub fn revision(&self) -> Option<u64> {
+        if self.kind == "ERROR" {
+            return None;
+        }
+        self.object.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|v| v.parse().ok())
+    }
 }
 
 /// What part of a pod's logs to read (see [`Client::pod_logs`]).
@@ -75,16 +106,37 @@ pub struct LogRequest {
     pub previous: bool,
 }
 
+/// A client of one or more API servers (replicas of one control plane). Cheap to clone; clones share which
+/// server is current (see [`servers`](crate::servers) for the failover policy).
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    servers: Arc<Servers>,
     token: Option<String>,
     http: reqwest::Client,
+    request_timeout: Duration,
+    watch_silence: Duration,
 }
+
+/// Each attempt of a request that is not a stream is bounded by this (a paused server must not hang the
+/// caller); the server's own store timeout is shorter, so a slow store answers 503 before this fires.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A watch that has shown it sends bookmarks and then stays silent this long is dead (see [`Watch`]).
+pub const WATCH_SILENCE: Duration = Duration::from_secs(3);
 
 /// Whether `url` asks for TLS (scheme compared as URLs do, without case).
 pub fn is_https(url: &str) -> bool {
     url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
+/// Split server flags into URLs: each value may hold several, separated by commas (`--server a,b --server c`).
+pub fn split_servers<S: AsRef<str>>(values: &[S]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.as_ref().split(','))
+        .map(|s| s.trim().trim_end_matches('/'))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A reqwest builder with the crypto provider installed, as every reqwest client of this crate needs.
@@ -93,29 +145,125 @@ pub(crate) fn http_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).tcp_nodelay(true)
 }
 
+/// One request, kept apart from any server so it can be sent again to another.
+struct Call {
+    method: reqwest::Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<Value>,
+    /// A stream (watch, followed logs): no overall timeout.
+    stream: bool,
+}
+
+impl Call {
+    fn new(method: reqwest::Method, path: impl Into<String>) -> Self {
+        Self { method, path: path.into(), query: Vec::new(), body: None, stream: false }
+    }
+    fn get(path: impl Into<String>) -> Self {
+        Self::new(reqwest::Method::GET, path)
+    }
+    fn query(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.query.push((key, value.to_string()));
+        self
+    }
+    fn opt_query(self, key: &'static str, value: Option<&str>) -> Self {
+        match value {
+            Some(v) => self.query(key, v),
+            None => self,
+        }
+    }
+    fn json(mut self, body: &Value) -> Self {
+        self.body = Some(body.clone());
+        self
+    }
+    fn streaming(mut self) -> Self {
+        self.stream = true;
+        self
+    }
+}
+
+/// Why an attempt failed, as far as failover cares.
+enum Failure {
+    /// The server was not reached: try the next one.
+    Connect(reqwest::Error),
+    /// Reached but no good answer (timeout, broken connection, 5xx): retry once elsewhere.
+    Server(ClientError),
+    /// The server answered; the answer stands.
+    Final(ClientError),
+}
+
 impl Client {
     /// A client of a plain-HTTP server. An `https://` URL is refused: it needs [`Client::with_ca`].
     pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
-        if is_https(server) {
-            return Err(ClientError::NeedsCa { url: server.to_string() });
-        }
-        Self::build(server, token, http_builder())
+        Self::with_servers(&[server.to_string()], None, token)
     }
 
     /// A client that trusts only the cluster CA `ca` for an `https://` server (a plain `http://` URL stays
     /// plain).
     pub fn with_ca(server: &str, ca: &pki::CaCert, token: Option<String>) -> Result<Self, ClientError> {
-        let tls = pki::client_config(ca, None).map_err(|e| ClientError::Tls { url: server.to_string(), source: e })?;
-        Self::build(server, token, http_builder().tls_backend_preconfigured(tls))
+        Self::with_servers(&[server.to_string()], Some(ca), token)
     }
 
-    fn build(server: &str, token: Option<String>, builder: reqwest::ClientBuilder) -> Result<Self, ClientError> {
-        let http = builder.build().map_err(|e| ClientError::Connect { url: server.to_string(), source: e })?;
-        Ok(Self { base: server.trim_end_matches('/').to_string(), token, http })
+    /// A client of several replicas of one control plane, tried in the given order: all `https://` (checked
+    /// against the cluster CA `ca`, which is then required) or all `http://`.
+    pub fn with_servers(
+        servers: &[String],
+        ca: Option<&pki::CaCert>,
+        token: Option<String>,
+    ) -> Result<Self, ClientError> {
+        let urls = split_servers(servers);
+        let first = urls.first().cloned().ok_or(ClientError::NoServer)?;
+        let https = is_https(&first);
+        if let Some(other) = urls.iter().find(|u| is_https(u) != https) {
+            return Err(ClientError::MixedSchemes { first, other: other.clone() });
+        }
+        let builder = match (https, ca) {
+            (true, None) => return Err(ClientError::NeedsCa { url: first }),
+            (_, Some(ca)) => {
+                let tls =
+                    pki::client_config(ca, None).map_err(|e| ClientError::Tls { url: first.clone(), source: e })?;
+                http_builder().tls_backend_preconfigured(tls)
+            }
+            (false, None) => http_builder(),
+        };
+        let http = builder.build().map_err(|e| ClientError::Connect { url: first.clone(), source: e })?;
+        Ok(Self {
+            servers: Servers::new(urls),
+            token,
+            http,
+            request_timeout: REQUEST_TIMEOUT,
+            watch_silence: WATCH_SILENCE,
+        })
     }
 
+    /// Bound each attempt of a plain request by `request` and end watches that stay silent for
+    /// `watch_silence` (after their first bookmark). Defaults: [`REQUEST_TIMEOUT`], [`WATCH_SILENCE`].
+    pub fn with_timeouts(mut self, request: Duration, watch_silence: Duration) -> Self {
+        self.request_timeout = request;
+        self.watch_silence = watch_silence;
+        self
+    }
+
+    /// Probe the current server's `/readyz` every second and move to another ready server after two failures;
+    /// for long-running roles (agents). Runs until the last clone of this client is dropped; calling it again
+    /// does nothing. Must be called inside a tokio runtime.
+    pub fn probe_readiness(&self) {
+        self.servers.start_probe(self.http.clone());
+    }
+
+    /// The first configured server (the one a kubeconfig names).
     pub fn server(&self) -> &str {
-        &self.base
+        self.servers.url(0)
+    }
+
+    /// The server requests go to now.
+    pub fn current_server(&self) -> String {
+        self.servers.url(self.servers.current()).to_string()
+    }
+
+    /// Every configured server, in order.
+    pub fn servers(&self) -> &[String] {
+        self.servers.urls()
     }
 
     /// The collection path of `kind` in `namespace` (`None`: every namespace, or cluster-scoped).
@@ -130,26 +278,98 @@ impl Client {
         format!("{}/{name}", Self::collection_path(kind, Some(namespace)))
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
+    fn builder(&self, base: &str, call: &Call) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(call.method.clone(), format!("{base}{}", call.path));
+        if !call.query.is_empty() {
+            r = r.query(&call.query);
+        }
+        if let Some(body) = &call.body {
+            r = r.json(body);
+        }
+        if !call.stream {
+            r = r.timeout(self.request_timeout);
+        }
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
         r
     }
 
-    async fn send(&self, r: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let response = r.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
+    /// One attempt at server `index`: the response (its status is a success) or why it failed.
+    async fn attempt(&self, index: usize, call: &Call) -> Result<reqwest::Response, Failure> {
+        let base = self.servers.url(index);
+        // When the client moves off this server meanwhile (its readiness probe failed, or another request
+        // did), waiting out this request's timeout gains nothing: give up and retry where the client went.
+        let mut moved = self.servers.subscribe();
+        let sent = tokio::select! {
+            sent = self.builder(base, call).send() => sent,
+            now = moved.wait_for(|cur| *cur != index) => {
+                let now = now.map(|n| self.servers.url(*n).to_string()).unwrap_or_default();
+                return Err(Failure::Server(ClientError::FailedOver { url: base.to_string(), now }));
+            }
+        };
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => return Err(Failure::Connect(e)),
+            Err(e) => return Err(Failure::Server(ClientError::Connect { url: base.to_string(), source: e })),
+        };
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()));
+            return Ok(response);
         }
-        Err(api_error(status.as_u16(), &bytes))
+        let bytes = response.bytes().await.unwrap_or_default();
+        let err = api_error(status.as_u16(), &bytes);
+        if status.is_server_error() {
+            Err(Failure::Server(err))
+        } else {
+            Err(Failure::Final(err))
+        }
+    }
+
+    /// Send `call` with failover (see [`servers`](crate::servers)): returns the successful response and the
+    /// index of the server that gave it.
+    async fn open(&self, call: &Call) -> Result<(usize, reqwest::Response), ClientError> {
+        let n = self.servers.urls().len();
+        let mut index = self.servers.current();
+        let mut slow_retried = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match self.attempt(index, call).await {
+                Ok(response) => return Ok((index, response)),
+                Err(f) => f,
+            };
+            let (err, retry) = match failure {
+                Failure::Final(err) => return Err(err),
+                Failure::Connect(e) => {
+                    (ClientError::Connect { url: self.servers.url(index).to_string(), source: e }, attempt < n)
+                }
+                Failure::Server(err) => {
+                    let retry = n > 1 && !slow_retried;
+                    slow_retried = true;
+                    (err, retry)
+                }
+            };
+            let next = self.servers.move_from(index, self.servers.next(index), &err.to_string());
+            if !retry {
+                return Err(err);
+            }
+            // Someone else may have moved the client already; never try the failed server twice in a row.
+            index = if next == index { self.servers.next(index) } else { next };
+        }
+    }
+
+    async fn send(&self, call: Call) -> Result<Value, ClientError> {
+        let (index, response) = self.open(&call).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Connect { url: self.servers.url(index).to_string(), source: e })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ClientError> {
-        self.send(self.request(reqwest::Method::GET, &Self::object_path(kind, namespace, name))).await
+        self.send(Call::get(Self::object_path(kind, namespace, name))).await
     }
 
     /// List objects; `namespace: None` lists every namespace.
@@ -175,22 +395,26 @@ impl Client {
         labels: Option<&str>,
         fields: Option<&str>,
     ) -> Result<Vec<Value>, ClientError> {
-        let r = selected(self.request(reqwest::Method::GET, &Self::collection_path(kind, namespace)), labels, fields);
-        let list = self.send(r).await?;
+        let call = Call::get(Self::collection_path(kind, namespace))
+            .opt_query("labelSelector", labels)
+            .opt_query("fieldSelector", fields);
+        let list = self.send(call).await?;
         match list.get("items") {
             Some(Value::Array(items)) => Ok(items.clone()),
             _ => Err(ClientError::Protocol("list answer has no items".into())),
         }
     }
 
+    /// Create an object. Retried on another server after a 5xx or a timeout, so a create whose first attempt
+    /// landed may come back as 409 (already exists): that answer is reported as is.
     pub async fn create(&self, kind: Kind, namespace: &str, object: &Value) -> Result<Value, ClientError> {
         let ns = if kind.namespaced() { Some(namespace) } else { None };
-        self.send(self.request(reqwest::Method::POST, &Self::collection_path(kind, ns)).json(object)).await
+        self.send(Call::new(reqwest::Method::POST, Self::collection_path(kind, ns)).json(object)).await
     }
 
     /// Replace an object (compare-and-swap when `object` carries `metadata.resourceVersion`).
     pub async fn update(&self, kind: Kind, namespace: &str, name: &str, object: &Value) -> Result<Value, ClientError> {
-        self.send(self.request(reqwest::Method::PUT, &Self::object_path(kind, namespace, name)).json(object)).await
+        self.send(Call::new(reqwest::Method::PUT, Self::object_path(kind, namespace, name)).json(object)).await
     }
 
     /// Replace only the status of an object.
@@ -202,11 +426,11 @@ impl Client {
         object: &Value,
     ) -> Result<Value, ClientError> {
         let path = format!("{}/status", Self::object_path(kind, namespace, name));
-        self.send(self.request(reqwest::Method::PUT, &path).json(object)).await
+        self.send(Call::new(reqwest::Method::PUT, path).json(object)).await
     }
 
     pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ClientError> {
-        self.send(self.request(reqwest::Method::DELETE, &Self::object_path(kind, namespace, name))).await
+        self.send(Call::new(reqwest::Method::DELETE, Self::object_path(kind, namespace, name))).await
     }
 
     /// A Deployment's revision records, oldest first.
@@ -216,7 +440,7 @@ impl Client {
         name: &str,
     ) -> Result<Vec<model::RevisionRecord>, ClientError> {
         let path = format!("{}/revisions", Self::object_path(Kind::Deployment, namespace, name));
-        let list = self.send(self.request(reqwest::Method::GET, &path)).await?;
+        let list = self.send(Call::get(path)).await?;
         let items =
             list.get("items").cloned().ok_or_else(|| ClientError::Protocol("list answer has no items".into()))?;
         serde_json::from_value(items).map_err(|e| ClientError::Protocol(format!("revision records: {e}")))
@@ -224,11 +448,11 @@ impl Client {
 
     /// Server-side apply; `dry_run` validates and reports without writing.
     pub async fn apply(&self, object: &Value, dry_run: bool) -> Result<Applied, ClientError> {
-        let mut r = self.request(reqwest::Method::POST, "/api/v1/apply").json(object);
+        let mut call = Call::new(reqwest::Method::POST, "/api/v1/apply").json(object);
         if dry_run {
-            r = r.query(&[("dryRun", "true")]);
+            call = call.query("dryRun", "true");
         }
-        let v = self.send(r).await?;
+        let v = self.send(call).await?;
         Ok(Applied {
             result: v.get("result").and_then(Value::as_str).unwrap_or("").to_string(),
             object: v.get("object").cloned().unwrap_or(Value::Null),
@@ -247,17 +471,13 @@ impl Client {
         namespace: Option<&str>,
         resource_version: Option<u64>,
         selector: Option<&str>,
-    ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+    ) -> Result<Watch, ClientError> {
         self.watch_selected(kind, namespace, resource_version, selector, None).await
     }
 
     /// Watch the pods bound to `node`: a pod that arrives on the node comes as `ADDED`, one that leaves it as
     /// `DELETED`.
-    pub async fn watch_pods_on_node(
-        &self,
-        node: &str,
-        resource_version: Option<u64>,
-    ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
+    pub async fn watch_pods_on_node(&self, node: &str, resource_version: Option<u64>) -> Result<Watch, ClientError> {
         self.watch_selected(Kind::Pod, None, resource_version, None, Some(&node_selector(node))).await
     }
 
@@ -268,27 +488,26 @@ impl Client {
         resource_version: Option<u64>,
         labels: Option<&str>,
         fields: Option<&str>,
-    ) -> Result<impl Stream<Item = Result<Event, ClientError>> + use<>, ClientError> {
-        let mut r =
-            self.request(reqwest::Method::GET, &Self::collection_path(kind, namespace)).query(&[("watch", "true")]);
+    ) -> Result<Watch, ClientError> {
+        let mut call = Call::get(Self::collection_path(kind, namespace))
+            .query("watch", "true")
+            .query("allowWatchBookmarks", "true")
+            .streaming();
         if let Some(rv) = resource_version {
-            r = r.query(&[("resourceVersion", rv.to_string())]);
+            call = call.query("resourceVersion", rv);
         }
-        let r = selected(r, labels, fields);
-        let response = r.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.bytes().await.unwrap_or_default();
-            return Err(api_error(status.as_u16(), &bytes));
-        }
-        Ok(ndjson(Box::pin(response.bytes_stream())).map(|line| {
-            let line: Vec<u8> = line?;
-            let v: Value = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            Ok(Event {
-                kind: v.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
-                object: v.get("object").cloned().unwrap_or(Value::Null),
-            })
-        }))
+        let call = call.opt_query("labelSelector", labels).opt_query("fieldSelector", fields);
+        let (index, response) = self.open(&call).await?;
+        Ok(Watch::start(
+            WatchSource {
+                servers: self.servers.clone(),
+                index,
+                url: self.servers.url(index).to_string(),
+                silence: self.watch_silence,
+            },
+            Box::pin(response.bytes_stream()),
+            resource_version,
+        ))
     }
 
     /// A pod's logs through the API server (`GET .../pods/NAME/log`), which relays them from the agent of the
@@ -299,22 +518,14 @@ impl Client {
         name: &str,
         opts: &LogRequest,
     ) -> Result<impl Stream<Item = Result<bytes::Bytes, ClientError>> + use<>, ClientError> {
-        let mut r = self
-            .request(reqwest::Method::GET, &format!("{}/log", Self::object_path(Kind::Pod, namespace, name)))
-            .query(&[("follow", opts.follow), ("previous", opts.previous)]);
-        if let Some(c) = &opts.container {
-            r = r.query(&[("container", c)]);
-        }
-        if let Some(t) = opts.tail_lines {
-            r = r.query(&[("tailLines", t)]);
-        }
-        let response = r.send().await.map_err(|e| ClientError::Connect { url: self.base.clone(), source: e })?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.bytes().await.unwrap_or_default();
-            return Err(api_error(status.as_u16(), &bytes));
-        }
-        let base = self.base.clone();
+        let call = Call::get(format!("{}/log", Self::object_path(Kind::Pod, namespace, name)))
+            .query("follow", opts.follow)
+            .query("previous", opts.previous)
+            .opt_query("container", opts.container.as_deref())
+            .opt_query("tailLines", opts.tail_lines.map(|t| t.to_string()).as_deref())
+            .streaming();
+        let (index, response) = self.open(&call).await?;
+        let base = self.servers.url(index).to_string();
         Ok(response.bytes_stream().map(move |c| c.map_err(|e| ClientError::Connect { url: base.clone(), source: e })))
     }
 
@@ -323,7 +534,7 @@ impl Client {
     pub async fn node_certificate(&self, node: &str, csr_pem: &str) -> Result<String, ClientError> {
         let path = format!("{}/certificate", Self::object_path(Kind::Node, "", node));
         let answer =
-            self.send(self.request(reqwest::Method::POST, &path).json(&serde_json::json!({"csr": csr_pem}))).await?;
+            self.send(Call::new(reqwest::Method::POST, path).json(&serde_json::json!({"csr": csr_pem}))).await?;
         match answer.get("certificate") {
             Some(Value::String(pem)) => Ok(pem.clone()),
             _ => Err(ClientError::Protocol("certificate answer has no \"certificate\"".into())),
@@ -333,22 +544,27 @@ impl Client {
     /// Create a join token or credential (`POST /api/v1/tokens`; admins only): `request` is
     /// `{"role", "usage", "ttlSeconds", "description", "nodeName"}`. Returns the token, shown only this once.
     pub async fn create_token(&self, request: &Value) -> Result<String, ClientError> {
-        let answer = self.send(self.request(reqwest::Method::POST, "/api/v1/tokens").json(request)).await?;
+        let answer = self.send(Call::new(reqwest::Method::POST, "/api/v1/tokens").json(request)).await?;
         match answer.get("token") {
             Some(Value::String(token)) => Ok(token.clone()),
             _ => Err(ClientError::Protocol("token answer has no \"token\"".into())),
         }
     }
 
+    /// The control-plane replicas and which one leads (`GET /api/v1/controlplane`, a `ControlPlaneList`).
+    pub async fn control_plane(&self) -> Result<Value, ClientError> {
+        self.send(Call::get("/api/v1/controlplane")).await
+    }
+
     /// Every join token and credential (never their secrets).
     pub async fn list_tokens(&self) -> Result<Vec<Value>, ClientError> {
-        let answer = self.send(self.request(reqwest::Method::GET, "/api/v1/tokens")).await?;
+        let answer = self.send(Call::get("/api/v1/tokens")).await?;
         Ok(answer.get("items").and_then(Value::as_array).cloned().unwrap_or_default())
     }
 
     /// Revoke a token or credential by id: refused by every server at once.
     pub async fn revoke_token(&self, id: &str) -> Result<Value, ClientError> {
-        self.send(self.request(reqwest::Method::DELETE, &format!("/api/v1/tokens/{id}"))).await
+        self.send(Call::new(reqwest::Method::DELETE, format!("/api/v1/tokens/{id}"))).await
     }
 
     /// Ready endpoints matching any of `selectors` from the discovery API.
@@ -357,29 +573,16 @@ impl Client {
         selectors: &[String],
         namespace: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut r = self.request(reqwest::Method::GET, "/discovery/v1/endpoints");
+        let mut call = Call::get("/discovery/v1/endpoints");
         for s in selectors {
-            r = r.query(&[("selector", s)]);
+            call = call.query("selector", s);
         }
-        if let Some(ns) = namespace {
-            r = r.query(&[("namespace", ns)]);
-        }
-        self.send(r).await
+        self.send(call.opt_query("namespace", namespace)).await
     }
 }
 
 fn node_selector(node: &str) -> String {
     format!("spec.nodeName={node}")
-}
-
-fn selected(mut r: reqwest::RequestBuilder, labels: Option<&str>, fields: Option<&str>) -> reqwest::RequestBuilder {
-    if let Some(sel) = labels {
-        r = r.query(&[("labelSelector", sel)]);
-    }
-    if let Some(sel) = fields {
-        r = r.query(&[("fieldSelector", sel)]);
-    }
-    r
 }
 
 fn api_error(code: u16, body: &[u8]) -> ClientError {

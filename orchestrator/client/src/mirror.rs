@@ -8,7 +8,10 @@
 //! revision, so a gap means a lost event and forces a new snapshot.
 //!
 //! Failure handling. On a broken or silent connection (no line, not even a heartbeat, for `idle_timeout`) the
-//! mirror reconnects with exponential back-off and resumes from the last applied revision. A `Relist` (history
+//! mirror reconnects with exponential back-off and resumes from the last applied revision. With several
+//! servers (replicas of one control plane) every failed round moves it to the next one; each replica has its
+//! own registry, with its own epoch and revisions, so resuming there is answered with a `Relist` and the
+//! mirror re-reads a snapshot, applied as one diff batch like any other. A `Relist` (history
 //! compacted, or the server restarted: its epoch changed) makes it re-read a snapshot. The local registry is
 //! never cleared for want of a server: until a new snapshot is read it keeps the last known state, and
 //! [`MirrorStatus`] says how stale that is. A restarted server answers 503 to snapshots until its endpoints
@@ -62,13 +65,32 @@ pub enum MirrorError {
     Idle { url: String, idle: Duration },
     #[error("revision gap from {url}: expected {expected}, got {got}")]
     Gap { url: String, expected: u64, got: u64 },
+    /// The server keeps the watch open but says it is not ready (e.g. cut off from its store, so its
+    /// registry no longer moves) while another one is.
+    #[error("{url} is not ready (/readyz); {ready} is")]
+    NotReady { url: String, ready: String, index: usize },
+}
+
+impl MirrorError {
+    /// The server, not the data, is at fault: another replica may do better.
+    fn server_failed(&self) -> bool {
+        matches!(
+            self,
+            MirrorError::Connect { .. }
+                | MirrorError::Status { .. }
+                | MirrorError::Stream { .. }
+                | MirrorError::Ended { .. }
+                | MirrorError::Idle { .. }
+                | MirrorError::NotReady { .. }
+        )
+    }
 }
 
 /// Where and how to mirror. `Debug` omits the token.
 #[derive(Clone)]
 pub struct MirrorConfig {
-    /// The API server, e.g. `https://127.0.0.1:7070`.
-    pub server: String,
+    /// The API servers, e.g. `https://127.0.0.1:7070`, tried in turn (all https or all http).
+    pub servers: Vec<String>,
     pub token: Option<String>,
     /// The cluster CA, the only trust an `https://` server is checked against (required for https).
     pub ca: Option<pki::CaCert>,
@@ -80,9 +102,15 @@ pub struct MirrorConfig {
 }
 
 impl MirrorConfig {
+    /// Mirror `server` (which may list several, separated by commas).
     pub fn new(server: &str, token: Option<String>) -> Self {
+        Self::with_servers(&[server], token)
+    }
+
+    /// Mirror any of `servers`, failing over between them.
+    pub fn with_servers<S: AsRef<str>>(servers: &[S], token: Option<String>) -> Self {
         Self {
-            server: server.trim_end_matches('/').to_string(),
+            servers: crate::split_servers(servers),
             token,
             ca: None,
             backoff_min: Duration::from_millis(100),
@@ -95,7 +123,7 @@ impl MirrorConfig {
 impl std::fmt::Debug for MirrorConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MirrorConfig")
-            .field("server", &self.server)
+            .field("servers", &self.servers)
             .field("token", &self.token.as_ref().map(|_| "****"))
             .field("ca", &self.ca)
             .field("backoff_min", &self.backoff_min)
@@ -118,6 +146,8 @@ struct Status {
     disconnected_since: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
     synced_notify: tokio::sync::Notify,
+    /// The server the mirror reads now.
+    server: Mutex<String>,
 }
 
 /// A point-in-time view of a mirror's state.
@@ -129,6 +159,8 @@ pub struct MirrorStatus {
     pub connected: bool,
     /// The last server revision applied locally.
     pub server_revision: u64,
+    /// The server the mirror reads now (or tries next).
+    pub server: String,
     pub snapshots: u64,
     pub reconnects: u64,
     /// How long the local state may lag the server: zero while connected, else the time since the connection
@@ -141,7 +173,6 @@ pub struct MirrorStatus {
 pub struct Mirror {
     registry: Arc<Registry>,
     status: Arc<Status>,
-    server: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -149,19 +180,34 @@ impl Mirror {
     /// Start mirroring `config.server` into `registry` (which should be otherwise unwritten). Returns at once;
     /// use [`Mirror::wait_synced`] to wait for the first snapshot. Must be called inside a tokio runtime.
     pub fn start(config: MirrorConfig, registry: Arc<Registry>) -> Result<Mirror, MirrorError> {
-        let url = reqwest::Url::parse(&config.server)
-            .map_err(|e| MirrorError::Url { url: config.server.clone(), reason: e.to_string() })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(MirrorError::Url { url: config.server.clone(), reason: "expected http:// or https://".into() });
+        let first = config
+            .servers
+            .first()
+            .cloned()
+            .ok_or_else(|| MirrorError::Url { url: String::new(), reason: "no server given".into() })?;
+        let mut schemes = Vec::new();
+        for server in &config.servers {
+            let url = reqwest::Url::parse(server)
+                .map_err(|e| MirrorError::Url { url: server.clone(), reason: e.to_string() })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(MirrorError::Url { url: server.clone(), reason: "expected http:// or https://".into() });
+            }
+            schemes.push(url.scheme().to_string());
+        }
+        if schemes.iter().any(|s| *s != schemes[0]) {
+            return Err(MirrorError::Url {
+                url: config.servers.join(","),
+                reason: "give all servers https:// or all http://".into(),
+            });
         }
         let builder = crate::http_builder();
-        let builder = match (&config.ca, url.scheme()) {
+        let builder = match (&config.ca, schemes[0].as_str()) {
             (Some(ca), _) => builder.tls_backend_preconfigured(
-                pki::client_config(ca, None).map_err(|e| MirrorError::Tls { url: config.server.clone(), source: e })?,
+                pki::client_config(ca, None).map_err(|e| MirrorError::Tls { url: first.clone(), source: e })?,
             ),
             (None, "https") => {
                 return Err(MirrorError::Url {
-                    url: config.server.clone(),
+                    url: first,
                     reason: "https:// needs the cluster CA (MirrorConfig::ca)".into(),
                 })
             }
@@ -178,11 +224,11 @@ impl Mirror {
             disconnected_since: Mutex::new(None),
             last_error: Mutex::new(None),
             synced_notify: tokio::sync::Notify::new(),
+            server: Mutex::new(first),
         });
-        let server = config.server.clone();
-        let runner = Runner { config, http, registry: registry.clone(), status: status.clone() };
+        let runner = Runner { config, http, registry: registry.clone(), status: status.clone(), current: 0 };
         let task = tokio::spawn(runner.run());
-        Ok(Mirror { registry, status, server, task })
+        Ok(Mirror { registry, status, task })
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -211,6 +257,7 @@ impl Mirror {
             synced: s.synced.load(Ordering::Acquire),
             connected,
             server_revision: s.server_revision.load(Ordering::Acquire),
+            server: s.server.lock().clone(),
             snapshots: s.snapshots.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
             stale_for: if connected { Duration::ZERO } else { since.map_or(Duration::ZERO, |t| t.elapsed()) },
@@ -221,7 +268,7 @@ impl Mirror {
     /// Prometheus text: `berth_mirror_*` gauges and counters.
     pub fn metrics_text(&self) -> String {
         let st = self.status();
-        let server = self.server.replace('\\', "\\\\").replace('"', "\\\"");
+        let server = st.server.replace('\\', "\\\\").replace('"', "\\\"");
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{server=\"{server}\"}} {value}");
@@ -286,10 +333,12 @@ struct Runner {
     http: reqwest::Client,
     registry: Arc<Registry>,
     status: Arc<Status>,
+    /// Index of the server in use.
+    current: usize,
 }
 
 impl Runner {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut position = Position::Snapshot;
         let mut backoff = self.config.backoff_min;
         loop {
@@ -307,6 +356,11 @@ impl Runner {
                 }
                 Err((err, progress)) => {
                     self.lost(&err);
+                    if let MirrorError::NotReady { index, .. } = err {
+                        self.fail_over_to(index);
+                    } else if err.server_failed() {
+                        self.fail_over_to((self.current + 1) % self.config.servers.len());
+                    }
                     if let Some(next) = progress {
                         position = next;
                         backoff = self.config.backoff_min;
@@ -336,6 +390,17 @@ impl Runner {
         *self.status.last_error.lock() = Some(message);
     }
 
+    /// The round failed: the next one goes to server `index` (and resumes there; see the module doc).
+    fn fail_over_to(&mut self, index: usize) {
+        if index == self.current {
+            return;
+        }
+        self.current = index;
+        let next = self.config.servers[self.current].clone();
+        tracing::info!(server = %next, "registry mirror: trying the next server");
+        *self.status.server.lock() = next;
+    }
+
     fn connected(&self) {
         self.status.connected.store(true, Ordering::Release);
         if let Some(since) = self.status.disconnected_since.lock().take() {
@@ -344,7 +409,7 @@ impl Runner {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.config.server)
+        format!("{}{path}", self.config.servers[self.current])
     }
 
     fn get(&self, url: &str) -> reqwest::RequestBuilder {
@@ -405,13 +470,40 @@ impl Runner {
         let mut buf: Vec<u8> = Vec::new();
         let mut at = revision;
         let resume = |at: u64| Some(Position::Resume { epoch: epoch.to_string(), revision: at });
+        // With other servers to go to, ask this one's /readyz meanwhile: a replica cut off from its store keeps
+        // its watch open (heartbeats flow) while its registry stands still.
+        let mut probe = tokio::time::interval(crate::servers::PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe.reset();
+        let mut unready = 0u32;
+        let mut last_data = tokio::time::Instant::now();
         loop {
-            let first = match tokio::time::timeout(self.config.idle_timeout, body.next()).await {
+            let idle_at = last_data + self.config.idle_timeout;
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(idle_at, body.next()) => next,
+                _ = probe.tick(), if self.config.servers.len() > 1 => {
+                    if crate::servers::ready(&self.http, &self.config.servers[self.current]).await {
+                        unready = 0;
+                    } else {
+                        unready += 1;
+                        if unready >= crate::servers::PROBE_FAILURES {
+                            if let Some(index) = self.ready_elsewhere().await {
+                                let ready = self.config.servers[index].clone();
+                                let url = self.config.servers[self.current].clone();
+                                return Err((MirrorError::NotReady { url, ready, index }, resume(at)));
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
+            let first = match next {
                 Err(_) => return Err((MirrorError::Idle { url, idle: self.config.idle_timeout }, resume(at))),
                 Ok(None) => return Err((MirrorError::Ended { url }, resume(at))),
                 Ok(Some(Err(source))) => return Err((MirrorError::Stream { url, source }, resume(at))),
                 Ok(Some(Ok(chunk))) => chunk,
             };
+            last_data = tokio::time::Instant::now();
             buf.extend_from_slice(&first);
             // Whatever else has already arrived joins this batch.
             while let Some(Some(Ok(chunk))) = body.next().now_or_never() {
@@ -447,6 +539,18 @@ impl Runner {
                 return Ok(Position::Snapshot);
             }
         }
+    }
+
+    /// The first other server, in order after the current one, whose /readyz says ready.
+    async fn ready_elsewhere(&self) -> Option<usize> {
+        let n = self.config.servers.len();
+        for step in 1..n {
+            let index = (self.current + step) % n;
+            if crate::servers::ready(&self.http, &self.config.servers[index]).await {
+                return Some(index);
+            }
+        }
+        None
     }
 
     /// Apply one batch of consecutive server changes after server revision `at`.

@@ -2,7 +2,7 @@
 //!
 //! Containers carry labels that mark them as Berth's (`berth.dev/pod=NS/NAME`, `berth.dev/pod-uid`,
 //! `berth.dev/container`, `berth.dev/attempt`, `berth.dev/node`), which is all an agent needs to find and
-//! adopt them after a restart. The container port is published on an ephemeral 127.0.0.1 host port; memory
+//! adopt them after a restart. The container port is published on an ephemeral host port of the node address (127.0.0.1 by default); memory
 //! and CPU limits map to `HostConfig.memory` and `nano_cpus`. Images are never pulled (Berth assumes no
 //! registry): a missing image is the `ErrImageNeverPull` reason. [`build_image_from_binary`] builds a
 //! `FROM scratch` image from a binary of this workspace, in memory.
@@ -164,7 +164,7 @@ impl Runtime for DockerRuntime {
             nano_cpus: spec.limits.cpu_millis.map(|c| (c as i64) * 1_000_000),
             port_bindings: Some(HashMap::from([(
                 port_key.clone(),
-                Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
+                Some(vec![PortBinding { host_ip: Some(spec.host_ip().to_string()), host_port: Some(String::new()) }]),
             )])),
             ..Default::default()
         };

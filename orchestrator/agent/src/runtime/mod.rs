@@ -36,6 +36,16 @@ pub struct StartSpec {
     pub attempt: u32,
     /// Volumes to place at their mount paths (see [`write_volume`]).
     pub mounts: Vec<Mount>,
+    /// The node address the workload must be reachable at, from other hosts too (`None`: 127.0.0.1). The
+    /// process runtime tells the workload (`HOST`, `BERTH_POD_IP`); Docker publishes the port there.
+    pub host_ip: Option<std::net::IpAddr>,
+}
+
+impl StartSpec {
+    /// Where the workload is reached: [`StartSpec::host_ip`] or loopback.
+    pub fn host_ip(&self) -> std::net::IpAddr {
+        self.host_ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    }
 }
 
 impl std::fmt::Debug for StartSpec {
@@ -54,6 +64,7 @@ impl std::fmt::Debug for StartSpec {
             .field("limits", &self.limits)
             .field("attempt", &self.attempt)
             .field("mounts", &self.mounts)
+            .field("host_ip", &self.host_ip)
             .finish()
     }
 }
@@ -121,7 +132,7 @@ pub fn mount_env_name(volume: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Started {
     pub id: String,
-    /// The port on 127.0.0.1 where the container's port answers.
+    /// The port on the node address ([`StartSpec::host_ip`]) where the container's port answers.
     pub host_port: u16,
     pub started_at: SystemTime,
     /// Limits that could not be enforced, and why (shown in the pod's status).

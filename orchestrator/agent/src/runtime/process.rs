@@ -186,7 +186,7 @@ impl ProcessRuntime {
             .map_err(|e| RuntimeError::io(format!("write {}", self.state_path().display()), e))
     }
 
-    fn allocate_port(&self) -> Result<u16, RuntimeError> {
+    fn allocate_port(&self, ip: std::net::IpAddr) -> Result<u16, RuntimeError> {
         let mut inner = self.inner.lock();
         let (lo, hi) = (*self.cfg.port_range.start(), *self.cfg.port_range.end());
         let span = u32::from(hi - lo) + 1;
@@ -199,7 +199,7 @@ impl ProcessRuntime {
             // Another agent on this host may have handed out the port to a pod that has not bound it yet.
             let Ok(claim) = claim_host_port(p) else { continue };
             // A port someone else holds would make the workload fail at bind; skip it now.
-            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            if std::net::TcpListener::bind((ip, p)).is_ok() {
                 inner.ports.insert(p, claim);
                 return Ok(p);
             }
@@ -422,13 +422,19 @@ impl Runtime for ProcessRuntime {
             cmd.spawn()
                 .map_err(|e| RuntimeError::io(format!("start the log keeper {}", self.cfg.self_exe.display()), e))?
         };
-        let port = self.allocate_port()?;
+        let port = self.allocate_port(spec.host_ip())?;
         let mut cmd = self.base_command(&exe, &workdir);
         cmd.args(spec.command.iter().skip(1)).args(&spec.args);
         cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.env("BERTH_ROOT", &root);
         cmd.envs(mount_env);
         cmd.env("PORT", port.to_string());
+        // Where to listen so that proxies on other hosts reach the workload; a HOST of the pod's own wins.
+        let ip = spec.host_ip().to_string();
+        if !spec.env.iter().any(|(k, _)| k == "HOST") {
+            cmd.env("HOST", &ip);
+        }
+        cmd.env("BERTH_POD_IP", ip);
         if let Some(cp) = spec.container_port {
             cmd.env("CONTAINER_PORT", cp.to_string());
         }

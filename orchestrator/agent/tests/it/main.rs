@@ -2,6 +2,7 @@
 //! binary. `rss` is ignored by default and meant to run alone (it reads this process's memory).
 
 mod docker;
+mod http;
 mod logs_tls;
 mod process;
 mod rss;

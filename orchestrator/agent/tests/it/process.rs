@@ -343,3 +343,80 @@ async fn agent_runs_echo_readopts_after_restart_and_restarts_on_exit() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_node_ip_runs_its_workloads_there_and_reports_that_address() {
+    // Any 127/8 address is this host's loopback: a second address without a second host.
+    let ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = MemoryControlPlane::new();
+    cp.put_pod(echo_pod("far"));
+    let mut cfg = agent_config(dir.path());
+    cfg.node_ip = ip;
+    cfg.logs_listen = "127.0.0.2:0".into();
+    let (stop, task) = spawn_agent(cfg, &cp);
+    // Ready means the probes (default host: the node's address) reached it there.
+    let p = eventually("far ready", Duration::from_secs(30), async || cp.pod("default", "far").filter(ready)).await;
+    assert_eq!((p["status"]["hostIP"].as_str(), p["status"]["podIP"].as_str()), (Some("127.0.0.2"), Some("127.0.0.2")));
+    let port = p["status"]["containerStatuses"][0]["ports"][0]["hostPort"].as_u64().unwrap();
+    let body = eventually("echo answers at the node address", Duration::from_secs(10), async || {
+        get_json(&format!("http://127.0.0.2:{port}/")).await
+    })
+    .await;
+    assert_eq!(body["pod"], "far");
+    assert!(get_json(&format!("http://127.0.0.1:{port}/")).await.is_none(), "bound to the node address only");
+    let node = cp.node("node-p").unwrap();
+    let internal = node["status"]["addresses"].as_array().unwrap().iter().find(|a| a["type"] == "InternalIP").cloned();
+    assert_eq!(internal.unwrap()["address"], "127.0.0.2");
+    cp.delete_pod("default", "far");
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_keep_running_through_a_control_plane_outage_and_only_what_changed_meanwhile_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = MemoryControlPlane::new();
+    cp.put_pod(echo_pod("stay"));
+    cp.put_pod(echo_pod("leave"));
+    let (stop, task) = spawn_agent(agent_config(dir.path()), &cp);
+    let mut pids = std::collections::HashMap::new();
+    for name in ["stay", "leave"] {
+        let p = eventually("ready", Duration::from_secs(30), async || cp.pod("default", name).filter(ready)).await;
+        let port = p["status"]["containerStatuses"][0]["ports"][0]["hostPort"].as_u64().unwrap();
+        let url = format!("http://127.0.0.1:{port}/");
+        let body = eventually("echo answers", Duration::from_secs(10), async || get_json(&url).await).await;
+        pids.insert(name, (url, body["pid"].clone()));
+    }
+    let writes_before = cp.status_writes();
+
+    // Every server gone; meanwhile one pod is deleted and another created (the agent cannot know yet).
+    cp.set_available(false);
+    cp.delete_pod("default", "leave");
+    cp.put_pod(echo_pod("arrive"));
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (url, pid) in pids.values() {
+            let body = get_json(url).await.expect("pods keep serving while the control plane is down");
+            assert_eq!(&body["pid"], pid, "not restarted");
+        }
+    }
+
+    // Back: the agent lists again, stops the deleted pod, starts the new one and leaves the other alone.
+    cp.set_available(true);
+    eventually("the new pod runs", Duration::from_secs(30), async || cp.pod("default", "arrive").filter(ready)).await;
+    let (leave_url, _) = &pids["leave"];
+    eventually("the deleted pod stopped", Duration::from_secs(30), async || {
+        get_json(leave_url).await.is_none().then_some(())
+    })
+    .await;
+    let (stay_url, stay_pid) = &pids["stay"];
+    assert_eq!(&get_json(stay_url).await.expect("still serving")["pid"], stay_pid, "never restarted");
+    let stay = cp.pod("default", "stay").unwrap();
+    assert_eq!(stay["status"]["containerStatuses"][0]["restartCount"], 0, "{stay:#}");
+    assert!(cp.status_writes() > writes_before, "status writes resumed");
+    cp.delete_pod("default", "stay");
+    cp.delete_pod("default", "arrive");
+    let _ = stop.send(());
+    task.await.unwrap();
+}

@@ -216,7 +216,10 @@ async fn a_client_with_another_ca_fails_before_any_header_is_sent() {
     let seen = api.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].query, "fieldSelector=spec.nodeName%3Dnode-1");
-    assert_eq!(seen[1].query, "watch=true&resourceVersion=7&fieldSelector=spec.nodeName%3Dnode-1");
+    assert_eq!(
+        seen[1].query,
+        "watch=true&allowWatchBookmarks=true&resourceVersion=7&fieldSelector=spec.nodeName%3Dnode-1"
+    );
     assert_eq!(api.authorizations(), [format!("Bearer {ID}.{SECRET}"), format!("Bearer {ID}.{SECRET}")]);
 }
 

@@ -1,4 +1,6 @@
-//! Integration tests of the API client against an in-process fake API server over TLS: trust, the join flow,
-//! field selectors.
+//! Integration tests of the API client against in-process fake API servers: trust, the join flow, field
+//! selectors, and failover across several servers.
 
+mod failover;
 mod join;
+mod mirror;
