@@ -138,7 +138,7 @@ fn leader_cut_from_store() {
     let cut = Instant::now();
     c.servers[old].c.disconnect(&c.store_net.name);
     log(&format!("cut the leader {} from the store network", c.servers[old].name));
-    c.wait("the cut leader to step down (berth_leader 0)", RENEW_DEADLINE + Duration::from_secs(5), || {
+    c.wait("the cut leader to step down (berth_leader 0)", LEASE + Duration::from_secs(30), || {
         c.leader_gauge(old) == Some(0)
     });
     let stepped_down = cut.elapsed();
