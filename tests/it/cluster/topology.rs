@@ -580,9 +580,9 @@ impl Cluster {
     }
 
     /// GET `url` without credentials (TLS verified against the cluster CA): status and body, `None` when it
-    /// does not answer within 2 s.
+    /// does not answer within 4 s (a replica cut from its store takes 2 s to answer `/metrics` and `/readyz`).
     pub fn http_get(&self, url: &str) -> Option<(u16, String)> {
-        self.block_on(async { tokio::time::timeout(Duration::from_secs(2), self.api.raw(url)).await.ok().flatten() })
+        self.block_on(async { tokio::time::timeout(Duration::from_secs(4), self.api.raw(url)).await.ok().flatten() })
     }
 
     pub fn http_ok(&self, url: &str) -> bool {
