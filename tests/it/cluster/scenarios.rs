@@ -155,7 +155,11 @@ fn leader_cut_from_store() {
     let seen = traffic.finish(&c);
     log(&seen.summary());
     c.assert_invariants();
-    assert!(stepped_down <= RENEW_DEADLINE + Duration::from_secs(1), "stepped down after {stepped_down:?}");
+    // Polled through /metrics, which a replica without its store answers only after its 2 s store probe.
+    assert!(
+        stepped_down <= RENEW_DEADLINE + Duration::from_secs(3),
+        "the cut leader reported berth_leader 0 only {stepped_down:?} after the cut (renew deadline {RENEW_DEADLINE:?})"
+    );
     assert_no_request_failures(&seen);
 }
 
