@@ -338,9 +338,10 @@ fn etcd_quorum_lost() {
     for i in 0..3 {
         c.wait_serving(i, Duration::from_secs(30).saturating_sub(restored.elapsed()));
     }
-    log(&format!("recovered {:?} after restoring", restored.elapsed()));
+    let recovered = restored.elapsed();
+    log(&format!("recovered {recovered:?} after restoring"));
     c.assert_invariants();
-    assert!(restored.elapsed() <= Duration::from_secs(30) + Duration::from_secs(30), "slow recovery");
+    assert!(recovered <= Duration::from_secs(30), "full recovery took {recovered:?} after restoring the members");
 }
 
 /// Every control-plane replica stopped for 60 s: no failed request through the proxy, no pod restarted; when
