@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use client::Client;
 use control_plane::api::{self, ApiState};
 use control_plane::controllers::{Controllers, ControllersConfig, LoadSample, LoadSource};
-use control_plane::scheduler::{Scheduler, SchedulingPolicy};
+use control_plane::ha::{self, LeaderSet, Replica, Timing};
+use control_plane::scheduler::SchedulingPolicy;
 use control_plane::store;
 use discovery::Registry;
 use model::clock::SystemClock;
@@ -42,6 +43,24 @@ pub struct ServerArgs {
     /// Serve the API over plain HTTP instead of HTTPS: only on a loopback --api-listen.
     #[arg(long)]
     pub plain_http: bool,
+    /// This replica's name among the control-plane replicas of one etcd store (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The URL other replicas and clients reach this replica's API at, as `berth get controlplane` shows
+    /// it (default: the URL it serves on).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// With an etcd store: how long the leader's lease lives without a keep-alive (another replica takes
+    /// over after this when the leader dies).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_duration: std::time::Duration,
+    /// With an etcd store: the leader stops its scheduler and controllers when no keep-alive was
+    /// acknowledged for this long (shorter than --lease-duration).
+    #[arg(long, default_value = "7s", value_parser = humantime::parse_duration)]
+    pub renew_deadline: std::time::Duration,
+    /// With an etcd store: how often the lease is kept alive and a lost campaign retried.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_period: std::time::Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +105,8 @@ struct ControlPlane {
     dir: PathBuf,
     registry: Arc<Registry>,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The election and the leader set (`None` with --no-controllers); it ends after resigning on stop.
+    electing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ControlPlane {
@@ -164,27 +185,42 @@ async fn start_control_plane(
     let token_file = args.token_file.clone().unwrap_or_else(|| dir.join(datadir::TOKEN_FILE));
     let token = datadir::load_or_create_token(&token_file)?;
     let store_url = args.store.clone().unwrap_or_else(|| format!("redb:{}", dir.join("store.redb").display()));
-    let store: Arc<dyn store::Store> =
-        store::open_store(&store_url).await.with_context(|| format!("cannot open store {store_url}"))?;
-    // Secrets are sealed at rest with the key in the data dir, whatever the backend (see store/encrypt.rs).
-    let store = store::EncryptingStore::open(store, &dir).context("cannot start the control plane")?;
     anyhow::ensure!(
         !args.plain_http || args.api_listen.ip().is_loopback(),
         "--plain-http: only on a loopback address (bearer tokens must not cross a network in clear), \
          not {}",
         args.api_listen
     );
-    let ca = control_plane::ca::load_or_create(store.as_ref(), &dir).await.context("cannot set up the cluster CA")?;
+    let timing = Timing {
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    };
+    timing.validate()?;
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;
     let addr = listener.local_addr()?;
     // An unspecified listen address is reached locally through loopback.
     let local = if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { addr };
-    let state = ApiState::new(store.clone(), Some(token.clone()), Some(registry.clone()));
-    let (url, client_ca, serving) = if args.plain_http {
-        let url = format!("http://{local}");
-        (url, None, tokio::spawn(api::serve(listener, state, stop.wait())))
+    let url = format!("{}://{local}", if args.plain_http { "http" } else { "https" });
+    let replica = Replica {
+        name: args.name.clone().or_else(agent::hostname).unwrap_or_else(|| "berth".to_string()),
+        url: args.advertise_url.clone().unwrap_or_else(|| url.clone()),
+    };
+    let opened =
+        ha::open(&store_url, replica, timing).await.with_context(|| format!("cannot open store {store_url}"))?;
+    // Secrets are sealed at rest with the key in the data dir, whatever the backend (see store/encrypt.rs);
+    // every replica of one store must hold the same key, which the store's canary checks.
+    let sealing = Arc::new(
+        store::EncryptingStore::open_verified(opened.store, &dir).await.context("cannot start the control plane")?,
+    );
+    let store: Arc<dyn store::Store> = sealing.clone();
+    let ca = control_plane::ca::load_or_create(store.as_ref(), &dir).await.context("cannot set up the cluster CA")?;
+    let state = ApiState::new(store.clone(), Some(token.clone()), Some(registry.clone()))
+        .with_control_plane(opened.status.clone());
+    let (client_ca, serving) = if args.plain_http {
+        (None, tokio::spawn(api::serve(listener, state, stop.wait())))
     } else {
         let tls = serving_tls(&ca, addr, &args.tls_san)?;
         let apiserver = ca.issue_client(pki::APISERVER_NAME)?;
@@ -194,21 +230,26 @@ async fn start_control_plane(
                 ca.key_pem(),
             )?)))
             .with_agent_tls(ca.cert(), &pki::Identity::from_pem(&apiserver.cert_pem, &apiserver.key_pem)?)?;
-        let url = format!("https://{local}");
-        (url, Some(ca.cert().clone()), tokio::spawn(pki::serve_tls(listener, tls, api::router(state), stop.wait())))
+        (Some(ca.cert().clone()), tokio::spawn(pki::serve_tls(listener, tls, api::router(state), stop.wait())))
     };
     datadir::record_address(&dir, &url)?;
-    if !args.no_controllers {
+    let electing = if args.no_controllers {
+        None
+    } else {
         let config = ControllersConfig::default();
-        Controllers::start_with_load(store.clone(), registry.clone(), Arc::new(SystemClock), config, load, stop.wait());
-        let (store, stop) = (store.clone(), stop.wait());
-        tokio::spawn(async move {
-            if let Err(e) = Scheduler::run(store, SchedulingPolicy::default(), stop).await {
-                eprintln!("berth: scheduler stopped: {e}");
-            }
-        });
-    }
-    Ok(ControlPlane { url, ca: client_ca, token, store_url, token_file, dir, registry, serving })
+        // Every replica feeds its own registry (the Endpoints controller writes nothing to the store); only
+        // the leader runs the rest, over the store its election hands it (fenced on etcd), sealed alike.
+        Controllers::start_endpoints(store.clone(), registry.clone(), Arc::new(SystemClock), &config, stop.wait());
+        let leader_set = LeaderSet {
+            clock: Arc::new(SystemClock),
+            controllers: config,
+            load,
+            policy: SchedulingPolicy::default(),
+            wrap: Arc::new(move |backend| Arc::new(sealing.with_inner(backend)) as Arc<dyn store::Store>),
+        };
+        Some(tokio::spawn(opened.election.run(leader_set.into_work(), stop.wait())))
+    };
+    Ok(ControlPlane { url, ca: client_ca, token, store_url, token_file, dir, registry, serving, electing })
 }
 
 /// The API's serving configuration: a certificate from the cluster CA for every name a client may use,
@@ -233,6 +274,10 @@ pub async fn server(args: ServerArgs) -> Result<()> {
     let cp = start_control_plane(&args, &stop, Arc::new(Registry::new()), None).await?;
     println!("berth server: API on {} (token in {}), store {}", cp.url, cp.token_file.display(), cp.store_url);
     cp.serving.await.context("API server task failed")?.context("API server failed")?;
+    if let Some(electing) = cp.electing {
+        // Its loops stopped and it resigned, so another replica leads at once.
+        let _ = electing.await;
+    }
     println!("berth server: stopped");
     Ok(())
 }
@@ -351,6 +396,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let _ = dns_task.await;
     let _ = admin_task.await;
     let _ = cp.serving.await;
+    if let Some(electing) = cp.electing {
+        let _ = electing.await;
+    }
     if let Ok(proxy) = Arc::try_unwrap(proxy) {
         proxy.stop();
     }

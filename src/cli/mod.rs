@@ -18,6 +18,12 @@ use std::process::ExitCode;
 
 /// Connect as the options (or their defaults) say.
 pub fn connect(opts: &ClientOpts) -> Result<Client> {
+    let (server, credentials) = resolve(opts)?;
+    credentials.client(&server)
+}
+
+/// The server and the credentials the options (or their defaults) name.
+fn resolve(opts: &ClientOpts) -> Result<(String, crate::credentials::Credentials)> {
     let dir = opts.data_dir.clone().unwrap_or_else(datadir::default_dir);
     let server = opts
         .server
@@ -30,7 +36,30 @@ pub fn connect(opts: &ClientOpts) -> Result<Client> {
         token,
         source: String::new(),
     };
-    credentials.client(&server)
+    Ok((server, credentials))
+}
+
+/// `GET /api/v1/controlplane`. The client crate has no call for it yet, so this one request is made here with
+/// the same CA and token a `Client` would use.
+async fn control_plane_members(opts: &ClientOpts) -> Result<Value> {
+    let (server, credentials) = resolve(opts)?;
+    let builder = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+    let builder = match &credentials.ca {
+        Some(ca) => builder.tls_backend_preconfigured(pki::client_config(ca, None)?),
+        None => builder,
+    };
+    let url = format!("{}/api/v1/controlplane", server.trim_end_matches('/'));
+    let mut request = builder.build()?.get(&url);
+    if let Some(token) = &credentials.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(|| format!("cannot reach {server}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.with_context(|| format!("{url}: the answer is not JSON"))?;
+    if !status.is_success() {
+        bail!("{url}: {status}: {}", body.get("message").and_then(Value::as_str).unwrap_or(""));
+    }
+    Ok(body)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -135,7 +164,7 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
     /// Kind: pods|po, deployments|deploy, services|svc, nodes|no, routes, autoscalers, configmaps|cm,
-    /// secrets, endpoints|ep.
+    /// secrets, endpoints|ep; controlplane|cp (the API server replicas and which one leads).
     kind: String,
     name: Option<String>,
     #[arg(short = 'n', long, default_value = "default")]
@@ -155,6 +184,9 @@ pub struct GetArgs {
 
 pub async fn get(args: GetArgs) -> Result<()> {
     let format = output::Format::parse(args.output.as_deref())?;
+    if matches!(args.kind.as_str(), "controlplane" | "controlplanes" | "cp") {
+        return output::control_plane(&control_plane_members(&args.client).await?, format);
+    }
     let client = connect(&args.client)?;
     let kind = match model::Resource::from_cli_name(&args.kind) {
         Some(model::Resource::Kind(kind)) => kind,

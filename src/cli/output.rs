@@ -545,3 +545,38 @@ pub async fn endpoints(client: &Client, namespace: Option<&str>, name: Option<&s
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// control plane
+
+/// `berth get controlplane`: the API server replicas (a `ControlPlaneList`) and which one leads.
+pub fn control_plane(list: &Value, format: Format) -> Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(list)?),
+        Format::Yaml => print!("{}", super::to_yaml(list)?),
+        Format::Name => {
+            for m in list.get("items").and_then(Value::as_array).into_iter().flatten() {
+                println!("controlplane/{}", s(m, "/name"));
+            }
+        }
+        Format::Table { .. } => {
+            let rows: Vec<Vec<String>> = list
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    let leader = m.get("leader").and_then(Value::as_bool).unwrap_or(false);
+                    vec![
+                        s(m, "/name").to_string(),
+                        s(m, "/url").to_string(),
+                        if leader { "true" } else { "false" }.to_string(),
+                        age(s(m, "/since")),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["NAME", "URL", "LEADER", "AGE"], &rows));
+        }
+    }
+    Ok(())
+}

@@ -12,6 +12,7 @@ mod controllers_e2e;
 mod dataplane;
 mod durability;
 mod e2e;
+mod ha;
 mod node_cli;
 mod scheduling;
 mod security;

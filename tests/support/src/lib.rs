@@ -1,9 +1,11 @@
 //! Shared by every test binary of the workspace: skip-or-fail for a missing system component (the
-//! `BERTH_REQUIRE_ALL` / `BERTH_SKIP_LOG` contract of `make test`) and waits on a condition with a deadline.
+//! `BERTH_REQUIRE_ALL` / `BERTH_SKIP_LOG` contract of `make test`), waits on a condition with a deadline, and
+//! a throwaway etcd ([`etcd::Etcd`]).
 //!
 //! Tests never synchronise by sleeping: they wait for what they need to see, with a generous ceiling, and fail
 //! with the name of what never happened.
 
+pub mod etcd;
 #[cfg(feature = "load")]
 pub mod open_loop;
 

@@ -1,8 +1,9 @@
 //! The HTTP/JSON API server (axum): Kubernetes-style resource paths over the [`Store`], server-side apply,
 //! watches as newline-delimited JSON, the discovery endpoints API over the registry, pod logs relayed from
-//! the agents, `/healthz`, `/metrics`; tokens, joining and node certificates (`tokens.rs`).
+//! the agents, `/healthz`, `/readyz`, `/metrics`; tokens, joining and node certificates (`tokens.rs`); the
+//! control-plane replicas and which one leads (`/api/v1/controlplane`, from [`crate::ha::Status`]).
 //!
-//! Every route but `/healthz`, `/metrics`, `/cacerts` and `/api/v1/join` passes [`authz::guard`]:
+//! Every route but `/healthz`, `/readyz`, `/metrics`, `/cacerts` and `/api/v1/join` passes [`authz::guard`]:
 //! authentication (`auth.rs`: the bootstrap token or a stored credential) then authorization (`authz.rs`: per
 //! role).
 //!
@@ -61,6 +62,8 @@ struct Inner {
     /// With a cluster CA: the TLS configuration agents are called with (the CA as the only root, the
     /// API server's client certificate as identity).
     agent_tls: Option<Arc<rustls::ClientConfig>>,
+    /// This replica's role among the control-plane replicas (`None`: not part of one, e.g. in tests).
+    control_plane: Option<Arc<crate::ha::Status>>,
 }
 
 #[derive(Default)]
@@ -84,6 +87,7 @@ impl ApiState {
                 metrics: Arc::default(),
                 agent_http: logs::agent_client(),
                 agent_tls: None,
+                control_plane: None,
             }),
         }
     }
@@ -109,6 +113,12 @@ impl ApiState {
         self
     }
 
+    /// Show this replica's role: `berth_leader` and friends on `/metrics`, and `GET /api/v1/controlplane`.
+    pub fn with_control_plane(mut self, status: Arc<crate::ha::Status>) -> Self {
+        Arc::make_mut(&mut self.inner).control_plane = Some(status);
+        self
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
@@ -129,11 +139,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/{plural}/{name}/certificate", post(tokens::node_certificate))
         .route("/api/v1/tokens", get(tokens::list_tokens).post(tokens::create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::delete_token))
+        .route("/api/v1/controlplane", get(control_plane))
         .route("/discovery/v1/endpoints", get(discovery_endpoints))
         .route("/discovery/v1/snapshot", get(discovery_snapshot))
         .route_layer(middleware::from_fn_with_state(state.clone(), authz::guard));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/cacerts", get(tokens::cacerts))
         .route("/api/v1/join", post(tokens::join))
@@ -196,7 +208,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
             StoreError::Compacted { .. } => (StatusCode::GONE, "Expired"),
-            StoreError::Backend(_) => (StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable"),
+            StoreError::Backend(_) | StoreError::Fenced(_) => (StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable"),
         };
         Self::new(code, reason, e.to_string())
     }
@@ -247,11 +259,43 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     }
     out.push_str("# HELP berth_api_watches Open watch streams.\n# TYPE berth_api_watches gauge\n");
     let _ = writeln!(out, "berth_api_watches {}", state.inner.metrics.watches_open.load(Ordering::Relaxed));
-    if let Ok(rev) = state.inner.store.revision().await {
+    if let Some(status) = &state.inner.control_plane {
+        out.push_str(&status.metrics_text());
+    }
+    // Bounded: `/metrics` answers (without this figure) while the store does not.
+    if let Ok(Ok(rev)) = tokio::time::timeout(READY_STORE_TIMEOUT, state.inner.store.revision()).await {
         out.push_str("# HELP berth_store_revision Current store revision.\n# TYPE berth_store_revision gauge\n");
         let _ = writeln!(out, "berth_store_revision {rev}");
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// How long `/readyz` waits for a store read.
+const READY_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /readyz` (open, like `/healthz`): 200 `ok` when a store read succeeds within 2 s and the discovery
+/// registry (when this server has one) is synced with the store; else 503 with a one-line reason. Clients
+/// with several servers move off one that is not ready.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    let unready = |reason: String| (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
+    match tokio::time::timeout(READY_STORE_TIMEOUT, state.inner.store.revision()).await {
+        Err(_) => return unready(format!("store: no answer within {} s", READY_STORE_TIMEOUT.as_secs())),
+        Ok(Err(e)) => return unready(format!("store: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    if state.inner.registry.as_ref().is_some_and(|r| !r.is_synced()) {
+        return unready("registry: not yet synchronized with the store".into());
+    }
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// `GET /api/v1/controlplane` (admins): a `ControlPlaneList` of the replicas, `{name, url, leader, since}`.
+async fn control_plane(State(s): State<ApiState>) -> ApiResult {
+    let status = s.inner.control_plane.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", "this server does not report control-plane replicas")
+    })?;
+    let items = status.members().await?;
+    Ok(json_response(StatusCode::OK, &json!({"apiVersion": "v1", "kind": "ControlPlaneList", "items": items})))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -269,6 +313,8 @@ struct Query {
     dry_run: bool,
     /// `fieldSelector=spec.nodeName=NAME`: only pods bound to NAME (`""`: unbound pods).
     node_name: Option<String>,
+    /// `allowWatchBookmarks=true`: an idle watch sends `BOOKMARK` events.
+    bookmarks: bool,
 }
 
 /// The one field selector served: `spec.nodeName=NAME` (or `==`), what an agent watches its pods with.
@@ -308,6 +354,7 @@ fn parse_query(raw: Option<String>) -> Result<Query, ApiError> {
             "epoch" if !v.is_empty() => q.epoch = Some(v.into_owned()),
             "dryRun" => q.dry_run = !matches!(v.as_ref(), "false" | "0"),
             "fieldSelector" => q.node_name = parse_field_selector(&v)?,
+            "allowWatchBookmarks" => q.bookmarks = matches!(v.as_ref(), "true" | "1" | ""),
             _ => {}
         }
     }
@@ -389,7 +436,7 @@ async fn list(s: ApiState, kind: Kind, namespace: Option<String>, q: Query) -> A
     }
     let prefix = Prefix { kind: kind.plural().to_string(), namespace };
     if q.watch {
-        return watch(s, prefix, q).await;
+        return watch(s, kind, prefix, q).await;
     }
     let (items, revision) = s.inner.store.list(&prefix, q.label_selector.as_ref()).await?;
     let items = items.iter().map(present).collect::<Result<Vec<_>, _>>()?;
@@ -695,10 +742,24 @@ fn on_node(node: Option<&str>, pod: &Value) -> bool {
     node.is_none_or(|n| pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("") == n)
 }
 
+/// How long a watch with `allowWatchBookmarks=true` stays silent before it sends a `BOOKMARK`.
+pub const BOOKMARK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn bookmark_line(kind: Kind, revision: u64) -> Bytes {
+    event_line(
+        "BOOKMARK",
+        &json!({"apiVersion": "v1", "kind": kind.kind_name(), "metadata": {"resourceVersion": revision.to_string()}}),
+    )
+}
+
 /// Stream `ADDED|MODIFIED|DELETED` events after `resourceVersion`; without one, the current objects come
 /// first as `ADDED`. An expired revision ends the stream with an `ERROR` event carrying a 410 Status. With a
 /// label or field selector, an object that stops matching is sent as `DELETED` and one that starts as `ADDED`.
-async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
+/// With `allowWatchBookmarks=true`, every [`BOOKMARK_INTERVAL`] without an event sends a `BOOKMARK` whose
+/// `resourceVersion` is the revision the watch has seen every change up to (events filtered out by the
+/// selectors included), so a client resumes from there, on this replica or another, and knows the stream is
+/// alive.
+async fn watch(s: ApiState, kind: Kind, prefix: Prefix, q: Query) -> ApiResult {
     let selector = q.label_selector.clone();
     let node = q.node_name.clone();
     let matches = move |v: &Value| {
@@ -734,8 +795,10 @@ async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
     s.inner.metrics.watches_open.fetch_add(1, Ordering::Relaxed);
     let guard = WatchGuard(s.clone());
     let filtered = q.label_selector.is_some() || q.node_name.is_some();
-    let stream = events.filter_map(move |event| {
+    // Each store event as (its revision, the line to send if any).
+    let lines = events.map(move |event| {
         let _ = &guard;
+        let revision = event.as_ref().ok().map(StoreEvent::revision);
         let line = match event {
             Err(StoreError::Compacted { requested, compacted }) => {
                 let msg = format!("too old resource version: {requested} ({compacted})");
@@ -769,10 +832,45 @@ async fn watch(s: ApiState, prefix: Prefix, q: Query) -> ApiResult {
                 send.then(|| event_line("DELETED", &value))
             }
         };
-        futures::future::ready(line.map(Ok::<_, std::io::Error>))
+        (revision, line)
     });
-    let body = futures::stream::iter(first).chain(stream);
+    let rest = if q.bookmarks {
+        with_bookmarks(lines, kind, from).boxed()
+    } else {
+        lines.filter_map(|(_, line)| futures::future::ready(line.map(Ok::<_, std::io::Error>))).boxed()
+    };
+    let body = futures::stream::iter(first).chain(rest);
     Ok(stream_response(Body::from_stream(body)))
+}
+
+/// The lines of `events`, with a `BOOKMARK` after every [`BOOKMARK_INTERVAL`] in which no line was sent.
+fn with_bookmarks(
+    events: impl futures::Stream<Item = (Option<u64>, Option<Bytes>)> + Send + 'static,
+    kind: Kind,
+    from: u64,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let idle_until = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+    futures::stream::unfold(
+        (events.boxed(), from, idle_until),
+        move |(mut events, mut seen, mut idle_until)| async move {
+            loop {
+                match tokio::time::timeout_at(idle_until, events.next()).await {
+                    Ok(None) => return None,
+                    Ok(Some((revision, line))) => {
+                        seen = seen.max(revision.unwrap_or(0));
+                        if let Some(line) = line {
+                            let idle_until = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+                            return Some((Ok(line), (events, seen, idle_until)));
+                        }
+                    }
+                    Err(_) => {
+                        idle_until = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+                        return Some((Ok(bookmark_line(kind, seen)), (events, seen, idle_until)));
+                    }
+                }
+            }
+        },
+    )
 }
 
 fn stream_response(body: Body) -> Response {

@@ -1,8 +1,8 @@
 //! Where every controller starts and stops: [`Controllers::start_with_load`] spawns one driver per
 //! controller, all stopped by one shutdown future.
 //!
-//! This is the unit leader election will run: start the controllers when this replica gains leadership and
-//! resolve the shutdown future when it loses it. Once the shutdown future has resolved and
+//! Leader election (`crate::ha`) runs two units: [`Controllers::start_endpoints`] on every replica, and
+//! [`Controllers::start_leader_set`] while this replica leads, its shutdown future resolving when it stops. Once the shutdown future has resolved and
 //! [`Controllers::join`] has returned, no controller task runs and no write of theirs is in flight (a
 //! reconcile under way when the stop comes finishes first; no other starts). Nothing is carried over to the
 //! next start: each controller begins from a full list of the store.
@@ -84,23 +84,65 @@ impl Controllers {
         load: Option<Arc<dyn LoadSource>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Controllers {
+        let (mut controllers, stop) = Self::stopped_by(shutdown);
+        controllers.spawn_leader_set(&store, &clock, config.clone(), load, &stop);
+        controllers.spawn(Endpoints::new(registry, config.resync), &store, &clock, &stop);
+        controllers
+    }
+
+    /// The controllers only the leader runs: Deployment, NodeLifecycle and Autoscaler (see `crate::ha`).
+    pub fn start_leader_set(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: ControllersConfig,
+        load: Option<Arc<dyn LoadSource>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Controllers {
+        let (mut controllers, stop) = Self::stopped_by(shutdown);
+        controllers.spawn_leader_set(&store, &clock, config, load, &stop);
+        controllers
+    }
+
+    /// The Endpoints controller alone, which every replica runs: it writes only `registry`, never the store.
+    pub fn start_endpoints(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        config: &ControllersConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Controllers {
+        let (mut controllers, stop) = Self::stopped_by(shutdown);
+        controllers.spawn(Endpoints::new(registry, config.resync), &store, &clock, &stop);
+        controllers
+    }
+
+    /// No controllers yet, and the stop flag `shutdown` sets.
+    fn stopped_by(shutdown: impl Future<Output = ()> + Send + 'static) -> (Controllers, watch::Receiver<bool>) {
         let (stop_tx, stop) = watch::channel(false);
         let stopper = tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
+        (Controllers { tasks: vec![stopper] }, stop)
+    }
+
+    fn spawn_leader_set(
+        &mut self,
+        store: &Arc<dyn Store>,
+        clock: &Arc<dyn Clock>,
+        config: ControllersConfig,
+        load: Option<Arc<dyn LoadSource>>,
+        stop: &watch::Receiver<bool>,
+    ) {
         let seed = config.seed.unwrap_or_else(|| {
             let mut b = [0u8; 8];
             // Only pod-name suffixes depend on it; a fixed fallback is harmless.
             let _ = getrandom::fill(&mut b);
             u64::from_le_bytes(b)
         });
-        let mut controllers = Controllers { tasks: vec![stopper] };
-        controllers.spawn(Deployments::new(config.deployment, seed), &store, &clock, &stop);
-        controllers.spawn(NodeLifecycle::new(config.node_grace, clock.now()), &store, &clock, &stop);
-        controllers.spawn(Autoscalers::new(config.autoscaler, load), &store, &clock, &stop);
-        controllers.spawn(Endpoints::new(registry, config.resync), &store, &clock, &stop);
-        controllers
+        self.spawn(Deployments::new(config.deployment, seed), store, clock, stop);
+        self.spawn(NodeLifecycle::new(config.node_grace, clock.now()), store, clock, stop);
+        self.spawn(Autoscalers::new(config.autoscaler, load), store, clock, stop);
     }
 
     fn spawn<R: Reconciler>(

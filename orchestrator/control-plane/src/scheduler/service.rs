@@ -37,6 +37,21 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
+impl ServiceError {
+    /// Whether the store refused a write because this replica's leadership term is over (see `crate::ha`):
+    /// the service then stops instead of retrying.
+    pub fn is_fenced(&self) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Fenced(_))) {
+                return true;
+            }
+            source = e.source();
+        }
+        false
+    }
+}
+
 /// What a [`Scheduler::round`] did: the runner's report and how many `Unschedulable` conditions it wrote.
 #[derive(Debug, Default)]
 pub struct RoundReport {
@@ -99,14 +114,23 @@ impl Scheduler {
         Ok(RoundReport { run, marked_unschedulable: marked })
     }
 
-    /// Rounds until `shutdown` completes (see the module docs). Fails only when the watches cannot be opened
-    /// at start; later store errors are logged and retried.
+    /// Rounds until `shutdown` completes (see the module docs). Fails when the watches cannot be opened at
+    /// start, and when a write is fenced off ([`ServiceError::is_fenced`]: this replica no longer leads);
+    /// other store errors are logged and retried. A round under way when `shutdown` completes is abandoned
+    /// between two store calls.
     pub async fn serve(&self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
         let store = self.cluster.store().clone();
         let mut watches = Watches::open(&store).await?;
         tokio::pin!(shutdown);
         loop {
-            if let Err(e) = self.round().await {
+            let round = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                round = self.round() => round,
+            };
+            if let Err(e) = round {
+                if e.is_fenced() {
+                    return Err(e);
+                }
                 tracing::warn!(error = %e, "scheduling round failed; retrying");
                 tokio::select! {
                     _ = &mut shutdown => return Ok(()),

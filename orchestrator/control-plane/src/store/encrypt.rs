@@ -55,6 +55,13 @@ pub enum KeyError {
     Malformed { path: PathBuf },
     #[error("cannot generate a secret encryption key: the system random number generator failed")]
     Random,
+    #[error(
+        "secret encryption key {path} does not open this store's data (it was sealed with another key): \
+         copy {file} from the data dir of the replica that first started on this store"
+    )]
+    Mismatch { path: PathBuf, file: &'static str },
+    #[error("checking the secret encryption key against the store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// The AES-256-GCM key Secrets are sealed with. `Debug` prints nothing of it.
@@ -165,6 +172,51 @@ impl EncryptingStore {
     pub fn open(inner: Arc<dyn Store>, data_dir: &Path) -> Result<Arc<dyn Store>, KeyError> {
         Ok(Arc::new(Self::new(inner, SecretKey::load_or_create(&data_dir.join(KEY_FILE))?)))
     }
+
+    /// As [`EncryptingStore::open`], then check the key against the store's canary: a sealed record that
+    /// the first replica to start writes (with `create`, so one wins). A key that cannot open it is refused
+    /// with [`KeyError::Mismatch`], naming the file, before anything is written with it.
+    pub async fn open_verified(inner: Arc<dyn Store>, data_dir: &Path) -> Result<EncryptingStore, KeyError> {
+        let path = data_dir.join(KEY_FILE);
+        let store = Self::new(inner, SecretKey::load_or_create(&path)?);
+        store.verify_canary(&path).await?;
+        Ok(store)
+    }
+
+    /// The same key over another store (the leader's fenced view of the same data).
+    pub fn with_inner(&self, inner: Arc<dyn Store>) -> EncryptingStore {
+        EncryptingStore { inner, key: self.key.clone() }
+    }
+
+    async fn verify_canary(&self, path: &Path) -> Result<(), KeyError> {
+        let key = canary_key();
+        let mismatch = || KeyError::Mismatch { path: path.to_path_buf(), file: KEY_FILE };
+        loop {
+            if let Some(stored) = self.inner.get(&key).await? {
+                let opened = unseal(&self.key, &key, stored.value).map_err(|_| mismatch())?;
+                let value: Value = serde_json::from_slice(&opened).map_err(|_| mismatch())?;
+                return match value.get("key").and_then(Value::as_str) {
+                    Some(CANARY_TEXT) => Ok(()),
+                    _ => Err(mismatch()),
+                };
+            }
+            let record = serde_json::json!({"key": CANARY_TEXT}).to_string().into_bytes();
+            match self.create(&key, record).await {
+                Ok(_) => return Ok(()),
+                // Another replica wrote it first: check against theirs.
+                Err(StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The canary record: a `berthpki` value, so its `key` field is sealed like the CA's.
+pub const CANARY_NAME: &str = "encryption-canary";
+const CANARY_TEXT: &str = "berth secret encryption canary";
+
+fn canary_key() -> Key {
+    Key::new(PKI_KIND, "", CANARY_NAME)
 }
 
 fn seal(sk: &SecretKey, key: &Key, value: Vec<u8>) -> StoreResult<Vec<u8>> {
@@ -380,6 +432,25 @@ mod tests {
         }
         let (listed, _) = store.list(&Prefix { kind: PKI_KIND.into(), namespace: None }, None).await.unwrap();
         assert!(String::from_utf8_lossy(&listed[0].value).contains("PRIVATE KEY"));
+    }
+
+    #[tokio::test]
+    async fn a_replica_with_another_key_is_refused_naming_the_key_file() {
+        let raw: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (first, second, third) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        EncryptingStore::open_verified(raw.clone(), first.path()).await.unwrap();
+        // Same key copied over: accepted.
+        std::fs::copy(first.path().join(KEY_FILE), second.path().join(KEY_FILE)).unwrap();
+        EncryptingStore::open_verified(raw.clone(), second.path()).await.unwrap();
+        // A fresh key: refused, and the message names the file to copy.
+        let err = EncryptingStore::open_verified(raw.clone(), third.path()).await.err().expect("refused");
+        assert!(matches!(err, KeyError::Mismatch { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(KEY_FILE) && text.contains(&third.path().display().to_string()), "{text}");
+        // The canary is sealed in the backend like any berthpki key.
+        let stored = raw.get(&canary_key()).await.unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&stored.value).contains(CANARY_TEXT));
     }
 
     #[test]

@@ -8,7 +8,16 @@
 //! are etcd watches from `from + 1` with previous values, and a compacted start revision becomes
 //! [`StoreError::Compacted`].
 //!
-//! Not here: leader election and leases (the server's HA layer uses etcd-client directly).
+//! Every unary request has a deadline ([`REQUEST_TIMEOUT`]): a cluster without quorum fails fast with
+//! [`StoreError::Backend`] (the API answers 503) instead of hanging.
+//!
+//! Fencing: a store made with [`EtcdStore::fenced`] belongs to one leadership term (see `crate::ha`). Each of
+//! its writes is one transaction whose compare also holds `create_revision(leader key) == term revision` and
+//! which also puts the term's audit key (`/berth-fence/<lease id in hex>` = the term revision), so the write
+//! and its attribution land in the same etcd revision. A write refused because the leader key is gone or
+//! belongs to another term fails with [`StoreError::Fenced`] and trips the [`Fence`]. Reads are not fenced.
+//!
+//! Not here: the election itself (`crate::ha::etcd`).
 
 use super::{selected, Key, Prefix, Store, StoreError, StoreEvent, StoreResult, Versioned, WatchStream};
 use etcd_client::{
@@ -16,21 +25,104 @@ use etcd_client::{
     TxnOp, TxnOpResponse, WatchOptions,
 };
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Every Berth key lives under this prefix.
 pub const KEY_PREFIX: &str = "/berth/";
+/// Where fenced writes record which leadership term made them: `/berth-fence/<lease id in hex>`.
+pub const FENCE_AUDIT_PREFIX: &str = "/berth-fence/";
 /// Objects fetched per round trip when listing; the list stays one snapshot (pinned revision).
 const LIST_PAGE: i64 = 500;
+/// The deadline of every unary etcd request. Without quorum etcd does not answer writes (nor linearizable
+/// reads) at all; a caller must learn that in bounded time.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A cheap-to-clone handle on an etcd cluster.
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// Set on a leadership term's store: every write is conditional on the term's leader key.
+    fence: Option<Arc<Fence>>,
+}
+
+/// One leadership term's fence: the leader key and its create revision, which every fenced write compares.
+#[derive(Debug)]
+pub struct Fence {
+    leader_key: Vec<u8>,
+    revision: i64,
+    audit_key: String,
+    lost: watch::Sender<bool>,
+    rejected: Arc<AtomicU64>,
+}
+
+impl Fence {
+    /// The fence of the term whose leader key `leader_key` was created at `revision` under `lease`. Each
+    /// refused write adds one to `rejected`. Returns the receiver that turns true when a write was refused.
+    pub fn new(
+        leader_key: impl Into<Vec<u8>>,
+        revision: i64,
+        lease: i64,
+        rejected: Arc<AtomicU64>,
+    ) -> (Arc<Fence>, watch::Receiver<bool>) {
+        let (lost, rx) = watch::channel(false);
+        let fence = Fence { leader_key: leader_key.into(), revision, audit_key: audit_key(lease), lost, rejected };
+        (Arc::new(fence), rx)
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    fn compare(&self) -> Compare {
+        Compare::create_revision(self.leader_key.clone(), CompareOp::Equal, self.revision)
+    }
+
+    fn audit(&self) -> TxnOp {
+        TxnOp::put(self.audit_key.clone(), self.revision.to_string(), None)
+    }
+
+    fn read_leader(&self) -> TxnOp {
+        TxnOp::get(self.leader_key.clone(), None)
+    }
+
+    /// Whether the leader key read in a failed transaction's `or_else` shows the term is over.
+    fn is_lost(&self, leader: Option<&KeyValue>) -> bool {
+        leader.is_none_or(|kv| kv.create_revision() != self.revision)
+    }
+
+    fn reject(&self, key: &Key) -> StoreError {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.lost.send_replace(true);
+        StoreError::Fenced(format!(
+            "{key}: leader key {} no longer holds revision {} (this replica's term is over)",
+            String::from_utf8_lossy(&self.leader_key),
+            self.revision
+        ))
+    }
+}
+
+/// The audit key of the term held under `lease`.
+pub fn audit_key(lease: i64) -> String {
+    format!("{FENCE_AUDIT_PREFIX}{lease:x}")
 }
 
 fn etcd_err(context: &str, e: etcd_client::Error) -> StoreError {
     StoreError::Backend(format!("etcd {context}: {e}"))
+}
+
+/// `request` with the [`REQUEST_TIMEOUT`] deadline.
+async fn timed<T>(context: &str, request: impl Future<Output = Result<T, etcd_client::Error>>) -> StoreResult<T> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(result) => result.map_err(|e| etcd_err(context, e)),
+        Err(_) => Err(StoreError::Backend(format!(
+            "etcd {context}: no answer within {} s (is a quorum of etcd members reachable?)",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// The etcd key of a store key: `/berth/{kind}/{namespace}/{name}`.
@@ -87,22 +179,62 @@ fn to_etcd(rev: u64) -> i64 {
     i64::try_from(rev).unwrap_or(i64::MAX)
 }
 
-/// The current value's `mod_revision` from a transaction's `or_else` get, if the key exists.
-fn current_revision(resp: &etcd_client::TxnResponse) -> Option<u64> {
-    resp.op_responses().into_iter().find_map(|op| match op {
-        TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision() as u64),
+/// The key read by the `index`th operation of a failed transaction's `or_else`, if it exists.
+fn read_in_or_else(resp: &etcd_client::TxnResponse, index: usize) -> Option<KeyValue> {
+    match resp.op_responses().into_iter().nth(index) {
+        Some(TxnOpResponse::Get(get)) => get.kvs().first().cloned(),
         _ => None,
-    })
+    }
 }
 
 impl EtcdStore {
     /// Connect to the cluster at `endpoints` (`http://host:port`).
     pub async fn connect(endpoints: &[String]) -> StoreResult<Self> {
+        // HTTP/2 pings find a dead connection in seconds (etcd refuses pings more often than every 5 s);
+        // `require_leader` makes a member cut off from its cluster's leader end our watches and lease
+        // keep-alives at once instead of leaving them silent.
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let client = Client::connect(endpoints, Some(options)).await.map_err(|e| etcd_err("connect", e))?;
-        Ok(Self { client })
+            .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
+            .with_require_leader(true);
+        let client = timed("connect", Client::connect(endpoints, Some(options))).await?;
+        Ok(Self { client, fence: None })
+    }
+
+    /// The etcd client (for the election, which shares the connection).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The same store, every write of which is fenced by `fence` (see the module docs).
+    pub fn fenced(&self, fence: Arc<Fence>) -> EtcdStore {
+        EtcdStore { client: self.client.clone(), fence: Some(fence) }
+    }
+
+    /// Run `txn` (its `or_else` must start with the reads `or_else` lists) with the fence's compare, audit
+    /// put and leader read added when fenced. A refused fence is [`StoreError::Fenced`]; otherwise the
+    /// response is returned for the caller to read.
+    async fn write(
+        &self,
+        key: &Key,
+        mut when: Vec<Compare>,
+        mut then: Vec<TxnOp>,
+        mut or_else: Vec<TxnOp>,
+    ) -> StoreResult<etcd_client::TxnResponse> {
+        let reads = or_else.len();
+        if let Some(fence) = &self.fence {
+            when.push(fence.compare());
+            then.push(fence.audit());
+            or_else.push(fence.read_leader());
+        }
+        let txn = Txn::new().when(when).and_then(then).or_else(or_else);
+        let resp = timed("txn", self.client.kv_client().txn(txn)).await?;
+        if let Some(fence) = &self.fence {
+            if !resp.succeeded() && fence.is_lost(read_in_or_else(&resp, reads).as_ref()) {
+                return Err(fence.reject(key));
+            }
+        }
+        Ok(resp)
     }
 
     /// Run a compare-and-swap transaction that updates or deletes `key` only at `expected` (when given)
@@ -112,16 +244,17 @@ impl EtcdStore {
         if let Some(expected) = expected {
             when.push(Compare::mod_revision(k.clone(), CompareOp::Equal, to_etcd(expected)));
         }
-        let txn = Txn::new().when(when).and_then(vec![op]).or_else(vec![TxnOp::get(k, None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(|e| etcd_err("txn", e))?;
+        let resp = self.write(key, when, vec![op], vec![TxnOp::get(k, None)]).await?;
         if resp.succeeded() {
             return revision_of(resp.header());
         }
-        match (current_revision(&resp), expected) {
+        match (read_in_or_else(&resp, 0).map(|kv| kv.mod_revision() as u64), expected) {
             (None, _) => Err(StoreError::NotFound(key.clone())),
-            (Some(actual), Some(expected)) => Err(StoreError::Conflict { key: key.clone(), expected, actual }),
-            // Exists and no revision was expected: the compare cannot fail.
-            (Some(_), None) => Err(StoreError::Backend(format!("etcd txn on {key} failed without a reason"))),
+            (Some(actual), Some(expected)) if actual != expected => {
+                Err(StoreError::Conflict { key: key.clone(), expected, actual })
+            }
+            // The key's compares held, so only the fence can have failed, and it held too when read.
+            _ => Err(StoreError::Backend(format!("etcd txn on {key} failed without a reason"))),
         }
     }
 }
@@ -129,7 +262,7 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &Key) -> StoreResult<Option<Versioned>> {
-        let resp = self.client.kv_client().get(etcd_key(key)?, None).await.map_err(|e| etcd_err("get", e))?;
+        let resp = timed("get", self.client.kv_client().get(etcd_key(key)?, None)).await?;
         resp.kvs().first().map(versioned).transpose()
     }
 
@@ -149,7 +282,7 @@ impl Store for EtcdStore {
             if let Some(rev) = at {
                 options = options.with_revision(to_etcd(rev));
             }
-            let resp = kv.get(from.clone(), Some(options)).await.map_err(|e| etcd_err("list", e))?;
+            let resp = timed("list", kv.get(from.clone(), Some(options))).await?;
             let rev = match at {
                 Some(rev) => rev,
                 None => revision_of(resp.header())?,
@@ -177,10 +310,8 @@ impl Store for EtcdStore {
 
     async fn create(&self, key: &Key, value: Vec<u8>) -> StoreResult<u64> {
         let k = etcd_key(key)?;
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-            .and_then(vec![TxnOp::put(k, value, None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(|e| etcd_err("create", e))?;
+        let when = vec![Compare::create_revision(k.clone(), CompareOp::Equal, 0)];
+        let resp = self.write(key, when, vec![TxnOp::put(k, value, None)], Vec::new()).await?;
         if resp.succeeded() {
             revision_of(resp.header())
         } else {
@@ -203,23 +334,15 @@ impl Store for EtcdStore {
             .with_prefix()
             .with_start_revision(to_etcd(from_revision.saturating_add(1)))
             .with_prev_key();
-        let stream = self
-            .client
-            .watch_client()
-            .watch(etcd_prefix(prefix), Some(options))
-            .await
-            .map_err(|e| etcd_err("watch", e))?;
+        let mut watcher = self.client.watch_client();
+        let stream = timed("watch", watcher.watch(etcd_prefix(prefix), Some(options))).await?;
         let state = WatchState { stream, buffered: VecDeque::new(), from: from_revision, done: false };
         Ok(Box::pin(futures::stream::unfold(state, next_event)))
     }
 
     async fn revision(&self) -> StoreResult<u64> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(KEY_PREFIX, Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(|e| etcd_err("revision", e))?;
+        let mut kv = self.client.kv_client();
+        let resp = timed("revision", kv.get(KEY_PREFIX, Some(GetOptions::new().with_count_only()))).await?;
         revision_of(resp.header())
     }
 
@@ -233,12 +356,19 @@ impl Store for EtcdStore {
         // etcd keeps the revision it compacts at; our contract forgets it too, so compact one further when
         // there is a later revision to keep.
         let target = if revision < current { revision + 1 } else { revision };
-        match self.client.kv_client().compact(to_etcd(target), Some(CompactionOptions::new().with_physical())).await {
-            Ok(_) => Ok(()),
-            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("required revision has been compacted") => {
+        let mut kv = self.client.kv_client();
+        let compacted = kv.compact(to_etcd(target), Some(CompactionOptions::new().with_physical()));
+        match tokio::time::timeout(REQUEST_TIMEOUT, compacted).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(etcd_client::Error::GRpcStatus(s)))
+                if s.message().contains("required revision has been compacted") =>
+            {
                 Ok(())
             }
-            Err(e) => Err(etcd_err("compact", e)),
+            Ok(Err(e)) => Err(etcd_err("compact", e)),
+            Err(_) => {
+                Err(StoreError::Backend(format!("etcd compact: no answer within {} s", REQUEST_TIMEOUT.as_secs())))
+            }
         }
     }
 }

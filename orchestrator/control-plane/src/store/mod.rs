@@ -69,6 +69,10 @@ pub enum StoreError {
     Compacted { requested: u64, compacted: u64 },
     #[error("store backend: {0}")]
     Backend(String),
+    /// A fenced write (see `ha`) was refused because the writer's leadership term is over: its leader key is
+    /// gone or belongs to a later term. Never retry it as a conflict: stop writing.
+    #[error("write fenced off: {0}")]
+    Fenced(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -127,12 +131,18 @@ pub async fn open_store(url: &str) -> StoreResult<Arc<dyn Store>> {
 
 #[cfg(feature = "etcd")]
 async fn open_etcd(url: &str, hosts: &str) -> StoreResult<Arc<dyn Store>> {
+    Ok(Arc::new(etcd::EtcdStore::connect(&etcd_endpoints(url, hosts)?).await?))
+}
+
+/// The endpoints (`http://host:port`) of an `etcd://host:port[,host:port...]` URL whose host list is `hosts`.
+#[cfg(feature = "etcd")]
+pub(crate) fn etcd_endpoints(url: &str, hosts: &str) -> StoreResult<Vec<String>> {
     let endpoints: Vec<String> =
         hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("http://{h}")).collect();
     if endpoints.is_empty() {
         return Err(StoreError::Backend(format!("store URL {url:?}: no etcd endpoints")));
     }
-    Ok(Arc::new(etcd::EtcdStore::connect(&endpoints).await?))
+    Ok(endpoints)
 }
 
 #[cfg(not(feature = "etcd"))]

@@ -477,58 +477,7 @@ async fn open_store_understands_its_urls() {
 #[cfg(feature = "etcd")]
 mod etcd {
     use super::*;
-    use control_plane::store::etcd::EtcdStore;
-    use std::process::{Child, Command, Stdio};
-
-    /// A throwaway etcd on loopback; killed on drop, including when a test fails.
-    struct EtcdProcess {
-        child: Child,
-        endpoint: String,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Drop for EtcdProcess {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-    }
-
-    async fn start_etcd() -> (EtcdProcess, EtcdStore) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
-        let child = Command::new("etcd")
-            .arg("--name=conformance")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={endpoint}"))
-            .arg(format!("--advertise-client-urls={endpoint}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=conformance={peer_url}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        let process = EtcdProcess { child, endpoint: endpoint.clone(), _dir: dir };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&process.endpoint)).await {
-                if store.revision().await.is_ok() {
-                    return (process, store);
-                }
-            }
-            assert!(tokio::time::Instant::now() < deadline, "etcd did not answer on {endpoint} within 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    use crate::etcd_process::start_etcd;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn etcd_conformance() {
@@ -545,8 +494,7 @@ mod etcd {
             return;
         }
         let (etcd, _) = start_etcd().await;
-        let url = etcd.endpoint.replace("http://", "etcd://");
-        let store = control_plane::store::open_store(&url).await.expect("open etcd url");
+        let store = control_plane::store::open_store(&etcd.url()).await.expect("open etcd url");
         let r = store.create(&Key::new("pods", "ns", "a"), b"{}".to_vec()).await.expect("create");
         assert_eq!(store.get(&Key::new("pods", "ns", "a")).await.expect("get").map(|v| v.revision), Some(r));
     }

@@ -23,7 +23,8 @@
 //! what is stored, never from what it did before.
 //!
 //! Stopping: once `stop` is set, no new reconcile starts; the one in flight finishes (its writes complete),
-//! the informers are stopped and [`run`] returns.
+//! the informers are stopped and [`run`] returns. A reconcile that fails with [`StoreError::Fenced`] stops
+//! the driver the same way (the leadership term is over; nothing is retried).
 
 mod cache;
 mod context;
@@ -154,6 +155,12 @@ pub async fn run<R: Reconciler>(
             let mut ctx = Context { store: &*store, clock: &*clock, caches: &mut caches };
             match reconciler.reconcile(&key, &mut ctx).await {
                 Ok(requeue) => queue.succeeded(key, requeue, Instant::now()),
+                // The store says this replica's leadership term is over: no retry can succeed, and
+                // every further write would be refused too.
+                Err(e @ StoreError::Fenced(_)) => {
+                    tracing::warn!(controller = R::NAME, %key, error = %e, "leadership lost; controller stopping");
+                    break 'run;
+                }
                 Err(e) => {
                     let wait = queue.failed(key.clone(), Instant::now());
                     let retry_ms = wait.as_millis() as u64;
