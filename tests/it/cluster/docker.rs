@@ -270,6 +270,20 @@ impl Container {
         }
     }
 
+    /// When the container first printed a line containing `needle` at or after `since` (Docker's receive time
+    /// of the line, on the host clock the containers share).
+    pub fn first_log_after(&self, needle: &str, since: std::time::SystemTime) -> Option<std::time::SystemTime> {
+        let since_arg = humantime::format_rfc3339_nanos(since).to_string();
+        let out =
+            Command::new("docker").args(["logs", "--timestamps", "--since", &since_arg, &self.name]).output().ok()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        text.lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| l.split_whitespace().next().and_then(|t| humantime::parse_rfc3339(t).ok()))
+            .filter(|t| *t >= since)
+            .min()
+    }
+
     pub fn remove(&self) {
         let _ = docker(&["rm", "-f", "-v", &self.name]);
     }
