@@ -3,6 +3,7 @@
 #   prereqs.sh build   cmake (pingora's zlib-ng), protoc (etcd-client)
 #   prereqs.sh test    build + the system components the test suite uses (etcd, dig, curl, nginx, haproxy, testssl)
 #   prereqs.sh ci      test + cargo-nextest (make test runs the suite with it when it is installed)
+#   prereqs.sh test-cluster  build + etcd, Docker and iptables (make test-cluster: tests/it/cluster/)
 #   prereqs.sh bench   test + the peers and load generators of the benchmarks (wrk, h2load, nsd, dnsperf)
 set -euo pipefail
 what=${1:-build}
@@ -11,13 +12,15 @@ what=${1:-build}
 declare -A pkg=(
   [cmake]=cmake [protoc]=protobuf-compiler
   [etcd]=etcd-server [dig]=bind9-dnsutils [curl]=curl [nginx]=nginx [haproxy]=haproxy [testssl]=testssl.sh
+  [docker]=docker.io [iptables]=iptables [nsenter]=util-linux
   [wrk]=wrk [h2load]=nghttp2-client [nsd]=nsd [dnsperf]=dnsperf
 )
 case "$what" in
   build) cmds=(cmake protoc) ;;
   test|ci) cmds=(cmake protoc etcd dig curl nginx haproxy testssl) ;;
+  test-cluster) cmds=(cmake protoc etcd docker iptables nsenter) ;;
   bench) cmds=(cmake protoc etcd dig curl nginx haproxy testssl wrk h2load nsd dnsperf) ;;
-  *) echo "usage: $0 build|test|ci|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 build|test|test-cluster|ci|bench" >&2; exit 2 ;;
 esac
 
 # CI runs the tests through cargo-nextest (one pool for every test binary); `make test` falls back to cargo test.

@@ -5,6 +5,7 @@ mod agent_cli;
 mod agent_docker_cli;
 mod api_cli;
 mod autoscale;
+mod cluster;
 mod common;
 mod config_delivery;
 mod controllers_e2e;
