@@ -278,13 +278,7 @@ impl Agent {
             node: config.node_name.clone(),
             node_ip: config.node_ip,
             backoff: config.backoff,
-            http: {
-                pki::install_crypto_provider();
-                reqwest::Client::builder()
-            }
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default(),
+            http: probe_client(),
             dirty: dirty_tx.clone(),
         });
         let status_task = tokio::spawn(status_writer(
@@ -634,6 +628,18 @@ async fn status_writer(
             }
         }
     }
+}
+
+/// The HTTP client of HTTP probes. A host without system CA certificates (a minimal container) makes
+/// reqwest's default build fail, and `Client::default()` panic: fall back to no trusted roots then, so
+/// plain-HTTP probes still work and HTTPS probes fail verification instead of the agent panicking.
+fn probe_client() -> reqwest::Client {
+    pki::install_crypto_provider();
+    let builder = || reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    builder().build().or_else(|_| builder().tls_certs_only(Vec::new()).build()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot build the probe HTTP client");
+        reqwest::Client::new()
+    })
 }
 
 #[cfg(test)]

@@ -45,6 +45,11 @@ impl Etcd {
     }
 
     /// Berth's store URL for it: `etcd://127.0.0.1:PORT`.
+    /// The etcd process id (to stop and continue it: a stalled store).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self) -> String {
         self.endpoint.replace("http://", "etcd://")
     }

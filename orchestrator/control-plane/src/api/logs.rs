@@ -118,7 +118,12 @@ pub(super) async fn pod_log(
             })?;
             (http, format!("https://{node_name}:{}", addr.port()))
         }
-        None => (s.inner.agent_http.clone(), format!("http://{addr}")),
+        None => {
+            let http = agent_client().map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("agent client: {e}"))
+            })?;
+            (http, format!("http://{addr}"))
+        }
     };
     let url = format!("{base}/logs/{ns}/{name}");
     let mut req = http.get(&url).query(&[("follow", q.follow), ("previous", q.previous)]);
@@ -184,16 +189,17 @@ fn agent_tls_client(
         .build()
 }
 
-/// The HTTP client the API uses to call agents: a connect timeout, no overall timeout (follow streams).
-pub(super) fn agent_client() -> reqwest::Client {
-    {
-        pki::install_crypto_provider();
-        reqwest::Client::builder()
-    }
-    .connect_timeout(AGENT_CONNECT_TIMEOUT)
-    .tcp_nodelay(true)
-    .build()
-    .unwrap_or_default()
+/// The HTTP client the API calls agents with when it has no CA: a connect timeout, no overall timeout
+/// (follow streams). Built per request, as the TLS one is.
+/// It only speaks plain HTTP (a TLS API calls agents with `agent_tls_client`), so it trusts no roots: a host
+/// without system CA certificates (a minimal container) would otherwise fail to build it.
+fn agent_client() -> Result<reqwest::Client, reqwest::Error> {
+    pki::install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(AGENT_CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .tls_certs_only(Vec::new())
+        .build()
 }
 
 #[cfg(test)]

@@ -57,8 +57,6 @@ struct Inner {
     clock: Arc<dyn Clock>,
     registry: Option<Arc<Registry>>,
     metrics: Arc<Metrics>,
-    /// Calls agents for pod logs.
-    agent_http: reqwest::Client,
     /// With a cluster CA: the TLS configuration agents are called with (the CA as the only root, the
     /// API server's client certificate as identity).
     agent_tls: Option<Arc<rustls::ClientConfig>>,
@@ -85,7 +83,6 @@ impl ApiState {
                 clock: Arc::new(SystemClock),
                 registry,
                 metrics: Arc::default(),
-                agent_http: logs::agent_client(),
                 agent_tls: None,
                 control_plane: None,
             }),

@@ -185,6 +185,9 @@ impl Elector {
             }
         };
         // Stop every loop of the term and wait for them: after this no write of the term is in flight.
+        // Ending the fence first cuts short the store requests they wait on (up to the 5 s request timeout
+        // when etcd is out of reach), so a cut-off leader stops within its renew deadline, not after it.
+        fence.end();
         let _ = stop.send(());
         if why != Some(StepDown::LoopsEnded) {
             let _ = loops.await;

@@ -94,6 +94,22 @@ impl Fence {
         leader.is_none_or(|kv| kv.create_revision() != self.revision)
     }
 
+    /// End the term from this side: every operation of the fenced store under way or to come fails at once
+    /// with [`StoreError::Fenced`], so the leader's loops stop without waiting out requests to a store that
+    /// may not answer for seconds (a write already sent still lands only if etcd finds the term valid).
+    pub fn end(&self) {
+        self.lost.send_replace(true);
+    }
+
+    async fn ended(&self) {
+        let mut lost = self.lost.subscribe();
+        let _ = lost.wait_for(|lost| *lost).await;
+    }
+
+    fn over(&self, context: &str) -> StoreError {
+        StoreError::Fenced(format!("etcd {context}: this replica's leadership term is over"))
+    }
+
     fn reject(&self, key: &Key) -> StoreError {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         self.lost.send_replace(true);
@@ -206,6 +222,22 @@ impl EtcdStore {
         &self.client
     }
 
+    /// One request under [`REQUEST_TIMEOUT`]; on a fenced store also cut short by [`Fence::end`].
+    async fn request<T>(
+        &self,
+        context: &str,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> StoreResult<T> {
+        match &self.fence {
+            None => timed(context, request).await,
+            Some(fence) => tokio::select! {
+                biased;
+                _ = fence.ended() => Err(fence.over(context)),
+                answer = timed(context, request) => answer,
+            },
+        }
+    }
+
     /// The same store, every write of which is fenced by `fence` (see the module docs).
     pub fn fenced(&self, fence: Arc<Fence>) -> EtcdStore {
         EtcdStore { client: self.client.clone(), fence: Some(fence) }
@@ -228,7 +260,7 @@ impl EtcdStore {
             or_else.push(fence.read_leader());
         }
         let txn = Txn::new().when(when).and_then(then).or_else(or_else);
-        let resp = timed("txn", self.client.kv_client().txn(txn)).await?;
+        let resp = self.request("txn", self.client.kv_client().txn(txn)).await?;
         if let Some(fence) = &self.fence {
             if !resp.succeeded() && fence.is_lost(read_in_or_else(&resp, reads).as_ref()) {
                 return Err(fence.reject(key));
@@ -262,7 +294,7 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &Key) -> StoreResult<Option<Versioned>> {
-        let resp = timed("get", self.client.kv_client().get(etcd_key(key)?, None)).await?;
+        let resp = self.request("get", self.client.kv_client().get(etcd_key(key)?, None)).await?;
         resp.kvs().first().map(versioned).transpose()
     }
 
@@ -282,7 +314,7 @@ impl Store for EtcdStore {
             if let Some(rev) = at {
                 options = options.with_revision(to_etcd(rev));
             }
-            let resp = timed("list", kv.get(from.clone(), Some(options))).await?;
+            let resp = self.request("list", kv.get(from.clone(), Some(options))).await?;
             let rev = match at {
                 Some(rev) => rev,
                 None => revision_of(resp.header())?,
@@ -335,14 +367,14 @@ impl Store for EtcdStore {
             .with_start_revision(to_etcd(from_revision.saturating_add(1)))
             .with_prev_key();
         let mut watcher = self.client.watch_client();
-        let stream = timed("watch", watcher.watch(etcd_prefix(prefix), Some(options))).await?;
+        let stream = self.request("watch", watcher.watch(etcd_prefix(prefix), Some(options))).await?;
         let state = WatchState { stream, buffered: VecDeque::new(), from: from_revision, done: false };
         Ok(Box::pin(futures::stream::unfold(state, next_event)))
     }
 
     async fn revision(&self) -> StoreResult<u64> {
         let mut kv = self.client.kv_client();
-        let resp = timed("revision", kv.get(KEY_PREFIX, Some(GetOptions::new().with_count_only()))).await?;
+        let resp = self.request("revision", kv.get(KEY_PREFIX, Some(GetOptions::new().with_count_only()))).await?;
         revision_of(resp.header())
     }
 

@@ -197,7 +197,8 @@ async fn a_revoked_lease_fences_the_leaders_writes_off_and_it_steps_down_and_cam
     assert!(admin.get(&late).await.expect("get").is_none(), "nothing of a fenced write lands");
     assert_eq!(admin.get(&k).await.expect("get").map(|v| v.revision), Some(rev));
     assert_eq!(admin.revision().await.expect("revision"), before, "a fenced write changes nothing");
-    assert!(a.status.fenced_writes_rejected() >= 2);
+    // The first refusal ends the term's fence, so the second write is refused without reaching etcd.
+    assert!(a.status.fenced_writes_rejected() >= 1);
 
     // It steps down (its work stopped) and, being the only candidate, leads again with a new term.
     assert!(matches!(a.next_term(Duration::from_secs(5)).await, Term::Stopped));
@@ -236,4 +237,39 @@ async fn a_deleted_leader_key_stops_the_leaders_work_without_any_write() {
         .expect("list candidates");
     assert_eq!(leaders.kvs().len(), 1, "the old candidacy's lease was revoked");
     a.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_fence_cuts_short_the_requests_a_stalled_store_holds() {
+    if !test_support::require_tool("etcd", "fencing against etcd") {
+        return;
+    }
+    let (etcd, admin) = start_etcd().await;
+    let (fence, _lost) = control_plane::store::etcd::Fence::new(b"/no-leader".to_vec(), 1, 1, Arc::default());
+    let store = admin.fenced(fence.clone());
+    // A stalled etcd (SIGSTOP, as `docker pause` does): requests hang until the 5 s request timeout.
+    let stop = |signal: &str| {
+        let status = std::process::Command::new("kill").args([signal, &etcd.pid().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal}");
+    };
+    stop("-STOP");
+    let read = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let started = Instant::now();
+            (store.get(&Key::new("pods", "default", "p")).await, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fence.end();
+    let (answer, took) = read.await.expect("the read task");
+    stop("-CONT");
+    assert!(matches!(answer, Err(StoreError::Fenced(_))), "{answer:?}");
+    assert!(took < Duration::from_secs(2), "the read ended {took:?} after it started, not at the fence's end");
+    // Once ended, nothing is even sent.
+    assert!(matches!(
+        store.create(&Key::new("pods", "default", "q"), b"{}".to_vec()).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert!(admin.get(&Key::new("pods", "default", "q")).await.expect("get").is_none());
 }
