@@ -114,19 +114,6 @@ pub fn server_ca(server: &str, explicit: Option<&Path>, data_dir: &Path) -> Resu
     }
 }
 
-/// [`resolve_any`] with one server.
-pub async fn resolve(
-    server: &str,
-    data_dir: &Path,
-    state_dir: &Path,
-    join: Option<&str>,
-    node: Option<&str>,
-    token_file: Option<&Path>,
-    ca_file: Option<&Path>,
-) -> Result<Credentials> {
-    resolve_any(&[server.to_string()], data_dir, state_dir, join, node, token_file, ca_file).await
-}
-
 /// The credential of a role whose own state lives in `state_dir` (see the module doc), for any of `servers`
 /// (one CA, one credential store). `node` names the node a node join token is exchanged for.
 pub async fn resolve_any(

@@ -331,7 +331,16 @@ pub async fn up(args: UpArgs) -> Result<()> {
         let credentials = match &join {
             Some(join) => {
                 let state = config.data_dir.clone();
-                crate::credentials::resolve(&cp.url, &cp.dir, &state, Some(join), Some(&name), None, None).await?
+                crate::credentials::resolve_any(
+                    std::slice::from_ref(&cp.url),
+                    &cp.dir,
+                    &state,
+                    Some(join),
+                    Some(&name),
+                    None,
+                    None,
+                )
+                .await?
             }
             None => crate::credentials::Credentials {
                 ca: None,

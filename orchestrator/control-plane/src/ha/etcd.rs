@@ -169,17 +169,24 @@ impl Elector {
                     }
                 }
                 _ = ticker.tick() => {
-                    if let Err(why) = alive.tick(self.timing.retry_period).await {
-                        break Some(why);
-                    }
-                    // A bounded read: a slow answer is no verdict (the renew deadline covers an unreachable
-                    // etcd), a missing or foreign key is.
-                    let read = tokio::time::timeout(self.timing.retry_period, kv.get(leader.key(), None)).await;
-                    if let Ok(Ok(resp)) = read {
-                        let observed = resp.kvs().first().map(|kv| kv.create_revision());
-                        if let Err(why) = judge_leader_key(leader.rev(), observed) {
-                            break Some(why);
+                    // The tick's requests must not hold the loop past the renew deadline: the select cannot
+                    // see the deadline while this arm runs (it made a cut-off leader stop 1-2 s late).
+                    let deadline = alive.deadline();
+                    let retry_period = self.timing.retry_period;
+                    let checked = tokio::time::timeout_at(deadline, async {
+                        alive.tick(retry_period).await?;
+                        // A bounded read: a slow answer is no verdict (the renew deadline covers an unreachable
+                        // etcd), a missing or foreign key is.
+                        if let Ok(Ok(resp)) = tokio::time::timeout(retry_period, kv.get(leader.key(), None)).await {
+                            judge_leader_key(leader.rev(), resp.kvs().first().map(|kv| kv.create_revision()))?;
                         }
+                        Ok(())
+                    })
+                    .await;
+                    match checked {
+                        Err(_) => break Some(StepDown::RenewDeadline),
+                        Ok(Err(why)) => break Some(why),
+                        Ok(Ok(())) => {}
                     }
                 }
             }
