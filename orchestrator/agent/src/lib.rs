@@ -251,10 +251,43 @@ impl Agent {
             }
         });
 
-        control.register_node(&node_object(&config)).await?;
         let node_status =
             move |cfg: &AgentConfig, kind: &str| node_status(cfg, kind, logs_addr.port(), SystemTime::now());
-        control.update_node_status(&config.node_name, &node_status(&config, runtime.kind())).await?;
+        tokio::pin!(shutdown);
+        // An agent (re)started while no server answers waits for one, as kubelet does: the pods it will adopt
+        // keep running meanwhile. Only an answer that is not an outage (e.g. a refused node object) is fatal.
+        let mut retry = WATCH_RETRY_MIN;
+        loop {
+            let registered = async {
+                control.register_node(&node_object(&config)).await?;
+                control.update_node_status(&config.node_name, &node_status(&config, runtime.kind())).await
+            };
+            // `None`: stopped before any server answered.
+            let outage = tokio::select! {
+                r = registered => match r {
+                    Ok(()) => break,
+                    Err(ControlPlaneError::Unavailable(e)) => Some(e),
+                    Err(e) => return Err(e.into()),
+                },
+                _ = &mut shutdown => None,
+            };
+            let stopped = match outage {
+                Some(e) => {
+                    tracing::warn!("cannot register node {}: {e}; retrying in {retry:?}", config.node_name);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => false,
+                        _ = &mut shutdown => true,
+                    }
+                }
+                None => true,
+            };
+            if stopped {
+                let _ = logs_stop_tx.send(());
+                let _ = logs_task.await;
+                return Ok(());
+            }
+            retry = (retry * 2).min(WATCH_RETRY_MAX);
+        }
         let hb_control = control.clone();
         let hb_config = config.clone();
         let hb_kind = runtime.kind();
@@ -292,7 +325,6 @@ impl Agent {
         let mut reconciler =
             Reconciler { cfg: config.clone(), ctx, table: table.clone(), adoptable: runtime.list().await? };
         on_ready(logs_addr);
-        tokio::pin!(shutdown);
         let mut first = true;
         // Only an agent that claims unbound pods needs to see them (and only an admin credential may).
         let pods_of = (!config.claim_unbound).then_some(config.node_name.as_str());
@@ -301,7 +333,7 @@ impl Agent {
         // when that revision is gone, and retries forever with capped back-off meanwhile. A relist stops only
         // pods no longer bound here; pods it already runs (same uid) are left alone.
         let mut resume: Option<u64> = None;
-        let mut retry = WATCH_RETRY_MIN;
+        retry = WATCH_RETRY_MIN;
         let mut down_since: Option<std::time::Instant> = None;
         'outer: loop {
             let opened = match resume {

@@ -420,3 +420,25 @@ async fn pods_keep_running_through_a_control_plane_outage_and_only_what_changed_
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_while_no_server_answers_waits_for_one_and_then_runs_its_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = MemoryControlPlane::new();
+    cp.put_pod(echo_pod("later"));
+    cp.set_available(false);
+    let (stop, task) = spawn_agent(agent_config(dir.path()), &cp);
+    // Several registration attempts fail (back-off from 200 ms); the agent neither exits nor registers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!task.is_finished(), "the agent gave up while the control plane was down");
+    assert!(cp.node("node-p").is_none());
+    cp.set_available(true);
+    eventually("the pod runs once a server answers", Duration::from_secs(30), async || {
+        cp.pod("default", "later").filter(ready)
+    })
+    .await;
+    assert!(cp.node("node-p").is_some(), "the node registered");
+    cp.delete_pod("default", "later");
+    let _ = stop.send(());
+    task.await.unwrap();
+}
