@@ -260,7 +260,16 @@ impl EtcdStore {
             or_else.push(fence.read_leader());
         }
         let txn = Txn::new().when(when).and_then(then).or_else(or_else);
-        let resp = self.request("txn", self.client.kv_client().txn(txn)).await?;
+        let resp = match self.request("txn", self.client.kv_client().txn(txn)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if let (Some(fence), StoreError::Fenced(_)) = (&self.fence, &e) {
+                    // Refused here because the term had ended: a fenced write rejected all the same.
+                    fence.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(e);
+            }
+        };
         if let Some(fence) = &self.fence {
             if !resp.succeeded() && fence.is_lost(read_in_or_else(&resp, reads).as_ref()) {
                 return Err(fence.reject(key));
