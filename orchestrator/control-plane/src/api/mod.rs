@@ -1,7 +1,8 @@
 //! The HTTP/JSON API server (axum): Kubernetes-style resource paths over the [`Store`], server-side apply,
 //! watches as newline-delimited JSON, the discovery endpoints API over the registry, pod logs relayed from
 //! the agents, `/healthz`, `/readyz`, `/metrics`; tokens, joining and node certificates (`tokens.rs`); the
-//! control-plane replicas and which one leads (`/api/v1/controlplane`, from [`crate::ha::Status`]).
+//! control-plane replicas and which one leads (`/api/v1/controlplane`, from [`crate::ha::Status`]); Services'
+//! virtual addresses, allocated on create (`cluster_ip.rs`).
 //!
 //! Every route but `/healthz`, `/readyz`, `/metrics`, `/cacerts` and `/api/v1/join` passes [`authz::guard`]:
 //! authentication (`auth.rs`: the bootstrap token or a stored credential) then authorization (`authz.rs`: per
