@@ -61,6 +61,10 @@ pub struct ServerArgs {
     /// With an etcd store: how often the lease is kept alive and a lost campaign retried.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub retry_period: std::time::Duration,
+    /// The range Services' virtual addresses (`spec.clusterIP`) are allocated from: inside 127.0.0.0/8
+    /// (loopback), not containing 127.0.0.1, at most a /28. Every replica of one store must use the same.
+    #[arg(long, default_value = control_plane::api::cluster_ip::DEFAULT_SERVICE_CIDR)]
+    pub service_cidr: control_plane::api::ServiceCidr,
 }
 
 #[derive(clap::Args, Debug)]
@@ -218,7 +222,8 @@ async fn start_control_plane(
     let store: Arc<dyn store::Store> = sealing.clone();
     let ca = control_plane::ca::load_or_create(store.as_ref(), &dir).await.context("cannot set up the cluster CA")?;
     let state = ApiState::new(store.clone(), Some(token.clone()), Some(registry.clone()))
-        .with_control_plane(opened.status.clone());
+        .with_control_plane(opened.status.clone())
+        .with_service_cidr(args.service_cidr);
     let (client_ca, serving) = if args.plain_http {
         (None, tokio::spawn(api::serve(listener, state, stop.wait())))
     } else {

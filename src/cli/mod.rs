@@ -281,7 +281,13 @@ pub async fn diff(args: DiffArgs) -> Result<ExitCode> {
             Err(e) => return Err(e).with_context(|| name.clone()),
         };
         let mut live_view = live.as_ref().map(desired_view);
-        let mut desired = desired_view(&d.object);
+        let mut manifest = d.object.clone();
+        if let (model::Kind::Service, Some(live)) = (d.kind, &live) {
+            // An allocated clusterIP the manifest leaves out is not a difference (apply keeps it); a changed
+            // one shows, and apply will refuse it.
+            let _ = control_plane::api::cluster_ip::carry(live, &mut manifest);
+        }
+        let mut desired = desired_view(&manifest);
         if d.kind == model::Kind::Secret {
             output::mask_secret_diff(live_view.as_mut(), &mut desired);
         }

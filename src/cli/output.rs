@@ -453,6 +453,10 @@ pub fn describe(kind: Kind, v: &Value) -> String {
                 );
             }
         }
+        Kind::Service => {
+            field("Type", or(s(v, "/spec/type"), "ClusterIP"));
+            field("ClusterIP", or(s(v, "/spec/clusterIP"), "<none>"));
+        }
         Kind::Pod => {
             field("Node", or(s(v, "/spec/nodeName"), "<none>"));
             field("Phase", or(s(v, "/status/phase"), "Pending"));

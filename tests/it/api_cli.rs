@@ -240,3 +240,38 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(out.status.success() || out.status.signal() == Some(13), "berth {args:?}: {:?} {stderr}", out.status);
     }
 }
+
+#[test]
+fn services_show_a_cluster_ip_from_the_service_range_that_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = common::berth_with_data_dir(
+        dir.path(),
+        &["server", "--api-listen", "127.0.0.1:0", "--service-cidr", "10.0.0.0/12"],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("--service-cidr") && err.contains("127.0.0.0/8"), "{err}");
+
+    let server = Server::start(dir.path(), &["--service-cidr", "127.99.0.0/16"]);
+    let manifest = dir.path().join("svc.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: kv}\nspec:\n  selector: {app: kv}\n  ports: [{port: 7000}]\n",
+    )
+    .unwrap();
+    server.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    let table = server.ok(&["get", "svc", "kv"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    let at = header.iter().position(|h| *h == "CLUSTER-IP").expect("a CLUSTER-IP column");
+    let ip = row[at].to_string();
+    assert!(ip.starts_with("127.99."), "{table}");
+    assert!(server.ok(&["describe", "svc", "kv"]).contains(&format!("ClusterIP:        {ip}")));
+    drop(server);
+
+    let server = Server::start(dir.path(), &["--service-cidr", "127.99.0.0/16"]);
+    let again = server.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(again.trim_end().ends_with(" unchanged"), "{again}");
+    let kv = json(&server.ok(&["get", "svc", "kv", "-o", "json"]));
+    assert_eq!(kv["spec"]["clusterIP"], ip.as_str());
+    assert_eq!(server.berth(&["diff", "-f", manifest.to_str().unwrap()]).status.code(), Some(0));
+}

@@ -38,8 +38,10 @@ pub struct ServiceSpec {
     pub ports: Vec<ServicePort>,
     #[serde(rename = "type", default)]
     pub type_: ServiceType,
-    /// `"None"` makes the service headless (DNS answers with endpoint addresses); an IP is announced by DNS
-    /// as the service's virtual address; empty lets DNS answer with endpoint addresses too.
+    /// `"None"` makes the service headless. Otherwise the service's stable virtual address: allocated by the
+    /// API server from its service range when absent or empty, honoured when given (inside the range, free),
+    /// immutable afterwards. Not yet announced by DNS nor served by a proxy (issue #23): until the node-local
+    /// proxy listens on it, DNS keeps answering with endpoint addresses.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "clusterIP")]
     pub cluster_ip: Option<String>,
     /// Berth extension: how the proxy balances requests over the endpoints.
@@ -239,7 +241,9 @@ impl Service {
                 }
             },
         };
-        let virtual_ip = self.spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok());
+        // The clusterIP is not published as the discovery `virtual_ip` yet: nothing listens on it until the
+        // node-local service proxy exists, and DNS would send clients to a dead address.
+        let virtual_ip = None;
         let health_check = self.spec.health_check.as_ref().map(|h| discovery::HealthCheck {
             http_path: h.path.clone(),
             interval_ms: h.interval_ms,

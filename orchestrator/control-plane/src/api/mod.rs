@@ -1,7 +1,8 @@
 //! The HTTP/JSON API server (axum): Kubernetes-style resource paths over the [`Store`], server-side apply,
 //! watches as newline-delimited JSON, the discovery endpoints API over the registry, pod logs relayed from
 //! the agents, `/healthz`, `/readyz`, `/metrics`; tokens, joining and node certificates (`tokens.rs`); the
-//! control-plane replicas and which one leads (`/api/v1/controlplane`, from [`crate::ha::Status`]).
+//! control-plane replicas and which one leads (`/api/v1/controlplane`, from [`crate::ha::Status`]); Services'
+//! virtual addresses, allocated on create (`cluster_ip.rs`).
 //!
 //! Every route but `/healthz`, `/readyz`, `/metrics`, `/cacerts` and `/api/v1/join` passes [`authz::guard`]:
 //! authentication (`auth.rs`: the bootstrap token or a stored credential) then authorization (`authz.rs`: per
@@ -12,10 +13,12 @@
 
 pub mod auth;
 pub mod authz;
+pub mod cluster_ip;
 mod logs;
 pub mod object;
 mod tokens;
 
+pub use cluster_ip::ServiceCidr;
 pub use tokens::{CertificateAuthority, SignError};
 
 use crate::store::{Key, Prefix, Store, StoreError, StoreEvent, Versioned};
@@ -62,6 +65,8 @@ struct Inner {
     agent_tls: Option<Arc<rustls::ClientConfig>>,
     /// This replica's role among the control-plane replicas (`None`: not part of one, e.g. in tests).
     control_plane: Option<Arc<crate::ha::Status>>,
+    /// Where Services' `spec.clusterIP` come from.
+    service_cidr: ServiceCidr,
 }
 
 #[derive(Default)]
@@ -85,6 +90,7 @@ impl ApiState {
                 metrics: Arc::default(),
                 agent_tls: None,
                 control_plane: None,
+                service_cidr: ServiceCidr::default(),
             }),
         }
     }
@@ -113,6 +119,13 @@ impl ApiState {
     /// Show this replica's role: `berth_leader` and friends on `/metrics`, and `GET /api/v1/controlplane`.
     pub fn with_control_plane(mut self, status: Arc<crate::ha::Status>) -> Self {
         Arc::make_mut(&mut self.inner).control_plane = Some(status);
+        self
+    }
+
+    /// The range Services' virtual addresses are allocated from (default [`cluster_ip::DEFAULT_SERVICE_CIDR`]).
+    /// Every replica of one store must be given the same.
+    pub fn with_service_cidr(mut self, cidr: ServiceCidr) -> Self {
+        Arc::make_mut(&mut self.inner).service_cidr = cidr;
         self
     }
 
@@ -521,11 +534,39 @@ async fn create(s: ApiState, kind: Kind, ns: String, q: Query, body: Bytes) -> A
     let mut object = doc.object;
     object::prepare_create(&mut object);
     if q.dry_run {
+        if kind == Kind::Service {
+            cluster_ip::check(&object, &s.inner.service_cidr)?;
+        }
         return Ok(json_response(StatusCode::CREATED, &object));
     }
-    let revision = s.inner.store.create(&key, encode(&object)?).await?;
-    object::set_resource_version(&mut object, revision);
-    Ok(json_response(StatusCode::CREATED, &object))
+    let claim = claim_cluster_ip(&s, kind, &key, &mut object).await?;
+    let created = match encode(&object) {
+        Ok(bytes) => s.inner.store.create(&key, bytes).await.map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match created {
+        Ok(revision) => {
+            object::set_resource_version(&mut object, revision);
+            Ok(json_response(StatusCode::CREATED, &object))
+        }
+        Err(e) => {
+            cluster_ip::release(s.inner.store.as_ref(), claim).await;
+            Err(e)
+        }
+    }
+}
+
+/// A new Service's address, claimed in the store before the Service is written (see `cluster_ip.rs`).
+async fn claim_cluster_ip(
+    s: &ApiState,
+    kind: Kind,
+    key: &Key,
+    object: &mut Value,
+) -> Result<Option<cluster_ip::Claim>, ApiError> {
+    if kind != Kind::Service {
+        return Ok(None);
+    }
+    cluster_ip::claim(s.inner.store.as_ref(), &s.inner.service_cidr, &key.namespace, &key.name, object).await
 }
 
 fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
@@ -567,7 +608,14 @@ async fn update(s: ApiState, kind: Kind, ns: String, name: String, body: Bytes) 
         )));
     }
     let key = Key::new(kind.plural(), ns, name);
-    write_with(&s, &key, expected, |stored| Ok(object::merge_update(stored, &doc.object, true))).await
+    write_with(&s, &key, expected, |stored| {
+        let mut desired = doc.object.clone();
+        if kind == Kind::Service {
+            cluster_ip::carry_api(stored, &mut desired)?;
+        }
+        Ok(object::merge_update(stored, &desired, true))
+    })
+    .await
 }
 
 async fn status_ns(
@@ -658,6 +706,9 @@ async fn delete(s: ApiState, key: Key, q: Query) -> ApiResult {
         match s.inner.store.delete(&key, Some(expected)).await {
             Ok(revision) => {
                 let mut object = present(&current)?;
+                if key.kind == Kind::Service.plural() {
+                    cluster_ip::free(s.inner.store.as_ref(), &key.namespace, &key.name, &object).await;
+                }
                 object::set_resource_version(&mut object, revision);
                 return Ok(json_response(StatusCode::OK, &object));
             }
@@ -680,23 +731,43 @@ async fn apply(State(s): State<ApiState>, RawQuery(q): RawQuery, body: Bytes) ->
                 let mut object = doc.object.clone();
                 object::prepare_create(&mut object);
                 if q.dry_run {
+                    if doc.kind == Kind::Service {
+                        cluster_ip::check(&object, &s.inner.service_cidr)?;
+                    }
                     return Ok(applied("created", &object, &doc.warnings));
                 }
-                match s.inner.store.create(&key, encode(&object)?).await {
+                let claim = claim_cluster_ip(&s, doc.kind, &key, &mut object).await?;
+                let created = match encode(&object) {
+                    Ok(bytes) => s.inner.store.create(&key, bytes).await,
+                    Err(e) => {
+                        cluster_ip::release(s.inner.store.as_ref(), claim).await;
+                        return Err(e);
+                    }
+                };
+                match created {
                     Ok(rev) => {
                         object::set_resource_version(&mut object, rev);
                         return Ok(applied("created", &object, &doc.warnings));
                     }
-                    Err(StoreError::AlreadyExists(_)) => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        cluster_ip::release(s.inner.store.as_ref(), claim).await;
+                        match e {
+                            StoreError::AlreadyExists(_) => continue,
+                            e => return Err(e.into()),
+                        }
+                    }
                 }
             }
             Some(current) => {
                 let stored = present(&current)?;
-                if object::desired_view(&stored) == object::desired_view(&doc.object) {
+                let mut desired = doc.object.clone();
+                if doc.kind == Kind::Service {
+                    cluster_ip::carry_api(&stored, &mut desired)?;
+                }
+                if object::desired_view(&stored) == object::desired_view(&desired) {
                     return Ok(applied("unchanged", &stored, &doc.warnings));
                 }
-                let mut next = object::merge_update(&stored, &doc.object, true);
+                let mut next = object::merge_update(&stored, &desired, true);
                 if q.dry_run {
                     return Ok(applied("configured", &next, &doc.warnings));
                 }

@@ -2,6 +2,7 @@
 //! over it), in one test binary.
 
 mod api_auth;
+mod api_cluster_ip;
 mod api_ha;
 mod cluster_ca;
 mod controllers_config;
