@@ -539,34 +539,35 @@ async fn create(s: ApiState, kind: Kind, ns: String, q: Query, body: Bytes) -> A
         }
         return Ok(json_response(StatusCode::CREATED, &object));
     }
-    let claim = claim_cluster_ip(&s, kind, &key, &mut object).await?;
-    let created = match encode(&object) {
-        Ok(bytes) => s.inner.store.create(&key, bytes).await.map_err(ApiError::from),
-        Err(e) => Err(e),
-    };
-    match created {
-        Ok(revision) => {
-            object::set_resource_version(&mut object, revision);
-            Ok(json_response(StatusCode::CREATED, &object))
-        }
-        Err(e) => {
-            cluster_ip::release(s.inner.store.as_ref(), claim).await;
-            Err(e)
-        }
-    }
+    let revision = store_new(&s, kind, &key, &mut object).await??;
+    object::set_resource_version(&mut object, revision);
+    Ok(json_response(StatusCode::CREATED, &object))
 }
 
-/// A new Service's address, claimed in the store before the Service is written (see `cluster_ip.rs`).
-async fn claim_cluster_ip(
+/// Write a new object, a Service with its address claimed first (see `cluster_ip.rs`) and released again
+/// when the write fails. The store's own answer is passed on as is, so `apply` can tell `AlreadyExists`.
+async fn store_new(
     s: &ApiState,
     kind: Kind,
     key: &Key,
     object: &mut Value,
-) -> Result<Option<cluster_ip::Claim>, ApiError> {
-    if kind != Kind::Service {
-        return Ok(None);
+) -> Result<Result<u64, StoreError>, ApiError> {
+    let store = s.inner.store.as_ref();
+    let claim = match kind {
+        Kind::Service => cluster_ip::claim(store, &s.inner.service_cidr, &key.namespace, &key.name, object).await?,
+        _ => None,
+    };
+    let created = match encode(object) {
+        Ok(bytes) => store.create(key, bytes).await,
+        Err(e) => {
+            cluster_ip::release(store, claim).await;
+            return Err(e);
+        }
+    };
+    if created.is_err() {
+        cluster_ip::release(store, claim).await;
     }
-    cluster_ip::claim(s.inner.store.as_ref(), &s.inner.service_cidr, &key.namespace, &key.name, object).await
+    Ok(created)
 }
 
 fn encode(object: &Value) -> Result<Vec<u8>, ApiError> {
@@ -736,26 +737,13 @@ async fn apply(State(s): State<ApiState>, RawQuery(q): RawQuery, body: Bytes) ->
                     }
                     return Ok(applied("created", &object, &doc.warnings));
                 }
-                let claim = claim_cluster_ip(&s, doc.kind, &key, &mut object).await?;
-                let created = match encode(&object) {
-                    Ok(bytes) => s.inner.store.create(&key, bytes).await,
-                    Err(e) => {
-                        cluster_ip::release(s.inner.store.as_ref(), claim).await;
-                        return Err(e);
-                    }
-                };
-                match created {
+                match store_new(&s, doc.kind, &key, &mut object).await? {
                     Ok(rev) => {
                         object::set_resource_version(&mut object, rev);
                         return Ok(applied("created", &object, &doc.warnings));
                     }
-                    Err(e) => {
-                        cluster_ip::release(s.inner.store.as_ref(), claim).await;
-                        match e {
-                            StoreError::AlreadyExists(_) => continue,
-                            e => return Err(e.into()),
-                        }
-                    }
+                    Err(StoreError::AlreadyExists(_)) => continue,
+                    Err(e) => return Err(e.into()),
                 }
             }
             Some(current) => {
